@@ -1,0 +1,126 @@
+"""The DAGAN generator: SPADE backbone B + SAM + CAM, summed, then the image head (Fig. 2).
+
+Backbone (DESIGN.md section 1): ``fc`` embeds the label map at (H, W) / 2**num_up, then
+head_0, G_middle_0, G_middle_1 (16 ngf), up_0..up_3 (8, 4, 2, 1 ngf) and, with "most",
+up_4 (ngf / 2), with nearest x2 upsampling in between (5, 6 or 7 doublings in all).
+
+Attention (paper section 3, Table 4): SAM works on the last backbone feature F; CAM fuses
+earlier scales into F~ and reweights channels. The image head (LeakyReLU 0.2 -> 3x3 conv ->
+tanh) sees F_s + F_c with both modules, the one module's output with one, F with none (B1).
+Works at any ngf, any of normal/more/most, and any input size divisible by 2**num_up.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dagan.config import Config
+from dagan.init import init_weights
+from dagan.nn.attention import ChannelAttention, SpatialAttention
+from dagan.nn.spade import SPADEResBlock
+
+NUM_UP = {"normal": 5, "more": 6, "most": 7}
+
+
+class DAGANGenerator(nn.Module):
+    def __init__(
+        self,
+        semantic_nc: int,
+        ngf: int = 64,
+        num_upsampling_layers: str = "normal",
+        use_sam: bool = True,
+        sam_kernel_size: int = 3,
+        cam_mode: str = "II",
+        cam_sources: str = "official",
+    ):
+        super().__init__()
+        if num_upsampling_layers not in NUM_UP:
+            raise ValueError(f"num_upsampling_layers must be one of {list(NUM_UP)}, got {num_upsampling_layers!r}")
+        if ngf < 2 or ngf % 2:
+            raise ValueError(f"ngf must be an even number >= 2, got {ngf}")
+        if cam_sources not in ("official", "all"):
+            raise ValueError(f"cam_sources must be 'official' or 'all', got {cam_sources!r}")
+        self.num_up = NUM_UP[num_upsampling_layers]
+        self.most = num_upsampling_layers == "most"
+        self.extra_middle_up = num_upsampling_layers in ("more", "most")
+
+        self.fc = nn.Conv2d(semantic_nc, 16 * ngf, 3, padding=1)
+        self.head_0 = SPADEResBlock(16 * ngf, 16 * ngf, semantic_nc)
+        self.G_middle_0 = SPADEResBlock(16 * ngf, 16 * ngf, semantic_nc)
+        self.G_middle_1 = SPADEResBlock(16 * ngf, 16 * ngf, semantic_nc)
+        widths = [16 * ngf, 8 * ngf, 4 * ngf, 2 * ngf, ngf] + ([ngf // 2] if self.most else [])
+        self.up_blocks = nn.ModuleList(
+            SPADEResBlock(fin, fout, semantic_nc) for fin, fout in zip(widths[:-1], widths[1:], strict=True)
+        )
+        out_channels = widths[-1]
+        self.sam = SpatialAttention(sam_kernel_size) if use_sam else None
+        self.cam = None
+        if cam_mode != "off":
+            # Outputs of every backbone block before the last: head_0, G_middle_0/1, up_0.. .
+            earlier = [16 * ngf] * 3 + widths[1:-1]
+            sources = earlier[-1:] if cam_sources == "official" else earlier
+            self.cam = ChannelAttention(out_channels, sources, cam_mode)
+        self.conv_img = nn.Conv2d(out_channels, 3, 3, padding=1)
+
+    def _backbone(self, label_map: torch.Tensor) -> list[torch.Tensor]:
+        """Return the output of every backbone block (head_0, G_middle_0, G_middle_1, up_*)."""
+        height, width = label_map.shape[2:]
+        factor = 2**self.num_up
+        if height % factor or width % factor:
+            raise ValueError(
+                f"label map size {height}x{width} must be divisible by {factor} "
+                f"(2**{self.num_up} for this num_upsampling_layers); resize or crop it"
+            )
+        x = self.fc(F.interpolate(label_map, size=(height // factor, width // factor), mode="nearest"))
+        outputs = [self.head_0(x, label_map)]
+        x = F.interpolate(outputs[-1], scale_factor=2, mode="nearest")
+        outputs.append(self.G_middle_0(x, label_map))
+        x = outputs[-1]
+        if self.extra_middle_up:
+            x = F.interpolate(x, scale_factor=2, mode="nearest")
+        outputs.append(self.G_middle_1(x, label_map))
+        for block in self.up_blocks:
+            x = F.interpolate(outputs[-1], scale_factor=2, mode="nearest")
+            outputs.append(block(x, label_map))
+        return outputs
+
+    def forward(
+        self, label_map: torch.Tensor, return_attention: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """label_map: (B, semantic_nc, H, W) semantic input -> image (B, 3, H, W) in [-1, 1].
+
+        With ``return_attention`` also returns {"sam": A_s (B,1,H,W), "cam": delta (B,C,1,1)}
+        for the modules that exist (paper Fig. 9).
+        """
+        outputs = self._backbone(label_map)
+        feature = outputs[-1]
+        attention: dict[str, torch.Tensor] = {}
+        branches = []
+        if self.sam is not None:
+            spatial, attention["sam"] = self.sam(feature)
+            branches.append(spatial)
+        if self.cam is not None:
+            sources = outputs[-2:-1] if self.cam.source_convs is None else outputs[:-1]
+            channel, attention["cam"] = self.cam(feature, sources)
+            branches.append(channel)
+        combined = sum(branches[1:], branches[0]) if branches else feature
+        image = torch.tanh(self.conv_img(F.leaky_relu(combined, 0.2)))
+        return (image, attention) if return_attention else image
+
+
+def build_generator(config: Config, semantic_nc: int) -> DAGANGenerator:
+    """Translate the (resolved) config into a generator with initialised weights."""
+    use_sam, cam_mode = config.model.attention()
+    generator = DAGANGenerator(
+        semantic_nc=semantic_nc,
+        ngf=config.model.ngf,
+        num_upsampling_layers=config.model.num_upsampling_layers,
+        use_sam=use_sam,
+        sam_kernel_size=config.model.sam_kernel_size,
+        cam_mode=cam_mode,
+        cam_sources=config.model.cam_sources,
+    )
+    init_weights(generator, config.model.init_gain)
+    return generator

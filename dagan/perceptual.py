@@ -1,0 +1,83 @@
+"""VGG19 feature extractor for the perceptual loss L_p (paper Eq. 10, lambda_p).
+
+The network is injected: ImageNet weights come from a file path, from the torch hub cache,
+or (only when online) from torchvision's download. Nothing falls back to random weights:
+when no weights are found, :class:`MissingPretrainedWeightsError` says where we looked and
+which config key turns the loss off.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+VGG19_FILE = "vgg19-dcbb9e9d.pth"  # torchvision's IMAGENET1K_V1 weights
+VGG19_URL = f"https://download.pytorch.org/models/{VGG19_FILE}"
+# torchvision vgg19().features indices ending at relu1_1, relu2_1, relu3_1, relu4_1, relu5_1
+SLICE_ENDS = (2, 7, 12, 21, 30)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class MissingPretrainedWeightsError(FileNotFoundError):
+    """A pretrained network was asked for but its weights are not on this machine."""
+
+
+class VGG19Features(nn.Module):
+    """Frozen VGG19 slices returning relu1_1..relu5_1 of images in [-1, 1]."""
+
+    def __init__(self, features: nn.Sequential):
+        super().__init__()
+        starts = (0, *SLICE_ENDS[:-1])
+        self.slices = nn.ModuleList(nn.Sequential(*features[a:b]) for a, b in zip(starts, SLICE_ENDS, strict=True))
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> VGG19Features:
+        return super().train(False)  # always in eval mode
+
+    def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
+        x = ((image + 1) / 2 - self.mean) / self.std
+        outputs = []
+        for block in self.slices:
+            x = block(x)
+            outputs.append(x)
+        return outputs
+
+
+def find_vgg19_weights(weights: str) -> Path:
+    """Resolve ``loss.vgg_weights`` to a local file (downloading only when online)."""
+    if weights != "auto":
+        path = Path(weights)
+        if not path.is_file():
+            raise MissingPretrainedWeightsError(
+                f"loss.vgg_weights={weights}: no such file. Point it at torchvision's {VGG19_FILE}, "
+                "use loss.vgg_weights=auto, or set loss.lambda_vgg=0 to train without the perceptual loss"
+            )
+        return path
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / VGG19_FILE
+    if cached.is_file():
+        return cached
+    try:
+        torch.hub.download_url_to_file(VGG19_URL, str(cached), progress=True)
+    except OSError as err:  # URLError and socket errors are OSErrors
+        raise MissingPretrainedWeightsError(
+            f"VGG19 ImageNet weights are not available: looked for {cached} (torch hub cache) and "
+            f"could not download {VGG19_URL} ({err}). Copy {VGG19_FILE} there, set "
+            "loss.vgg_weights=/path/to/vgg19.pth, or set loss.lambda_vgg=0 to turn the perceptual loss off"
+        ) from None
+    return cached
+
+
+def build_vgg19(weights: str) -> VGG19Features:
+    """VGG19Features with ImageNet weights found by :func:`find_vgg19_weights`."""
+    from torchvision.models import vgg19
+
+    network = vgg19(weights=None)
+    state = torch.load(find_vgg19_weights(weights), map_location="cpu", weights_only=True)
+    network.load_state_dict(state)
+    return VGG19Features(network.features)
