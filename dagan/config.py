@@ -128,6 +128,54 @@ class MlflowConfig:
 
 
 @dataclass(frozen=True)
+class JudgeConfig:
+    """The segmentation judge of the evaluation (paper section 4; dagan/judge.py)."""
+
+    width: int = 16  # channels of the first U-Net level (doubling per level)
+    levels: int = 3  # U-Net levels; image sides must be divisible by 2**(levels-1)
+    epochs: int = 20
+    batch_size: int = 16
+    lr: float = 2.0e-3  # Adam
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    pretrained: str | None = None  # TorchScript segmenter (e.g. exported DRN-D-105); null: train our own
+    pretrained_label_map: str | None = None  # JSON {segmenter class id: dataset label id}, with pretrained
+    pretrained_input: Literal["imagenet", "unit", "symmetric"] = "imagenet"  # pretrained input scaling
+    out_dir: str = "outputs/judge"
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """The evaluate stage (components/evaluate.py)."""
+
+    checkpoint: str | None = None  # generator checkpoint; null: <train.out_dir>/checkpoints/final.pt
+    use_ema: bool = True  # the EMA generator when the checkpoint has one
+    judge: str | None = None  # judge checkpoint; null: <judge.out_dir>/judge.pt
+    split: str = "val"
+    batch_size: int = 8
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    num_grid_samples: int = 8  # rows of the label | generated | real grid
+    num_attention_samples: int = 4  # rows of the SAM / CAM figure
+    fid: Literal["auto", "required", "off"] = "auto"  # auto: report when Inception weights exist, else why not
+    fid_weights: str = "auto"  # torch-fidelity's Inception .pth, or auto: <torch hub dir>/checkpoints
+    lpips: Literal["auto", "required", "off"] = "auto"  # auto: report when LPIPS weights exist, else why not
+    download_weights: bool = True  # fetch missing FID/LPIPS weights into the torch hub cache when online
+    out_dir: str = "outputs/eval"
+
+
+@dataclass(frozen=True)
+class RegisterConfig:
+    """The register stage: MLflow registry gate (components/register.py)."""
+
+    model_name: str | None = None  # null: dagan-<dataset.name>
+    metric: str = "judge_miou_generated"  # key of outputs/eval/metrics.json that ranks versions
+    greater_is_better: bool = True
+    gate_miou_ratio: float = 0.6  # champion needs judge mIoU(generated) >= ratio x judge mIoU(real)
+    gate_fd_beats_baseline: bool = True  # champion needs fd_judge(generated) < fd_judge(mean-colour baseline)
+    out_dir: str = "outputs/register"
+
+
+@dataclass(frozen=True)
 class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -135,6 +183,9 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    register: RegisterConfig = field(default_factory=RegisterConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
