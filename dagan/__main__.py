@@ -11,6 +11,8 @@ import json
 import sys
 from collections.abc import Sequence
 
+import torch
+
 from dagan.config import VARIANTS, Config, ConfigError, config_from_dict
 from dagan.discriminator import build_discriminator
 from dagan.generator import build_generator
@@ -30,8 +32,9 @@ def describe(preset_name: str, variant: str = "B6", overrides: dict | None = Non
         )
     data = {"dataset": {"name": preset_name}, "model": {"variant": variant, **(overrides or {})}}
     config: Config = config_from_dict(data, "describe").resolved()
-    generator = build_generator(config, preset.semantic_nc)
-    discriminator = build_discriminator(config, preset.semantic_nc)
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        generator = build_generator(config, preset.semantic_nc)
+        discriminator = build_discriminator(config, preset.semantic_nc)
     use_sam, cam = config.model.attention()
     return {
         "preset": preset_name,

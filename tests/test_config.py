@@ -1,0 +1,98 @@
+"""Config loading: types, unknown keys, overrides, preset resolution."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dagan.config import ConfigError, config_from_dict, load_config, parse_override, save_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_repo_params_load_and_resolve_from_the_synthetic_preset():
+    config = load_config(REPO / "params.yaml")
+    assert config.dataset.name == "synthetic"
+    assert config.model.ngf == 16  # the synthetic preset's value replaces null
+    assert config.dataset.crop_size == 64
+    assert config.train.batch_size == 8
+    assert config.model.attention() == (True, "II")
+
+
+def test_overrides_are_typed_like_dvc_exp_run_set(tmp_path):
+    config = load_config(REPO / "params.yaml", ["train.lr_g=2e-4", "model.variant=B1", "dataset.name=cityscapes"])
+    assert config.train.lr_g == pytest.approx(2e-4)
+    assert isinstance(config.train.lr_g, float)
+    assert config.model.attention() == (False, "off")
+    assert config.model.num_upsampling_layers == "more"  # the cityscapes preset
+    assert (config.dataset.crop_size, config.dataset.aspect_ratio) == (512, 2.0)
+
+
+def test_dict_overrides_as_used_by_kubeflow_and_ray_tune():
+    config = load_config(REPO / "params.yaml", {"loss.lambda_feat": 3, "model.ngf": 8})
+    assert config.loss.lambda_feat == 3.0 and isinstance(config.loss.lambda_feat, float)
+    assert config.model.ngf == 8
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.lr_gg=1", "unknown key(s) lr_gg"),
+        ("trian.lr_g=1", "unknown key(s) trian"),
+        ("train.batch_size=two", "'two' is a str, expected int"),
+        ("train.batch_size=true", "True is a bool, expected int"),
+        ("model.variant=B7", "'B7' is not one of"),
+        ("dataset.flip=3", "3 is a int, expected bool"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_file(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(REPO / "params.yaml", [override])
+    assert message in str(err.value)
+    assert "params.yaml" in str(err.value)
+
+
+def test_override_syntax_errors_say_how_to_write_it():
+    with pytest.raises(ConfigError, match=r"section\.key=value"):
+        parse_override("lr_g=1")
+
+
+def test_variant_and_custom_knobs_must_agree():
+    with pytest.raises(ConfigError, match="variant=custom"):
+        config_from_dict({"model": {"variant": "B6", "use_sam": False}}).resolved()
+    with pytest.raises(ConfigError, match="needs model.use_sam"):
+        config_from_dict({"model": {"variant": "custom", "use_sam": True}}).resolved()
+    custom = config_from_dict({"model": {"variant": "custom", "use_sam": False, "cam": "I"}}).resolved()
+    assert custom.model.attention() == (False, "I")
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(ValueError, match="known presets: ade20k, celebamask_hq"):
+        config_from_dict({"dataset": {"name": "imagenet"}}).resolved()
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_resolved_config_round_trips_through_save(tmp_path):
+    config = load_config(REPO / "params.yaml", ["model.variant=B3"])
+    save_config(config, tmp_path / "resolved.yaml")
+    reloaded = load_config(tmp_path / "resolved.yaml")
+    assert reloaded == config
+    assert not list(tmp_path.glob("*.tmp"))
+    assert yaml.safe_load((tmp_path / "resolved.yaml").read_text())["model"]["ngf"] == 16
+
+
+def test_config_is_frozen():
+    config = load_config(REPO / "params.yaml")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.train.lr_g = 1.0  # type: ignore[misc]
+
+
+def test_flat_params_are_dotted():
+    flat = load_config(REPO / "params.yaml").flat()
+    assert flat["train.lr_d"] == pytest.approx(4e-4)
+    assert flat["model.variant"] == "B6"

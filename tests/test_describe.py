@@ -1,0 +1,49 @@
+"""Parameter counts equal the official models' (DESIGN.md section 1) for every preset."""
+
+import json
+
+import pytest
+
+from dagan.__main__ import describe, main
+from dagan.config import VARIANTS
+
+# preset: (semantic_nc, G B6, G B1, D) of the official implementation
+OFFICIAL = {
+    "cityscapes": (36, 93_134_229, 93_048_003, 5_601_410),
+    "ade20k": (151, 96_578_709, 96_492_483, 5_836_930),
+    "celebamask_hq": (19, 92_625_045, 92_538_819, 5_566_594),
+    "facades": (13, 92_445_333, 92_359_107, 5_554_306),
+    "coco_stuff": (184, 97_567_125, 97_480_899, 5_904_514),
+}
+SAM_PARAMS = 2 * 3 * 3
+CAM_PARAMS = (128 * 64 * 9 + 64) + (128 * 64 + 64) + (64 * 64 + 64)
+
+
+@pytest.mark.parametrize("preset", sorted(OFFICIAL))
+def test_counts_match_the_official_models_for_every_variant(preset):
+    semantic_nc, g_b6, g_b1, d = OFFICIAL[preset]
+    expected = {
+        "B1": g_b1, "B2": g_b1 + SAM_PARAMS, "B3": g_b1 + CAM_PARAMS, "B4": g_b1 + CAM_PARAMS,
+        "B5": g_b6, "B6": g_b6,
+    }
+    assert g_b6 - g_b1 == SAM_PARAMS + CAM_PARAMS
+    for variant in VARIANTS:
+        info = describe(preset, variant)
+        assert (info["semantic_nc"], info["generator_params"], info["discriminator_params"]) == (
+            semantic_nc, expected[variant], d), variant
+
+
+def test_describe_json_cli(capsys):
+    assert main(["describe", "--preset", "cityscapes", "--variant", "B1", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["generator_params"] == 93_048_003
+    assert info["discriminator_params"] == 5_601_410
+    assert (info["semantic_nc"], info["variant"], info["preset"]) == (36, "B1", "cityscapes")
+    assert info["num_upsampling_layers"] == "more" and info["image_size"] == [512, 256]
+
+
+def test_describe_table_and_ngf_override(capsys):
+    assert main(["describe", "--preset", "synthetic", "--ngf", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "generator_params" in out and "ngf                    8" in out
+
