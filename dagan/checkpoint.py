@@ -1,0 +1,143 @@
+"""Training checkpoints: one atomic dict with the whole training state (DESIGN.md section 3).
+
+Contents (docs/ARCHITECTURE.md, "Training outputs"): ``format_version``, ``config`` (the
+resolved config as a plain dict), ``semantic_nc``, ``generator``, ``discriminator``, ``ema``
+(or None), ``optimizer_g``, ``optimizer_d``, ``scaler`` (or None), ``step``, ``epoch`` and
+``rng`` (python / numpy / torch / cuda states as tensors and plain lists). Everything is
+loadable with ``torch.load(..., weights_only=True)``. Files are written to a temporary name
+in the same directory and renamed, so a crash never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dagan.config import Config, config_from_dict
+
+FORMAT_VERSION = 1
+STEP_PATTERN = re.compile(r"^step-(\d{8})\.pt$")
+FINAL_NAME = "final.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, of another format, or does not fit the current run."""
+
+
+def checkpoint_dir(out_dir: str | Path) -> Path:
+    return Path(out_dir) / "checkpoints"
+
+
+def step_path(out_dir: str | Path, step: int) -> Path:
+    return checkpoint_dir(out_dir) / f"step-{step:08d}.pt"
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy, torch (and CUDA) RNG states in weights_only-loadable types."""
+    version, internal, gauss = random.getstate()
+    numpy_state = np.random.get_state()
+    return {
+        "python": [version, list(internal), gauss],
+        "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *map(_plain, numpy_state[2:])],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write ``state`` atomically (temporary file in the same directory, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with tmp.open("wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def prune_checkpoints(out_dir: str | Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest ``keep_last`` step checkpoints; return the deleted paths."""
+    steps = sorted(_step_checkpoints(out_dir))
+    doomed = [path for _, path in steps[:-keep_last]] if keep_last > 0 else []
+    for path in doomed:
+        path.unlink(missing_ok=True)
+    return doomed
+
+
+def _step_checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
+    folder = checkpoint_dir(out_dir)
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.iterdir():
+        match = STEP_PATTERN.match(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return found
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The step checkpoint with the highest step in ``out_dir``, or final.pt if it is newer."""
+    candidates = _step_checkpoints(out_dir)
+    final = checkpoint_dir(out_dir) / FINAL_NAME
+    if final.is_file():
+        candidates.append((load_checkpoint(final)["step"], final))
+    if not candidates:
+        return None
+    return max(candidates, key=lambda item: (item[0], item[1].name == FINAL_NAME))[1]
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint dict with ``weights_only=True`` and check its format version."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    version = state.get("format_version") if isinstance(state, dict) else None
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format_version {version!r}, this code reads {FORMAT_VERSION}; "
+            "retrain or convert the checkpoint with the version of the code that wrote it"
+        )
+    return state
+
+
+def load_generator(path: str | Path, use_ema: bool = True, map_location: str | torch.device = "cpu"):
+    """``(generator, config, semantic_nc)`` from a checkpoint, in eval mode.
+
+    With ``use_ema`` the EMA weights are used when the checkpoint has them (else the trained
+    generator's weights).
+    """
+    from dagan.generator import build_generator
+
+    state = load_checkpoint(path, map_location)
+    config: Config = config_from_dict(state["config"], f"{path} (config)")
+    generator = build_generator(config, state["semantic_nc"])
+    weights = state["ema"] if use_ema and state["ema"] is not None else state["generator"]
+    generator.load_state_dict(weights)
+    return generator.eval(), config, state["semantic_nc"]
