@@ -2,6 +2,9 @@
 
 * ``describe --preset NAME [--variant B6] [--json]``: the model built for a dataset preset
   (official settings, ngf from the preset) with its parameter counts.
+* ``generate --model URI --labels DIR --out DIR``: label maps -> images. ``URI`` is a local
+  checkpoint (read here) or an MLflow ``models:/`` / ``runs:/`` URI (handed to
+  ``components.generate``, imported only then: the library itself never imports mlflow).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import torch
 
 from dagan.config import VARIANTS, Config, ConfigError, config_from_dict
 from dagan.discriminator import build_discriminator
+from dagan.generate import add_generate_arguments, generate_dir, load_synthesizer
 from dagan.generator import build_generator
 from dagan.presets import PRESETS, get_preset
 
@@ -52,6 +56,23 @@ def describe(preset_name: str, variant: str = "B6", overrides: dict | None = Non
     }
 
 
+def generate(args: argparse.Namespace) -> int:
+    """``python -m dagan generate``: local checkpoints here, MLflow URIs through components.generate."""
+    try:
+        if args.model.startswith(("models:/", "runs:/")):
+            from components.generate import load_from_mlflow
+
+            synthesizer = load_from_mlflow(args.model)
+        else:
+            synthesizer = load_synthesizer(args.model, manifest_dir=args.manifest)
+        written = generate_dir(synthesizer, args.labels, args.out, args.instances, args.edges_from_labels)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(written)} image(s) to {args.out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dagan", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -60,7 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     describe_cmd.add_argument("--variant", default="B6", choices=sorted(VARIANTS))
     describe_cmd.add_argument("--ngf", type=int, help="override the preset's ngf")
     describe_cmd.add_argument("--json", action="store_true", help="print one JSON object")
+    add_generate_arguments(commands.add_parser("generate", help="turn label-map PNGs into images"))
     args = parser.parse_args(argv)
+    if args.command == "generate":
+        return generate(args)
 
     try:
         info = describe(args.preset, args.variant, {"ngf": args.ngf} if args.ngf else None)

@@ -1,0 +1,51 @@
+"""``python -m components.generate``: label maps -> images with a model from MLflow or a checkpoint.
+
+    python -m components.generate --model URI --labels DIR --out DIR [--instances DIR] [--edges-from-labels]
+
+``URI`` is a registry URI (``models:/dagan-synthetic@champion``, ``models:/dagan-synthetic/3``),
+a run URI (``runs:/<run id>/model``) or a local checkpoint path. ``python -m dagan generate``
+takes the same arguments and hands MLflow URIs to this module (the library never imports
+mlflow). The tracking URI is ``$MLFLOW_TRACKING_URI`` when set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from dagan.__main__ import generate as run_generate
+from dagan.generate import Synthesizer, add_generate_arguments
+
+MLFLOW_SCHEMES = ("models:/", "runs:/")
+
+
+def is_mlflow_uri(uri: str) -> bool:
+    return uri.startswith(MLFLOW_SCHEMES)
+
+
+def load_from_mlflow(uri: str) -> Synthesizer:
+    """The Synthesizer inside a registered/logged DAGAN pyfunc model."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = mlflow.pyfunc.load_model(uri)
+    except MlflowException as err:
+        raise ValueError(f"cannot load {uri} from MLflow ({mlflow.get_tracking_uri()}): {err.message}") from None
+    python_model = model.unwrap_python_model()
+    synthesizer = getattr(python_model, "synthesizer", None)
+    if not isinstance(synthesizer, Synthesizer):
+        raise ValueError(f"{uri} is not a DAGAN image model (components/pyfunc_model.py); register one with "
+                         "python -m components.register")
+    return synthesizer
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m components.generate", description=__doc__.splitlines()[0])
+    add_generate_arguments(parser)
+    return run_generate(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

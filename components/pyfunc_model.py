@@ -1,0 +1,86 @@
+"""The registered model: an MLflow pyfunc that turns label maps into RGB images.
+
+Logged as "models from code" (this file is the model definition) with the exported generator
+checkpoint (:func:`dagan.generate.export_generator`) as an artifact and ``dagan/`` as code. We
+chose that over ``mlflow.pytorch.log_model``, whose MLflow 3 default is a torch.export ("pt2")
+program: an exported program fixes the input size and dtype, cannot take PNG bytes or check
+label ranges with a clear message, and ties the artifact to one torch version's export format.
+The pyfunc keeps the plain weights (loaded with ``weights_only=True``) and all input checks of
+:class:`dagan.generate.Synthesizer`.
+
+Input: a DataFrame, one row per label map, with exactly one of
+  ``label``      PNG bytes of a single-channel label-id map (base64 in JSON requests), or
+  ``label_ids``  the label ids as a nested list (rows of integers),
+and, for models trained with instance maps, ``instance`` (16-bit PNG bytes) or the param
+``edges_from_labels=true``. Output: a DataFrame with ``image``, RGB PNG bytes (base64 in JSON).
+"""
+
+from __future__ import annotations
+
+import math
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature, set_model
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.types import DataType
+from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
+
+from dagan.generate import InputError, decode_png, encode_png, load_synthesizer
+
+SIGNATURE = ModelSignature(
+    inputs=Schema([
+        ColSpec(DataType.binary, "label", required=False),
+        ColSpec(Array(Array(DataType.long)), "label_ids", required=False),
+        ColSpec(DataType.binary, "instance", required=False),
+    ]),
+    outputs=Schema([ColSpec(DataType.binary, "image")]),
+    params=ParamSchema([ParamSpec("edges_from_labels", DataType.boolean, False)]),
+)
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+class DAGANImageModel(mlflow.pyfunc.PythonModel):
+    """Label maps -> RGB PNG images with the exported DAGAN generator (artifact ``generator``)."""
+
+    def load_context(self, context) -> None:
+        self.synthesizer = load_synthesizer(context.artifacts["generator"], device="cpu")
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        """Bad input raises an MlflowException (HTTP 400 when served) naming the row, the value and the fix."""
+        try:
+            return self._predict(model_input, params)
+        except InputError as err:
+            raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from None
+
+    def _predict(self, model_input: pd.DataFrame, params: dict | None) -> pd.DataFrame:
+        edges_from_labels = bool((params or {}).get("edges_from_labels", False))
+        if not isinstance(model_input, pd.DataFrame):
+            model_input = pd.DataFrame(model_input)
+        images = []
+        for row_number, row in enumerate(model_input.to_dict(orient="records")):
+            what = f"row {row_number}"
+            png, ids = row.get("label"), row.get("label_ids")
+            if _missing(png) == _missing(ids):
+                raise InputError(f"{what}: give exactly one of 'label' (PNG bytes) or 'label_ids' (nested list of "
+                                 "integers)")
+            if not _missing(png):
+                label = decode_png(bytes(png), f"{what} 'label'")
+            else:
+                try:
+                    label = np.array([np.asarray(r, dtype=np.int64) for r in ids])
+                except ValueError as err:
+                    raise InputError(f"{what} 'label_ids': rows must be equally long lists of integers ({err})") \
+                        from None
+            instance = row.get("instance")
+            instance = None if _missing(instance) else decode_png(bytes(instance), f"{what} 'instance'")
+            images.append(encode_png(self.synthesizer(label, instance, edges_from_labels, what=what)))
+        return pd.DataFrame({"image": images})
+
+
+set_model(DAGANImageModel())

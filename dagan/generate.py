@@ -1,0 +1,232 @@
+"""Label maps -> images with a trained generator, for everyday use and for serving.
+
+A :class:`Synthesizer` wraps a generator with its label layout (class count, don't care,
+instance maps) and checks every input before it reaches the network: integer ids in range,
+sides divisible by ``2**num_up``, at most ``MAX_SIDE`` pixels a side. Datasets with instance maps
+(Cityscapes, COCO-Stuff, the synthetic scenes) need an instance map per label map, or the
+explicit choice ``edges_from_labels`` (instance edges = class boundaries).
+
+:func:`export_generator` writes a slim generator checkpoint (weights, config, label layout)
+that :func:`dagan.checkpoint.load_generator` reads like a training checkpoint; it is what the
+registered MLflow model carries. Local checkpoints are read here; MLflow URIs are resolved by
+``components.generate`` (this library never imports mlflow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dagan.checkpoint import FORMAT_VERSION, load_checkpoint, load_generator
+from dagan.config import Config
+from dagan.data.manifest import Manifest, read_manifest
+from dagan.generator import DAGANGenerator
+from dagan.labels import semantic_input
+
+MAX_SIDE = 2048
+
+
+class InputError(ValueError):
+    """A label or instance map the model cannot take; the message names the input and the fix."""
+
+
+@dataclass(frozen=True)
+class LabelLayout:
+    num_classes: int
+    contain_dontcare_label: bool
+    has_instance: bool
+    class_names: list[str]
+    class_colors: list[list[int]]
+
+    @property
+    def num_label_channels(self) -> int:
+        return self.num_classes + int(self.contain_dontcare_label)
+
+    @property
+    def semantic_nc(self) -> int:
+        return self.num_label_channels + int(self.has_instance)
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest) -> LabelLayout:
+        return cls(manifest.num_classes, manifest.contain_dontcare_label, manifest.has_instance,
+                   list(manifest.class_names), [list(c) for c in manifest.class_colors])
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def export_generator(
+    path: str | Path, generator: DAGANGenerator, config: Config, layout: LabelLayout
+) -> Path:
+    """Write generator weights + config + label layout atomically (readable by load_generator)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "format_version": FORMAT_VERSION, "config": config.to_dict(), "semantic_nc": layout.semantic_nc,
+        "generator": generator.state_dict(), "ema": None, "layout": layout.to_dict(),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+    return path
+
+
+def colorize(label: np.ndarray, colors: list[list[int]]) -> np.ndarray:
+    """(H, W) label ids -> (H, W, 3) uint8 using ``colors``; ids without a colour are black."""
+    palette = np.zeros((max(int(label.max()) + 1, len(colors)), 3), dtype=np.uint8)
+    palette[: len(colors)] = np.asarray(colors, dtype=np.uint8).reshape(-1, 3)
+    return palette[label.clip(min=0)]
+
+
+def decode_png(data: bytes, what: str) -> np.ndarray:
+    """PNG bytes of a single-channel map -> (H, W) int64 array."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (OSError, ValueError) as err:
+        raise InputError(f"{what}: not a readable PNG ({err}); send a single-channel 8- or 16-bit PNG") from None
+    if image.mode not in ("L", "I", "I;16", "P"):
+        raise InputError(f"{what}: PNG mode {image.mode} is not a label map; save label ids as a single-channel "
+                         "(grayscale 8/16-bit) PNG, not colours")
+    return np.asarray(image).astype(np.int64)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class Synthesizer:
+    """A generator with its label layout, checking inputs; call it with (H, W) integer label maps."""
+
+    def __init__(self, generator: DAGANGenerator, layout: LabelLayout, device: str | torch.device = "cpu"):
+        if generator.fc.in_channels != layout.semantic_nc:
+            raise ValueError(f"generator takes {generator.fc.in_channels} input channels but the label layout "
+                             f"gives {layout.semantic_nc}; the checkpoint and the manifest do not belong together")
+        self.device = torch.device(device)
+        self.generator = generator.to(self.device).eval()
+        self.layout = layout
+        self.factor = 2**generator.num_up
+
+    def check(
+        self, label: np.ndarray, what: str, instance: np.ndarray | None = None, edges_from_labels: bool = False
+    ) -> np.ndarray:
+        """Return ``label`` as int64 or raise InputError naming ``what``, the value and the fix."""
+        label = np.asarray(label)
+        if label.ndim != 2 or not np.issubdtype(label.dtype, np.integer):
+            raise InputError(f"{what}: expected a 2-D array of integer label ids, got shape {label.shape} "
+                             f"dtype {label.dtype}")
+        height, width = label.shape
+        if height % self.factor or width % self.factor or not 0 < max(height, width) <= MAX_SIDE:
+            raise InputError(
+                f"{what}: size {height}x{width} is not allowed; height and width must be multiples of "
+                f"{self.factor} (2**num_upsampling_layers) and at most {MAX_SIDE}: resize or crop the label map"
+            )
+        high = self.layout.num_label_channels - 1
+        if label.min() < 0 or label.max() > high:
+            raise InputError(f"{what}: label ids span [{label.min()}, {label.max()}] but this model knows ids "
+                             f"0..{high} ({self.layout.num_classes} classes"
+                             f"{' + don' + chr(39) + 't care' if self.layout.contain_dontcare_label else ''})")
+        if self.layout.has_instance and instance is None and not edges_from_labels:
+            raise InputError(
+                f"{what}: this model was trained with instance maps; pass the instance map (generate "
+                "--instances DIR, column 'instance'), or choose instance edges = class boundaries "
+                "(generate --edges-from-labels, params edges_from_labels=true)"
+            )
+        if instance is not None and np.asarray(instance).shape != label.shape:
+            raise InputError(f"{what}: instance map shape {np.asarray(instance).shape} differs from the label "
+                             f"map's {label.shape}")
+        return label.astype(np.int64)
+
+    @torch.no_grad()
+    def __call__(
+        self, label: np.ndarray, instance: np.ndarray | None = None, edges_from_labels: bool = False,
+        what: str = "label map",
+    ) -> np.ndarray:
+        """(H, W) label ids -> (H, W, 3) uint8 RGB image."""
+        label = self.check(label, what, instance, edges_from_labels)
+        instance_tensor = None
+        if self.layout.has_instance:
+            source = label if instance is None else np.asarray(instance).astype(np.int64)
+            instance_tensor = torch.from_numpy(source)[None].to(self.device)
+        label_tensor = torch.from_numpy(label)[None].to(self.device)
+        semantic = semantic_input(label_tensor, self.layout.num_label_channels, instance_tensor)
+        image = self.generator(semantic)[0]
+        return ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+def load_synthesizer(
+    path: str | Path, use_ema: bool = True, manifest_dir: str | Path | None = None, device: str = "cpu"
+) -> Synthesizer:
+    """A Synthesizer from a training checkpoint or an exported generator.
+
+    The label layout comes from the exported checkpoint, else from ``manifest_dir``, else from
+    the prepared dataset named in the checkpoint's config (``dataset.prepared_dir``).
+    """
+    state = load_checkpoint(path)
+    generator, config, _ = load_generator(path, use_ema=use_ema)
+    if state.get("layout"):
+        layout = LabelLayout(**state["layout"])
+    else:
+        directory = Path(manifest_dir or config.dataset.prepared_dir)
+        if not (directory / "manifest.json").is_file():
+            raise FileNotFoundError(
+                f"{path} is a training checkpoint without a label layout and {directory / 'manifest.json'} does "
+                "not exist; pass --manifest DIR (the prepared dataset the model was trained on)"
+            )
+        layout = LabelLayout.from_manifest(read_manifest(directory))
+    return Synthesizer(generator, layout, device)
+
+
+def generate_dir(
+    synthesizer: Synthesizer, labels_dir: str | Path, out_dir: str | Path,
+    instances_dir: str | Path | None = None, edges_from_labels: bool = False,
+) -> list[Path]:
+    """Generate one PNG in ``out_dir`` per ``*.png`` label map in ``labels_dir`` (same file names).
+
+    Every input is checked before anything is written, so bad input leaves no partial output.
+    """
+    labels_dir, out_dir = Path(labels_dir), Path(out_dir)
+    files = sorted(labels_dir.glob("*.png")) if labels_dir.is_dir() else []
+    if not files:
+        raise FileNotFoundError(f"no *.png label maps in {labels_dir}; pass --labels DIR with label-id PNGs")
+    inputs = []
+    for file in files:
+        label = decode_png(file.read_bytes(), str(file))
+        instance = None
+        if instances_dir is not None:
+            instance_file = Path(instances_dir) / file.name
+            if not instance_file.is_file():
+                raise FileNotFoundError(f"{instance_file}: no instance map for {file} (same file name expected)")
+            instance = decode_png(instance_file.read_bytes(), str(instance_file))
+        synthesizer.check(label, str(file), instance, edges_from_labels)
+        inputs.append((file, label, instance))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for file, label, instance in inputs:
+        image = synthesizer(label, instance, edges_from_labels, what=str(file))
+        target = out_dir / file.name
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_bytes(encode_png(image))
+        tmp.replace(target)
+        written.append(target)
+    return written
+
+
+def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``python -m dagan generate`` and ``python -m components.generate``."""
+    parser.add_argument("--model", required=True,
+                        help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model or a checkpoint path")
+    parser.add_argument("--labels", required=True, help="folder of label-id PNGs (single channel)")
+    parser.add_argument("--out", required=True, help="output folder (same file names, RGB PNG)")
+    parser.add_argument("--instances", help="folder of instance-id PNGs with the same file names")
+    parser.add_argument("--edges-from-labels", action="store_true",
+                        help="models trained with instance maps: use class boundaries as instance edges")
+    parser.add_argument("--manifest", help="prepared dataset folder giving the label layout of a training checkpoint")

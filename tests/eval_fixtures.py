@@ -1,0 +1,145 @@
+"""Fixtures of the evaluation tests: a tiny prepared dataset with train/val splits, a tiny
+generator checkpoint in the documented format, and a training run in a real MLflow store."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+
+from dagan.checkpoint import FORMAT_VERSION, save_checkpoint
+from dagan.config import Config, config_from_dict, save_config
+from dagan.generator import build_generator
+
+NUM_CLASSES = 4
+SIZE = 32
+COLORS = np.array([[40, 60, 200], [200, 60, 40], [60, 200, 60], [220, 220, 40]])
+
+
+def png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def scene(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    label = np.zeros((SIZE, SIZE), np.uint8)
+    for class_id in range(1, NUM_CLASSES):
+        top, left = rng.integers(0, SIZE - 10, 2)
+        label[top:top + 10, left:left + 12] = class_id
+    instance = label.astype(np.uint16) * 1000
+    image = np.clip(COLORS[label] + rng.integers(-30, 30, (SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
+    return label, instance, image
+
+
+def write_prepared(directory: Path, splits: dict[str, int] | None = None, seed: int = 0) -> Path:
+    """Prepared dataset (docs/ARCHITECTURE.md format): 4 classes, instance maps, flat-coloured rectangles."""
+    splits = splits or {"train": 16, "val": 8}
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    shards = []
+    for split, count in splits.items():
+        rows = {"id": [], "split": [], "image": [], "label": [], "instance": [], "height": [], "width": []}
+        for index in range(count):
+            label, instance, image = scene(rng)
+            for key, value in (("id", f"{split}-{index:03d}"), ("split", split), ("image", png(image)),
+                               ("label", png(label)), ("instance", png(instance)), ("height", SIZE),
+                               ("width", SIZE)):
+                rows[key].append(value)
+        table = pa.table({**rows, "height": pa.array(rows["height"], pa.int32()),
+                          "width": pa.array(rows["width"], pa.int32())})
+        shard = directory / f"{split}-00000.parquet"
+        pq.write_table(table, shard)
+        shards.append({"path": shard.name, "split": split, "rows": count,
+                       "sha256": hashlib.sha256(shard.read_bytes()).hexdigest()})
+    manifest = {
+        "format_version": 1, "dataset": "synthetic", "class_names": [f"class{i}" for i in range(NUM_CLASSES)],
+        "class_colors": COLORS.tolist(), "num_classes": NUM_CLASSES, "contain_dontcare_label": False,
+        "has_instance": True, "semantic_nc": NUM_CLASSES + 1, "load_size": SIZE, "splits": splits,
+        "label_only_splits": [], "shards": shards,
+    }
+    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return directory
+
+
+def tiny_config(root: Path, **sections: dict) -> Config:
+    """ngf/ndf 8, 32x32, CPU, every output under ``root``, a sqlite MLflow store in ``root``."""
+    data = {
+        "dataset": {"name": "synthetic", "prepared_dir": str(root / "prepared"), "load_size": SIZE,
+                    "crop_size": SIZE, "aspect_ratio": 1.0, "num_workers": 0},
+        "model": {"ngf": 8, "ndf": 8, "num_upsampling_layers": "normal"},
+        "loss": {"lambda_vgg": 0.0},
+        "train": {"batch_size": 4, "epochs": 1, "epochs_decay": 0, "device": "cpu", "out_dir": str(root / "train")},
+        "mlflow": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "test"},
+        "judge": {"width": 8, "levels": 2, "epochs": 3, "batch_size": 8, "device": "cpu",
+                  "out_dir": str(root / "judge")},
+        "evaluate": {"batch_size": 4, "device": "cpu", "num_grid_samples": 3, "num_attention_samples": 2,
+                     "download_weights": False, "out_dir": str(root / "eval")},
+        "register": {"out_dir": str(root / "register")},
+    }
+    for name, values in sections.items():
+        data[name] = {**data.get(name, {}), **values}
+    return config_from_dict(data, "tiny").resolved()
+
+
+def write_params(config: Config, root: Path) -> Path:
+    """The resolved config as a params file for ``--params``."""
+    save_config(config, root / "params.yaml")
+    return root / "params.yaml"
+
+
+def write_checkpoint(config: Config, path: Path, seed: int = 0) -> Path:
+    """A generator checkpoint in the documented training-checkpoint format (untrained weights)."""
+    torch.manual_seed(seed)
+    generator = build_generator(config, NUM_CLASSES + 1)
+    state = {"format_version": FORMAT_VERSION, "config": config.to_dict(), "semantic_nc": NUM_CLASSES + 1,
+             "generator": generator.state_dict(), "discriminator": {}, "ema": None, "optimizer_g": {},
+             "optimizer_d": {}, "scaler": None, "step": 0, "epoch": 0, "rng": {}}
+    return save_checkpoint(state, path)
+
+
+def start_training_run(config: Config) -> str:
+    """A finished MLflow run standing in for the training's, and its mlflow_run.json."""
+    import mlflow
+
+    mlflow.set_tracking_uri(config.mlflow.tracking_uri)
+    experiment = mlflow.set_experiment(config.mlflow.experiment)
+    with mlflow.start_run(experiment_id=experiment.experiment_id) as run:
+        mlflow.log_param("stand_in", "training")
+    out = Path(config.train.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "mlflow_run.json").write_text(json.dumps({"run_id": run.info.run_id,
+                                                     "experiment_id": experiment.experiment_id,
+                                                     "tracking_uri": config.mlflow.tracking_uri}))
+    return run.info.run_id
+
+
+GOOD_METRICS = {"judge_miou_generated": 0.5, "judge_miou_real": 0.6, "fd_judge_generated": 1.0,
+                "fd_judge_baseline": 4.0}
+
+
+def registered_model(root: Path, metrics: dict | None = None) -> tuple[Config, Path]:
+    """Prepared data, a checkpoint, a training run and eval metrics, then ``components.register``."""
+    from components.register import main as register
+
+    config = tiny_config(root)
+    write_prepared(root / "prepared")
+    write_checkpoint(config, root / "train" / "checkpoints" / "final.pt")
+    start_training_run(config)
+    write_metrics(config, metrics or GOOD_METRICS)
+    params = write_params(config, root)
+    assert register(["--params", str(params)]) == 0
+    return config, params
+
+
+def write_metrics(config: Config, metrics: dict) -> None:
+    out = Path(config.evaluate.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics))
