@@ -1,0 +1,52 @@
+# One image for every step of the pipeline: DVC stages, Kubeflow components and the
+# distributed TrainJob all run `python -m components.<step>` (or torchrun) in it.
+#
+#   docker build -t REGISTRY/dagan:TAG --build-arg GIT_COMMIT=$(git rev-parse HEAD) .
+#
+# CUDA: the torch wheel pinned in requirements.lock is PyPI's Linux build, which bundles the
+# CUDA 13 runtime, cuDNN and NCCL (the nvidia-* packages of the lock). The node needs only the
+# NVIDIA driver (>= 580 for CUDA 13) and the device plugin; no CUDA base image is required.
+# No credentials are baked in: MLflow and S3 settings arrive as environment variables from
+# Kubernetes secrets at run time (docs/KUBEFLOW.md).
+FROM python:3.11.13-slim-bookworm
+
+ARG GIT_COMMIT=unknown
+LABEL org.opencontainers.image.title="dagan" \
+      org.opencontainers.image.description="DAGAN semantic image synthesis: pipeline steps" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.revision="${GIT_COMMIT}"
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
+
+# Dependencies first (their layer is reused while only the code changes).
+COPY requirements.lock /tmp/requirements.lock
+RUN python -m venv /opt/venv \
+    && pip install --no-cache-dir -r /tmp/requirements.lock \
+    && rm /tmp/requirements.lock
+
+WORKDIR /app
+COPY pyproject.toml README.md params.yaml ./
+COPY dagan/ dagan/
+COPY components/ components/
+COPY pipeline/ pipeline/
+RUN pip install --no-cache-dir --no-deps . \
+    && python -c "import dagan, components.cli, pipeline.steps"
+
+# Non-root runtime user. The code stays root-owned (read-only for the user); the default
+# relative output folders and the home directory (torch/matplotlib caches) are writable.
+RUN groupadd --gid 1000 dagan \
+    && useradd --uid 1000 --gid 1000 --create-home --home-dir /home/dagan dagan \
+    && mkdir -p /app/data /app/outputs \
+    && chown -R 1000:1000 /app/data /app/outputs
+ENV HOME=/home/dagan \
+    TORCH_HOME=/home/dagan/.cache/torch \
+    MPLCONFIGDIR=/home/dagan/.cache/matplotlib
+USER 1000:1000
+
+# No ENTRYPOINT: Kubeflow and the TrainJob set the command of every container.
+CMD ["python", "-m", "dagan", "--help"]

@@ -1,0 +1,82 @@
+"""``python -m pipeline.compile --output FILE``: write the Kubeflow pipeline as a YAML package.
+
+    python -m pipeline.compile --output dagan-pipeline.yaml --image REGISTRY/dagan:TAG [--gpus 4]
+        [--shared-pvc NAME [--trainjob]] [--mlflow-secret NAME] [--s3-secret NAME] ...
+
+The flags are the cluster's side of the pipeline (pipeline/pipeline.py, ClusterSettings);
+a run's own choices (params file, -S overrides, nodes) are parameters given at submit time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from kfp import compiler
+
+from pipeline.pipeline import DEFAULT_IMAGE, ClusterSettings, build_pipeline
+
+DEFAULTS = ClusterSettings()
+
+
+def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("cluster settings (compile time)")
+    group.add_argument("--image", default=DEFAULT_IMAGE, help=f"project image for every step (default {DEFAULT_IMAGE})")
+    group.add_argument("--gpus", type=int, default=DEFAULTS.gpus,
+                       help="GPUs of the train pod, and per node of a TrainJob by default (default %(default)s)")
+    group.add_argument("--cpu", default=DEFAULTS.cpu, help="CPU of the train pod / TrainJob node (default %(default)s)")
+    group.add_argument("--memory", default=DEFAULTS.memory, help="memory of the train pod / node (default %(default)s)")
+    group.add_argument("--shm-size", default=DEFAULTS.shm_size, help="memory-backed /dev/shm (default %(default)s)")
+    group.add_argument("--train-retries", type=int, default=DEFAULTS.train_retries, help="default %(default)s")
+    group.add_argument("--mlflow-secret", default=DEFAULTS.mlflow_secret,
+                       help="secret with MLFLOW_TRACKING_URI (default %(default)s)")
+    group.add_argument("--s3-secret", default=DEFAULTS.s3_secret,
+                       help="secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (default %(default)s)")
+    group.add_argument("--shared-pvc", default=None,
+                       help="ReadWriteMany PVC mounted at --shared-mount (raw data, checkpoints that survive retries)")
+    group.add_argument("--shared-mount", default=DEFAULTS.shared_mount, help="default %(default)s")
+    group.add_argument("--trainjob", action="store_true",
+                       help="train as a Kubeflow Trainer TrainJob over num_nodes x gpus_per_node (needs --shared-pvc)")
+
+
+def settings_from(args: argparse.Namespace) -> ClusterSettings:
+    return ClusterSettings(image=args.image, gpus=args.gpus, cpu=args.cpu, memory=args.memory, shm_size=args.shm_size,
+                           train_retries=args.train_retries, mlflow_secret=args.mlflow_secret,
+                           s3_secret=args.s3_secret, shared_pvc=args.shared_pvc, shared_mount=args.shared_mount,
+                           trainjob=args.trainjob)
+
+
+def compile_pipeline(settings: ClusterSettings, output: str | Path) -> Path:
+    """Compile to ``output`` atomically (a failed compile leaves an earlier file untouched)."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=output.parent, prefix=f".{output.name}.", suffix=".yaml",
+                                     delete=False) as tmp:
+        staging = Path(tmp.name)
+    try:
+        compiler.Compiler().compile(build_pipeline(settings), package_path=str(staging))
+        staging.replace(output)
+    finally:
+        staging.unlink(missing_ok=True)
+    return output
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", required=True, help="pipeline YAML to write")
+    add_cluster_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        path = compile_pipeline(settings_from(args), args.output)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
