@@ -1,0 +1,111 @@
+"""`mlflow models serve` of the champion answers real HTTP /invocations requests; bad input gets a clear 400."""
+
+import base64
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from eval_fixtures import SIZE, png, registered_model
+from PIL import Image
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def post(url: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    config, _ = registered_model(root)
+    port = free_port()
+    mlflow_cli = Path(sys.executable).with_name("mlflow")
+    command = [str(mlflow_cli) if mlflow_cli.exists() else shutil.which("mlflow"), "models", "serve",
+               "-m", "models:/dagan-synthetic@champion", "--env-manager", "local", "-h", "127.0.0.1",
+               "-p", str(port), "--workers", "1"]
+    log = (root / "serve.log").open("w")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": config.mlflow.tracking_uri,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # the venv's uvicorn
+    process = subprocess.Popen(command, env=env,
+                               stdout=log, stderr=subprocess.STDOUT, cwd=root)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"mlflow models serve did not come up:\n{(root / 'serve.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+def label_png(size: int = SIZE, top_class: int = 3) -> str:
+    label = np.zeros((size, size), np.uint8)
+    label[: size // 2] = top_class
+    return base64.b64encode(png(label)).decode()
+
+
+def test_served_champion_turns_a_label_png_into_an_rgb_image(server):
+    body = {"dataframe_split": {"columns": ["label"], "data": [[label_png()], [label_png(top_class=1)]]},
+            "params": {"edges_from_labels": True}}
+    status, answer = post(f"{server}/invocations", body)
+    assert status == 200, answer
+    images = [Image.open(io.BytesIO(base64.b64decode(row["image"]))) for row in answer["predictions"]]
+    assert [(im.mode, im.size) for im in images] == [("RGB", (SIZE, SIZE))] * 2
+
+
+def test_served_model_takes_integer_arrays(server):
+    ids = np.zeros((SIZE, SIZE), int)
+    ids[:, :8] = 2
+    body = {"dataframe_records": [{"label_ids": ids.tolist()}], "params": {"edges_from_labels": True}}
+    status, answer = post(f"{server}/invocations", body)
+    assert status == 200, answer
+    assert Image.open(io.BytesIO(base64.b64decode(answer["predictions"][0]["image"]))).size == (SIZE, SIZE)
+
+
+def test_bad_requests_get_clear_errors(server):
+    wrong_size = {"dataframe_split": {"columns": ["label"], "data": [[label_png(size=30)]]},
+                  "params": {"edges_from_labels": True}}
+    status, answer = post(f"{server}/invocations", wrong_size)
+    assert status == 400 and "size 30x30" in answer["message"] and "multiples of 32" in answer["message"]
+
+    out_of_range = {"dataframe_split": {"columns": ["label"], "data": [[label_png(top_class=9)]]},
+                    "params": {"edges_from_labels": True}}
+    status, answer = post(f"{server}/invocations", out_of_range)
+    assert status == 400 and "label ids span [0, 9]" in answer["message"] and "0..3" in answer["message"]
+
+    no_instances = {"dataframe_split": {"columns": ["label"], "data": [[label_png()]]}}
+    status, answer = post(f"{server}/invocations", no_instances)
+    assert status == 400 and "instance maps" in answer["message"] and "edges_from_labels" in answer["message"]
