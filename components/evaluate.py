@@ -6,8 +6,9 @@ Generates the ``evaluate.split`` images with the (EMA) generator and reports, be
 images (the judge's ceiling) and the mean-colour baseline (the floor): judge mIoU, pixel
 accuracy and per-class IoU, the judge Fréchet distance, FID and LPIPS or the recorded reason
 they are unavailable (dagan/evaluation.py, paper section 4). Writes into ``evaluate.out_dir``:
-``metrics.json`` (DVC metrics), ``per_class_iou.json``, ``samples.png`` (label | generated |
-real), ``attention.png`` (SAM maps and CAM channel weights, paper Fig. 9) and ``config.yaml``,
+``metrics.json`` (DVC metrics), ``per_class_iou.json``, ``figures/samples.png`` (label |
+generated | real), ``figures/attention.png`` (SAM maps and CAM channel weights, paper Fig. 9;
+only for variants with attention) and ``config.yaml``,
 and logs all of it into the training's MLflow run (``<train.out_dir>/mlflow_run.json``). The
 tracking URI is ``$MLFLOW_TRACKING_URI`` when set, else ``mlflow.tracking_uri``.
 """
@@ -92,10 +93,12 @@ def _run(config: Config) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "metrics.json", {**metrics, "unavailable": unavailable})
     write_json(out_dir / "per_class_iou.json", result.per_class_iou)
+    figures = out_dir / "figures"
+    figures.mkdir(exist_ok=True)
     images = [save_png(sample_grid(result.samples["label"], result.samples["generated"], result.samples["real"],
-                                   manifest.class_colors), out_dir / "samples.png")]
+                                   manifest.class_colors), figures / "samples.png")]
     if figure is not None:
-        images.append(save_png(figure, out_dir / "attention.png"))
+        images.append(save_png(figure, figures / "attention.png"))
     save_config(config, out_dir / "config.yaml")
 
     mlflow.set_tracking_uri(tracking_uri(config))
@@ -103,7 +106,7 @@ def _run(config: Config) -> int:
         mlflow.log_metrics({f"eval/{k}": v for k, v in metrics.items()})
         mlflow.set_tags({f"eval/{name}_unavailable": reason[:4000] for name, reason in unavailable.items()})
         for path in [out_dir / "metrics.json", out_dir / "per_class_iou.json", out_dir / "config.yaml", *images]:
-            mlflow.log_artifact(str(path), artifact_path="eval")
+            mlflow.log_artifact(str(path), artifact_path="eval/figures" if path.suffix == ".png" else "eval")
     for name, reason in unavailable.items():
         log.warning("%s unavailable: %s", name, reason)
     log.info("judge mIoU generated %.4f / real %.4f / baseline %.4f; fd_judge generated %.4f vs baseline %.4f",
