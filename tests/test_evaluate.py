@@ -1,0 +1,94 @@
+"""train_judge + evaluate on a tiny prepared dataset: metrics.json, figures, MLflow logging, FID unavailability."""
+
+import json
+
+import mlflow
+import torch
+from eval_fixtures import (
+    NUM_CLASSES,
+    SIZE,
+    start_training_run,
+    tiny_config,
+    write_checkpoint,
+    write_params,
+    write_prepared,
+)
+from PIL import Image
+
+from dagan.evaluation import evaluate_generator
+from dagan.judge import SegmentationNet
+
+
+def test_train_judge_then_evaluate_writes_metrics_figures_and_logs_to_the_training_run(tmp_path):
+    from components.evaluate import main as evaluate
+    from components.train_judge import main as train_judge
+
+    config = tiny_config(tmp_path, evaluate={"fid_weights": str(tmp_path / "no-inception.pth")})
+    write_prepared(tmp_path / "prepared")
+    write_checkpoint(config, tmp_path / "train" / "checkpoints" / "final.pt")
+    run_id = start_training_run(config)
+    params = write_params(config, tmp_path)
+
+    assert train_judge(["--params", str(params)]) == 0
+    judge_metrics = json.loads((tmp_path / "judge" / "metrics.json").read_text())
+    assert judge_metrics["judge_miou_real_val"] > 0.5  # flat-coloured rectangles: easy for the judge
+    assert (tmp_path / "judge" / "judge.pt").is_file() and (tmp_path / "judge" / "config.yaml").is_file()
+
+    assert evaluate(["--params", str(params)]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    for source in ("generated", "real", "baseline"):
+        assert 0 <= metrics[f"judge_miou_{source}"] <= 1 and 0 <= metrics[f"judge_accuracy_{source}"] <= 1
+    assert metrics["judge_miou_real"] == judge_metrics["judge_miou_real_val"]
+    assert metrics["fd_judge_generated"] >= 0 and metrics["fd_judge_baseline"] >= 0
+    assert "fid_generated" not in metrics
+    assert str(tmp_path / "no-inception.pth") in metrics["unavailable"]["fid"]
+    assert "weights-vgg16-lpips.pth" in metrics["unavailable"]["lpips"] or "vgg16" in metrics["unavailable"]["lpips"]
+    per_class = json.loads((tmp_path / "eval" / "per_class_iou.json").read_text())
+    assert set(per_class) == {"generated", "real", "baseline"} and len(per_class["real"]) == NUM_CLASSES
+    samples = Image.open(tmp_path / "eval" / "figures" / "samples.png")
+    assert samples.width > 3 * SIZE and samples.height > 3 * SIZE  # 3 rows of label | generated | real
+    assert Image.open(tmp_path / "eval" / "figures" / "attention.png").height > 2 * SIZE
+
+    run = mlflow.MlflowClient(config.mlflow.tracking_uri).get_run(run_id)
+    assert run.data.metrics["eval/judge_miou_generated"] == metrics["judge_miou_generated"]
+    assert "weights-vgg16" in run.data.tags["eval/lpips_unavailable"] or run.data.tags["eval/lpips_unavailable"]
+    artifacts = {a.path for a in mlflow.MlflowClient(config.mlflow.tracking_uri).list_artifacts(run_id, "eval")}
+    assert {"eval/metrics.json", "eval/per_class_iou.json", "eval/figures"} <= artifacts
+
+
+class FlatGenerator(torch.nn.Module):
+    """Stands in for DAGAN: paints the first three one-hot channels."""
+
+    def forward(self, semantic):
+        return torch.tanh(semantic[:, :3] * 2 - 1)
+
+
+class TinyFeatures(torch.nn.Module):
+    """Stands in for Inception: channel means and stds (6-d)."""
+
+    def forward(self, image):
+        return torch.cat([image.mean(dim=(2, 3)), image.std(dim=(2, 3))], dim=1)
+
+
+def test_fid_and_lpips_code_path_with_injected_networks():
+    torch.manual_seed(0)
+    generator = FlatGenerator()
+    judge = SegmentationNet(3, NUM_CLASSES, width=4, levels=2)
+    labels = torch.randint(0, NUM_CLASSES, (8, 16, 16))
+    batches = [{"label": labels[i:i + 4], "image": torch.rand(4, 3, 16, 16) * 2 - 1} for i in (0, 4)]
+    calls = []
+
+    def lpips(a, b):
+        calls.append(a.shape)
+        return (a - b).abs().mean(dim=(1, 2, 3))
+
+    result = evaluate_generator(
+        generator, judge, batches, num_classes=NUM_CLASSES, num_label_channels=NUM_CLASSES,
+        class_names=[f"c{i}" for i in range(NUM_CLASSES)], mean_colors=torch.zeros(NUM_CLASSES + 1, 3),
+        device=torch.device("cpu"), inception=TinyFeatures(), lpips=lpips, num_samples=5,
+    )
+    metrics = result.metrics
+    assert metrics["fid_generated"] > 0 and metrics["fid_baseline"] > 0
+    assert 0 < metrics["lpips_generated"] < 2 and metrics["lpips_baseline"] > 0
+    assert len(calls) == 4  # generated and baseline, two batches
+    assert result.samples["generated"].shape == (5, 3, 16, 16) and result.samples["label"].shape == (5, 16, 16)
