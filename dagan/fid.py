@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dagan.perceptual import MissingPretrainedWeightsError
+
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
 LPIPS_FILE = "weights-vgg16-lpips.pth"
@@ -30,7 +32,7 @@ VGG16_FILE = "vgg16-397923af.pth"  # torchvision's VGG16 IMAGENET1K_V1, LPIPS's 
 VGG16_URL = f"https://download.pytorch.org/models/{VGG16_FILE}"
 
 
-class MetricUnavailableError(RuntimeError):
+class MetricUnavailableError(MissingPretrainedWeightsError):
     """A metric's pretrained network (or its library) is not on this machine; the message says why."""
 
 
