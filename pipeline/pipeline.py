@@ -92,59 +92,70 @@ def _with_gpus(task: dsl.PipelineTask, gpus: int, settings: ClusterSettings) -> 
     return task
 
 
+def _steps(ops: dict, settings: ClusterSettings, params_file, overrides, num_nodes=None, gpus_per_node=None) -> None:
+    """The DAG; ``num_nodes`` / ``gpus_per_node`` are the TrainJob's pipeline parameters (``--trainjob`` only)."""
+    prepare = ops["prepare"](params_file=params_file, overrides=overrides)
+    prepare.set_display_name("prepare").set_caching_options(True)
+    prepare.set_cpu_request("2").set_cpu_limit("4").set_memory_request("8Gi").set_memory_limit("16Gi")
+    _with_shared_volume(prepare, settings)
+
+    judge = ops["train_judge"](params_file=params_file, overrides=overrides, prepared=prepare.outputs["prepared"])
+    judge.set_display_name("train_judge").set_caching_options(True).set_retry(1, backoff_duration="60s")
+    judge.set_cpu_request("4").set_memory_request("16Gi").set_memory_limit("32Gi")
+    _with_gpus(judge, min(settings.gpus, 1), settings)
+
+    if settings.trainjob:
+        train = ops["train_distributed"](
+            params_file=params_file, overrides=overrides, prepared=prepare.outputs["prepared"],
+            image=settings.image, num_nodes=num_nodes, gpus_per_node=gpus_per_node,
+            resources={"cpu": settings.cpu, "memory": settings.memory, "shm": settings.shm_size},
+            shared_pvc=settings.shared_pvc, shared_mount=settings.shared_mount, work_root=settings.work_root,
+            secret_env=settings.secret_env(), timeout_s=settings.trainjob_timeout_s,
+            job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+        train.set_cpu_request("1").set_memory_request("2Gi").set_memory_limit("4Gi")  # a launcher: it waits
+        _with_shared_volume(train, settings)
+    else:
+        train = ops["train"](params_file=params_file, overrides=overrides, prepared=prepare.outputs["prepared"],
+                             nproc=settings.gpus, work_root=settings.work_root,
+                             job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+        train.set_cpu_request(settings.cpu).set_cpu_limit(settings.cpu)
+        train.set_memory_request(settings.memory).set_memory_limit(settings.memory)
+        _with_gpus(train, settings.gpus, settings)
+        _with_shared_volume(train, settings)
+        _with_secrets(train, settings)
+    train.set_display_name("train").set_caching_options(False)
+    train.set_retry(settings.train_retries, backoff_duration="120s", backoff_factor=2.0)
+
+    evaluate = ops["evaluate"](params_file=params_file, overrides=overrides, prepared=prepare.outputs["prepared"],
+                               judge=judge.outputs["judge"], model=train.outputs["model"])
+    evaluate.set_display_name("evaluate").set_caching_options(False).set_retry(1, backoff_duration="60s")
+    evaluate.set_cpu_request("4").set_memory_request("16Gi").set_memory_limit("32Gi")
+    _with_gpus(evaluate, min(settings.gpus, 1), settings)
+    _with_secrets(evaluate, settings)
+
+    with dsl.If(evaluate.outputs["gate"] == "passed", name="registration-gate"):
+        register = ops["register"](params_file=params_file, overrides=overrides, prepared=prepare.outputs["prepared"],
+                                   model=train.outputs["model"], evaluation=evaluate.outputs["evaluation"])
+        register.set_display_name("register").set_caching_options(False).set_retry(2, backoff_duration="30s")
+        register.set_cpu_request("2").set_memory_request("8Gi").set_memory_limit("16Gi")
+        _with_secrets(register, settings)
+
+
 def build_pipeline(settings: ClusterSettings = ClusterSettings()):  # noqa: B008 (frozen, immutable default)
     """The pipeline function for ``settings`` (compile it with kfp's Compiler or run it with kfp.local)."""
     ops = build_components(settings.image)
+    description = "DAGAN: prepare, judge, train, evaluate, register (gated)"
 
-    @dsl.pipeline(name=PIPELINE_NAME, description="DAGAN: prepare, judge, train, evaluate, register (gated)")
-    def dagan_pipeline(params_file: str = "params.yaml", overrides: list = [],  # noqa: B006 (KFP default)
-                       num_nodes: int = 2, gpus_per_node: int = max(settings.gpus, 1)):
-        prepare = ops["prepare"](params_file=params_file, overrides=overrides)
-        prepare.set_display_name("prepare").set_caching_options(True)
-        prepare.set_cpu_request("2").set_cpu_limit("4").set_memory_request("8Gi").set_memory_limit("16Gi")
-        _with_shared_volume(prepare, settings)
+    if settings.trainjob:
+        @dsl.pipeline(name=PIPELINE_NAME, description=description + "; training as a Kubeflow Trainer TrainJob")
+        def dagan_trainjob_pipeline(params_file: str = "params.yaml", overrides: list = [],  # noqa: B006
+                                    num_nodes: int = 2, gpus_per_node: int = max(settings.gpus, 1)):
+            _steps(ops, settings, params_file, overrides, num_nodes, gpus_per_node)
 
-        judge = ops["train_judge"](params_file=params_file, overrides=overrides,
-                                   prepared=prepare.outputs["prepared"])
-        judge.set_display_name("train_judge").set_caching_options(True).set_retry(1, backoff_duration="60s")
-        judge.set_cpu_request("4").set_memory_request("16Gi").set_memory_limit("32Gi")
-        _with_gpus(judge, min(settings.gpus, 1), settings)
+        return dagan_trainjob_pipeline
 
-        if settings.trainjob:
-            train = ops["train_distributed"](
-                params_file=params_file, overrides=overrides, prepared=prepare.outputs["prepared"],
-                image=settings.image, num_nodes=num_nodes, gpus_per_node=gpus_per_node,
-                resources={"cpu": settings.cpu, "memory": settings.memory, "shm": settings.shm_size},
-                shared_pvc=settings.shared_pvc, shared_mount=settings.shared_mount, work_root=settings.work_root,
-                secret_env=settings.secret_env(), timeout_s=settings.trainjob_timeout_s,
-                job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
-            train.set_cpu_request("1").set_memory_request("2Gi").set_memory_limit("4Gi")
-            _with_shared_volume(train, settings)
-        else:
-            train = ops["train"](params_file=params_file, overrides=overrides, prepared=prepare.outputs["prepared"],
-                                 nproc=settings.gpus, work_root=settings.work_root,
-                                 job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
-            train.set_cpu_request(settings.cpu).set_cpu_limit(settings.cpu)
-            train.set_memory_request(settings.memory).set_memory_limit(settings.memory)
-            _with_gpus(train, settings.gpus, settings)
-            _with_shared_volume(train, settings)
-            _with_secrets(train, settings)
-        train.set_display_name("train").set_caching_options(False)
-        train.set_retry(settings.train_retries, backoff_duration="120s", backoff_factor=2.0)
-
-        evaluate = ops["evaluate"](params_file=params_file, overrides=overrides, prepared=prepare.outputs["prepared"],
-                                   judge=judge.outputs["judge"], model=train.outputs["model"])
-        evaluate.set_display_name("evaluate").set_caching_options(False).set_retry(1, backoff_duration="60s")
-        evaluate.set_cpu_request("4").set_memory_request("16Gi").set_memory_limit("32Gi")
-        _with_gpus(evaluate, min(settings.gpus, 1), settings)
-        _with_secrets(evaluate, settings)
-
-        with dsl.If(evaluate.outputs["gate"] == "passed", name="registration-gate"):
-            register = ops["register"](params_file=params_file, overrides=overrides,
-                                       prepared=prepare.outputs["prepared"], model=train.outputs["model"],
-                                       evaluation=evaluate.outputs["evaluation"])
-            register.set_display_name("register").set_caching_options(False).set_retry(2, backoff_duration="30s")
-            register.set_cpu_request("2").set_memory_request("8Gi").set_memory_limit("16Gi")
-            _with_secrets(register, settings)
+    @dsl.pipeline(name=PIPELINE_NAME, description=description)
+    def dagan_pipeline(params_file: str = "params.yaml", overrides: list = []):  # noqa: B006 (a KFP default)
+        _steps(ops, settings, params_file, overrides)
 
     return dagan_pipeline

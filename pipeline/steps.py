@@ -182,8 +182,10 @@ def images_html(folder: str | Path, title: str) -> str:
 
 
 def metrics_markdown(title: str, metrics: Mapping[str, float], notes: Sequence[str] = ()) -> str:
-    lines = [f"# {title}", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {name} | {value:.6g} |" for name, value in sorted(metrics.items())]
+    lines = [f"# {title}", ""]
+    if metrics:
+        lines += ["| metric | value |", "|---|---|"]
+        lines += [f"| {name} | {value:.6g} |" for name, value in sorted(metrics.items())]
     if notes:
         lines += ["", *[f"- {note}" for note in notes]]
     return "\n".join(lines) + "\n"

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import kfp
+import yaml
 
 from pipeline.compile import add_cluster_arguments, compile_pipeline, settings_from
 from pipeline.pipeline import PIPELINE_NAME
@@ -63,6 +64,16 @@ def run_arguments(args: argparse.Namespace) -> dict:
     return arguments
 
 
+def check_arguments(package: Path, arguments: dict) -> None:
+    """Refuse arguments the package does not take (e.g. --num-nodes for a pipeline compiled without --trainjob)."""
+    spec = next(yaml.safe_load_all(package.read_text()))
+    accepted = set(spec["root"].get("inputDefinitions", {}).get("parameters", {}))
+    unknown = sorted(set(arguments) - accepted)
+    if unknown:
+        raise ValueError(f"{package} takes no parameter {', '.join(unknown)} (it takes {', '.join(sorted(accepted))}); "
+                         "--num-nodes and --gpus-per-node need a pipeline compiled with --trainjob")
+
+
 def _pipeline_version(client: kfp.Client, package: Path, name: str, namespace: str | None) -> tuple[str, str]:
     """Upload ``package`` as a new version of pipeline ``name`` (created on first use): (pipeline_id, version_id)."""
     digest = hashlib.sha256(package.read_bytes()).hexdigest()[:12]
@@ -77,12 +88,14 @@ def _pipeline_version(client: kfp.Client, package: Path, name: str, namespace: s
 
 
 def submit(args: argparse.Namespace, package: Path) -> int:
+    arguments = run_arguments(args)
+    check_arguments(package, arguments)
     client = kfp.Client(host=args.host, namespace=args.namespace or "kubeflow",
                         existing_token=os.environ.get("KFP_TOKEN") or None)
     experiment = client.create_experiment(args.experiment, namespace=args.namespace)
     pipeline_id, version_id = _pipeline_version(client, package, args.pipeline_name, args.namespace)
     run_name = args.run_name or f"{args.pipeline_name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
-    run = client.run_pipeline(experiment_id=experiment.experiment_id, job_name=run_name, params=run_arguments(args),
+    run = client.run_pipeline(experiment_id=experiment.experiment_id, job_name=run_name, params=arguments,
                               pipeline_id=pipeline_id, version_id=version_id,
                               enable_caching=False if args.no_cache else None)
     print(f"started run {run.run_id} ({run_name}) in experiment {args.experiment} at {args.host}")

@@ -1,0 +1,169 @@
+"""``python -m pipeline.compile``: the YAML carries the resources, retries, secrets, shared memory,
+caching and the registration gate the cluster needs (issue 6). kfp.local ignores the Kubernetes
+settings, so they are checked here, on the compiled package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import compile as compile_cli
+
+IMAGE = "registry.example.com/dagan:1.2.3"
+
+
+def compile_to(tmp_path: Path, *flags: str) -> tuple[dict, dict]:
+    output = tmp_path / "dagan-pipeline.yaml"
+    assert compile_cli.main(["--output", str(output), "--image", IMAGE, *flags]) == 0
+    spec, platform = yaml.safe_load_all(output.read_text())
+    return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+@pytest.fixture(scope="module")
+def default_package(tmp_path_factory):
+    return compile_to(tmp_path_factory.mktemp("compile"), "--gpus", "4", "--cpu", "12", "--memory", "96Gi",
+                      "--shm-size", "32Gi", "--train-retries", "3")
+
+
+def all_tasks(spec: dict) -> dict[str, dict]:
+    tasks = dict(spec["root"]["dag"]["tasks"])
+    for component in spec["components"].values():
+        tasks.update(component.get("dag", {}).get("tasks", {}))
+    return tasks
+
+
+def test_the_dag_runs_the_steps_in_order_with_register_behind_the_gate(default_package):
+    spec, _ = default_package
+    root = spec["root"]["dag"]["tasks"]
+    assert set(root) == {"prepare", "train-judge", "train", "evaluate", "condition-1"}
+    assert root["train-judge"]["dependentTasks"] == ["prepare"]
+    assert root["train"]["dependentTasks"] == ["prepare"]
+    assert set(root["evaluate"]["dependentTasks"]) == {"prepare", "train-judge", "train"}
+    gate = root["condition-1"]
+    assert gate["taskInfo"]["name"] == "registration-gate"
+    assert gate["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--evaluate-gate'] == 'passed'"
+    assert set(spec["components"]["comp-condition-1"]["dag"]["tasks"]) == {"register"}
+    assert set(spec["root"]["inputDefinitions"]["parameters"]) == {"params_file", "overrides"}
+
+
+def test_typed_artifacts(default_package):
+    spec, _ = default_package
+    outputs = {name: {key: value["artifactType"]["schemaTitle"]
+                      for key, value in spec["components"][name]["outputDefinitions"]["artifacts"].items()}
+               for name in ("comp-prepare", "comp-train-judge", "comp-train", "comp-evaluate", "comp-register")}
+    assert outputs["comp-prepare"] == {"prepared": "system.Dataset", "metrics": "system.Metrics"}
+    assert outputs["comp-train-judge"] == {"judge": "system.Model", "metrics": "system.Metrics"}
+    assert outputs["comp-train"] == {"model": "system.Model", "metrics": "system.Metrics"}
+    assert outputs["comp-evaluate"] == {"evaluation": "system.Artifact", "metrics": "system.Metrics",
+                                        "samples": "system.HTML", "report": "system.Markdown"}
+    assert outputs["comp-register"] == {"registration": "system.Artifact", "report": "system.Markdown"}
+    assert spec["components"]["comp-evaluate"]["outputDefinitions"]["parameters"]["gate"]["parameterType"] == "STRING"
+
+
+def test_every_step_runs_in_the_project_image_without_installing_packages(default_package):
+    spec, _ = default_package
+    executors = spec["deploymentSpec"]["executors"]
+    assert set(executors) == {"exec-prepare", "exec-train-judge", "exec-train", "exec-evaluate", "exec-register"}
+    for name, executor in executors.items():
+        container = executor["container"]
+        assert container["image"] == IMAGE, name
+        script = " ".join(container["command"])
+        assert "pip install" not in script, f"{name} must not pip-install at run time (kfp is in the image)"
+        assert "from pipeline import steps" in script, name
+
+
+def test_train_step_resources_shm_and_retries(default_package):
+    spec, platform = default_package
+    resources = spec["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]
+    assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert resources["accelerator"]["resourceCount"] == "4"
+    assert resources["resourceCpuRequest"] == resources["resourceCpuLimit"] == "12"
+    assert resources["resourceMemoryRequest"] == resources["resourceMemoryLimit"] == "96Gi"
+    assert platform["exec-train"]["emptyDirMounts"] == [
+        {"medium": "Memory", "mountPath": "/dev/shm", "sizeLimit": "32Gi", "volumeName": "dshm"}]
+    retry = spec["root"]["dag"]["tasks"]["train"]["retryPolicy"]
+    assert retry["maxRetryCount"] == 3 and retry["backoffDuration"] == "120s"
+    train_inputs = spec["root"]["dag"]["tasks"]["train"]["inputs"]["parameters"]
+    assert train_inputs["nproc"]["runtimeValue"]["constant"] == 4  # torchrun over the pod's 4 GPUs
+    # the judge and evaluation get one GPU each; prepare and register none
+    executors = spec["deploymentSpec"]["executors"]
+    for name in ("exec-train-judge", "exec-evaluate"):
+        assert executors[name]["container"]["resources"]["accelerator"]["resourceCount"] == "1"
+    for name in ("exec-prepare", "exec-register"):
+        assert "accelerator" not in executors[name]["container"]["resources"]
+
+
+def test_caching_is_set_per_step(default_package):
+    spec, _ = default_package
+    tasks = all_tasks(spec)
+    cached = {name: task.get("cachingOptions", {}).get("enableCache", False) for name, task in tasks.items()
+              if "componentRef" in task and not name.startswith("condition")}
+    assert cached == {"prepare": True, "train-judge": True, "train": False, "evaluate": False, "register": False}
+
+
+def test_secrets_reach_only_the_steps_that_talk_to_mlflow(default_package):
+    _, platform = default_package
+
+    def env_from_secrets(executor: str) -> dict[str, tuple[str, bool]]:
+        return {item["envVar"]: (entry["secretName"], entry["optional"])
+                for entry in platform.get(executor, {}).get("secretAsEnv", []) for item in entry["keyToEnv"]}
+
+    for executor in ("exec-train", "exec-evaluate", "exec-register"):
+        env = env_from_secrets(executor)
+        assert env["MLFLOW_TRACKING_URI"] == ("dagan-mlflow", False), executor
+        assert env["AWS_ACCESS_KEY_ID"] == ("dagan-s3", False), executor
+        assert env["AWS_SECRET_ACCESS_KEY"] == ("dagan-s3", False), executor
+        assert env["MLFLOW_S3_ENDPOINT_URL"] == ("dagan-s3", True), executor
+    for executor in ("exec-prepare", "exec-train-judge"):
+        assert env_from_secrets(executor) == {}, executor
+
+
+def test_secret_names_are_configurable(tmp_path):
+    _, platform = compile_to(tmp_path, "--mlflow-secret", "team-mlflow", "--s3-secret", "team-minio")
+    names = {entry["secretName"] for entry in platform["exec-register"]["secretAsEnv"]}
+    assert names == {"team-mlflow", "team-minio"}
+
+
+def test_trainjob_variant_launches_on_the_shared_volume(tmp_path):
+    spec, platform = compile_to(tmp_path, "--trainjob", "--shared-pvc", "dagan-shared", "--gpus", "8")
+    parameters = spec["root"]["inputDefinitions"]["parameters"]
+    assert parameters["num_nodes"]["defaultValue"] == 2 and parameters["gpus_per_node"]["defaultValue"] == 8
+    root = spec["root"]["dag"]["tasks"]
+    assert "train-distributed" in root and "train" not in root
+    launcher = spec["deploymentSpec"]["executors"]["exec-train-distributed"]["container"]["resources"]
+    assert "accelerator" not in launcher, "the launcher only waits; the TrainJob's nodes hold the GPUs"
+    assert platform["exec-train-distributed"]["pvcMount"][0]["mountPath"] == "/mnt/shared"
+    assert platform["exec-train-distributed"]["pvcMount"][0]["pvcNameParameter"]["runtimeValue"]["constant"] == \
+        "dagan-shared"
+    inputs = root["train-distributed"]["inputs"]["parameters"]
+    secret_env = inputs["secret_env"]["runtimeValue"]["constant"]
+    assert {item["env"] for item in secret_env} >= {"MLFLOW_TRACKING_URI", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert all(set(item) == {"env", "secret", "key", "optional"} for item in secret_env), "references, never values"
+    assert inputs["image"]["runtimeValue"]["constant"] == IMAGE
+    assert inputs["job_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+    assert root["train-distributed"]["retryPolicy"]["maxRetryCount"] == 2
+
+
+def test_trainjob_without_a_shared_volume_is_refused(tmp_path, capsys):
+    output = tmp_path / "p.yaml"
+    output.write_text("earlier package\n")
+    assert compile_cli.main(["--output", str(output), "--trainjob"]) == 2
+    assert "--shared-pvc" in capsys.readouterr().err
+    assert output.read_text() == "earlier package\n"
+
+
+def test_a_failed_compile_leaves_the_earlier_package_untouched(tmp_path, monkeypatch):
+    output = tmp_path / "p.yaml"
+    output.write_text("earlier package\n")
+
+    def broken_compile(self, pipeline_func, package_path):
+        Path(package_path).write_text("half a pipeline")
+        raise RuntimeError("compiler crashed")
+
+    monkeypatch.setattr(compile_cli.compiler.Compiler, "compile", broken_compile)
+    with pytest.raises(RuntimeError, match="compiler crashed"):
+        compile_cli.main(["--output", str(output)])
+    assert output.read_text() == "earlier package\n"
+    assert [path.name for path in tmp_path.iterdir()] == ["p.yaml"], "no staging file left behind"
