@@ -78,7 +78,7 @@ def tiny_config(root: Path, **sections: dict) -> Config:
         "loss": {"lambda_vgg": 0.0},
         "train": {"batch_size": 4, "epochs": 1, "epochs_decay": 0, "device": "cpu", "out_dir": str(root / "train")},
         "mlflow": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "test"},
-        "judge": {"width": 8, "levels": 2, "epochs": 3, "batch_size": 8, "device": "cpu",
+        "judge": {"width": 8, "levels": 2, "epochs": 10, "batch_size": 4, "lr": 1.0e-2, "device": "cpu",
                   "out_dir": str(root / "judge")},
         "evaluate": {"batch_size": 4, "device": "cpu", "num_grid_samples": 3, "num_attention_samples": 2,
                      "download_weights": False, "out_dir": str(root / "eval")},

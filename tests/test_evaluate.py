@@ -3,6 +3,7 @@
 import json
 
 import mlflow
+import pytest
 import torch
 from eval_fixtures import (
     NUM_CLASSES,
@@ -19,10 +20,11 @@ from dagan.evaluation import evaluate_generator
 from dagan.judge import SegmentationNet
 
 
-def test_train_judge_then_evaluate_writes_metrics_figures_and_logs_to_the_training_run(tmp_path):
+def test_train_judge_then_evaluate_writes_metrics_figures_and_logs_to_the_training_run(tmp_path, monkeypatch):
     from components.evaluate import main as evaluate
     from components.train_judge import main as train_judge
 
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty torch hub cache: no LPIPS weights
     config = tiny_config(tmp_path, evaluate={"fid_weights": str(tmp_path / "no-inception.pth")})
     write_prepared(tmp_path / "prepared")
     write_checkpoint(config, tmp_path / "train" / "checkpoints" / "final.pt")
@@ -38,11 +40,11 @@ def test_train_judge_then_evaluate_writes_metrics_figures_and_logs_to_the_traini
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     for source in ("generated", "real", "baseline"):
         assert 0 <= metrics[f"judge_miou_{source}"] <= 1 and 0 <= metrics[f"judge_accuracy_{source}"] <= 1
-    assert metrics["judge_miou_real"] == judge_metrics["judge_miou_real_val"]
+    assert metrics["judge_miou_real"] == pytest.approx(judge_metrics["judge_miou_real_val"], abs=1e-6)
     assert metrics["fd_judge_generated"] >= 0 and metrics["fd_judge_baseline"] >= 0
     assert "fid_generated" not in metrics
     assert str(tmp_path / "no-inception.pth") in metrics["unavailable"]["fid"]
-    assert "weights-vgg16-lpips.pth" in metrics["unavailable"]["lpips"] or "vgg16" in metrics["unavailable"]["lpips"]
+    assert str(tmp_path / "torch" / "hub" / "checkpoints" / "vgg16-397923af.pth") in metrics["unavailable"]["lpips"]
     per_class = json.loads((tmp_path / "eval" / "per_class_iou.json").read_text())
     assert set(per_class) == {"generated", "real", "baseline"} and len(per_class["real"]) == NUM_CLASSES
     samples = Image.open(tmp_path / "eval" / "figures" / "samples.png")
@@ -51,7 +53,8 @@ def test_train_judge_then_evaluate_writes_metrics_figures_and_logs_to_the_traini
 
     run = mlflow.MlflowClient(config.mlflow.tracking_uri).get_run(run_id)
     assert run.data.metrics["eval/judge_miou_generated"] == metrics["judge_miou_generated"]
-    assert "weights-vgg16" in run.data.tags["eval/lpips_unavailable"] or run.data.tags["eval/lpips_unavailable"]
+    assert "vgg16-397923af.pth" in run.data.tags["eval/lpips_unavailable"]
+    assert "no-inception.pth" in run.data.tags["eval/fid_unavailable"]
     artifacts = {a.path for a in mlflow.MlflowClient(config.mlflow.tracking_uri).list_artifacts(run_id, "eval")}
     assert {"eval/metrics.json", "eval/per_class_iou.json", "eval/figures"} <= artifacts
 
