@@ -170,9 +170,9 @@ def register(params_file: str, overrides: Sequence[str], prepared_dir: str, mode
 
 
 def images_html(folder: str | Path, title: str) -> str:
-    """A self-contained HTML page with every PNG of ``folder`` inlined (KFP's HTML visualisation)."""
+    """A self-contained HTML page with every PNG under ``folder`` inlined (KFP's HTML visualisation)."""
     sections = []
-    for path in sorted(Path(folder).glob("*.png")):
+    for path in sorted(Path(folder).rglob("*.png")):
         data = base64.b64encode(path.read_bytes()).decode("ascii")
         sections.append(f"<h2>{html.escape(path.stem)}</h2>\n<img alt=\"{html.escape(path.name)}\" "
                         f"src=\"data:image/png;base64,{data}\" style=\"max-width:100%\">")

@@ -21,6 +21,7 @@ training operator: :func:`pytorchjob_spec` (docs/KUBEFLOW.md).
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import subprocess
@@ -158,8 +159,8 @@ def pytorchjob_spec(job: DistributedTraining) -> dict[str, Any]:
                  "resources": job.resources(), "volumeMounts": mounts, "securityContext": _security_context()}
 
     def replica(count: int) -> dict[str, Any]:
-        return {"replicas": count, "restartPolicy": "OnFailure",
-                "template": {"spec": {"containers": [container], "volumes": volumes}}}
+        return copy.deepcopy({"replicas": count, "restartPolicy": "OnFailure",
+                              "template": {"spec": {"containers": [container], "volumes": volumes}}})
 
     replicas = {"Master": replica(1)}
     if job.num_nodes > 1:
@@ -254,3 +255,52 @@ def run_in_process(train_args: Sequence[str], nproc: int = 1) -> None:
         code = subprocess.run(command, check=False, env=os.environ.copy()).returncode
     if code != 0:
         raise TrainJobError(f"components.train exited with status {code} (args: {' '.join(train_args)})")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m pipeline.trainjob``: print a TrainJob (or PyTorchJob) for ``kubectl apply -f -``."""
+    import argparse
+
+    import yaml
+
+    parser = argparse.ArgumentParser(description="print the distributed training job as YAML (kubectl apply -f -)")
+    parser.add_argument("--kind", choices=("trainjob", "pytorchjob"), default="trainjob")
+    parser.add_argument("--name", required=True, help="job name (DNS-1123)")
+    parser.add_argument("--namespace", default="kubeflow")
+    parser.add_argument("--image", required=True)
+    parser.add_argument("--nodes", type=int, default=1)
+    parser.add_argument("--gpus-per-node", type=int, default=1)
+    parser.add_argument("--cpu", default="8")
+    parser.add_argument("--memory", default="64Gi")
+    parser.add_argument("--shm-size", default="16Gi")
+    parser.add_argument("--shared-pvc", required=True, help="ReadWriteMany claim holding the prepared data")
+    parser.add_argument("--shared-mount", default="/mnt/shared")
+    parser.add_argument("--prepared-dir", required=True, help="prepared dataset on the shared volume")
+    parser.add_argument("--out-dir", required=True, help="train.out_dir on the shared volume (checkpoints)")
+    parser.add_argument("--mlflow-secret", default="dagan-mlflow")
+    parser.add_argument("--s3-secret", default="dagan-s3")
+    parser.add_argument("--params", default="params.yaml", help="params file inside the image")
+    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    train_args = ["--params", args.params]
+    for item in [*args.overrides, f"dataset.prepared_dir={args.prepared_dir}", f"train.out_dir={args.out_dir}"]:
+        train_args += ["-S", item]
+    secrets = (SecretEnv("MLFLOW_TRACKING_URI", args.mlflow_secret, "MLFLOW_TRACKING_URI"),
+               SecretEnv("AWS_ACCESS_KEY_ID", args.s3_secret, "AWS_ACCESS_KEY_ID"),
+               SecretEnv("AWS_SECRET_ACCESS_KEY", args.s3_secret, "AWS_SECRET_ACCESS_KEY"),
+               SecretEnv("MLFLOW_S3_ENDPOINT_URL", args.s3_secret, "MLFLOW_S3_ENDPOINT_URL", optional=True))
+    try:
+        job = DistributedTraining(name=args.name, image=args.image, train_args=tuple(train_args),
+                                  num_nodes=args.nodes, gpus_per_node=args.gpus_per_node, cpu_per_node=args.cpu,
+                                  memory_per_node=args.memory, shm_size=args.shm_size, shared_pvc=args.shared_pvc,
+                                  shared_mount=args.shared_mount, secret_env=secrets, namespace=args.namespace)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    spec = trainjob_spec(job) if args.kind == "trainjob" else pytorchjob_spec(job)
+    print(yaml.safe_dump(spec, sort_keys=False), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
