@@ -24,6 +24,7 @@ from pipeline.components import build_components
 
 PIPELINE_NAME = "dagan"
 DEFAULT_IMAGE = "dagan:0.1.0"
+IMAGE_PARAMS = "/app/params.yaml"  # the params file baked into the image (Dockerfile: WORKDIR /app)
 GPU = "nvidia.com/gpu"
 
 # Kubernetes secret name -> {secret key: environment variable}, required and optional keys.
@@ -148,14 +149,14 @@ def build_pipeline(settings: ClusterSettings = ClusterSettings()):  # noqa: B008
 
     if settings.trainjob:
         @dsl.pipeline(name=PIPELINE_NAME, description=description + "; training as a Kubeflow Trainer TrainJob")
-        def dagan_trainjob_pipeline(params_file: str = "params.yaml", overrides: list = [],  # noqa: B006
+        def dagan_trainjob_pipeline(params_file: str = IMAGE_PARAMS, overrides: list = [],  # noqa: B006
                                     num_nodes: int = 2, gpus_per_node: int = max(settings.gpus, 1)):
             _steps(ops, settings, params_file, overrides, num_nodes, gpus_per_node)
 
         return dagan_trainjob_pipeline
 
     @dsl.pipeline(name=PIPELINE_NAME, description=description)
-    def dagan_pipeline(params_file: str = "params.yaml", overrides: list = []):  # noqa: B006 (a KFP default)
+    def dagan_pipeline(params_file: str = IMAGE_PARAMS, overrides: list = []):  # noqa: B006 (a KFP default)
         _steps(ops, settings, params_file, overrides)
 
     return dagan_pipeline

@@ -26,7 +26,7 @@ import kfp
 import yaml
 
 from pipeline.compile import add_cluster_arguments, compile_pipeline, settings_from
-from pipeline.pipeline import PIPELINE_NAME
+from pipeline.pipeline import IMAGE_PARAMS, PIPELINE_NAME
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -37,7 +37,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--pipeline-name", default=PIPELINE_NAME, help="pipeline to upload a version of")
     parser.add_argument("--run-name", default=None, help="default: <pipeline>-<UTC time>")
     parser.add_argument("--package", default=None, help="compiled pipeline YAML (default: compile now)")
-    parser.add_argument("--params-file", default="params.yaml",
+    parser.add_argument("--params-file", default=IMAGE_PARAMS,
                         help="params file inside the image (default %(default)s)")
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every step, e.g. -S train.lr_g=2e-4 (repeatable)")

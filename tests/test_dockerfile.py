@@ -115,3 +115,12 @@ def test_the_lock_gives_a_cuda_torch_and_the_kfp_the_components_rely_on():
     assert any(line.startswith("torch==") for line in lock)
     assert any(line.startswith("nvidia-nccl") for line in lock), "the pinned torch must be the CUDA build (NCCL)"
     assert any(line.startswith("kfp==") for line in lock), "components run with install_kfp_package=False"
+
+
+def test_the_pipeline_default_params_file_is_where_the_image_puts_it():
+    from pipeline.pipeline import IMAGE_PARAMS
+
+    workdirs = [args.strip() for name, args in instructions() if name == "WORKDIR"]
+    copies = [args.split() for name, args in instructions() if name == "COPY"]
+    copied_into_workdir = [args for args in copies if "params.yaml" in args[:-1] and args[-1] in ("./", ".")]
+    assert copied_into_workdir and IMAGE_PARAMS == f"{workdirs[-1]}/params.yaml"

@@ -84,7 +84,7 @@ def test_first_submit_uploads_the_pipeline_and_runs_it_with_the_overrides(client
     assert calls_named(fake, "upload_pipeline") == [("upload_pipeline", "dagan", None)]
     ((_, run),) = calls_named(fake, "run_pipeline")
     assert run == {"experiment_id": "exp-1", "job_name": "b1-run", "pipeline_id": "pipe-new", "version_id": "ver-first",
-                   "params": {"params_file": "params.yaml", "overrides": ["train.lr_g=2e-4", "model.variant=B1"]},
+                   "params": {"params_file": "/app/params.yaml", "overrides": ["train.lr_g=2e-4", "model.variant=B1"]},
                    "enable_caching": None}
     (package,) = fake.uploaded  # compiled now, from the cluster flags
     images = {e["container"]["image"] for e in package["deploymentSpec"]["executors"].values()}
@@ -107,7 +107,7 @@ def test_later_submits_add_a_version_and_can_skip_the_cache(client, tmp_path):
     assert calls_named(fake, "upload_pipeline") == []
     ((_, run),) = calls_named(fake, "run_pipeline")
     assert run["version_id"] == "ver-next" and run["enable_caching"] is False
-    assert run["params"] == {"params_file": "params.yaml", "overrides": ["train.epochs=3"], "num_nodes": 4,
+    assert run["params"] == {"params_file": "/app/params.yaml", "overrides": ["train.epochs=3"], "num_nodes": 4,
                              "gpus_per_node": 8}
 
 
