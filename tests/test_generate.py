@@ -84,11 +84,15 @@ def test_generate_from_a_models_uri(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in out.glob("*.png")) == ["scene-0.png", "scene-1.png"]
-    missing = subprocess.run(
-        [sys.executable, "-m", "dagan", "generate", "--model", "models:/dagan-nothing@champion", "--labels",
-         str(labels), "--out", str(out)], capture_output=True, text=True, env=env, cwd=REPO, timeout=300,
-    )
-    assert missing.returncode == 2 and "cannot load models:/dagan-nothing@champion" in missing.stderr
+
+
+
+def test_unknown_registered_model_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    labels = write_labels(tmp_path / "labels")
+    assert dagan_main(["generate", "--model", "models:/dagan-nothing@champion", "--labels", str(labels),
+                       "--out", str(tmp_path / "out")]) == 2
+    assert "cannot load models:/dagan-nothing@champion" in capsys.readouterr().err
 
 
 def test_importing_the_library_cli_does_not_import_mlflow():
