@@ -12,8 +12,6 @@ whole pipeline runs locally in a test; it cannot run container components.
 No ``from __future__ import annotations`` here: KFP reads the artifact types from the annotations.
 """
 
-from typing import NamedTuple
-
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
@@ -64,10 +62,9 @@ def train_distributed(params_file: str, overrides: list, prepared: Input[Dataset
 
 def evaluate(params_file: str, overrides: list, prepared: Input[Dataset], judge: Input[Model],
              model: Input[Model], evaluation: Output[Artifact], metrics: Output[Metrics], samples: Output[HTML],
-             report: Output[Markdown]) -> NamedTuple("EvaluateOutputs", [("gate", str)]):
-    """Score the generator (judge mIoU, Fréchet distances, baseline); say whether the registration gate passes."""
-    from collections import namedtuple
-
+             report: Output[Markdown]) -> str:
+    """Score the generator (judge mIoU, Fréchet distances, baseline); return the registration gate's verdict,
+    "passed" or "failed" (a single return value: kfp.local resolves conditions on it, not on NamedTuple fields)."""
     from pipeline import steps
 
     values, passed, reasons = steps.evaluate(params_file, overrides, prepared.path, judge.path, model.path,
@@ -79,7 +76,7 @@ def evaluate(params_file: str, overrides: list, prepared: Input[Dataset], judge:
         file.write(steps.images_html(evaluation.path, "DAGAN evaluation: samples and attention maps"))
     with open(report.path, "w", encoding="utf-8") as file:
         file.write(steps.metrics_markdown(f"Evaluation (registration gate {gate})", values, reasons))
-    return namedtuple("EvaluateOutputs", ["gate"])(gate)
+    return gate
 
 
 def register(params_file: str, overrides: list, prepared: Input[Dataset], model: Input[Model],

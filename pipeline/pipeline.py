@@ -134,7 +134,7 @@ def _steps(ops: dict, settings: ClusterSettings, params_file, overrides, num_nod
     _with_gpus(evaluate, min(settings.gpus, 1), settings)
     _with_secrets(evaluate, settings)
 
-    with dsl.If(evaluate.outputs["gate"] == "passed", name="registration-gate"):
+    with dsl.If(evaluate.outputs["Output"] == "passed", name="registration-gate"):
         register = ops["register"](params_file=params_file, overrides=overrides, prepared=prepare.outputs["prepared"],
                                    model=train.outputs["model"], evaluation=evaluate.outputs["evaluation"])
         register.set_display_name("register").set_caching_options(False).set_retry(2, backoff_duration="30s")

@@ -43,7 +43,8 @@ def test_the_dag_runs_the_steps_in_order_with_register_behind_the_gate(default_p
     assert set(root["evaluate"]["dependentTasks"]) == {"prepare", "train-judge", "train"}
     gate = root["condition-1"]
     assert gate["taskInfo"]["name"] == "registration-gate"
-    assert gate["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--evaluate-gate'] == 'passed'"
+    condition = "inputs.parameter_values['pipelinechannel--evaluate-Output'] == 'passed'"
+    assert gate["triggerPolicy"]["condition"] == condition
     assert set(spec["components"]["comp-condition-1"]["dag"]["tasks"]) == {"register"}
     assert set(spec["root"]["inputDefinitions"]["parameters"]) == {"params_file", "overrides"}
 
@@ -59,7 +60,7 @@ def test_typed_artifacts(default_package):
     assert outputs["comp-evaluate"] == {"evaluation": "system.Artifact", "metrics": "system.Metrics",
                                         "samples": "system.HTML", "report": "system.Markdown"}
     assert outputs["comp-register"] == {"registration": "system.Artifact", "report": "system.Markdown"}
-    assert spec["components"]["comp-evaluate"]["outputDefinitions"]["parameters"]["gate"]["parameterType"] == "STRING"
+    assert spec["components"]["comp-evaluate"]["outputDefinitions"]["parameters"]["Output"]["parameterType"] == "STRING"
 
 
 def test_every_step_runs_in_the_project_image_without_installing_packages(default_package):
