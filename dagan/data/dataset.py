@@ -1,0 +1,112 @@
+"""A torch Dataset over prepared Parquet shards (docs/ARCHITECTURE.md, "Data on disk").
+
+Only the manifest is read in the constructor; each DataLoader worker opens the shards lazily
+(in the process that reads them) and decodes the PNG bytes there, so the Dataset pickles
+cheaply into workers and works with a DistributedSampler. Training mode takes a random crop of
+``crop_size`` x ``crop_size / aspect_ratio`` and flips label, instance and photo together;
+evaluation mode takes the centre crop, deterministically.
+"""
+
+from __future__ import annotations
+
+import bisect
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from dagan.data.errors import DataError
+from dagan.data.manifest import Manifest, read_manifest
+from dagan.data.shards import ROW_GROUP_SIZE
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+class PairedDataset(Dataset):
+    """Items: ``label`` LongTensor (H, W), ``instance`` LongTensor (H, W) when the dataset has
+    instances, ``image`` FloatTensor (3, H, W) in [-1, 1] (absent in label-only splits), ``id``."""
+
+    def __init__(
+        self, prepared_dir: str | Path, split: str, crop_size: int, aspect_ratio: float = 1.0,
+        train: bool = False, flip: bool = True,
+    ):
+        self.prepared_dir = Path(prepared_dir)
+        self.manifest: Manifest = read_manifest(self.prepared_dir)
+        self.split = split
+        self.shards = self.manifest.shards_of(split)
+        self.crop_width = crop_size
+        self.crop_height = max(1, round(crop_size / aspect_ratio))
+        self.train = train
+        self.flip = flip and train
+        self.has_image = split not in self.manifest.label_only_splits
+        self._ends = np.cumsum([s.rows for s in self.shards]).tolist()
+        self._files: dict[int, pq.ParquetFile] = {}
+        self._cache: tuple[tuple[int, int], dict] | None = None
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return self._ends[-1] if self._ends else 0
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_files"], state["_cache"] = {}, None  # open files do not travel to workers
+        return state
+
+    def _row(self, index: int) -> dict:
+        if self._pid != os.getpid():  # forked worker: never share file handles with the parent
+            self._files, self._cache, self._pid = {}, None, os.getpid()
+        shard_index = bisect.bisect_right(self._ends, index)
+        offset = index - (self._ends[shard_index - 1] if shard_index else 0)
+        group, row = divmod(offset, ROW_GROUP_SIZE)
+        key = (shard_index, group)
+        if self._cache is None or self._cache[0] != key:
+            if shard_index not in self._files:
+                path = self.prepared_dir / self.shards[shard_index].path
+                if not path.is_file():
+                    raise DataError(f"shard {path} is missing; run dvc pull or prepare the dataset again")
+                self._files[shard_index] = pq.ParquetFile(path)
+            columns = ["id", "label", "instance"] + (["image"] if self.has_image else [])
+            self._cache = (key, self._files[shard_index].read_row_group(group, columns=columns).to_pydict())
+        columns = self._cache[1]
+        return {name: values[row] for name, values in columns.items()}
+
+    def _crop_box(self, height: int, width: int, sample_id: str) -> tuple[int, int]:
+        if height < self.crop_height or width < self.crop_width:
+            raise DataError(
+                f"sample {sample_id} is {width}x{height}, smaller than the crop {self.crop_width}x{self.crop_height}; "
+                "lower dataset.crop_size or prepare with a larger dataset.load_size"
+            )
+        if self.train:
+            top = int(torch.randint(0, height - self.crop_height + 1, ()))
+            left = int(torch.randint(0, width - self.crop_width + 1, ()))
+        else:
+            top, left = (height - self.crop_height) // 2, (width - self.crop_width) // 2
+        return top, left
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for split {self.split!r} with {len(self)} rows")
+        row = self._row(index)
+        label = decode_png(row["label"])
+        top, left = self._crop_box(*label.shape, row["id"])
+        window = (slice(top, top + self.crop_height), slice(left, left + self.crop_width))
+        flip = self.flip and bool(torch.rand(()) < 0.5)
+
+        def prepare(array: np.ndarray) -> np.ndarray:
+            array = array[window]
+            return np.ascontiguousarray(array[:, ::-1] if flip else array)
+
+        item: dict = {"id": row["id"], "label": torch.from_numpy(prepare(label).astype(np.int64))}
+        if self.manifest.has_instance:
+            item["instance"] = torch.from_numpy(prepare(decode_png(row["instance"]).astype(np.int64)))
+        if self.has_image:
+            photo = torch.from_numpy(prepare(decode_png(row["image"])))
+            item["image"] = photo.permute(2, 0, 1).float().div(127.5).sub(1.0)
+        return item

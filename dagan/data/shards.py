@@ -1,0 +1,143 @@
+"""Parquet shards of prepared samples, written atomically, and the swap of a whole directory.
+
+One row per sample (docs/ARCHITECTURE.md): ``id``, ``split``, ``image`` (PNG bytes or null),
+``label`` (8-bit PNG bytes), ``instance`` (16-bit PNG bytes or null), ``height``, ``width``.
+Each shard is written to a temporary file and renamed; its SHA-256 goes into the manifest.
+A preparation writes everything into a staging directory next to the target and swaps it in
+only at the end, so a failure leaves the earlier prepared data untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dagan.data.errors import DataError
+from dagan.data.manifest import Shard
+
+SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("split", pa.string()),
+    ("image", pa.binary()),
+    ("label", pa.binary()),
+    ("instance", pa.binary()),
+    ("height", pa.int32()),
+    ("width", pa.int32()),
+])
+ROW_GROUP_SIZE = 16  # rows read together by the Dataset; small keeps random access cheap
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One prepared row: PNG-encoded maps of one scene at its stored size."""
+
+    id: str
+    split: str
+    label: bytes
+    image: bytes | None
+    instance: bytes | None
+    height: int
+    width: int
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ShardWriter:
+    """Buffer samples per split and write ``<split>-NNNNN.parquet`` files of ``rows_per_shard`` rows."""
+
+    def __init__(self, directory: Path, rows_per_shard: int):
+        if rows_per_shard < 1:
+            raise DataError(f"rows_per_shard is {rows_per_shard}; set dataset.rows_per_shard to 1 or more")
+        self.directory = directory
+        self.rows_per_shard = rows_per_shard
+        self.shards: list[Shard] = []
+        self._buffers: dict[str, list[Sample]] = {}
+
+    def add(self, sample: Sample) -> None:
+        buffer = self._buffers.setdefault(sample.split, [])
+        buffer.append(sample)
+        if len(buffer) == self.rows_per_shard:
+            self._flush(sample.split)
+
+    def close(self) -> list[Shard]:
+        for split in list(self._buffers):
+            if self._buffers[split]:
+                self._flush(split)
+        return sorted(self.shards, key=lambda s: s.path)
+
+    def _flush(self, split: str) -> None:
+        rows = self._buffers[split]
+        self._buffers[split] = []
+        index = sum(1 for s in self.shards if s.split == split)
+        path = self.directory / f"{split}-{index:05d}.parquet"
+        columns = {name: [getattr(r, name) for r in rows] for name in SCHEMA.names}
+        table = pa.Table.from_pydict(columns, schema=SCHEMA)
+        tmp = path.with_name(path.name + ".tmp")
+        # PNG bytes are already compressed: no Parquet compression, fast random reads.
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP_SIZE, compression="none")
+        tmp.replace(path)
+        self.shards.append(Shard(path=path.name, split=split, rows=len(rows), sha256=sha256_of(path)))
+
+
+@contextmanager
+def staging_directory(target: Path, marker: str) -> Iterator[Path]:
+    """Yield an empty directory next to ``target``; swap it in on success, delete it on failure.
+
+    ``target`` may already exist only if it holds ``marker`` (a file this project wrote there),
+    so that a wrong ``--out`` never replaces somebody's unrelated folder.
+    """
+    target = Path(target)
+    if target.exists() and any(target.iterdir()) and not (target / marker).exists():
+        raise DataError(
+            f"{target} exists, is not empty and has no {marker}, so it was not written by this project; "
+            "choose a new or empty output directory"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary shared folder
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    replace_directory(staging, target)
+
+
+def replace_directory(new: Path, target: Path) -> None:
+    """Put directory ``new`` at ``target`` (same file system), removing what was there."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+        target.rename(old)
+    new.rename(target)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def verify_shards(prepared_dir: Path, shards: list[Shard]) -> None:
+    """Raise a DataError naming the first shard whose file is missing or whose checksum differs."""
+    for shard in shards:
+        path = Path(prepared_dir) / shard.path
+        if not path.is_file():
+            raise DataError(f"shard {path} listed in the manifest is missing; run dvc pull or prepare again")
+        actual = sha256_of(path)
+        if actual != shard.sha256:
+            raise DataError(
+                f"shard {path} has sha256 {actual}, the manifest says {shard.sha256}; "
+                "the file is damaged: run dvc pull or prepare again"
+            )
