@@ -22,7 +22,6 @@ from torch.utils.data import Dataset
 
 from dagan.data.errors import DataError
 from dagan.data.manifest import Manifest, read_manifest
-from dagan.data.shards import ROW_GROUP_SIZE
 
 
 def decode_png(data: bytes) -> np.ndarray:
@@ -47,7 +46,7 @@ class PairedDataset(Dataset):
         self.flip = flip and train
         self.has_image = split not in self.manifest.label_only_splits
         self._ends = np.cumsum([s.rows for s in self.shards]).tolist()
-        self._files: dict[int, pq.ParquetFile] = {}
+        self._files: dict[int, tuple[pq.ParquetFile, list[int]]] = {}  # shard -> (file, row-group ends)
         self._cache: tuple[tuple[int, int], dict] | None = None
         self._pid = os.getpid()
 
@@ -64,18 +63,29 @@ class PairedDataset(Dataset):
             self._files, self._cache, self._pid = {}, None, os.getpid()
         shard_index = bisect.bisect_right(self._ends, index)
         offset = index - (self._ends[shard_index - 1] if shard_index else 0)
-        group, row = divmod(offset, ROW_GROUP_SIZE)
+        parquet, group_ends = self._open(shard_index)
+        group = bisect.bisect_right(group_ends, offset)
+        row = offset - (group_ends[group - 1] if group else 0)
         key = (shard_index, group)
         if self._cache is None or self._cache[0] != key:
-            if shard_index not in self._files:
-                path = self.prepared_dir / self.shards[shard_index].path
-                if not path.is_file():
-                    raise DataError(f"shard {path} is missing; run dvc pull or prepare the dataset again")
-                self._files[shard_index] = pq.ParquetFile(path)
             columns = ["id", "label", "instance"] + (["image"] if self.has_image else [])
-            self._cache = (key, self._files[shard_index].read_row_group(group, columns=columns).to_pydict())
+            self._cache = (key, parquet.read_row_group(group, columns=columns).to_pydict())
         columns = self._cache[1]
         return {name: values[row] for name, values in columns.items()}
+
+    def _open(self, shard_index: int) -> tuple[pq.ParquetFile, list[int]]:
+        if shard_index not in self._files:
+            shard = self.shards[shard_index]
+            path = self.prepared_dir / shard.path
+            if not path.is_file():
+                raise DataError(f"shard {path} is missing; run dvc pull or prepare the dataset again")
+            parquet = pq.ParquetFile(path)
+            if parquet.metadata.num_rows != shard.rows:
+                raise DataError(f"shard {path} has {parquet.metadata.num_rows} rows, the manifest says {shard.rows}; "
+                                "run dvc pull or prepare the dataset again")
+            sizes = [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)]
+            self._files[shard_index] = (parquet, np.cumsum(sizes).tolist())
+        return self._files[shard_index]
 
     def _crop_box(self, height: int, width: int, sample_id: str) -> tuple[int, int]:
         if height < self.crop_height or width < self.crop_width:
