@@ -4,7 +4,9 @@ Only the manifest is read in the constructor; each DataLoader worker opens the s
 (in the process that reads them) and decodes the PNG bytes there, so the Dataset pickles
 cheaply into workers and works with a DistributedSampler. Training mode takes a random crop of
 ``crop_size`` x ``crop_size / aspect_ratio`` and flips label, instance and photo together;
-evaluation mode takes the centre crop, deterministically.
+evaluation mode takes the centre crop, deterministically. With ``seed`` given, the crop and flip
+of sample ``index`` are drawn from an RNG seeded by (seed, epoch, index) (``set_epoch``), so
+they do not depend on the worker or process that loads the sample (exact resume, DDP).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dagan.data.manifest import Manifest, read_manifest
 
 
 def decode_png(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)))
+    return np.array(Image.open(io.BytesIO(data)))  # writable: torch.from_numpy needs it
 
 
 class PairedDataset(Dataset):
@@ -34,7 +36,7 @@ class PairedDataset(Dataset):
 
     def __init__(
         self, prepared_dir: str | Path, split: str, crop_size: int, aspect_ratio: float = 1.0,
-        train: bool = False, flip: bool = True,
+        train: bool = False, flip: bool = True, seed: int | None = None,
     ):
         self.prepared_dir = Path(prepared_dir)
         self.manifest: Manifest = read_manifest(self.prepared_dir)
@@ -44,11 +46,22 @@ class PairedDataset(Dataset):
         self.crop_height = max(1, round(crop_size / aspect_ratio))
         self.train = train
         self.flip = flip and train
+        self.seed = seed  # None: crops and flips from torch's global RNG
+        self.epoch = 0
         self.has_image = split not in self.manifest.label_only_splits
         self._ends = np.cumsum([s.rows for s in self.shards]).tolist()
         self._files: dict[int, tuple[pq.ParquetFile, list[int]]] = {}  # shard -> (file, row-group ends)
         self._cache: tuple[tuple[int, int], dict] | None = None
         self._pid = os.getpid()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose crops and flips ``seed`` determines (call before each epoch)."""
+        self.epoch = epoch
+
+    def _generator(self, index: int) -> torch.Generator | None:
+        if self.seed is None:
+            return None
+        return torch.Generator().manual_seed(((self.seed * 1_000_003 + self.epoch) * 1_000_003 + index) % 2**63)
 
     def __len__(self) -> int:
         return self._ends[-1] if self._ends else 0
@@ -87,15 +100,16 @@ class PairedDataset(Dataset):
             self._files[shard_index] = (parquet, np.cumsum(sizes).tolist())
         return self._files[shard_index]
 
-    def _crop_box(self, height: int, width: int, sample_id: str) -> tuple[int, int]:
+    def _crop_box(self, height: int, width: int, sample_id: str,
+                  generator: torch.Generator | None = None) -> tuple[int, int]:
         if height < self.crop_height or width < self.crop_width:
             raise DataError(
                 f"sample {sample_id} is {width}x{height}, smaller than the crop {self.crop_width}x{self.crop_height}; "
                 "lower dataset.crop_size or prepare with a larger dataset.load_size"
             )
         if self.train:
-            top = int(torch.randint(0, height - self.crop_height + 1, ()))
-            left = int(torch.randint(0, width - self.crop_width + 1, ()))
+            top = int(torch.randint(0, height - self.crop_height + 1, (), generator=generator))
+            left = int(torch.randint(0, width - self.crop_width + 1, (), generator=generator))
         else:
             top, left = (height - self.crop_height) // 2, (width - self.crop_width) // 2
         return top, left
@@ -105,9 +119,10 @@ class PairedDataset(Dataset):
             raise IndexError(f"index {index} out of range for split {self.split!r} with {len(self)} rows")
         row = self._row(index)
         label = decode_png(row["label"])
-        top, left = self._crop_box(*label.shape, row["id"])
+        generator = self._generator(index)
+        top, left = self._crop_box(*label.shape, row["id"], generator)
         window = (slice(top, top + self.crop_height), slice(left, left + self.crop_width))
-        flip = self.flip and bool(torch.rand(()) < 0.5)
+        flip = self.flip and bool(torch.rand((), generator=generator) < 0.5)
 
         def prepare(array: np.ndarray) -> np.ndarray:
             array = array[window]
