@@ -97,19 +97,24 @@ class GlooSyncBatchNorm(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics are averaged over all ranks (works on CPU/gloo).
 
     Same parameters and buffers as :class:`torch.nn.BatchNorm2d`, so state dicts are
-    interchangeable. Gradients flow through the all-reduce.
+    interchangeable. Gradients flow through the all-gather.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        count = torch.full((1,), x.numel() / x.shape[1], dtype=x.dtype, device=x.device)
-        stats = torch.cat([x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3)), count])
-        stats = dist_fn.all_reduce(stats)
-        channels = x.shape[1]
-        total = stats[-1]
-        mean = stats[:channels] / total
-        var = stats[channels:2 * channels] / total - mean * mean
+        # Per-rank count, mean and centred sum of squares, combined exactly (Chan et al.): the
+        # one-pass E[x^2] - mean^2 loses the precision that small-variance features need.
+        count = x.numel() // x.shape[1]
+        local_mean = x.mean(dim=(0, 2, 3))
+        local_m2 = ((x - local_mean[None, :, None, None]) ** 2).sum(dim=(0, 2, 3))
+        gathered = dist_fn.all_gather(torch.stack([local_mean, local_m2, torch.full_like(local_mean, count)]))
+        counts = torch.stack([g[2, 0] for g in gathered]).detach()
+        total = counts.sum()
+        means = torch.stack([g[0] for g in gathered])  # (ranks, C)
+        mean = (counts[:, None] * means).sum(0) / total
+        m2 = sum(g[1] for g in gathered) + (counts[:, None] * (means - mean) ** 2).sum(0)
+        var = m2 / total
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)

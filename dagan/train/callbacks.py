@@ -1,0 +1,109 @@
+"""How training talks to the outside: a logger protocol, step reports and console progress.
+
+The library never imports a tracking system. Callers pass an object with the methods of
+:class:`TrainingLogger` (MLflow in ``components.train``, Ray Tune's report in
+``components.tune``); :class:`NullLogger` implements them all as no-ops for subclassing.
+Only rank 0 calls the logger.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from torch import nn
+from tqdm import tqdm
+
+log = logging.getLogger("dagan.train")
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """Passed to :meth:`TrainingLogger.should_stop` after every step.
+
+    ``generator`` is the network to evaluate (the EMA copy when there is one), unwrapped
+    from DDP and in training mode: switch it to ``eval()`` and back to ``train()`` around
+    an evaluation, under ``torch.no_grad()``.
+    """
+
+    step: int
+    epoch: int
+    total_steps: int
+    metrics: Mapping[str, float]
+    generator: nn.Module
+
+
+class TrainingLogger(Protocol):
+    def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Losses, learning rates and throughput, every ``train.log_every`` steps."""
+
+    def log_images(self, step: int, name: str, image: np.ndarray) -> None:
+        """An (H, W, 3) uint8 image, e.g. the sample grid label | fake | real."""
+
+    def on_checkpoint(self, step: int, path: Path) -> None:
+        """A checkpoint was written (complete and renamed into place)."""
+
+    def should_stop(self, report: StepReport) -> bool:
+        """Called after every step; True ends the run cleanly with a checkpoint."""
+
+
+class NullLogger:
+    """A :class:`TrainingLogger` that does nothing; subclass it and override what you need."""
+
+    def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
+        pass
+
+    def log_images(self, step: int, name: str, image: np.ndarray) -> None:
+        pass
+
+    def on_checkpoint(self, step: int, path: Path) -> None:
+        pass
+
+    def should_stop(self, report: StepReport) -> bool:
+        return False
+
+
+class Progress:
+    """A tqdm bar with losses and ETA on a terminal; plain log lines every N steps otherwise."""
+
+    def __init__(self, total: int, initial: int, log_every: int, enabled: bool = True):
+        self.log_every = max(1, log_every)
+        self.total = total
+        self.start_time = time.perf_counter()
+        self.start_step = initial
+        self.bar = None
+        self.enabled = enabled
+        if enabled and sys.stdout.isatty():
+            self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+
+    def update(self, step: int, losses: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
+        summary = " ".join(f"{name}={value:.3f}" for name, value in losses.items())
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix_str(summary, refresh=False)
+            return
+        if step % self.log_every == 0 or step == self.total:
+            elapsed = time.perf_counter() - self.start_time
+            done = step - self.start_step
+            eta = elapsed / done * (self.total - step) if done else float("nan")
+            log.info("step %d/%d %s eta %s", step, self.total, summary, _duration(eta))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _duration(seconds: float) -> str:
+    if seconds != seconds:  # NaN
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"

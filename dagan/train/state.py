@@ -1,0 +1,111 @@
+"""Everything a training run updates, built from the config, saved to and restored from a checkpoint.
+
+:func:`build_state` seeds the RNGs and creates G and D (initialised identically on every
+rank), the optional EMA copy of G, the DDP wrappers, both TTUR Adam optimisers, the
+GradScaler (active only for fp16) and, when ``loss.lambda_vgg > 0``, the VGG19 extractor
+(a missing-weights error stops the run with its message).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dagan.checkpoint import FORMAT_VERSION, CheckpointError, rng_state
+from dagan.config import Config
+from dagan.discriminator import build_discriminator
+from dagan.distributed import DistributedContext, unwrap, wrap_ddp
+from dagan.ema import ExponentialMovingAverage
+from dagan.generator import build_generator
+from dagan.perceptual import build_vgg19
+from dagan.train.steps import Precision
+
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class TrainingState:
+    generator: nn.Module  # DDP-wrapped under torchrun
+    discriminator: nn.Module
+    optimizer_g: torch.optim.Optimizer
+    optimizer_d: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    ema: ExponentialMovingAverage | None
+    vgg: nn.Module | None
+    precision: Precision
+
+    @property
+    def eval_generator(self) -> nn.Module:
+        """The generator to evaluate or sample from: the EMA copy when there is one."""
+        return self.ema.module if self.ema is not None else unwrap(self.generator)
+
+    def to_checkpoint(self, config: Config, semantic_nc: int, step: int, epoch: int) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "config": config.to_dict(),
+            "semantic_nc": semantic_nc,
+            "generator": unwrap(self.generator).state_dict(),
+            "discriminator": unwrap(self.discriminator).state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer_g": self.optimizer_g.state_dict(),
+            "optimizer_d": self.optimizer_d.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "step": step,
+            "epoch": epoch,
+            "rng": rng_state(),
+        }
+
+    def restore(self, checkpoint: dict[str, Any], source: Path, config: Config, semantic_nc: int) -> None:
+        """Load a checkpoint written by a run of the same model (else a CheckpointError)."""
+        saved_model = checkpoint["config"]["model"]
+        current_model = config.to_dict()["model"]
+        differing = sorted(k for k in current_model if saved_model.get(k) != current_model[k])
+        if differing or checkpoint["semantic_nc"] != semantic_nc:
+            details = ", ".join(f"model.{k}: {saved_model.get(k)!r} there, {current_model[k]!r} now" for k in differing)
+            raise CheckpointError(
+                f"{source} was written for another model ({details or 'semantic_nc ' + str(checkpoint['semantic_nc'])}"
+                f" vs {semantic_nc}); use another train.out_dir, delete the old checkpoints, or pass --resume"
+            )
+        if (self.ema is None) != (checkpoint["ema"] is None):
+            raise CheckpointError(f"{source}: EMA present there: {checkpoint['ema'] is not None}, here: "
+                                  f"{self.ema is not None}; resume with the same train.ema_decay")
+        unwrap(self.generator).load_state_dict(checkpoint["generator"])
+        unwrap(self.discriminator).load_state_dict(checkpoint["discriminator"])
+        if self.ema is not None:
+            self.ema.load_state_dict(checkpoint["ema"])
+        self.optimizer_g.load_state_dict(checkpoint["optimizer_g"])
+        self.optimizer_d.load_state_dict(checkpoint["optimizer_d"])
+        if self.scaler.is_enabled() and checkpoint["scaler"] is not None:
+            self.scaler.load_state_dict(checkpoint["scaler"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_state(config: Config, semantic_nc: int, context: DistributedContext) -> TrainingState:
+    train = config.train
+    device = context.device
+    vgg = build_vgg19(config.loss.vgg_weights).to(device) if config.loss.lambda_vgg > 0 else None
+    seed_everything(train.seed)
+    memory_format = torch.channels_last if train.channels_last else torch.contiguous_format
+    generator = build_generator(config, semantic_nc).to(device, memory_format=memory_format)
+    discriminator = build_discriminator(config, semantic_nc).to(device, memory_format=memory_format)
+    ema = ExponentialMovingAverage(generator, train.ema_decay) if train.ema_decay > 0 else None
+    generator = wrap_ddp(generator, context)
+    discriminator = wrap_ddp(discriminator, context)
+    betas = (train.beta1, train.beta2)
+    fused = device.type == "cuda"  # one kernel per optimiser step on GPUs
+    optimizer_g = torch.optim.Adam(generator.parameters(), lr=train.lr_g, betas=betas, fused=fused)
+    optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=train.lr_d, betas=betas, fused=fused)
+    scaler = torch.amp.GradScaler(device.type, enabled=train.amp == "fp16")
+    precision = Precision(device.type, AMP_DTYPES[train.amp])
+    return TrainingState(generator, discriminator, optimizer_g, optimizer_d, scaler, ema, vgg, precision)

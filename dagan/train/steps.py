@@ -1,0 +1,143 @@
+"""One discriminator update and one generator update (paper Eq. 10, DESIGN.md section 1).
+
+* :func:`d_step`: hinge loss on D(real) and D(G(s)) with the fake computed without
+  gradients; fake and real pass through D in one concatenated batch (one D forward).
+* :func:`g_step`: lambda_gan * hinge + lambda_feat * feature matching (+ lambda_vgg * VGG19
+  perceptual when a VGG extractor is passed in). D's parameters are frozen with
+  ``requires_grad_(False)`` for the step, so no D gradient is computed or accumulated. D(real)
+  is only needed as a detached target, so it runs without gradients and only D(fake) is
+  back-propagated (the instance norm in D is per sample, so this equals the concatenated pass).
+
+Both steps check that every loss is finite before back-propagating, so a NaN or Inf never
+reaches the weights; under DDP the checked values are averaged over ranks first, so every
+rank stops together. Returned losses are plain floats (one device sync per step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dagan.config import LossConfig
+from dagan.distributed import DistributedContext, all_ranks_sum, unwrap
+from dagan.losses import d_hinge_loss, feature_matching_loss, g_hinge_loss, perceptual_loss
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss is NaN or Inf; the update was not applied."""
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    gan: float = 1.0
+    feat: float = 10.0
+    vgg: float = 0.0
+
+    @classmethod
+    def from_config(cls, loss: LossConfig) -> LossWeights:
+        return cls(gan=loss.lambda_gan, feat=loss.lambda_feat, vgg=loss.lambda_vgg)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Autocast settings of a step: ``dtype`` None means full float32."""
+
+    device_type: str = "cpu"
+    dtype: torch.dtype | None = None
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+
+def _checked(losses: dict[str, torch.Tensor], context: DistributedContext | None) -> dict[str, float]:
+    stacked = torch.stack([value.detach().float() for value in losses.values()])
+    if context is not None and context.distributed:
+        stacked = all_ranks_sum(stacked, context) / context.world_size
+    values = dict(zip(losses, stacked.tolist(), strict=True))
+    bad = {name: value for name, value in values.items() if not torch.isfinite(torch.tensor(value))}
+    if bad:
+        raise NonFiniteLossError(", ".join(f"{name}={value}" for name, value in bad.items()))
+    return values
+
+
+def _split(outputs: list[list[torch.Tensor]], first: int) -> tuple[list[list[torch.Tensor]], list[list[torch.Tensor]]]:
+    head = [[feature[:first] for feature in scale] for scale in outputs]
+    tail = [[feature[first:] for feature in scale] for scale in outputs]
+    return head, tail
+
+
+def d_step(
+    generator: nn.Module,
+    discriminator: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    semantic: torch.Tensor,
+    real: torch.Tensor,
+    scaler: torch.amp.GradScaler,
+    precision: Precision = Precision(),
+    context: DistributedContext | None = None,
+) -> dict[str, float]:
+    """One D update; returns {"d_real", "d_fake"} hinge losses."""
+    optimizer.zero_grad(set_to_none=True)
+    with precision.autocast():
+        with torch.no_grad():
+            fake = generator(semantic)
+        inputs = torch.cat([torch.cat([semantic, fake.detach()], 1), torch.cat([semantic, real.to(fake.dtype)], 1)])
+        fake_outputs, real_outputs = _split(discriminator(inputs), semantic.shape[0])
+        loss_real, loss_fake = d_hinge_loss(real_outputs, fake_outputs)
+    losses = {"d_real": loss_real, "d_fake": loss_fake}
+    values = _checked(losses, context)
+    scaler.scale(loss_real + loss_fake).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return values
+
+
+def g_step(
+    generator: nn.Module,
+    discriminator: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    semantic: torch.Tensor,
+    real: torch.Tensor,
+    weights: LossWeights,
+    scaler: torch.amp.GradScaler,
+    vgg: nn.Module | None = None,
+    precision: Precision = Precision(),
+    context: DistributedContext | None = None,
+) -> tuple[dict[str, float], torch.Tensor]:
+    """One G update with D frozen; returns the losses and the (detached) fake batch."""
+    if weights.vgg > 0 and vgg is None:
+        raise ValueError("loss.lambda_vgg > 0 needs a VGG19 feature extractor (dagan.perceptual.build_vgg19)")
+    critic = unwrap(discriminator)  # no DDP reduction for a frozen D
+    critic.requires_grad_(False)
+    try:
+        optimizer.zero_grad(set_to_none=True)
+        with precision.autocast():
+            fake = generator(semantic)
+            fake_outputs = critic(torch.cat([semantic, fake], 1))
+            with torch.no_grad():
+                real_outputs = critic(torch.cat([semantic, real.to(fake.dtype)], 1))
+            losses = {"g_gan": g_hinge_loss(fake_outputs)}
+            if weights.feat > 0:
+                losses["g_feat"] = feature_matching_loss(fake_outputs, real_outputs)
+            if weights.vgg > 0:
+                with torch.no_grad():
+                    real_features = vgg(real)
+                losses["g_vgg"] = perceptual_loss(vgg(fake), real_features)
+            total = weights.gan * losses["g_gan"]
+            if "g_feat" in losses:
+                total = total + weights.feat * losses["g_feat"]
+            if "g_vgg" in losses:
+                total = total + weights.vgg * losses["g_vgg"]
+        losses["g_total"] = total
+        values = _checked(losses, context)
+        scaler.scale(total.float()).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    finally:
+        critic.requires_grad_(True)
+    return values, fake.detach()

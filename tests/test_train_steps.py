@@ -1,0 +1,116 @@
+"""d_step / g_step behaviour, the LR schedule and the EMA generator."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from train_fixtures import NUM_CLASSES, SIZE, tiny_config
+
+from dagan.discriminator import build_discriminator
+from dagan.ema import ExponentialMovingAverage
+from dagan.generator import build_generator
+from dagan.labels import semantic_input
+from dagan.perceptual import VGG19Features
+from dagan.schedule import lr_factor, set_learning_rate
+from dagan.train import LossWeights, NonFiniteLossError, d_step, g_step
+
+SEMANTIC_NC = NUM_CLASSES + 1
+
+
+@pytest.fixture()
+def parts(tmp_path):
+    torch.manual_seed(0)
+    config = tiny_config(tmp_path, tmp_path / "out")
+    generator = build_generator(config, SEMANTIC_NC)
+    discriminator = build_discriminator(config, SEMANTIC_NC)
+    label = torch.randint(0, NUM_CLASSES, (2, SIZE, SIZE))
+    instance = torch.randint(0, 3, (2, SIZE, SIZE))
+    semantic = semantic_input(label, NUM_CLASSES, instance)
+    real = torch.rand(2, 3, SIZE, SIZE) * 2 - 1
+    opt_g = torch.optim.Adam(generator.parameters(), lr=1e-4, betas=(0.0, 0.9))
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=4e-4, betas=(0.0, 0.9))
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    return generator, discriminator, opt_g, opt_d, semantic, real, scaler
+
+
+def _snapshot(module):
+    return {name: value.detach().clone() for name, value in module.state_dict().items()}
+
+
+def test_g_step_freezes_discriminator_and_updates_generator(parts):
+    generator, discriminator, opt_g, _, semantic, real, scaler = parts
+    d_before, g_before = _snapshot(discriminator), _snapshot(generator)
+    losses, fake = g_step(generator, discriminator, opt_g, semantic, real, LossWeights(1.0, 10.0, 0.0), scaler)
+    assert set(losses) == {"g_gan", "g_feat", "g_total"}
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+    assert losses["g_total"] == pytest.approx(losses["g_gan"] + 10.0 * losses["g_feat"], rel=1e-5)
+    assert fake.shape == real.shape and not fake.requires_grad
+    assert all(p.grad is None for p in discriminator.parameters())
+    assert all(p.requires_grad for p in discriminator.parameters())  # unfrozen again afterwards
+    d_after = _snapshot(discriminator)
+    assert all(torch.equal(d_before[k], d_after[k]) for k in d_before if not k.endswith(("_u", "_v")))
+    assert any(not torch.equal(g_before[k], v) for k, v in _snapshot(generator).items() if k.endswith("weight_orig"))
+    assert all(p.grad is not None for p in generator.parameters())
+
+
+def test_d_step_updates_only_discriminator(parts):
+    generator, discriminator, _, opt_d, semantic, real, scaler = parts
+    g_weights = {k: v for k, v in _snapshot(generator).items() if "running" not in k and "num_batches" not in k}
+    d_before = _snapshot(discriminator)
+    losses = d_step(generator, discriminator, opt_d, semantic, real, scaler)
+    assert set(losses) == {"d_real", "d_fake"} and all(v >= 0 for v in losses.values())
+    assert all(p.grad is None for p in generator.parameters())
+    g_after = _snapshot(generator)
+    assert all(torch.equal(v, g_after[k]) for k, v in g_weights.items() if not k.endswith(("_u", "_v")))
+    assert any(not torch.equal(d_before[k], v) for k, v in _snapshot(discriminator).items() if k.endswith("weight"))
+
+
+def test_g_step_with_perceptual_loss_uses_the_vgg_passed_in(parts):
+    generator, discriminator, opt_g, _, semantic, real, scaler = parts
+    layers = [torch.nn.Conv2d(3, 4, 3, padding=1)] + [torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3, padding=1)] * 15
+    extractor = VGG19Features(torch.nn.Sequential(*layers))  # random, tiny: the slicing of VGG19 on 31 layers
+    losses, _ = g_step(generator, discriminator, opt_g, semantic, real, LossWeights(1.0, 10.0, 10.0), scaler,
+                       vgg=extractor)
+    assert losses["g_vgg"] > 0
+    assert losses["g_total"] == pytest.approx(losses["g_gan"] + 10 * losses["g_feat"] + 10 * losses["g_vgg"], rel=1e-5)
+    with pytest.raises(ValueError, match="lambda_vgg"):
+        g_step(generator, discriminator, opt_g, semantic, real, LossWeights(1.0, 10.0, 10.0), scaler)
+
+
+def test_non_finite_loss_is_refused_before_the_update(parts):
+    generator, discriminator, opt_g, _, semantic, real, scaler = parts
+    before = _snapshot(generator)
+    real = real.clone()
+    real[0, 0, 0, 0] = float("nan")
+    with pytest.raises(NonFiniteLossError, match="g_feat=nan"):
+        g_step(generator, discriminator, opt_g, semantic, real, LossWeights(1.0, 10.0, 0.0), scaler)
+    after = _snapshot(generator)
+    assert all(torch.equal(before[k], after[k]) for k in before if "weight_orig" in k or "bias" in k)
+
+
+def test_lr_schedule_constant_then_linear_to_zero():
+    steps = 10  # per epoch; 2 constant + 2 decay epochs
+    assert [lr_factor(s, steps, 2, 2) for s in (0, 10, 19)] == [1.0, 1.0, 1.0]
+    assert lr_factor(20, steps, 2, 2) == 1.0
+    assert lr_factor(25, steps, 2, 2) == pytest.approx(0.75)
+    assert lr_factor(30, steps, 2, 2) == pytest.approx(0.5)
+    assert lr_factor(39, steps, 2, 2) == pytest.approx(0.05)
+    assert lr_factor(40, steps, 2, 2) == 0.0
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    assert set_learning_rate(optimizer, 4e-4, 0.5) == pytest.approx(2e-4)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(2e-4)
+
+
+def test_ema_tracks_the_average_and_copies_buffers():
+    network = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    ema = ExponentialMovingAverage(network, decay=0.9)
+    start = network[0].weight.detach().clone()
+    with torch.no_grad():
+        network[0].weight.add_(1.0)
+        network[1].running_mean.fill_(3.0)
+    ema.update(network)
+    assert torch.allclose(ema.module[0].weight, start + 0.1)
+    assert torch.equal(ema.module[1].running_mean, torch.full((2,), 3.0))
+    assert not any(p.requires_grad for p in ema.module.parameters())
+    with pytest.raises(ValueError, match="ema_decay"):
+        ExponentialMovingAverage(network, decay=1.0)
