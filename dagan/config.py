@@ -175,6 +175,45 @@ class RegisterConfig:
     out_dir: str = "outputs/register"
 
 
+def _default_search_space() -> dict[str, dict[str, dict[str, Any]]]:
+    return {
+        "loss": {"lambda_feat": {"type": "loguniform", "low": 1.0, "high": 30.0},
+                 "lambda_gan": {"type": "loguniform", "low": 0.3, "high": 3.0}},
+        "model": {"variant": {"type": "choice", "values": ["B1", "B2", "B3", "B4", "B5", "B6"]}},
+    }
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """Ray Tune sweeps of loss weights and attention variants (components/tune.py, docs/TUNE.md)."""
+
+    # section -> key -> {type: loguniform | uniform (low, high) | choice (values)}; validated by dagan.search_space
+    search_space: dict[str, dict[str, dict[str, Any]]] = field(default_factory=_default_search_space)
+    metric: Literal["judge_miou", "fd_judge"] = "judge_miou"  # judge mIoU (maximised) | judge Fréchet dist. (minimised)
+    num_samples: int = 8  # trials
+    max_steps: int = 2000  # training steps per trial (its train.max_steps)
+    eval_every: int = 200  # steps between judge evaluations = Tune reports = trial checkpoints
+    eval_batches: int = 2  # validation batches (evaluate.batch_size images each) per evaluation
+    grace_period: int = 400  # ASHA: steps a trial runs before it can be stopped
+    reduction_factor: int = 2  # ASHA: 1/reduction_factor of the trials go on at each rung
+    cpus_per_trial: float = 2.0
+    gpus_per_trial: float | None = None  # null: 1 when the Ray cluster has GPUs, else 0; > 0 without a GPU: error
+    max_concurrent_trials: int = 0  # 0: as many as the resources allow
+    num_cpus: int | None = None  # local Ray only (no --address): CPUs Ray may use; null: all
+    name: str = "dagan-tune"  # Ray Tune experiment (folder under storage_path; --resume restores it)
+    storage_path: str = "outputs/tune/ray"  # local folder or s3://bucket/prefix (endpoint: $AWS_ENDPOINT_URL)
+    out_dir: str = "outputs/tune"  # best_params.yaml, best.json, results.csv, mlflow_run.json
+
+    def __post_init__(self) -> None:
+        for name in ("num_samples", "max_steps", "eval_every", "eval_batches", "grace_period"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"tune.{name}={getattr(self, name)} must be >= 1")
+        if self.reduction_factor < 2:
+            raise ConfigError(f"tune.reduction_factor={self.reduction_factor} must be >= 2")
+        if self.cpus_per_trial <= 0 or (self.gpus_per_trial is not None and self.gpus_per_trial < 0):
+            raise ConfigError("tune.cpus_per_trial must be > 0 and tune.gpus_per_trial >= 0 (or null)")
+
+
 @dataclass(frozen=True)
 class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
@@ -186,6 +225,7 @@ class Config:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     register: RegisterConfig = field(default_factory=RegisterConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -221,7 +261,14 @@ def _type_name(tp: Any) -> str:
 
 def _check_value(value: Any, tp: Any, where: str) -> Any:
     """Return ``value`` converted to ``tp`` (int -> float only) or raise ConfigError."""
+    if tp is Any:
+        return value
     origin = get_origin(tp)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {value!r} is a {type(value).__name__}, expected a mapping")
+        key_type, value_type = get_args(tp)
+        return {_check_value(k, key_type, where): _check_value(v, value_type, f"{where}.{k}") for k, v in value.items()}
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in get_args(tp):
             return None
