@@ -175,7 +175,8 @@ def test_launcher_step_end_to_end_on_a_fake_cluster(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     prepared = write_prepared(tmp_path / "prepared", num_train=4)
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump(tiny_settings(prepared, tmp_path / "unused", max_steps=2)))
+    params.write_text(yaml.safe_dump(tiny_settings(prepared, tmp_path / "unused", max_steps=2,
+                                                     checkpoint_every=100, sample_every=100)))
     shared = tmp_path / "shared"
 
     def cluster_runs(spec):
