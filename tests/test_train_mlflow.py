@@ -1,0 +1,126 @@
+"""components.train against a real ``mlflow server`` on loopback whose artifact store is a real S3
+endpoint (moto server): params, metrics, images, the config artifact, tags, SIGTERM and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import boto3
+import pytest
+import yaml
+from moto.server import ThreadedMotoServer
+from train_fixtures import tiny_settings, write_prepared
+
+REPO = Path(__file__).resolve().parents[1]
+BUCKET = "mlflow-artifacts"
+AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture()
+def tracking(tmp_path):
+    """(tracking URI, S3 endpoint): mlflow server -> --artifacts-destination s3:// on a moto server."""
+    s3_server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    s3_server.start()
+    host, port = s3_server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    boto3.client("s3", endpoint_url=endpoint, **{k.lower(): v for k, v in AWS.items() if k != "AWS_DEFAULT_REGION"},
+                 region_name="us-east-1").create_bucket(Bucket=BUCKET)
+    mlflow_port = _free_port()
+    env = {**os.environ, **AWS, "MLFLOW_S3_ENDPOINT_URL": endpoint}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", f"s3://{BUCKET}/mlartifacts", "--workers", "1"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    uri = f"http://127.0.0.1:{mlflow_port}"
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=1)
+                break
+            except OSError:
+                if server.poll() is not None:
+                    raise RuntimeError(f"mlflow server exited: {server.stderr.read()[-2000:]}") from None
+                time.sleep(0.5)
+        else:
+            raise RuntimeError("mlflow server did not answer /health within 120 s")
+        yield uri, endpoint
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        s3_server.stop()
+
+
+def test_training_logs_to_mlflow_server_with_s3_artifacts_and_survives_sigterm(tmp_path, tracking):
+    import mlflow
+
+    uri, endpoint = tracking
+    prepared = write_prepared(tmp_path / "prepared", num_train=8)
+    out_dir = tmp_path / "out"
+    params = tmp_path / "params.yaml"
+    settings = tiny_settings(prepared, out_dir, max_steps=400, checkpoint_every=2, sample_every=2)
+    settings["mlflow"] = {"tracking_uri": "sqlite:///must-not-be-used.db", "experiment": "train-test"}
+    params.write_text(yaml.safe_dump(settings))
+    env = {**os.environ, **AWS, "MLFLOW_TRACKING_URI": uri, "MLFLOW_S3_ENDPOINT_URL": endpoint,
+           "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}
+    command = [sys.executable, "-m", "components.train", "--params", str(params)]
+
+    first = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 180
+    while not (out_dir / "checkpoints" / "step-00000002.pt").exists():
+        assert first.poll() is None and time.monotonic() < deadline, first.stdout.read() if first.poll() else "timeout"
+        time.sleep(0.2)
+    first.send_signal(signal.SIGTERM)
+    output = first.communicate(timeout=120)[0]
+    assert first.returncode == 0, output
+    assert "stopped at step" in output and "SIGTERM" in output
+    stopped = json.loads((out_dir / "metrics.json").read_text())
+    assert stopped["stopped_early"] is True and stopped["steps"] >= 2
+    assert (out_dir / "checkpoints" / f"step-{stopped['steps']:08d}.pt").is_file()
+
+    finish = stopped["steps"] + 2
+    second = subprocess.run(command + ["-S", f"train.max_steps={finish}"], env=env, cwd=REPO,
+                            capture_output=True, text=True, timeout=240)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"resumed from {out_dir / 'checkpoints'}" in second.stderr
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert metrics["steps"] == finish and metrics["stopped_early"] is False and metrics["images_per_second"] > 0
+
+    run_info = json.loads((out_dir / "mlflow_run.json").read_text())
+    assert run_info["tracking_uri"] == uri
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    run = client.get_run(run_info["run_id"])  # one run across the preemption
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.ngf"] == "8" and run.data.params["train.max_steps"] == "400"
+    assert run.data.tags["variant"] == "B6" and len(run.data.tags["data_sha256"]) == 64
+    assert run.data.tags["git_commit"]
+    history = client.get_metric_history(run.info.run_id, "loss/g_total")
+    assert sorted({m.step for m in history}) == list(range(1, finish + 1))
+    for key in ("loss/d_real", "loss/d_fake", "loss/g_feat", "lr/g", "lr/d", "perf/seconds_per_step",
+                "perf/images_per_second"):
+        assert key in run.data.metrics
+    assert any(key.startswith("system/") for key in run.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "samples"} <= artifacts
+    config_file = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))
+    assert yaml.safe_load(Path(config_file).read_text())["model"]["ngf"] == 8
+    s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+                      region_name="us-east-1")
+    keys = [obj["Key"] for obj in s3.list_objects_v2(Bucket=BUCKET)["Contents"]]
+    assert any(key.endswith(f"{run.info.run_id}/artifacts/config.yaml") for key in keys)
+    assert any("/artifacts/samples/step-" in key and key.endswith(".png") for key in keys)
