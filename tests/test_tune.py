@@ -1,0 +1,198 @@
+"""Ray Tune sweeps (issue 7): a real 2-trial sweep on CPU against a real `mlflow server`, and the checks
+that stop a bad sweep before Ray starts (search space, tracking store, GPUs)."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from eval_fixtures import NUM_CLASSES, tiny_config, write_params, write_prepared
+from mlflow import MlflowClient
+
+from components.tune import check_tracking_uri, gpus_per_trial
+from dagan.checkpoint import load_checkpoint
+from dagan.config import ConfigError, load_config
+from dagan.judge import SegmentationNet, save_judge
+from dagan.judge_probe import JudgeProbe
+from dagan.search_space import parse_search_space
+
+SPACE = {"loss": {"lambda_feat": {"type": "loguniform", "low": 1.0, "high": 30.0}},
+         "model": {"variant": {"type": "choice", "values": ["B1", "B6"]}}}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class MlflowServer:
+    """A real tracking server on loopback: sqlite backend and proxied artifacts in a tmp folder.
+
+    It starts in the background (importing mlflow takes seconds) while the test prepares its data;
+    :meth:`url` waits until it answers."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.port = free_port()
+        mlflow_cli = Path(sys.executable).with_name("mlflow")
+        command = [str(mlflow_cli) if mlflow_cli.exists() else shutil.which("mlflow"), "server",
+                   "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+                   "--artifacts-destination", str(root / "server-artifacts"),
+                   "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        self.log = (root / "server.log").open("w")
+        self.process = subprocess.Popen(command, env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=root)
+
+    def url(self) -> str:
+        url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return url
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"mlflow server did not come up:\n{(self.root / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    server = MlflowServer(tmp_path)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def sweep_params(root: Path, **tune) -> Path:
+    config = tiny_config(
+        root, judge={"epochs": 3},
+        train={"batch_size": 4, "log_every": 1, "sample_every": 2},
+        tune={"search_space": SPACE, "num_samples": 2, "max_steps": 4, "eval_every": 2, "eval_batches": 1,
+              "grace_period": 2, "reduction_factor": 2, "cpus_per_trial": 1, "num_cpus": 2, "name": "sweep",
+              "storage_path": str(root / "ray"), "out_dir": str(root / "tune"), **tune})
+    return write_params(config, root)
+
+
+def test_two_trial_sweep_logs_parent_and_nested_runs_and_writes_the_best_params(tmp_path, mlflow_server, monkeypatch):
+    from components.tune import main as tune
+
+    write_prepared(tmp_path / "prepared")  # 16 train / 8 val scenes at 32x32
+    params = sweep_params(tmp_path)
+    save_judge(tmp_path / "judge" / "judge.pt", SegmentationNet(3, NUM_CLASSES, 8, 2), load_config(params),
+               NUM_CLASSES)  # an untrained tiny judge: the sweep needs its scores, not good ones
+    url = mlflow_server.url()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+
+    assert tune(["--params", str(params)]) == 0
+
+    client = MlflowClient(url)
+    parent_id = json.loads((tmp_path / "tune" / "mlflow_run.json").read_text())["run_id"]
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["tune.swept"] == "loss.lambda_feat,model.variant"
+    experiment = parent.info.experiment_id
+    trials = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    assert len(trials) == 2
+    assert len({run.data.tags["ray.trial_id"] for run in trials}) == 2
+    for run in trials:
+        assert run.info.status in ("FINISHED", "KILLED")
+        assert 1.0 <= float(run.data.params["loss.lambda_feat"]) <= 30.0
+        assert run.data.params["model.variant"] in ("B1", "B6")
+        assert run.data.params["train.max_steps"] == "4"  # the sweep's step budget, not the params file's
+        history = client.get_metric_history(run.info.run_id, "eval/judge_miou")
+        assert [point.step for point in history][:1] == [2] and all(0 <= p.value <= 1 for p in history)
+        assert any(key.startswith("loss/") for key in run.data.metrics)  # the training logger's losses
+
+    best = json.loads((tmp_path / "tune" / "best.json").read_text())
+    scores = {run.data.tags["ray.trial_id"]: client.get_metric_history(run.info.run_id, "eval/judge_miou")[-1].value
+              for run in trials}
+    assert best["metric"] == "judge_miou" and best["value"] == pytest.approx(max(scores.values()))
+    best_run = client.get_run(best["mlflow_run_id"])
+    assert best_run.data.tags["ray.trial_id"] == best["trial_id"]
+    parent = client.get_run(parent_id)
+    assert parent.data.metrics["best_judge_miou"] == pytest.approx(best["value"])
+    assert parent.data.metrics["num_trials"] == 2
+    assert parent.data.tags["best.model.variant"] == best_run.data.params["model.variant"]
+
+    tuned = load_config(tmp_path / "tune" / "best_params.yaml")
+    assert tuned.model.variant == best_run.data.params["model.variant"]
+    assert tuned.loss.lambda_feat == pytest.approx(float(best_run.data.params["loss.lambda_feat"]))
+    assert tuned.train.max_steps == 0 and tuned.train.out_dir == str(tmp_path / "train")  # sweep keys not leaked
+    assert best["set_args"] == [f"loss.lambda_feat={tuned.loss.lambda_feat}", f"model.variant={tuned.model.variant}"]
+    artifacts = {item.path for item in client.list_artifacts(parent_id)}
+    assert {"best_params.yaml", "best.json", "results.csv"} <= artifacts
+
+    checkpoints = sorted((tmp_path / "ray" / "sweep").glob("*/checkpoint_*/dagan.pt"))
+    assert checkpoints, "Ray Tune stored no trial checkpoint"
+    assert load_checkpoint(checkpoints[-1])["step"] in (2, 4)
+
+
+def test_sqlite_tracking_store_is_refused_before_ray_starts(tmp_path, capsys, monkeypatch):
+    from components.tune import main as tune
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = sweep_params(tmp_path)
+    assert tune(["--params", str(params)]) == 2
+    err = capsys.readouterr().err
+    assert "needs a tracking server" in err and "sqlite:///" in err and "mlflow server" in err
+    assert not (tmp_path / "ray").exists()
+    with pytest.raises(ConfigError, match="tracking server"):
+        check_tracking_uri(str(tmp_path / "mlruns"))
+    check_tracking_uri("http://127.0.0.1:5001")
+
+
+def test_an_explicit_gpu_request_without_a_gpu_is_an_error():
+    assert gpus_per_trial(None, 0) == 0 and gpus_per_trial(None, 2) == 1 and gpus_per_trial(0.5, 1) == 0.5
+    with pytest.raises(ConfigError, match="tune.gpus_per_trial=1.0 but the Ray cluster has no GPU"):
+        gpus_per_trial(1.0, 0)
+
+
+@pytest.mark.parametrize(("space", "message"), [
+    ({"loss": {"lambda_fet": {"type": "loguniform", "low": 1, "high": 3}}}, "unknown key"),
+    ({"model": {"variant": {"type": "choice", "values": ["B1", "B9"]}}}, "'B9' is not a valid value"),
+    ({"loss": {"lambda_feat": {"type": "loguniform", "low": 0, "high": 3}}}, "needs low > 0"),
+    ({"loss": {"lambda_feat": {"type": "uniform", "low": 3, "high": 1}}}, "must be below"),
+    ({"loss": {"lambda_feat": {"type": "normal", "mean": 3}}}, "type: loguniform"),
+    ({"model": {"ngf": {"type": "uniform", "low": 8, "high": 16}}}, "expected int"),
+    ({"train": {"max_steps": {"type": "choice", "values": [1, 2]}}}, "sets train.max_steps itself"),
+    ({"model": {}}, "search_space is empty"),
+])
+def test_bad_search_spaces_stop_with_the_key_and_the_fix(space, message):
+    with pytest.raises(ConfigError, match=message) as caught:
+        parse_search_space(space, {}, "params.yaml")
+    assert str(caught.value).startswith("params.yaml")
+
+
+def test_judge_probe_scores_a_generator_and_restores_its_mode():
+    torch.manual_seed(0)
+    label = torch.randint(0, NUM_CLASSES, (4, 16, 16))
+    batches = [{"label": label, "image": torch.rand(4, 3, 16, 16) * 2 - 1}]
+    judge = SegmentationNet(3, NUM_CLASSES, width=4, levels=2)
+    probe = JudgeProbe(judge, batches, num_classes=NUM_CLASSES, num_label_channels=NUM_CLASSES,
+                       device=torch.device("cpu"))
+    generator = torch.nn.Sequential(torch.nn.Conv2d(NUM_CLASSES, 3, 1), torch.nn.BatchNorm2d(3), torch.nn.Tanh())
+    generator.train()
+    scores = probe(generator)
+    assert generator.training
+    assert set(scores) == {"judge_miou", "judge_accuracy", "fd_judge"}
+    assert 0 <= scores["judge_miou"] <= 1 and 0 <= scores["judge_accuracy"] <= 1 and scores["fd_judge"] >= 0
+    assert probe(generator) == scores  # the same batches every time: comparable across trials
