@@ -133,23 +133,33 @@ def _parent_run(client: MlflowClient, config: Config, keys: list[str], resume: b
     return run.info.run_id, experiment_id
 
 
-def _tuner(config: Config, setup: TrialSetup, dimensions: list[Dimension], gpus: float, resume: bool):
+def check_experiment(config: Config, resume: bool) -> tuple[str, Any]:
+    """(storage_path, filesystem) after checking that --resume finds the experiment and a new sweep does not."""
+    from ray import tune
+
+    opts = config.tune
+    storage_path, filesystem = resolve_storage(opts.storage_path)
+    exists = tune.Tuner.can_restore(f"{storage_path}/{opts.name}", storage_filesystem=filesystem)
+    if resume and not exists:
+        raise FileNotFoundError(f"no Ray Tune experiment to resume at {opts.storage_path}/{opts.name}")
+    if exists and not resume:
+        raise ConfigError(f"a Ray Tune experiment already exists at {opts.storage_path}/{opts.name}: pass --resume "
+                          "to continue it, or choose a new -S tune.name=...")
+    return storage_path, filesystem
+
+
+def _tuner(config: Config, setup: TrialSetup, dimensions: list[Dimension], gpus: float, resume: bool,
+           storage: tuple[str, Any]):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
     opts = config.tune
-    storage_path, filesystem = resolve_storage(opts.storage_path)
+    storage_path, filesystem = storage
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup),
                                     {"cpu": opts.cpus_per_trial, "gpu": gpus})
-    experiment = f"{storage_path}/{opts.name}"
-    exists = tune.Tuner.can_restore(experiment, storage_filesystem=filesystem)
     if resume:
-        if not exists:
-            raise FileNotFoundError(f"no Ray Tune experiment to resume at {opts.storage_path}/{opts.name}")
-        return tune.Tuner.restore(experiment, trainable, resume_errored=True, storage_filesystem=filesystem)
-    if exists:
-        raise ConfigError(f"a Ray Tune experiment already exists at {opts.storage_path}/{opts.name}: pass --resume "
-                          "to continue it, or choose a new -S tune.name=...")
+        return tune.Tuner.restore(f"{storage_path}/{opts.name}", trainable, resume_errored=True,
+                                  storage_filesystem=filesystem)
     scheduler = ASHAScheduler(time_attr="step", max_t=opts.max_steps, grace_period=opts.grace_period,
                               reduction_factor=opts.reduction_factor)
     return tune.Tuner(
@@ -257,9 +267,23 @@ def _run(args) -> int:
     if not (prepared / "manifest.json").is_file():
         raise FileNotFoundError(f"{prepared}/manifest.json does not exist; run `dvc repro prepare` first")
 
+    storage = check_experiment(config, args.resume)
+    keys = [dim.key for dim in dimensions]
+    client = MlflowClient(uri)
+    parent = _parent_run(client, config, keys, args.resume)
+    try:
+        return _sweep(config, args, raw, dimensions, uri, client, parent, storage, prepared, judge)
+    except BaseException:
+        client.set_terminated(parent[0], "FAILED")
+        raise
+
+
+def _sweep(config: Config, args, raw: dict, dimensions: list[Dimension], uri: str, client: MlflowClient,
+           parent: tuple[str, str], storage: tuple[str, Any], prepared: Path, judge: Path) -> int:
     import ray
 
-    runtime_env = {"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0"}}
+    keys = [dim.key for dim in dimensions]
+    runtime_env = {"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0"}}  # relative paths mean the same in every trial
     if args.address:
         if not config.tune.storage_path.startswith("s3://"):
             log.warning("tune.storage_path=%s is a local folder: every node of the cluster must see it (a shared "
@@ -269,9 +293,6 @@ def _run(args) -> int:
         ray.init(num_cpus=config.tune.num_cpus, include_dashboard=False, runtime_env=runtime_env)
     try:
         gpus = gpus_per_trial(config.tune.gpus_per_trial, ray.cluster_resources().get("GPU", 0))
-        keys = [dim.key for dim in dimensions]
-        client = MlflowClient(uri)
-        parent = _parent_run(client, config, keys, args.resume)
         base = merge_overrides(raw, {
             "train.max_steps": config.tune.max_steps, "train.checkpoint_every": config.tune.eval_every,
             "train.device": "cuda" if gpus > 0 else "cpu", "dataset.prepared_dir": str(prepared),
@@ -281,11 +302,7 @@ def _run(args) -> int:
         log.info("sweep %s: %d trial(s) over %s, %s GPU(s) and %s CPU(s) each; MLflow parent run %s",
                  config.tune.name, config.tune.num_samples, ", ".join(keys), gpus, config.tune.cpus_per_trial,
                  parent[0])
-        try:
-            results = _tuner(config, setup, dimensions, gpus, args.resume).fit()
-        except BaseException:
-            client.set_terminated(parent[0], "FAILED")
-            raise
+        results = _tuner(config, setup, dimensions, gpus, args.resume, storage).fit()
         return _summarise(results, client, config, keys, raw, parent, args.params)
     finally:
         ray.shutdown()

@@ -145,6 +145,16 @@ def test_two_trial_sweep_logs_parent_and_nested_runs_and_writes_the_best_params(
     assert checkpoints, "Ray Tune stored no trial checkpoint"
     assert load_checkpoint(checkpoints[-1])["step"] in (2, 4)
 
+    # The same sweep again is refused (before any run is created); --resume restores it (Tuner.restore):
+    # its trials are done, so nothing reruns and the parent run stays the same.
+    assert tune(["--params", str(params)]) == 2
+    assert tune(["--params", str(params), "--resume"]) == 0
+    assert json.loads((tmp_path / "tune" / "mlflow_run.json").read_text())["run_id"] == parent_id
+    assert len(client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent_id}'")) == 2
+    assert len(client.search_runs([experiment])) == 3
+    assert client.get_run(parent_id).info.status == "FINISHED"
+    assert json.loads((tmp_path / "tune" / "best.json").read_text())["trial_id"] == best["trial_id"]
+
 
 def test_sqlite_tracking_store_is_refused_before_ray_starts(tmp_path, capsys, monkeypatch):
     from components.tune import main as tune
@@ -196,3 +206,34 @@ def test_judge_probe_scores_a_generator_and_restores_its_mode():
     assert set(scores) == {"judge_miou", "judge_accuracy", "fd_judge"}
     assert 0 <= scores["judge_miou"] <= 1 and 0 <= scores["judge_accuracy"] <= 1 and scores["fd_judge"] >= 0
     assert probe(generator) == scores  # the same batches every time: comparable across trials
+
+
+def test_the_sweep_pipeline_compiles_with_secrets_resources_and_no_cache(tmp_path):
+    import yaml
+
+    from pipeline import tune_pipeline
+
+    output = tmp_path / "dagan-tune.yaml"
+    assert tune_pipeline.main(["--output", str(output), "--image", "registry.example.com/dagan:1.2.3",
+                               "--gpus", "2", "--cpu", "12", "--memory", "96Gi"]) == 0
+    spec, platform = yaml.safe_load_all(output.read_text())
+    tasks = spec["root"]["dag"]["tasks"]
+    assert set(tasks) == {"prepare", "train-judge", "tune"}
+    assert set(tasks["tune"]["dependentTasks"]) == {"prepare", "train-judge"}
+    assert not tasks["tune"]["cachingOptions"].get("enableCache")  # it writes to MLflow and storage
+    assert set(spec["root"]["inputDefinitions"]["parameters"]) == {
+        "params_file", "overrides", "ray_address", "storage", "num_samples", "resume"}
+    container = spec["deploymentSpec"]["executors"]["exec-tune"]["container"]
+    assert container["image"] == "registry.example.com/dagan:1.2.3"
+    assert container["resources"]["accelerator"]["resourceCount"] == "2"
+    assert container["resources"]["resourceCpuLimit"] == "12"
+    assert "steps.run_component(\"tune\", argv)" in container["command"][-1]
+    secrets = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-tune"]["secretAsEnv"]
+    env = {item["envVar"] for secret in secrets for item in secret["keyToEnv"]}
+    assert {"MLFLOW_TRACKING_URI", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"} <= env
+    outputs = spec["components"]["comp-tune"]["outputDefinitions"]["artifacts"]
+    assert {name: value["artifactType"]["schemaTitle"] for name, value in outputs.items()} == {
+        "sweep": "system.Artifact", "metrics": "system.Metrics", "report": "system.Markdown"}
+    with pytest.raises(SystemExit):  # the sweep has no TrainJob mode
+        tune_pipeline.main(["--output", str(tmp_path / "x.yaml"), "--shared-pvc", "data", "--trainjob"])
+    assert not (tmp_path / "x.yaml").exists()
