@@ -1,5 +1,5 @@
-"""Ray Tune sweeps (issue 7): a real 2-trial sweep on CPU against a real `mlflow server`, and the checks
-that stop a bad sweep before Ray starts (search space, tracking store, GPUs)."""
+"""Ray Tune sweeps (issue 7): a real 2-trial sweep on CPU against a real `mlflow server`, its trials stored on a
+real S3 endpoint (moto), --resume; the checks that stop a bad sweep before Ray starts; the Kubeflow sweep pipeline."""
 
 import json
 import os
@@ -93,11 +93,33 @@ def sweep_params(root: Path, **tune) -> Path:
     return write_params(config, root)
 
 
-def test_two_trial_sweep_logs_parent_and_nested_runs_and_writes_the_best_params(tmp_path, mlflow_server, monkeypatch):
+@pytest.fixture
+def s3_endpoint(monkeypatch):
+    """A real S3 API (moto server on 127.0.0.1, ephemeral port) with a bucket for the sweep's storage."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    for name, value in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"),
+                        ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_ENDPOINT_URL", endpoint)):
+        monkeypatch.setenv(name, value)  # Ray's workers inherit them from this process
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    s3.create_bucket(Bucket="sweeps")
+    try:
+        yield s3
+    finally:
+        server.stop()
+
+
+def test_two_trial_sweep_logs_parent_and_nested_runs_and_writes_the_best_params(tmp_path, mlflow_server, s3_endpoint,
+                                                                                 monkeypatch):
     from components.tune import main as tune
 
     write_prepared(tmp_path / "prepared")  # 16 train / 8 val scenes at 32x32
-    params = sweep_params(tmp_path)
+    params = sweep_params(tmp_path, storage_path="s3://sweeps/tune")
     save_judge(tmp_path / "judge" / "judge.pt", SegmentationNet(3, NUM_CLASSES, 8, 2), load_config(params),
                NUM_CLASSES)  # an untrained tiny judge: the sweep needs its scores, not good ones
     url = mlflow_server.url()
@@ -141,9 +163,12 @@ def test_two_trial_sweep_logs_parent_and_nested_runs_and_writes_the_best_params(
     artifacts = {item.path for item in client.list_artifacts(parent_id)}
     assert {"best_params.yaml", "best.json", "results.csv"} <= artifacts
 
-    checkpoints = sorted((tmp_path / "ray" / "sweep").glob("*/checkpoint_*/dagan.pt"))
-    assert checkpoints, "Ray Tune stored no trial checkpoint"
-    assert load_checkpoint(checkpoints[-1])["step"] in (2, 4)
+    keys = [item["Key"] for item in s3_endpoint.list_objects_v2(Bucket="sweeps", Prefix="tune/sweep/")["Contents"]]
+    stored = sorted(key for key in keys if key.endswith("/dagan.pt") and "/checkpoint_" in key)
+    assert stored, f"Ray Tune stored no trial checkpoint on S3: {keys}"
+    s3_endpoint.download_file("sweeps", stored[-1], str(tmp_path / "stored.pt"))
+    assert load_checkpoint(tmp_path / "stored.pt")["step"] in (2, 4)
+    assert not (tmp_path / "ray").exists()
 
     # The same sweep again is refused (before any run is created); --resume restores it (Tuner.restore):
     # its trials are done, so nothing reruns and the parent run stays the same.
