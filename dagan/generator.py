@@ -73,17 +73,28 @@ class DAGANGenerator(nn.Module):
                 f"label map size {height}x{width} must be divisible by {factor} "
                 f"(2**{self.num_up} for this num_upsampling_layers); resize or crop it"
             )
-        x = self.fc(F.interpolate(label_map, size=(height // factor, width // factor), mode="nearest"))
-        outputs = [self.head_0(x, label_map)]
+        # The label map resized (nearest) once per resolution, shared by every SPADE there.
+        resized = {(height, width): label_map}
+
+        def label_at(size: tuple[int, int]) -> torch.Tensor:
+            if size not in resized:
+                resized[size] = F.interpolate(label_map, size=size, mode="nearest")
+            return resized[size]
+
+        def run(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+            return block(x, label_at(tuple(x.shape[2:])))
+
+        x = self.fc(label_at((height // factor, width // factor)))
+        outputs = [run(self.head_0, x)]
         x = F.interpolate(outputs[-1], scale_factor=2, mode="nearest")
-        outputs.append(self.G_middle_0(x, label_map))
+        outputs.append(run(self.G_middle_0, x))
         x = outputs[-1]
         if self.extra_middle_up:
             x = F.interpolate(x, scale_factor=2, mode="nearest")
-        outputs.append(self.G_middle_1(x, label_map))
+        outputs.append(run(self.G_middle_1, x))
         for block in self.up_blocks:
             x = F.interpolate(outputs[-1], scale_factor=2, mode="nearest")
-            outputs.append(block(x, label_map))
+            outputs.append(run(block, x))
         return outputs
 
     def forward(

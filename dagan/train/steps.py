@@ -6,7 +6,9 @@
   perceptual when a VGG extractor is passed in). D's parameters are frozen with
   ``requires_grad_(False)`` for the step, so no D gradient is computed or accumulated. D(real)
   is only needed as a detached target, so it runs without gradients and only D(fake) is
-  back-propagated (the instance norm in D is per sample, so this equals the concatenated pass).
+  back-propagated (the instance norm in D is per sample, and the D(real) pass reuses the
+  spectral-norm weights of the D(fake) pass without another power iteration, so this equals
+  the concatenated pass).
 
 Both steps check that every loss is finite before back-propagating, so a NaN or Inf never
 reaches the weights; under DDP the checked values are averaged over ranks first, so every
@@ -65,6 +67,21 @@ def _checked(losses: dict[str, torch.Tensor], context: DistributedContext | None
     return values
 
 
+@contextlib.contextmanager
+def _power_iteration_paused(module: nn.Module):
+    """Spectral norm advances its power iteration on every forward in training mode; a second
+    forward (D(real) after D(fake)) must reuse the weights of the first, as one concatenated
+    pass would. In eval mode a spectral-norm conv recomputes W / sigma from its current u, v."""
+    normalized = [m for m in module.modules() if m.training and hasattr(m, "weight_u")]
+    for layer in normalized:
+        layer.training = False
+    try:
+        yield
+    finally:
+        for layer in normalized:
+            layer.training = True
+
+
 def _split(outputs: list[list[torch.Tensor]], first: int) -> tuple[list[list[torch.Tensor]], list[list[torch.Tensor]]]:
     head = [[feature[:first] for feature in scale] for scale in outputs]
     tail = [[feature[first:] for feature in scale] for scale in outputs]
@@ -119,7 +136,7 @@ def g_step(
         with precision.autocast():
             fake = generator(semantic)
             fake_outputs = critic(torch.cat([semantic, fake], 1))
-            with torch.no_grad():
+            with torch.no_grad(), _power_iteration_paused(critic):
                 real_outputs = critic(torch.cat([semantic, real.to(fake.dtype)], 1))
             losses = {"g_gan": g_hinge_loss(fake_outputs)}
             if weights.feat > 0:

@@ -1,0 +1,245 @@
+"""Every speed-up of issue 8 keeps the numerics: each fast path against the straightforward one.
+
+The straightforward paths are written out here from the model facts (DESIGN.md section 1):
+SPADE as BN(x) * (1 + gamma) + beta with two separate convs and the label map resized in
+every SPADE; the G step with fake and real through D in one concatenated batch. Fast and
+straightforward paths start from identical copies (deepcopy), so BatchNorm running stats and
+spectral-norm vectors start equal. The equivalence is checked in float64, where rounding is
+negligible (FLOAT64_REL), so a real difference cannot hide in float32 noise (a deep stack of
+batch norms over few values amplifies float32 rounding of the gradients to ~1e-3); outputs
+are also checked in float32 (FLOAT32_REL). Tolerances are relative to the largest magnitude
+of the reference tensor.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dagan.discriminator import MultiscaleDiscriminator
+from dagan.generator import DAGANGenerator
+from dagan.init import init_weights
+from dagan.losses import feature_matching_loss, g_hinge_loss, perceptual_loss
+from dagan.nn.spade import SPADE
+from dagan.perceptual import VGG19Features
+from dagan.train import LossWeights, g_step
+
+SEMANTIC_NC = 6
+FLOAT64_REL = 1e-9
+FLOAT32_REL = 1e-4  # fp32 rounding of reordered sums (one conv instead of two, addcmul)
+
+
+def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, rel: float, what: str = "",
+                        floor: float = 0.0) -> None:
+    """max |actual - expected| <= rel * max(max |expected|, floor); the floor is for tensors that
+    are zero in exact arithmetic (a bias followed only by batch norms gets no gradient)."""
+    scale = max(expected.detach().abs().max().item(), floor)
+    error = (actual.detach().float() - expected.detach().float()).abs().max().item()
+    assert error <= rel * scale + 1e-12, f"{what}: max error {error:.3g} vs allowed {rel * scale:.3g}"
+
+
+def one_hot_labels(batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    # Blocks of classes, so the smallest resized maps differ between samples (BatchNorm variance).
+    blocks = torch.randint(0, SEMANTIC_NC, (batch, 4, 4), generator=generator)
+    label = blocks.repeat_interleave(height // 4, 1).repeat_interleave(width // 4, 2)
+    return F.one_hot(label, SEMANTIC_NC).permute(0, 3, 1, 2).float()
+
+
+def reference_spade(norm: SPADE, x: torch.Tensor, label_map: torch.Tensor) -> torch.Tensor:
+    normalized = norm.param_free_norm(x)
+    label_map = F.interpolate(label_map, size=x.shape[2:], mode="nearest")
+    embedding = norm.mlp_shared(label_map)
+    return normalized * (1 + norm.mlp_gamma(embedding)) + norm.mlp_beta(embedding)
+
+
+def reference_block(block, x: torch.Tensor, label_map: torch.Tensor) -> torch.Tensor:
+    shortcut = block.conv_s(reference_spade(block.norm_s, x, label_map)) if block.learned_shortcut else x
+    dx = block.conv_0(F.leaky_relu(reference_spade(block.norm_0, x, label_map), 0.2))
+    dx = block.conv_1(F.leaky_relu(reference_spade(block.norm_1, dx, label_map), 0.2))
+    return shortcut + dx
+
+
+def reference_generator(generator: DAGANGenerator, label_map: torch.Tensor) -> torch.Tensor:
+    """The generator written out plainly: every SPADE resizes the full label map itself."""
+    height, width = label_map.shape[2:]
+    factor = 2**generator.num_up
+    x = generator.fc(F.interpolate(label_map, size=(height // factor, width // factor), mode="nearest"))
+    outputs = [reference_block(generator.head_0, x, label_map)]
+    outputs.append(reference_block(generator.G_middle_0, F.interpolate(outputs[-1], scale_factor=2), label_map))
+    x = F.interpolate(outputs[-1], scale_factor=2) if generator.extra_middle_up else outputs[-1]
+    outputs.append(reference_block(generator.G_middle_1, x, label_map))
+    for block in generator.up_blocks:
+        outputs.append(reference_block(block, F.interpolate(outputs[-1], scale_factor=2), label_map))
+    feature = outputs[-1]
+    branches = []
+    if generator.sam is not None:
+        branches.append(generator.sam(feature)[0])
+    if generator.cam is not None:
+        branches.append(generator.cam(feature, outputs[-2:-1])[0])
+    combined = sum(branches[1:], branches[0]) if branches else feature
+    return torch.tanh(generator.conv_img(F.leaky_relu(combined, 0.2)))
+
+
+def _grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.grad for name, p in module.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize(("norm_nc", "size"), [(8, (16, 32)), (32, (4, 8))])
+def test_spade_fused_gamma_beta_conv_matches_two_convs(norm_nc, size):
+    torch.manual_seed(0)
+    fast = SPADE(norm_nc, SEMANTIC_NC)
+    init_weights(fast, gain=1.0)  # non-trivial gamma/beta
+    fast = fast.double()
+    reference = copy.deepcopy(fast)
+    x = torch.randn(2, norm_nc, *size, dtype=torch.float64)
+    label_map = one_hot_labels(2, 32, 64).double()
+    x_fast, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_fast, out_ref = fast(x_fast, label_map), reference_spade(reference, x_ref, label_map)
+    assert_close_scaled(out_fast, out_ref, FLOAT64_REL, "output")
+    weight = torch.randn_like(out_ref)
+    (out_fast * weight).sum().backward()
+    (out_ref * weight).sum().backward()
+    assert_close_scaled(x_fast.grad, x_ref.grad, FLOAT64_REL, "input grad")
+    grads_fast, grads_ref = _grads(fast), _grads(reference)
+    assert set(grads_fast) == set(grads_ref) == {f"{m}.{p}" for m in ("mlp_shared.0", "mlp_gamma", "mlp_beta")
+                                                 for p in ("weight", "bias")}
+    for name, grad in grads_ref.items():
+        assert_close_scaled(grads_fast[name], grad, FLOAT64_REL, name)
+    assert torch.equal(fast.param_free_norm.running_var, reference.param_free_norm.running_var)
+    float32 = copy.deepcopy(fast).float()
+    assert_close_scaled(float32(x.float(), label_map.float()), out_ref, FLOAT32_REL, "float32 output")
+
+
+def test_spade_takes_a_label_map_already_at_the_feature_size_unchanged():
+    torch.manual_seed(0)
+    norm = SPADE(4, SEMANTIC_NC)
+    x = torch.randn(2, 4, 8, 16)
+    label_map = one_hot_labels(2, 32, 64)
+    resized = F.interpolate(label_map, size=(8, 16), mode="nearest")
+    assert torch.equal(copy.deepcopy(norm)(x, label_map), copy.deepcopy(norm)(x, resized))
+
+
+def test_parameters_and_state_dict_keys_are_those_of_the_plain_modules():
+    norm = SPADE(4, SEMANTIC_NC)
+    assert list(norm.state_dict()) == [
+        "param_free_norm.running_mean", "param_free_norm.running_var", "param_free_norm.num_batches_tracked",
+        "mlp_shared.0.weight", "mlp_shared.0.bias", "mlp_gamma.weight", "mlp_gamma.bias",
+        "mlp_beta.weight", "mlp_beta.bias",
+    ]
+
+
+@pytest.mark.parametrize(("use_sam", "cam_mode", "upsampling", "size"),
+                         [(False, "off", "normal", (32, 64)), (True, "II", "more", (64, 64))])
+def test_generator_forward_and_backward_match_the_straightforward_path(use_sam, cam_mode, upsampling, size):
+    torch.manual_seed(0)
+    fast = DAGANGenerator(SEMANTIC_NC, ngf=8, num_upsampling_layers=upsampling, use_sam=use_sam, cam_mode=cam_mode)
+    init_weights(fast, gain=1.0)
+    fast = fast.double()
+    reference = copy.deepcopy(fast)
+    float32 = copy.deepcopy(fast).float()
+    label_map = one_hot_labels(2, *size).double()
+    image_fast, image_ref = fast(label_map), reference_generator(reference, label_map)
+    assert image_ref.abs().max() > 0.1  # a real signal, not a vanishing one
+    assert_close_scaled(image_fast, image_ref, FLOAT64_REL, "image")
+    assert_close_scaled(float32(label_map.float()), image_ref, FLOAT32_REL, "float32 image")
+    weight = torch.randn_like(image_ref)
+    (image_fast * weight).sum().backward()
+    (image_ref * weight).sum().backward()
+    grads_fast, grads_ref = _grads(fast), _grads(reference)
+    assert set(grads_fast) == set(grads_ref) and len(grads_ref) == len(list(reference.parameters()))
+    floor = 1e-3 * max(grad.abs().max().item() for grad in grads_ref.values())
+    for name, grad in grads_ref.items():
+        assert_close_scaled(grads_fast[name], grad, FLOAT64_REL, name, floor)
+    buffers_fast = dict(fast.named_buffers())
+    for name, buffer in reference.named_buffers():  # BN running stats, spectral-norm u/v
+        assert_close_scaled(buffers_fast[name], buffer, FLOAT64_REL, name)
+
+
+def _tiny_vgg() -> VGG19Features:
+    layers = [torch.nn.Conv2d(3, 4, 3, padding=1)] + [torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3, padding=1)] * 15
+    return VGG19Features(torch.nn.Sequential(*layers))
+
+
+def reference_g_step(generator, discriminator, optimizer, semantic, real, weights, vgg):
+    """The G step of the paper's objective with fake and real through D in one batch."""
+    discriminator.requires_grad_(False)
+    optimizer.zero_grad(set_to_none=True)
+    fake = generator(semantic)
+    batch = semantic.shape[0]
+    outputs = discriminator(torch.cat([torch.cat([semantic, fake], 1), torch.cat([semantic, real], 1)]))
+    fake_outputs = [[feature[:batch] for feature in scale] for scale in outputs]
+    real_outputs = [[feature[batch:] for feature in scale] for scale in outputs]
+    losses = {"g_gan": g_hinge_loss(fake_outputs), "g_feat": feature_matching_loss(fake_outputs, real_outputs),
+              "g_vgg": perceptual_loss(vgg(fake), vgg(real))}
+    total = weights.gan * losses["g_gan"] + weights.feat * losses["g_feat"] + weights.vgg * losses["g_vgg"]
+    total.backward()
+    optimizer.step()
+    discriminator.requires_grad_(True)
+    return {name: value.item() for name, value in losses.items()}
+
+
+def test_g_step_equals_the_concatenated_discriminator_pass():
+    """D(real) without gradients and without a second power iteration = one D pass on [fake; real]."""
+    torch.manual_seed(0)
+    generator = DAGANGenerator(SEMANTIC_NC, ngf=8, num_upsampling_layers="normal")
+    discriminator = MultiscaleDiscriminator(SEMANTIC_NC + 3, ndf=8)
+    init_weights(generator, gain=1.0)
+    init_weights(discriminator, gain=0.02)
+    generator, discriminator, vgg = generator.double(), discriminator.double(), _tiny_vgg().double()
+    semantic = one_hot_labels(2, 32, 64).double()
+    real = torch.rand(2, 3, 32, 64, dtype=torch.float64) * 2 - 1
+    weights = LossWeights(gan=1.0, feat=10.0, vgg=10.0)
+    copies = [copy.deepcopy(m) for m in (generator, discriminator)]
+    opt_fast = torch.optim.SGD(generator.parameters(), lr=0.1)
+    opt_ref = torch.optim.SGD(copies[0].parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+
+    losses, _ = g_step(generator, discriminator, opt_fast, semantic, real, weights, scaler, vgg=vgg)
+    expected = reference_g_step(*copies, opt_ref, semantic, real, weights, vgg)
+    for name, value in expected.items():
+        assert losses[name] == pytest.approx(value, rel=1e-6), name  # g_step reports float32 values
+    grads_ref, after_ref = _grads(copies[0]), dict(copies[0].named_parameters())
+    floor = 1e-3 * max(grad.abs().max().item() for grad in grads_ref.values())
+    for name, parameter in generator.named_parameters():
+        assert_close_scaled(parameter.grad, grads_ref[name], FLOAT64_REL, f"{name} grad", floor)
+        assert_close_scaled(parameter, after_ref[name], FLOAT64_REL, name)
+    # The spectral-norm power iteration advanced exactly once, as in the concatenated pass.
+    reference_buffers = dict(copies[1].named_buffers())
+    for name, buffer in discriminator.named_buffers():
+        assert torch.equal(buffer, reference_buffers[name]), name
+    assert all(module.training for module in discriminator.modules())
+
+
+def test_channels_last_keeps_generator_and_discriminator_outputs():
+    torch.manual_seed(0)
+    generator = DAGANGenerator(SEMANTIC_NC, ngf=8)
+    discriminator = MultiscaleDiscriminator(SEMANTIC_NC + 3, ndf=8)
+    init_weights(generator, gain=1.0)
+    semantic = one_hot_labels(2, 32, 64)
+    reference_image = copy.deepcopy(generator)(semantic)
+    reference_logits = copy.deepcopy(discriminator)(torch.cat([semantic, reference_image], 1))[0][-1]
+    generator = generator.to(memory_format=torch.channels_last)
+    discriminator = discriminator.to(memory_format=torch.channels_last)
+    semantic = semantic.contiguous(memory_format=torch.channels_last)
+    image = generator(semantic)
+    assert_close_scaled(image, reference_image, 1e-4, "image")
+    logits = discriminator(torch.cat([semantic, image], 1))[0][-1]
+    assert_close_scaled(logits, reference_logits, 1e-4, "logits")
+
+
+def test_bf16_autocast_stays_near_float32():
+    """bf16 changes the numerics (train.amp=bf16 only); it stays within bf16's resolution here."""
+    torch.manual_seed(0)
+    generator = DAGANGenerator(SEMANTIC_NC, ngf=8)
+    init_weights(generator, gain=1.0)
+    semantic = one_hot_labels(2, 32, 64)
+    expected = copy.deepcopy(generator)(semantic)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        image = generator(semantic)
+    assert image.dtype == torch.bfloat16
+    assert_close_scaled(image, expected, 0.25, "bf16 image")
+    assert torch.corrcoef(torch.stack([image.float().flatten(), expected.flatten()]))[0, 1] > 0.99
