@@ -282,6 +282,8 @@ def _check_value(value: Any, tp: Any, where: str) -> Any:
                 errors.append(str(err))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} is not a {_type_name(tp)}")
     if origin is Literal:
+        if isinstance(value, bool) and ("on" if value else "off") in get_args(tp):
+            return "on" if value else "off"  # YAML 1.1 reads a bare off/on (-S train.amp=off) as a boolean
         if value not in get_args(tp):
             choices = ", ".join(str(a) for a in get_args(tp))
             raise ConfigError(f"{where}: {value!r} is not one of: {choices}")

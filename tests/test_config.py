@@ -96,3 +96,10 @@ def test_flat_params_are_dotted():
     flat = load_config(REPO / "params.yaml").flat()
     assert flat["train.lr_d"] == pytest.approx(4e-4)
     assert flat["model.variant"] == "B6"
+
+
+def test_bare_off_is_the_string_choice_not_a_boolean():
+    config = load_config(REPO / "params.yaml", ["train.amp=off", "evaluate.fid=off"])
+    assert (config.train.amp, config.evaluate.fid) == ("off", "off")
+    with pytest.raises(ConfigError, match="not one of"):
+        load_config(REPO / "params.yaml", ["train.amp=true"])
