@@ -13,10 +13,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import spectral_norm
 
 from dagan.config import Config
 from dagan.init import init_weights
+from dagan.nn.spectral import spectral_norm
 
 MAX_CHANNELS = 512
 

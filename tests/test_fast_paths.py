@@ -24,6 +24,7 @@ from dagan.generator import DAGANGenerator
 from dagan.init import init_weights
 from dagan.losses import feature_matching_loss, g_hinge_loss, perceptual_loss
 from dagan.nn.spade import SPADE
+from dagan.nn.spectral import spectral_norm
 from dagan.perceptual import VGG19Features
 from dagan.train import LossWeights, g_step
 
@@ -121,6 +122,38 @@ def test_spade_takes_a_label_map_already_at_the_feature_size_unchanged():
     label_map = one_hot_labels(2, 32, 64)
     resized = F.interpolate(label_map, size=(8, 16), mode="nearest")
     assert torch.equal(copy.deepcopy(norm)(x, label_map), copy.deepcopy(norm)(x, resized))
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_fused_spectral_norm_matches_torch_spectral_norm(memory_format):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(6, 5, 3, padding=1).double()
+    reference = torch.nn.utils.spectral_norm(copy.deepcopy(conv)).to(memory_format=memory_format)
+    fast = spectral_norm(copy.deepcopy(conv)).to(memory_format=memory_format)
+    fast.load_state_dict(reference.state_dict())  # same keys, same u/v start
+    assert list(fast.state_dict()) == list(reference.state_dict()) == ["bias", "weight_orig", "weight_u", "weight_v"]
+    x = torch.randn(2, 6, 8, 8, dtype=torch.float64).contiguous(memory_format=memory_format)
+    for step in range(3):  # training mode: one power iteration per forward, gradients through W / sigma
+        x_fast, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+        out_fast, out_ref = fast(x_fast), reference(x_ref)
+        if step == 0:
+            assert torch.equal(out_fast, out_ref)  # the same ops in the forward
+        assert_close_scaled(out_fast, out_ref, FLOAT64_REL, f"output {step}")  # later: rounding of the updates
+        weight = torch.randn_like(out_ref)
+        (out_fast * weight).sum().backward()
+        (out_ref * weight).sum().backward()
+        assert_close_scaled(fast.weight_orig.grad, reference.weight_orig.grad, FLOAT64_REL, "weight_orig grad")
+        assert_close_scaled(x_fast.grad, x_ref.grad, FLOAT64_REL, "input grad")
+        with torch.no_grad():
+            fast.weight_orig.sub_(0.1 * fast.weight_orig.grad)
+            reference.weight_orig.sub_(0.1 * reference.weight_orig.grad)
+        fast.zero_grad(), reference.zero_grad()
+    assert_close_scaled(fast.weight_u, reference.weight_u, FLOAT64_REL, "u")
+    assert_close_scaled(fast.weight_v, reference.weight_v, FLOAT64_REL, "v")
+    fast.eval(), reference.eval()
+    u_before = fast.weight_u.clone()
+    assert_close_scaled(fast(x), reference(x), FLOAT64_REL, "eval output")
+    assert torch.equal(fast.weight_u, u_before)  # eval mode: no power iteration
 
 
 def test_parameters_and_state_dict_keys_are_those_of_the_plain_modules():

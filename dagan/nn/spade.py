@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import spectral_norm
+
+from dagan.nn.spectral import spectral_norm
 
 SPADE_HIDDEN = 128  # width of the shared conv that embeds the label map
 
