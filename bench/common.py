@@ -1,0 +1,156 @@
+"""Shared pieces of the benchmarks (issue 8): the machine, timing, isolated runs, tables, JSON.
+
+Every configuration runs in a fresh Python process (:func:`run_isolated`), so its peak
+resident memory (``ru_maxrss``) is its own and one configuration's warm caches or
+allocator state never flatter the next. Timings are medians over repeats after warm-up;
+the load average before and after each run is recorded because other work on the same
+machine slows every number down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# glibc returns every freed block above 32 MiB to the kernel (mmap/munmap), so each training
+# step page-faults its large activations and weights in again; these tunables keep freed
+# memory in the heap for reuse. Read at process start: set in the environment (see PERFORMANCE.md).
+HEAP_REUSE_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
+ALLOCATORS = ("system", "reuse")
+CPU_FLAGS_OF_INTEREST = ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def cpu_flags() -> list[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                present = set(line.split(":", 1)[1].split())
+                return [flag for flag in CPU_FLAGS_OF_INTEREST if flag in present]
+    except OSError:
+        pass
+    return []
+
+
+def gpu_name() -> str | None:
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def no_gpu_reason() -> str:
+    return "no CUDA device on this machine (torch.cuda.is_available() is False)"
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    return {
+        "cpu": cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "cpu_flags": cpu_flags(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "gpu": gpu_name(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+def load_average() -> float:
+    """The 1-minute load average."""
+    return round(os.getloadavg()[0], 2)
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process (Linux reports ru_maxrss in KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def timed(fn: Callable[[], object], warmup: int, repeats: int, synchronize: bool = False) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    if synchronize:
+        torch.cuda.synchronize()
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        if synchronize:
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def stats(seconds: Sequence[float]) -> dict[str, float]:
+    return {"median": statistics.median(seconds), "min": min(seconds), "max": max(seconds), "n": len(seconds)}
+
+
+def run_isolated(module: str, spec: dict[str, Any], timeout: float = 3600) -> dict[str, Any]:
+    """Run ``python -m module --worker SPEC_JSON`` and return the JSON it prints last.
+
+    ``spec["allocator"]``: "system" (glibc defaults, GLIBC_TUNABLES removed) or "reuse"
+    (:data:`HEAP_REUSE_TUNABLES`)."""
+    command = [sys.executable, "-m", module, "--worker", json.dumps(spec)]
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    env.pop("GLIBC_TUNABLES", None)
+    allocator = spec.get("allocator", "system")
+    if allocator not in ALLOCATORS:
+        raise ValueError(f"allocator {allocator!r}: choose from {', '.join(ALLOCATORS)}")
+    if allocator == "reuse":
+        env["GLIBC_TUNABLES"] = HEAP_REUSE_TUNABLES
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=root, env=env, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{module} worker for {spec} failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"{module} worker for {spec} printed no JSON result:\n{result.stdout[-2000:]}")
+    return json.loads(lines[-1])
+
+
+def print_table(columns: Sequence[tuple[str, str]], rows: Sequence[dict[str, Any]]) -> None:
+    """Print ``rows`` as a Markdown table; ``columns`` are (key, heading) pairs."""
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.3f}" if abs(value) < 100 else f"{value:.0f}"
+        return "" if value is None else str(value)
+
+    print("| " + " | ".join(heading for _, heading in columns) + " |")
+    print("|" + "|".join("---" for _ in columns) + "|")
+    for row in rows:
+        print("| " + " | ".join(cell(row.get(key)) for key, _ in columns) + " |")
+    sys.stdout.flush()
+
+
+def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
+        json.dump(payload, handle, indent=2)
+        handle.write("\n")
+    os.replace(handle.name, path)
+    return path

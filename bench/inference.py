@@ -1,0 +1,119 @@
+"""Benchmark: generator inference (images per second) and peak memory.
+
+    python -m bench.inference                          # B1 and B6, fp32, batch 1, 256x128, 2 threads
+    python -m bench.inference --modes fp32 bf16-cl --batches 1 4 --allocators system reuse
+
+The generator is built for the preset (Cityscapes layout by default) with random weights, in
+eval mode (BatchNorm running statistics) under ``torch.inference_mode`` — what ``dagan
+generate`` and the served model run. Modes as in :mod:`bench.train_step` (``bf16`` =
+autocast, ``-cl`` = channels_last, ``-compile`` = torch.compile). Each configuration runs
+in its own process. Writes ``bench/results/inference.json`` (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+import torch
+
+from bench import common
+from bench.common import ALLOCATORS, RESULTS_DIR, machine, print_table, run_isolated, stats, timed, write_json
+from bench.train_step import MODES, parse_mode, synthetic_batch
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    from dagan.config import config_from_dict
+    from dagan.generator import build_generator
+    from dagan.presets import get_preset
+
+    if spec["device"] == "cpu":
+        torch.set_num_threads(spec["threads"])
+    device = torch.device(spec["device"])
+    config = config_from_dict({"dataset": {"name": spec["dataset"]},
+                               "model": {"variant": spec["variant"], "ngf": spec["ngf"]}}, "bench").resolved()
+    memory_format = torch.channels_last if spec["channels_last"] else torch.contiguous_format
+    generator = build_generator(config, get_preset(spec["dataset"]).semantic_nc).eval()
+    generator = generator.to(device, memory_format=memory_format)
+    semantic, _ = synthetic_batch(spec["dataset"], spec["batch"], spec["height"], spec["width"], device)
+    semantic = semantic.contiguous(memory_format=memory_format)
+    if spec["compile"]:
+        generator = torch.compile(generator)
+    cuda = device.type == "cuda"
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec["precision"] == "bf16")
+
+    def generate() -> None:
+        with torch.inference_mode(), autocast:
+            generator(semantic)
+
+    load_before = common.load_average()
+    start = time.perf_counter()
+    generate()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    first = time.perf_counter() - start
+    seconds = timed(generate, spec["warmup"], spec["repeats"], synchronize=cuda)
+    summary = stats(seconds)
+    return {
+        **spec, "batch_s": summary, "images_per_second": spec["batch"] / summary["median"], "first_call_s": first,
+        "peak_memory_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else common.peak_rss_mib(),
+        "peak_memory_kind": "torch.cuda.max_memory_allocated" if cuda else "process ru_maxrss",
+        "load_before": load_before, "load_after": common.load_average(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--variants", nargs="+", default=["B1", "B6"])
+    parser.add_argument("--modes", nargs="+", default=["fp32"], help=f"any of {', '.join(MODES)}")
+    parser.add_argument("--batches", nargs="+", type=int, default=[1])
+    parser.add_argument("--allocators", nargs="+", default=["system"], choices=ALLOCATORS)
+    parser.add_argument("--dataset", default="cityscapes")
+    parser.add_argument("--height", type=int, default=128)
+    parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--ngf", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--out", default=str(RESULTS_DIR / "inference.json"))
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(measure(json.loads(args.worker))))
+        return 0
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print(f"--device cuda: {common.no_gpu_reason()}; run on a GPU machine or use --device cpu", file=sys.stderr)
+        return 2
+    for mode in args.modes:
+        parse_mode(mode)
+    print(f"machine: {json.dumps(machine())}", flush=True)
+    rows = []
+    for allocator in args.allocators:
+        for mode in args.modes:
+            for batch in args.batches:
+                for variant in args.variants:
+                    spec = {"variant": variant, "mode": mode, **parse_mode(mode), "allocator": allocator,
+                            "batch": batch, "dataset": args.dataset, "height": args.height, "width": args.width,
+                            "ngf": args.ngf, "threads": args.threads, "warmup": args.warmup,
+                            "repeats": args.repeats, "device": args.device}
+                    row = run_isolated("bench.inference", spec)
+                    print(f"  {variant} {mode} batch {batch} {allocator}: {row['images_per_second']:.2f} images/s",
+                          flush=True)
+                    rows.append(row)
+    table = [{**row, "seconds": row["batch_s"]["median"], "load": f"{row['load_before']}-{row['load_after']}"}
+             for row in rows]
+    print_table([("variant", "variant"), ("mode", "mode"), ("allocator", "allocator"), ("batch", "batch"),
+                 ("seconds", "s per batch (median)"), ("images_per_second", "images/s"),
+                 ("first_call_s", "first call s"), ("peak_memory_mib", "peak MiB"), ("load", "load 1 min")], table)
+    path = write_json(args.out, {"benchmark": "inference", "machine": machine(), "rows": rows})
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

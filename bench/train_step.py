@@ -1,0 +1,232 @@
+"""Benchmark: one full training iteration (G step + D step with every loss), as the loop runs it.
+
+    python -m bench.train_step                      # B1 and B6, fp32, Cityscapes layout, 256x128, 2 threads
+    python -m bench.train_step --modes fp32 fp32-cl bf16 bf16-cl --repeats 7
+    python -m bench.train_step --modes fp32-compile # torch.compile (slow to compile on 2 cores)
+    python -m bench.train_step --allocators system reuse  # glibc defaults vs heap reuse (GLIBC_TUNABLES)
+
+An iteration is :func:`dagan.train.g_step` (hinge + feature matching + VGG19 perceptual) then
+:func:`dagan.train.d_step`, with the state :func:`dagan.train.state.build_state` builds for the
+config (TTUR Adam, autocast, channels_last). The VGG19 is randomly initialised and injected
+(timing needs no ImageNet weights). Modes: ``fp32`` is the default, exact path; ``-cl`` adds
+train.channels_last; ``bf16`` is train.amp=bf16; ``-compile`` wraps G, D and VGG in
+torch.compile (the first iteration, which compiles, is reported apart). Every configuration
+runs in its own process (peak memory is its own). Prints a Markdown table; writes JSON to
+``bench/results/train_step.json`` (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+import torch
+
+from bench import common
+from bench.common import ALLOCATORS, RESULTS_DIR, load_average, machine, print_table, run_isolated, stats, write_json
+
+# The official implementation (DAGAN on SPADE's code), measured on this machine type with 2
+# threads, 256x128 Cityscapes layout, ngf 64, batch 1, randomly initialised VGG19 (issue 8).
+OFFICIAL_SECONDS = {"B6": 3.9, "B1": 3.6}
+OFFICIAL_GENERATOR_FORWARD_BACKWARD = 1.9
+TARGET_FRACTION_OF_OFFICIAL = 0.75
+TARGET_ATTENTION_OVERHEAD = 0.05
+MODES = ("fp32", "fp32-cl", "bf16", "bf16-cl", "fp32-compile", "bf16-compile")
+PERCEPTUAL_WEIGHT = 10.0  # lambda_p of the paper
+
+
+def parse_mode(mode: str) -> dict[str, Any]:
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    parts = mode.split("-")
+    return {"precision": parts[0], "channels_last": "cl" in parts, "compile": "compile" in parts}
+
+
+def synthetic_batch(preset_name: str, batch: int, height: int, width: int, device: torch.device, seed: int = 0):
+    """(semantic input, real image) in the preset's label layout: blocks of random classes + instances."""
+    from dagan.labels import semantic_input
+    from dagan.presets import get_preset
+
+    preset = get_preset(preset_name)
+    generator = torch.Generator().manual_seed(seed)
+    num_label_channels = preset.num_classes + int(preset.contain_dontcare_label)
+    blocks = torch.randint(0, num_label_channels, (batch, height // 16, width // 16), generator=generator)
+    label = blocks.repeat_interleave(16, 1).repeat_interleave(16, 2)
+    instance = label * 1000 + torch.randint(0, 3, label.shape, generator=generator) if preset.has_instance else None
+    semantic = semantic_input(label, num_label_channels, instance)
+    real = torch.rand(batch, 3, height, width, generator=generator) * 2 - 1
+    return semantic.to(device), real.to(device)
+
+
+def build(spec: dict[str, Any]):
+    """The training state, injected random VGG19 and inputs for one benchmark configuration."""
+    from torchvision.models import vgg19
+
+    from dagan.config import config_from_dict
+    from dagan.distributed import setup
+    from dagan.perceptual import VGG19Features
+    from dagan.presets import get_preset
+    from dagan.train.state import build_state
+
+    config = config_from_dict({
+        "dataset": {"name": spec["dataset"]},
+        "model": {"variant": spec["variant"], "ngf": spec["ngf"]},
+        "loss": {"lambda_vgg": 0.0},  # build_state would look for ImageNet weights; a random VGG19 is injected
+        "train": {"device": spec["device"], "amp": "bf16" if spec["precision"] == "bf16" else "off",
+                  "channels_last": spec["channels_last"], "batch_size": spec["batch"]},
+    }, "bench").resolved()
+    context = setup(config.train.device)
+    state = build_state(config, get_preset(spec["dataset"]).semantic_nc, context)
+    memory_format = torch.channels_last if spec["channels_last"] else torch.contiguous_format
+    state.vgg = VGG19Features(vgg19(weights=None).features).to(context.device, memory_format=memory_format)
+    semantic, real = synthetic_batch(spec["dataset"], spec["batch"], spec["height"], spec["width"], context.device)
+    semantic = semantic.contiguous(memory_format=memory_format)
+    real = real.contiguous(memory_format=memory_format)
+    if spec["compile"]:
+        state.generator = torch.compile(state.generator)
+        state.discriminator = torch.compile(state.discriminator)
+        state.vgg = torch.compile(state.vgg)
+    return config, state, semantic, real, context.device
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    """Time ``spec["repeats"]`` iterations after ``spec["warmup"]``; also G forward+backward alone."""
+    from dagan.train.steps import LossWeights, d_step, g_step
+
+    if spec["device"] == "cpu":
+        torch.set_num_threads(spec["threads"])
+    config, state, semantic, real, device = build(spec)
+    weights = LossWeights(gan=config.loss.lambda_gan, feat=config.loss.lambda_feat, vgg=PERCEPTUAL_WEIGHT)
+    cuda = device.type == "cuda"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    def iteration() -> tuple[float, float]:
+        start = time.perf_counter()
+        g_step(state.generator, state.discriminator, state.optimizer_g, semantic, real, weights, state.scaler,
+               state.vgg, state.precision)
+        sync()
+        middle = time.perf_counter()
+        d_step(state.generator, state.discriminator, state.optimizer_d, semantic, real, state.scaler, state.precision)
+        sync()
+        return middle - start, time.perf_counter() - middle
+
+    load_before = load_average()
+    first = iteration()  # includes one-time costs (oneDNN primitive creation, compilation)
+    for _ in range(spec["warmup"] - 1):
+        iteration()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    g_seconds, d_seconds = zip(*(iteration() for _ in range(spec["repeats"])), strict=True)
+    total = [g + d for g, d in zip(g_seconds, d_seconds, strict=True)]
+
+    def generator_forward_backward() -> float:
+        start = time.perf_counter()
+        state.generator.zero_grad(set_to_none=True)
+        with state.precision.autocast():
+            image = state.generator(semantic)
+        image.float().sum().backward()
+        sync()
+        return time.perf_counter() - start
+
+    generator_forward_backward()
+    generator_seconds = [generator_forward_backward() for _ in range(spec["repeats"])]
+    return {
+        **spec,
+        "iteration_s": stats(total), "g_step_s": stats(g_seconds), "d_step_s": stats(d_seconds),
+        "generator_forward_backward_s": stats(generator_seconds), "first_iteration_s": sum(first),
+        "peak_memory_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else common.peak_rss_mib(),
+        "peak_memory_kind": "torch.cuda.max_memory_allocated" if cuda else "process ru_maxrss",
+        "generator_parameters": sum(p.numel() for p in state.generator.parameters()),
+        "load_before": load_before, "load_after": load_average(),
+    }
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Targets of issue 8 per mode: B6 within 5% of B1; B6 at most 0.75x the official time."""
+    summary = {}
+    for mode in dict.fromkeys(f"{row['mode']}/{row['allocator']}" for row in rows):
+        times = {row["variant"]: row["iteration_s"]["median"] for row in rows
+                 if f"{row['mode']}/{row['allocator']}" == mode}
+        entry: dict[str, Any] = {}
+        if "B1" in times and "B6" in times:
+            entry["b6_over_b1"] = times["B6"] / times["B1"]
+            entry["attention_overhead_ok"] = entry["b6_over_b1"] <= 1 + TARGET_ATTENTION_OVERHEAD
+        for variant, seconds in times.items():
+            if variant in OFFICIAL_SECONDS:
+                entry[f"{variant}_over_official"] = seconds / OFFICIAL_SECONDS[variant]
+                entry[f"{variant}_target_ok"] = seconds <= TARGET_FRACTION_OF_OFFICIAL * OFFICIAL_SECONDS[variant]
+        summary[mode] = entry
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--variants", nargs="+", default=["B1", "B6"])
+    parser.add_argument("--modes", nargs="+", default=["fp32"], help=f"any of {', '.join(MODES)}")
+    parser.add_argument("--dataset", default="cityscapes", help="preset giving the label layout and upsampling")
+    parser.add_argument("--height", type=int, default=128)
+    parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--ngf", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads on CPU")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first (at least 1)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed iterations; the median is reported")
+    parser.add_argument("--allocators", nargs="+", default=["system"], choices=ALLOCATORS,
+                        help="system: glibc defaults; reuse: keep freed memory in the heap (GLIBC_TUNABLES)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--out", default=str(RESULTS_DIR / "train_step.json"))
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(measure(json.loads(args.worker))))
+        return 0
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print(f"--device cuda: {common.no_gpu_reason()}; run on a GPU machine or use --device cpu", file=sys.stderr)
+        return 2
+    if args.warmup < 1:
+        parser.error("--warmup must be at least 1")
+    for mode in args.modes:
+        parse_mode(mode)
+    print(f"machine: {json.dumps(machine())}", flush=True)
+    rows = []
+    for allocator in args.allocators:
+        for mode in args.modes:
+            for variant in args.variants:
+                spec = {"variant": variant, "mode": mode, **parse_mode(mode), "allocator": allocator,
+                        "dataset": args.dataset, "height": args.height, "width": args.width, "batch": args.batch,
+                        "ngf": args.ngf, "threads": args.threads, "warmup": args.warmup, "repeats": args.repeats,
+                        "device": args.device}
+                row = run_isolated("bench.train_step", spec)
+                print(f"  {variant} {mode} {allocator}: {row['iteration_s']['median']:.3f} s/iteration "
+                      f"(load {row['load_before']} -> {row['load_after']})", flush=True)
+                rows.append(row)
+    table = [{**row, "iteration": row["iteration_s"]["median"], "min": row["iteration_s"]["min"],
+              "g": row["g_step_s"]["median"], "d": row["d_step_s"]["median"],
+              "gfb": row["generator_forward_backward_s"]["median"],
+              "official": OFFICIAL_SECONDS.get(row["variant"]),
+              "ratio": row["iteration_s"]["median"] / OFFICIAL_SECONDS[row["variant"]]
+              if row["variant"] in OFFICIAL_SECONDS else None,
+              "load": f"{row['load_before']}-{row['load_after']}"} for row in rows]
+    print_table([("variant", "variant"), ("mode", "mode"), ("allocator", "allocator"),
+                 ("iteration", "iteration s (median)"), ("min", "min s"),
+                 ("g", "G step s"), ("d", "D step s"), ("gfb", "G fwd+bwd s"), ("official", "official s"),
+                 ("ratio", "x official"), ("first_iteration_s", "first iteration s"),
+                 ("peak_memory_mib", "peak MiB"), ("load", "load 1 min")], table)
+    summary = summarise(rows)
+    for mode, entry in summary.items():
+        print(f"{mode}: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items()))
+    path = write_json(args.out, {"benchmark": "train_step", "machine": machine(), "rows": rows, "summary": summary,
+                                 "official_seconds": OFFICIAL_SECONDS,
+                                 "official_generator_forward_backward_s": OFFICIAL_GENERATOR_FORWARD_BACKWARD})
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
