@@ -1,0 +1,50 @@
+"""The benchmark scripts' plumbing (bench/): modes, targets, the no-GPU skip, one tiny measured run.
+
+No timings are asserted (speed targets live in bench/ and docs/PERFORMANCE.md).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ is scripts at the repo root, not installed
+from bench import gpu, train_step  # noqa: E402
+
+
+def test_modes_parse_and_unknown_modes_are_refused():
+    assert train_step.parse_mode("bf16-cl") == {"precision": "bf16", "channels_last": True, "compile": False}
+    assert train_step.parse_mode("fp32-compile") == {"precision": "fp32", "channels_last": False, "compile": True}
+    with pytest.raises(ValueError, match="unknown mode 'fp16'"):
+        train_step.parse_mode("fp16")
+
+
+def test_summary_checks_both_targets_of_issue_8():
+    rows = [{"variant": "B1", "mode": "fp32", "allocator": "system", "iteration_s": {"median": 2.0}},
+            {"variant": "B6", "mode": "fp32", "allocator": "system", "iteration_s": {"median": 2.2}}]
+    summary = train_step.summarise(rows)["fp32/system"]
+    assert summary["b6_over_b1"] == pytest.approx(1.1) and summary["attention_overhead_ok"] is False
+    assert summary["B6_over_official"] == pytest.approx(2.2 / 3.9) and summary["B6_target_ok"] is True
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
+def test_gpu_rows_are_skipped_with_the_reason_when_there_is_no_gpu(tmp_path, capsys):
+    out = tmp_path / "gpu.json"
+    assert gpu.main(["--out", str(out)]) == 0
+    assert json.loads(out.read_text())["skipped"].startswith("no CUDA device")
+    assert gpu.main(["--require-gpu", "--out", str(tmp_path / "other.json")]) == 2
+    assert "no CUDA device" in capsys.readouterr().err and not (tmp_path / "other.json").exists()
+
+
+def test_one_tiny_training_iteration_is_measured():
+    spec = {"variant": "B6", "mode": "fp32", **train_step.parse_mode("fp32"), "allocator": "system",
+            "dataset": "synthetic", "height": 32, "width": 32, "batch": 2, "ngf": 8, "threads": 1,
+            "warmup": 1, "repeats": 1, "device": "cpu"}
+    row = train_step.measure(spec)
+    assert row["iteration_s"]["n"] == 1 and row["iteration_s"]["median"] > 0
+    assert row["g_step_s"]["median"] + row["d_step_s"]["median"] == pytest.approx(row["iteration_s"]["median"])
+    assert row["peak_memory_mib"] > 0 and row["generator_parameters"] > 0
