@@ -1,8 +1,8 @@
 """Every speed-up of issue 8 keeps the numerics: each fast path against the straightforward one.
 
 The straightforward paths are written out here from the model facts (DESIGN.md section 1):
-SPADE as BN(x) * (1 + gamma) + beta with two separate convs and the label map resized in
-every SPADE; the G step with fake and real through D in one concatenated batch. Fast and
+SPADE as BN(x) * (1 + gamma) + beta with the label map resized in every SPADE; torch's own
+spectral norm; the G step with fake and real through D in one concatenated batch. Fast and
 straightforward paths start from identical copies (deepcopy), so BatchNorm running stats and
 spectral-norm vectors start equal. The equivalence is checked in float64, where rounding is
 negligible (FLOAT64_REL), so a real difference cannot hide in float32 noise (a deep stack of
@@ -30,7 +30,7 @@ from dagan.train import LossWeights, g_step
 
 SEMANTIC_NC = 6
 FLOAT64_REL = 1e-9
-FLOAT32_REL = 1e-4  # fp32 rounding of reordered sums (one conv instead of two, addcmul)
+FLOAT32_REL = 1e-4  # fp32 rounding of reordered sums
 
 
 def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, rel: float, what: str = "",
@@ -90,7 +90,7 @@ def _grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize(("norm_nc", "size"), [(8, (16, 32)), (32, (4, 8))])
-def test_spade_fused_gamma_beta_conv_matches_two_convs(norm_nc, size):
+def test_spade_with_the_label_map_resized_by_the_caller_matches_the_formula(norm_nc, size):
     torch.manual_seed(0)
     fast = SPADE(norm_nc, SEMANTIC_NC)
     init_weights(fast, gain=1.0)  # non-trivial gamma/beta

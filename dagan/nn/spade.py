@@ -23,10 +23,8 @@ class SPADE(nn.Module):
     through a shared 3x3 conv + ReLU and two 3x3 convs. Under DDP the batch norm is
     converted to SyncBatchNorm by :func:`torch.nn.SyncBatchNorm.convert_sync_batchnorm`.
 
-    Speed (issue 8): the two 3x3 convs run as one conv whose weights are ``mlp_gamma`` and
-    ``mlp_beta`` concatenated at call time (the parameters and state_dict keys stay as
-    they are), with the "1 +" folded into the gamma bias; a label map that already has the
-    feature size is used as it is (the generator resizes it once per resolution).
+    A label map that already has the feature size is used as it is (the generator resizes
+    it once per resolution, issue 8).
     """
 
     def __init__(self, norm_nc: int, label_nc: int, hidden: int = SPADE_HIDDEN):
@@ -40,16 +38,8 @@ class SPADE(nn.Module):
         normalized = self.param_free_norm(x)
         if label_map.shape[2:] != x.shape[2:]:
             label_map = F.interpolate(label_map, size=x.shape[2:], mode="nearest")
-        scale, shift = self.modulation(label_map)
-        return torch.addcmul(shift, normalized, scale)
-
-    def modulation(self, label_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(1 + gamma, beta) at the label map's size, from one conv over the shared embedding."""
         embedding = self.mlp_shared(label_map)
-        weight = torch.cat([self.mlp_gamma.weight, self.mlp_beta.weight])
-        bias = torch.cat([self.mlp_gamma.bias + 1, self.mlp_beta.bias])
-        scale, shift = F.conv2d(embedding, weight, bias, padding=1).chunk(2, dim=1)
-        return scale, shift
+        return normalized * (1 + self.mlp_gamma(embedding)) + self.mlp_beta(embedding)
 
 
 class SPADEResBlock(nn.Module):
