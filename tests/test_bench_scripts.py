@@ -44,7 +44,11 @@ def test_one_tiny_training_iteration_is_measured():
     spec = {"variant": "B6", "mode": "fp32", **train_step.parse_mode("fp32"), "allocator": "system",
             "dataset": "synthetic", "height": 32, "width": 32, "batch": 2, "ngf": 8, "threads": 1,
             "warmup": 1, "repeats": 1, "device": "cpu"}
-    row = train_step.measure(spec)
+    threads = torch.get_num_threads()
+    try:
+        row = train_step.measure(spec)
+    finally:
+        torch.set_num_threads(threads)  # measure() sets the thread count of this (shared) process
     assert row["iteration_s"]["n"] == 1 and row["iteration_s"]["median"] > 0
     assert row["g_step_s"]["median"] + row["d_step_s"]["median"] == pytest.approx(row["iteration_s"]["median"])
     assert row["peak_memory_mib"] > 0 and row["generator_parameters"] > 0

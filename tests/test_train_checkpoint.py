@@ -20,9 +20,12 @@ from dagan.train import NonFiniteLossError, NullLogger, train
 KEYS = {"format_version", "config", "semantic_nc", "generator", "discriminator", "ema", "optimizer_g",
         "optimizer_d", "scaler", "step", "epoch", "rng"}
 TESTS = Path(__file__).resolve().parent
-# Same thread count as this process: float reductions (and so the weights) depend on it.
-ENV = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()),
-       "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+
+
+def subprocess_env() -> dict[str, str]:
+    """Same thread count as this process now: float reductions (and so the weights) depend on it."""
+    return {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()),
+            "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +116,7 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(prepared, tmp_pat
     import json
     settings = tiny_settings(prepared, tmp_path / "killed", **overrides)
     process = subprocess.Popen([sys.executable, "-c", PAUSING_RUN, json.dumps(settings)], stdout=subprocess.PIPE,
-                               text=True, env=ENV)
+                               text=True, env=subprocess_env())
     try:
         assert process.stdout.readline().strip() == "PAUSED"
     finally:
