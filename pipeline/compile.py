@@ -49,19 +49,24 @@ def settings_from(args: argparse.Namespace) -> ClusterSettings:
                            trainjob=args.trainjob)
 
 
-def compile_pipeline(settings: ClusterSettings, output: str | Path) -> Path:
-    """Compile to ``output`` atomically (a failed compile leaves an earlier file untouched)."""
+def write_pipeline(pipeline_func, output: str | Path) -> Path:
+    """Compile ``pipeline_func`` to ``output`` atomically (a failed compile leaves an earlier file untouched)."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=output.parent, prefix=f".{output.name}.", suffix=".yaml",
                                      delete=False) as tmp:
         staging = Path(tmp.name)
     try:
-        compiler.Compiler().compile(build_pipeline(settings), package_path=str(staging))
+        compiler.Compiler().compile(pipeline_func, package_path=str(staging))
         staging.replace(output)
     finally:
         staging.unlink(missing_ok=True)
     return output
+
+
+def compile_pipeline(settings: ClusterSettings, output: str | Path) -> Path:
+    """Compile the main pipeline for ``settings`` to ``output`` atomically."""
+    return write_pipeline(build_pipeline(settings), output)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

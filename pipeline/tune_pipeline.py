@@ -17,14 +17,13 @@ No ``from __future__ import annotations``: KFP reads the parameter and artifact 
 
 import argparse
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from kfp import compiler, dsl
+from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
-from pipeline.compile import add_cluster_arguments, settings_from
+from pipeline.compile import add_cluster_arguments, settings_from, write_pipeline
 from pipeline.components import build_components
 from pipeline.pipeline import IMAGE_PARAMS, ClusterSettings, _with_gpus, _with_secrets, _with_shared_volume
 
@@ -88,18 +87,8 @@ def build_tune_pipeline(settings: ClusterSettings = ClusterSettings()):  # noqa:
 
 
 def compile_tune_pipeline(settings: ClusterSettings, output: str | Path) -> Path:
-    """Compile to ``output`` atomically."""
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=output.parent, prefix=f".{output.name}.", suffix=".yaml",
-                                     delete=False) as tmp:
-        staging = Path(tmp.name)
-    try:
-        compiler.Compiler().compile(build_tune_pipeline(settings), package_path=str(staging))
-        staging.replace(output)
-    finally:
-        staging.unlink(missing_ok=True)
-    return output
+    """Compile the sweep pipeline to ``output`` atomically."""
+    return write_pipeline(build_tune_pipeline(settings), output)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
