@@ -18,6 +18,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from dagan.discriminator import MultiscaleDiscriminator
 from dagan.generator import DAGANGenerator
@@ -156,6 +157,58 @@ def test_fused_spectral_norm_matches_torch_spectral_norm(memory_format):
     assert torch.equal(fast.weight_u, u_before)  # eval mode: no power iteration
 
 
+class _WeightCopies(TorchDispatchMode):
+    """Counts copies (copy_, clone, _to_copy) of tensors with ``numel`` elements."""
+
+    def __init__(self, numel: int):
+        super().__init__()
+        self.numel, self.count = numel, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in (torch.ops.aten.copy_, torch.ops.aten.clone, torch.ops.aten._to_copy):
+            self.count += args[0].numel() == self.numel
+        return func(*args, **(kwargs or {}))
+
+
+def test_fused_spectral_norm_never_copies_a_channels_last_weight():
+    """torch reshapes a channels_last weight into a contiguous matrix (a strided copy of the whole
+    weight) in the power iteration, in W / sigma and in the backward; the fused version reads the
+    weight's own memory, and W / sigma and its gradient keep the weight's layout."""
+    conv = spectral_norm(torch.nn.Conv2d(16, 24, 3, padding=1)).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 16, 8, 8).contiguous(memory_format=torch.channels_last)
+    with _WeightCopies(conv.weight_orig.numel()) as copies:
+        conv(x).square().sum().backward()
+    assert copies.count == 0
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert conv.weight_orig.grad.stride() == conv.weight_orig.stride()
+    reference = torch.nn.utils.spectral_norm(torch.nn.Conv2d(16, 24, 3, padding=1))
+    reference = reference.to(memory_format=torch.channels_last)
+    with _WeightCopies(reference.weight_orig.numel()) as copies:
+        reference(x).square().sum().backward()
+    assert copies.count > 0  # what the fused version saves
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_fused_spectral_norm_under_autocast_equals_casting_the_float32_weight(memory_format):
+    """Under bf16 autocast W / sigma is written straight to bf16: the same rounded weight (so the
+    same output) as torch's float32 W / sigma cast by the conv, and no float32 copy of it."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(16, 24, 3, padding=1)
+    reference = torch.nn.utils.spectral_norm(copy.deepcopy(conv)).to(memory_format=memory_format)
+    fast = spectral_norm(copy.deepcopy(conv)).to(memory_format=memory_format)
+    fast.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 16, 8, 8).contiguous(memory_format=memory_format)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out_fast, out_ref = fast(x), reference(x)
+    assert fast.weight.dtype == torch.bfloat16 and reference.weight.dtype == torch.float32
+    assert torch.equal(fast.weight, reference.weight.to(torch.bfloat16))
+    assert torch.equal(out_fast, out_ref)
+    out_fast.float().sum().backward()
+    out_ref.float().sum().backward()
+    assert fast.weight_orig.grad.dtype == torch.float32
+    assert_close_scaled(fast.weight_orig.grad, reference.weight_orig.grad, FLOAT32_REL, "weight_orig grad")
+
+
 def test_parameters_and_state_dict_keys_are_those_of_the_plain_modules():
     norm = SPADE(4, SEMANTIC_NC)
     assert list(norm.state_dict()) == [
@@ -276,3 +329,37 @@ def test_bf16_autocast_stays_near_float32():
     assert image.dtype == torch.bfloat16
     assert_close_scaled(image, expected, 0.25, "bf16 image")
     assert torch.corrcoef(torch.stack([image.float().flatten(), expected.flatten()]))[0, 1] > 0.99
+
+
+def test_training_uses_fused_adam_which_equals_the_per_parameter_loop():
+    """build_state's Adam is the fused kernel on CPU too; its update equals the for-loop Adam's
+    (DESIGN.md settings: beta1 0, beta2 0.9, TTUR) up to float32 rounding."""
+    from dagan.config import config_from_dict
+    from dagan.distributed import setup
+    from dagan.train.state import build_state
+
+    config = config_from_dict({"dataset": {"name": "synthetic"}, "model": {"ngf": 8},
+                               "loss": {"lambda_vgg": 0.0}, "train": {"device": "cpu"}}, "test").resolved()
+    state = build_state(config, SEMANTIC_NC, setup("cpu"))
+    for optimizer in (state.optimizer_g, state.optimizer_d):
+        assert [group["fused"] for group in optimizer.param_groups] == [True]
+    torch.manual_seed(0)
+    generator = DAGANGenerator(SEMANTIC_NC, ngf=8)
+    loop_generator = copy.deepcopy(generator)
+    settings = {"lr": config.train.lr_g, "betas": (config.train.beta1, config.train.beta2)}
+    fused = torch.optim.Adam(generator.parameters(), fused=True, **settings)
+    loop = torch.optim.Adam(loop_generator.parameters(), foreach=False, **settings)
+    initial = {name: parameter.detach().clone() for name, parameter in generator.named_parameters()}
+    gradients = torch.Generator().manual_seed(1)
+    for _ in range(3):  # the same gradients for both (a model's own would differ by the rounding of the last step)
+        for parameter, loop_parameter in zip(generator.parameters(), loop_generator.parameters(), strict=True):
+            parameter.grad = torch.randn(parameter.shape, generator=gradients)
+            loop_parameter.grad = parameter.grad.clone()
+        fused.step()
+        loop.step()
+    loop_parameters = dict(loop_generator.named_parameters())
+    for name, parameter in generator.named_parameters():
+        assert_close_scaled(parameter, loop_parameters[name], FLOAT32_REL, name)
+    weight = "head_0.conv_0.weight_orig"  # the steps moved it by far more than the tolerance
+    moved = (generator.get_parameter(weight) - initial[weight]).abs().max()
+    assert moved > 100 * FLOAT32_REL * initial[weight].abs().max()

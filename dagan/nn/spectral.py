@@ -2,12 +2,21 @@
 
 :func:`spectral_norm` is :func:`torch.nn.utils.spectral_norm` — the same ``weight_orig``
 parameter, ``weight_u`` / ``weight_v`` buffers, state_dict hooks and power iteration (one step
-per training-mode forward, none in eval mode) — with one change for speed (issue 8): the
-gradient of W / sigma, sigma = u^T W v with u, v held constant, is computed in one fused
-expression, dW = (G - <G, W> / sigma * u v^T) / sigma, instead of autograd's chain of
-elementwise ops over the weight. The 1024x1024x3x3 weights of the generator's first blocks
-make that chain memory-bound and slow on CPUs; the values are the same up to float rounding
-(tests/test_fast_paths.py checks it in float64).
+per training-mode forward, none in eval mode) — with two changes for speed (issue 8):
+
+* the gradient of W / sigma, sigma = u^T W v with u, v held constant, is computed in one fused
+  expression, dW = (G - <G, W> / sigma * u v^T) / sigma, instead of autograd's chain of
+  elementwise ops over the weight. The 1024x1024x3x3 weights of the generator's first blocks
+  make that chain memory-bound and slow on CPUs;
+* the weight is used in the memory layout it has. torch reshapes a channels_last weight into
+  a contiguous (out, in*kh*kw) matrix, a strided copy of the whole weight per power iteration,
+  per forward and per backward; here the matrix is the weight's own memory read as
+  (out, kh*kw*in) and only the length-(in*kh*kw) vector v is permuted to match. W / sigma
+  then stays channels_last, as the convolution wants it;
+* under autocast, W / sigma is written directly in the autocast dtype (the conv would cast it
+  there first): one pass over the weight instead of two, with the same rounded values.
+
+The values are those of torch's version up to float rounding (tests/test_fast_paths.py).
 """
 
 from __future__ import annotations
@@ -19,24 +28,67 @@ from torch.autograd.function import once_differentiable
 from torch.nn.utils.spectral_norm import SpectralNorm
 
 
+def _is_channels_last(weight: torch.Tensor) -> bool:
+    return weight.dim() == 4 and not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def _matrix(weight: torch.Tensor) -> torch.Tensor:
+    """The weight's memory as an (out_channels, -1) matrix: columns in (in, kh, kw) order for a
+    contiguous weight, (kh, kw, in) for a channels_last one. A view, never a copy, for both."""
+    if _is_channels_last(weight):
+        return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)
+    return weight.reshape(weight.shape[0], -1)
+
+
+def _columns_order(vector: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``vector`` (logical (in, kh, kw) order) in the column order of :func:`_matrix` (weight)."""
+    if _is_channels_last(weight):
+        return vector.view(weight.shape[1:]).permute(1, 2, 0).reshape(-1)
+    return vector
+
+
+def _logical_order(vector: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`_columns_order`."""
+    if _is_channels_last(weight):
+        in_channels, kernel_h, kernel_w = weight.shape[1:]
+        return vector.view(kernel_h, kernel_w, in_channels).permute(2, 0, 1).reshape(-1)
+    return vector
+
+
 class _DivideBySigma(torch.autograd.Function):
-    """weight / (u . (W v)) for a weight whose matrix view is weight.reshape(out_channels, -1)."""
+    """weight / (u . (W v)) with W = weight.reshape(out_channels, -1), in the weight's own layout,
+    stored as ``dtype`` (computed in the weight's dtype, rounded once)."""
 
     @staticmethod
-    def forward(ctx, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        sigma = torch.dot(u, torch.mv(weight.reshape(weight.shape[0], -1), v))
-        ctx.save_for_backward(weight, u, v, sigma)
-        return weight / sigma
+    def forward(ctx, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        v_columns = _columns_order(v, weight)
+        sigma = torch.dot(u, torch.mv(_matrix(weight), v_columns))
+        ctx.save_for_backward(weight, u, v_columns, sigma)
+        return torch.div(weight, sigma, out=torch.empty_like(weight, dtype=dtype))
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        weight, u, v, sigma = ctx.saved_tensors
-        grad = grad.contiguous(memory_format=torch.contiguous_format)
-        weight = weight.contiguous(memory_format=torch.contiguous_format)
-        inner = torch.dot(grad.reshape(-1), weight.reshape(-1))
-        grad_matrix = torch.addr(grad.reshape(grad.shape[0], -1), u * (-inner / sigma), v)
-        return grad_matrix.div_(sigma).view(weight.shape), None, None
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        weight, u, v_columns, sigma = ctx.saved_tensors
+        if grad.dtype != weight.dtype or grad.stride() != weight.stride():
+            # the weight's dtype and element order, so one matrix view fits both
+            grad = torch.empty_like(weight).copy_(grad)
+        grad_matrix, weight_matrix = _matrix(grad), _matrix(weight)
+        inner = torch.dot(grad_matrix.reshape(-1), weight_matrix.reshape(-1))
+        result = torch.addr(grad_matrix, u * (-inner / sigma), v_columns).div_(sigma)
+        if _is_channels_last(weight):
+            out_channels, in_channels, kernel_h, kernel_w = weight.shape
+            return result.view(out_channels, kernel_h, kernel_w, in_channels).permute(0, 3, 1, 2), None, None, None
+        return result.view(weight.shape), None, None, None
+
+
+def _consumer_dtype(module: nn.Module, weight: torch.Tensor) -> torch.dtype:
+    """The dtype the module's op will cast the normalised weight to: the autocast dtype for the
+    convolutions and linear layers autocast runs in lower precision, else the weight's own."""
+    device_type = weight.device.type
+    if isinstance(module, nn.Conv2d | nn.Linear) and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return weight.dtype
 
 
 class FusedSpectralNorm(SpectralNorm):
@@ -48,14 +100,15 @@ class FusedSpectralNorm(SpectralNorm):
         v = getattr(module, self.name + "_v")
         if do_power_iteration:
             with torch.no_grad():
-                matrix = self.reshape_weight_to_matrix(weight)
+                matrix = _matrix(weight)
                 for _ in range(self.n_power_iterations):
-                    v = F.normalize(torch.mv(matrix.t(), u), dim=0, eps=self.eps, out=v)
-                    u = F.normalize(torch.mv(matrix, v), dim=0, eps=self.eps, out=u)
+                    v_logical = _logical_order(torch.mv(matrix.t(), u), weight)
+                    v = F.normalize(v_logical, dim=0, eps=self.eps, out=v)
+                    u = F.normalize(torch.mv(matrix, _columns_order(v, weight)), dim=0, eps=self.eps, out=u)
                 if self.n_power_iterations > 0:  # clones: a later forward updates the buffers in place
                     u = u.clone(memory_format=torch.contiguous_format)
                     v = v.clone(memory_format=torch.contiguous_format)
-        return _DivideBySigma.apply(weight, u, v)
+        return _DivideBySigma.apply(weight, u, v, _consumer_dtype(module, weight))
 
 
 def spectral_norm(module: nn.Module, n_power_iterations: int = 1, eps: float = 1e-12) -> nn.Module:
