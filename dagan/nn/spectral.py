@@ -12,9 +12,7 @@ per training-mode forward, none in eval mode) — with two changes for speed (is
   a contiguous (out, in*kh*kw) matrix, a strided copy of the whole weight per power iteration,
   per forward and per backward; here the matrix is the weight's own memory read as
   (out, kh*kw*in) and only the length-(in*kh*kw) vector v is permuted to match. W / sigma
-  then stays channels_last, as the convolution wants it;
-* under autocast, W / sigma is written directly in the autocast dtype (the conv would cast it
-  there first): one pass over the weight instead of two, with the same rounded values.
+  then stays channels_last, as the convolution wants it.
 
 The values are those of torch's version up to float rounding (tests/test_fast_paths.py).
 """
@@ -56,19 +54,18 @@ def _logical_order(vector: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 class _DivideBySigma(torch.autograd.Function):
-    """weight / (u . (W v)) with W = weight.reshape(out_channels, -1), in the weight's own layout,
-    stored as ``dtype`` (computed in the weight's dtype, rounded once)."""
+    """weight / (u . (W v)) with W = weight.reshape(out_channels, -1), in the weight's own layout."""
 
     @staticmethod
-    def forward(ctx, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    def forward(ctx, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         v_columns = _columns_order(v, weight)
         sigma = torch.dot(u, torch.mv(_matrix(weight), v_columns))
         ctx.save_for_backward(weight, u, v_columns, sigma)
-        return torch.div(weight, sigma, out=torch.empty_like(weight, dtype=dtype))
+        return weight / sigma
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         weight, u, v_columns, sigma = ctx.saved_tensors
         if grad.dtype != weight.dtype or grad.stride() != weight.stride():
             # the weight's dtype and element order, so one matrix view fits both
@@ -78,17 +75,8 @@ class _DivideBySigma(torch.autograd.Function):
         result = torch.addr(grad_matrix, u * (-inner / sigma), v_columns).div_(sigma)
         if _is_channels_last(weight):
             out_channels, in_channels, kernel_h, kernel_w = weight.shape
-            return result.view(out_channels, kernel_h, kernel_w, in_channels).permute(0, 3, 1, 2), None, None, None
-        return result.view(weight.shape), None, None, None
-
-
-def _consumer_dtype(module: nn.Module, weight: torch.Tensor) -> torch.dtype:
-    """The dtype the module's op will cast the normalised weight to: the autocast dtype for the
-    convolutions and linear layers autocast runs in lower precision, else the weight's own."""
-    device_type = weight.device.type
-    if isinstance(module, nn.Conv2d | nn.Linear) and torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return weight.dtype
+            return result.view(out_channels, kernel_h, kernel_w, in_channels).permute(0, 3, 1, 2), None, None
+        return result.view(weight.shape), None, None
 
 
 class FusedSpectralNorm(SpectralNorm):
@@ -108,7 +96,7 @@ class FusedSpectralNorm(SpectralNorm):
                 if self.n_power_iterations > 0:  # clones: a later forward updates the buffers in place
                     u = u.clone(memory_format=torch.contiguous_format)
                     v = v.clone(memory_format=torch.contiguous_format)
-        return _DivideBySigma.apply(weight, u, v, _consumer_dtype(module, weight))
+        return _DivideBySigma.apply(weight, u, v)
 
 
 def spectral_norm(module: nn.Module, n_power_iterations: int = 1, eps: float = 1e-12) -> nn.Module:
