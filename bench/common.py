@@ -25,10 +25,8 @@ from typing import Any
 import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-# glibc returns every freed block above 32 MiB to the kernel (mmap/munmap), so each training
-# step page-faults its large activations and weights in again; these tunables keep freed
-# memory in the heap for reuse. Read at process start: set in the environment (see PERFORMANCE.md).
-HEAP_REUSE_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
+# system: glibc's defaults; reuse: freed memory stays in the heap (dagan.heap, what training
+# does with train.heap_reuse=true, the default).
 ALLOCATORS = ("system", "reuse")
 CPU_FLAGS_OF_INTEREST = ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
@@ -107,11 +105,19 @@ def stats(seconds: Sequence[float]) -> dict[str, float]:
     return {"median": statistics.median(seconds), "min": min(seconds), "max": max(seconds), "n": len(seconds)}
 
 
+def apply_allocator(allocator: str) -> None:
+    """In a worker process: "reuse" applies train.heap_reuse's setting, as training does."""
+    from dagan.heap import reuse_freed_memory
+
+    if allocator == "reuse" and (reason := reuse_freed_memory()) is not None:
+        raise RuntimeError(f"allocator reuse: {reason}; measure with --allocators system")
+
+
 def run_isolated(module: str, spec: dict[str, Any], timeout: float = 3600) -> dict[str, Any]:
     """Run ``python -m module --worker SPEC_JSON`` and return the JSON it prints last.
 
-    ``spec["allocator"]``: "system" (glibc defaults, GLIBC_TUNABLES removed) or "reuse"
-    (:data:`HEAP_REUSE_TUNABLES`)."""
+    ``spec["allocator"]`` ("system" or "reuse") is applied in the worker by :func:`apply_allocator`;
+    GLIBC_TUNABLES is removed from its environment so "system" means glibc's defaults."""
     command = [sys.executable, "-m", module, "--worker", json.dumps(spec)]
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
@@ -119,8 +125,6 @@ def run_isolated(module: str, spec: dict[str, Any], timeout: float = 3600) -> di
     allocator = spec.get("allocator", "system")
     if allocator not in ALLOCATORS:
         raise ValueError(f"allocator {allocator!r}: choose from {', '.join(ALLOCATORS)}")
-    if allocator == "reuse":
-        env["GLIBC_TUNABLES"] = HEAP_REUSE_TUNABLES
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=root, env=env, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"{module} worker for {spec} failed (exit {result.returncode}):\n{result.stderr[-3000:]}")

@@ -30,6 +30,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     from dagan.generator import build_generator
     from dagan.presets import get_preset
 
+    common.apply_allocator(spec["allocator"])
     if spec["device"] == "cpu":
         torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])

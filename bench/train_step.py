@@ -3,7 +3,7 @@
     python -m bench.train_step                      # B1 and B6, fp32, Cityscapes layout, 256x128, 2 threads
     python -m bench.train_step --modes fp32 fp32-cl bf16 bf16-cl --repeats 7
     python -m bench.train_step --modes fp32-compile # torch.compile (slow to compile on 2 cores)
-    python -m bench.train_step --allocators system reuse  # glibc defaults vs heap reuse (GLIBC_TUNABLES)
+    python -m bench.train_step --allocators system reuse  # glibc defaults vs heap reuse (train.heap_reuse)
 
 An iteration is :func:`dagan.train.g_step` (hinge + feature matching + VGG19 perceptual) then
 :func:`dagan.train.d_step`, with the state :func:`dagan.train.state.build_state` builds for the
@@ -96,6 +96,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Time ``spec["repeats"]`` iterations after ``spec["warmup"]``; also G forward+backward alone."""
     from dagan.train.steps import LossWeights, d_step, g_step
 
+    common.apply_allocator(spec["allocator"])
     if spec["device"] == "cpu":
         torch.set_num_threads(spec["threads"])
     config, state, semantic, real, device = build(spec)
@@ -178,8 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads on CPU")
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first (at least 1)")
     parser.add_argument("--repeats", type=int, default=5, help="timed iterations; the median is reported")
-    parser.add_argument("--allocators", nargs="+", default=["system"], choices=ALLOCATORS,
-                        help="system: glibc defaults; reuse: keep freed memory in the heap (GLIBC_TUNABLES)")
+    parser.add_argument("--allocators", nargs="+", default=["reuse"], choices=ALLOCATORS,
+                        help="reuse: keep freed memory in the heap, as training does (train.heap_reuse, default); "
+                             "system: glibc defaults")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--out", default=str(RESULTS_DIR / "train_step.json"))
     args = parser.parse_args(argv)

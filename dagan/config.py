@@ -113,6 +113,7 @@ class TrainConfig:
     device: str = "auto"  # auto (cuda if present, else cpu) | cpu | cuda | cuda:N
     amp: Literal["off", "bf16", "fp16"] = "off"
     channels_last: bool = False
+    heap_reuse: bool = True  # keep freed memory in the heap (glibc mallopt; dagan/heap.py): ~20% faster steps
     ema_decay: float = 0.0  # > 0 keeps an EMA generator
     out_dir: str = "outputs/train"
     checkpoint_every: int = 200  # steps

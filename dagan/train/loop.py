@@ -34,6 +34,7 @@ from dagan.checkpoint import (
 from dagan.config import Config
 from dagan.data import PairedDataset, read_manifest
 from dagan.distributed import DistributedContext, ResumableDistributedSampler, all_ranks_sum, setup, teardown, unwrap
+from dagan.heap import reuse_freed_memory
 from dagan.labels import semantic_input
 from dagan.schedule import lr_factor, set_learning_rate
 from dagan.train.callbacks import NullLogger, Progress, StepReport, TrainingLogger, log
@@ -74,6 +75,8 @@ class _Preemption:
 
 def train(config: Config, logger: TrainingLogger | None = None, resume: str | Path | None = None) -> TrainResult:
     """Train per ``config`` (resolved); see the module docstring. Only rank 0 calls ``logger``."""
+    if config.train.heap_reuse and (reason := reuse_freed_memory()) is not None:
+        log.warning("train.heap_reuse: %s (set train.heap_reuse=false to silence this)", reason)
     context = setup(config.train.device)
     try:
         return _train(config, logger if context.is_main and logger is not None else NullLogger(), resume, context)
