@@ -2,12 +2,14 @@
 
 :func:`spectral_norm` is :func:`torch.nn.utils.spectral_norm` — the same ``weight_orig``
 parameter, ``weight_u`` / ``weight_v`` buffers, state_dict hooks and power iteration (one step
-per training-mode forward, none in eval mode) — with two changes for speed (issue 8):
+per training-mode forward, none in eval mode) — with three changes for speed (issue 8):
 
 * the gradient of W / sigma, sigma = u^T W v with u, v held constant, is computed in one fused
-  expression, dW = (G - <G, W> / sigma * u v^T) / sigma, instead of autograd's chain of
-  elementwise ops over the weight. The 1024x1024x3x3 weights of the generator's first blocks
-  make that chain memory-bound and slow on CPUs;
+  expression, dW = G / sigma - <G, W> / sigma^2 * u v^T (one pass over the weight on CPUs),
+  instead of autograd's chain of elementwise ops over the weight. The 1024x1024x3x3 weights of
+  the generator's first blocks make that chain memory-bound and slow on CPUs;
+* sigma = u^T W v reuses the W v the power iteration has just computed (bitwise the same value;
+  torch multiplies by W again);
 * the weight is used in the memory layout it has. torch reshapes a channels_last weight into
   a contiguous (out, in*kh*kw) matrix, a strided copy of the whole weight per power iteration,
   per forward and per backward; here the matrix is the weight's own memory read as
@@ -54,29 +56,38 @@ def _logical_order(vector: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 class _DivideBySigma(torch.autograd.Function):
-    """weight / (u . (W v)) with W = weight.reshape(out_channels, -1), in the weight's own layout."""
+    """weight / (u . (W v)) with W = weight.reshape(out_channels, -1), in the weight's own layout.
+    ``weight_v``: W v when the power iteration has just computed it (saves a pass over W)."""
 
     @staticmethod
-    def forward(ctx, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
+                weight_v: torch.Tensor | None) -> torch.Tensor:
         v_columns = _columns_order(v, weight)
-        sigma = torch.dot(u, torch.mv(_matrix(weight), v_columns))
+        if weight_v is None:
+            weight_v = torch.mv(_matrix(weight), v_columns)
+        sigma = torch.dot(u, weight_v)
         ctx.save_for_backward(weight, u, v_columns, sigma)
         return weight / sigma
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
         weight, u, v_columns, sigma = ctx.saved_tensors
         if grad.dtype != weight.dtype or grad.stride() != weight.stride():
             # the weight's dtype and element order, so one matrix view fits both
             grad = torch.empty_like(weight).copy_(grad)
         grad_matrix, weight_matrix = _matrix(grad), _matrix(weight)
         inner = torch.dot(grad_matrix.reshape(-1), weight_matrix.reshape(-1))
-        result = torch.addr(grad_matrix, u * (-inner / sigma), v_columns).div_(sigma)
+        if weight.device.type == "cpu":  # one pass; reading the scalars costs no device sync here
+            sigma_value = sigma.item()
+            result = torch.addr(grad_matrix, u, v_columns, beta=1 / sigma_value,
+                                alpha=-inner.item() / sigma_value**2)
+        else:  # no host sync on accelerators: two passes
+            result = torch.addr(grad_matrix, u * (-inner / sigma), v_columns).div_(sigma)
         if _is_channels_last(weight):
             out_channels, in_channels, kernel_h, kernel_w = weight.shape
-            return result.view(out_channels, kernel_h, kernel_w, in_channels).permute(0, 3, 1, 2), None, None
-        return result.view(weight.shape), None, None
+            return result.view(out_channels, kernel_h, kernel_w, in_channels).permute(0, 3, 1, 2), None, None, None
+        return result.view(weight.shape), None, None, None
 
 
 class FusedSpectralNorm(SpectralNorm):
@@ -86,17 +97,19 @@ class FusedSpectralNorm(SpectralNorm):
         weight = getattr(module, self.name + "_orig")
         u = getattr(module, self.name + "_u")
         v = getattr(module, self.name + "_v")
+        weight_v = None
         if do_power_iteration:
             with torch.no_grad():
                 matrix = _matrix(weight)
                 for _ in range(self.n_power_iterations):
                     v_logical = _logical_order(torch.mv(matrix.t(), u), weight)
                     v = F.normalize(v_logical, dim=0, eps=self.eps, out=v)
-                    u = F.normalize(torch.mv(matrix, _columns_order(v, weight)), dim=0, eps=self.eps, out=u)
+                    weight_v = torch.mv(matrix, _columns_order(v, weight))
+                    u = F.normalize(weight_v, dim=0, eps=self.eps, out=u)
                 if self.n_power_iterations > 0:  # clones: a later forward updates the buffers in place
                     u = u.clone(memory_format=torch.contiguous_format)
                     v = v.clone(memory_format=torch.contiguous_format)
-        return _DivideBySigma.apply(weight, u, v)
+        return _DivideBySigma.apply(weight, u, v, weight_v)
 
 
 def spectral_norm(module: nn.Module, n_power_iterations: int = 1, eps: float = 1e-12) -> nn.Module:
