@@ -24,6 +24,8 @@ from dagan.discriminator import MultiscaleDiscriminator
 from dagan.generator import DAGANGenerator
 from dagan.init import init_weights
 from dagan.losses import feature_matching_loss, g_hinge_loss, perceptual_loss
+from dagan.nn import conv as conv_module
+from dagan.nn.conv import Conv2d, conv3x3_as_gemm
 from dagan.nn.spade import SPADE
 from dagan.nn.spectral import spectral_norm
 from dagan.perceptual import VGG19Features
@@ -362,3 +364,38 @@ def test_training_uses_fused_adam_which_equals_the_per_parameter_loop():
     weight = "head_0.conv_0.weight_orig"  # the steps moved it by far more than the tolerance
     moved = (generator.get_parameter(weight) - initial[weight]).abs().max()
     assert moved > 100 * FLOAT32_REL * initial[weight].abs().max()
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize(("weight_format", "input_format"), [
+    (torch.contiguous_format, torch.contiguous_format), (torch.channels_last, torch.channels_last),
+    (torch.channels_last, torch.contiguous_format), (torch.contiguous_format, torch.channels_last)])
+def test_conv3x3_as_gemm_equals_the_convolution(weight_format, input_format, bias):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(6, 5, 3, padding=1, bias=bias).double().to(memory_format=weight_format)
+    x = torch.randn(2, 6, 3, 4, dtype=torch.float64).contiguous(memory_format=input_format)
+    x_fast, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_fast = conv3x3_as_gemm(x_fast, conv.weight, conv.bias)
+    out_ref = F.conv2d(x_ref, conv.weight, conv.bias, padding=1)
+    assert out_fast.shape == out_ref.shape
+    assert out_fast.is_contiguous(memory_format=input_format)  # the input's layout, as the convolution keeps it
+    assert_close_scaled(out_fast, out_ref, FLOAT64_REL, "output")
+    weight = torch.randn_like(out_ref)
+    grads_fast = torch.autograd.grad((out_fast * weight).sum(), [x_fast, *conv.parameters()])
+    grads_ref = torch.autograd.grad((out_ref * weight).sum(), [x_ref, *conv.parameters()])
+    for name, fast, ref in zip(["input", "weight", "bias"], grads_fast, grads_ref, strict=False):
+        assert_close_scaled(fast, ref, FLOAT64_REL, f"{name} grad")
+
+
+def test_conv2d_takes_the_gemm_path_only_for_small_maps(monkeypatch):
+    calls = []
+    monkeypatch.setattr(conv_module, "conv3x3_as_gemm", lambda *args: calls.append(args) or F.conv2d(*args, padding=1))
+    torch.manual_seed(0)
+    conv = spectral_norm(Conv2d(4, 4, 3, padding=1))
+    conv(torch.randn(1, 4, 8, 16))  # 128 pixels
+    assert len(calls) == 1
+    conv(torch.randn(1, 4, 16, 16))  # 256 pixels
+    strided = Conv2d(4, 4, 3, stride=2, padding=1)
+    strided(torch.randn(1, 4, 4, 4))
+    assert len(calls) == 1
+    assert list(conv.state_dict()) == ["bias", "weight_orig", "weight_u", "weight_v"]  # as an nn.Conv2d's

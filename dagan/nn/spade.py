@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dagan.nn.conv import Conv2d
 from dagan.nn.spectral import spectral_norm
 
 SPADE_HIDDEN = 128  # width of the shared conv that embeds the label map
@@ -30,9 +31,9 @@ class SPADE(nn.Module):
     def __init__(self, norm_nc: int, label_nc: int, hidden: int = SPADE_HIDDEN):
         super().__init__()
         self.param_free_norm = nn.BatchNorm2d(norm_nc, affine=False)
-        self.mlp_shared = nn.Sequential(nn.Conv2d(label_nc, hidden, 3, padding=1), nn.ReLU())
-        self.mlp_gamma = nn.Conv2d(hidden, norm_nc, 3, padding=1)
-        self.mlp_beta = nn.Conv2d(hidden, norm_nc, 3, padding=1)
+        self.mlp_shared = nn.Sequential(Conv2d(label_nc, hidden, 3, padding=1), nn.ReLU())
+        self.mlp_gamma = Conv2d(hidden, norm_nc, 3, padding=1)
+        self.mlp_beta = Conv2d(hidden, norm_nc, 3, padding=1)
 
     def forward(self, x: torch.Tensor, label_map: torch.Tensor) -> torch.Tensor:
         normalized = self.param_free_norm(x)
@@ -53,8 +54,8 @@ class SPADEResBlock(nn.Module):
         super().__init__()
         fmid = min(fin, fout)
         self.learned_shortcut = fin != fout
-        self.conv_0 = spectral_norm(nn.Conv2d(fin, fmid, 3, padding=1))
-        self.conv_1 = spectral_norm(nn.Conv2d(fmid, fout, 3, padding=1))
+        self.conv_0 = spectral_norm(Conv2d(fin, fmid, 3, padding=1))
+        self.conv_1 = spectral_norm(Conv2d(fmid, fout, 3, padding=1))
         self.norm_0 = SPADE(fin, label_nc)
         self.norm_1 = SPADE(fmid, label_nc)
         if self.learned_shortcut:
