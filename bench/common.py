@@ -102,7 +102,8 @@ def timed(fn: Callable[[], object], warmup: int, repeats: int, synchronize: bool
 
 
 def stats(seconds: Sequence[float]) -> dict[str, float]:
-    return {"median": statistics.median(seconds), "min": min(seconds), "max": max(seconds), "n": len(seconds)}
+    return {"median": statistics.median(seconds), "min": min(seconds), "max": max(seconds), "n": len(seconds),
+            "values": [round(value, 4) for value in seconds]}
 
 
 def apply_allocator(allocator: str) -> None:

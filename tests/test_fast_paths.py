@@ -25,6 +25,7 @@ from dagan.generator import DAGANGenerator
 from dagan.init import init_weights
 from dagan.losses import feature_matching_loss, g_hinge_loss, perceptual_loss
 from dagan.nn import conv as conv_module
+from dagan.nn.attention import mean as attention_mean
 from dagan.nn.conv import Conv2d, conv3x3_as_gemm
 from dagan.nn.spade import SPADE
 from dagan.nn.spectral import spectral_norm
@@ -399,3 +400,20 @@ def test_conv2d_takes_the_gemm_path_only_for_small_maps(monkeypatch):
     strided(torch.randn(1, 4, 4, 4))
     assert len(calls) == 1
     assert list(conv.state_dict()) == ["bias", "weight_orig", "weight_u", "weight_v"]  # as an nn.Conv2d's
+
+
+@pytest.mark.parametrize("dims", [(1,), (2, 3)])
+def test_attention_mean_has_autograds_gradient_as_a_broadcast_view(dims):
+    """SAM's channel mean and CAM's spatial mean: the values and gradients of Tensor.mean, with the
+    gradient left as a broadcast view (autograd's is materialised in NCHW order, and adding it to a
+    channels_last gradient is the slow path)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 4, 6, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    x_fast, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_fast, out_ref = attention_mean(x_fast, dims), x_ref.mean(dims, keepdim=True)
+    assert torch.equal(out_fast, out_ref)
+    weight = torch.randn_like(out_ref)
+    (grad_fast,) = torch.autograd.grad((out_fast * weight).sum(), x_fast)
+    (grad_ref,) = torch.autograd.grad((out_ref * weight).sum(), x_ref)
+    assert torch.equal(grad_fast, grad_ref)
+    assert 0 in grad_fast.stride()  # a view of the small gradient, not a materialised tensor
