@@ -6,8 +6,8 @@ DESIGN.md section 1). There the convolution library spends its time reordering t
 (2 threads, bf16 autocast, channels_last), forward + backward of one such conv takes 38 ms at
 2x4 and 52 ms at 8x16, against 19 ms and 35 ms as unfold + one GEMM. From 16x32 on the
 convolution is faster again, so :class:`Conv2d` takes the GEMM path only up to
-:data:`GEMM_MAX_PIXELS` output pixels. Both compute the same sums (up to float rounding; tests
-in tests/test_fast_paths.py compare them in float64).
+:data:`GEMM_MAX_PIXELS` output pixels, and only on CPUs (where it was measured). Both compute
+the same sums (up to float rounding; tests/test_fast_paths.py compares them in float64).
 """
 
 from __future__ import annotations
@@ -51,11 +51,11 @@ def conv3x3_as_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 
 class Conv2d(nn.Conv2d):
     """nn.Conv2d (same parameters, state_dict and hooks, e.g. spectral norm) whose 3x3, stride 1,
-    padding 1 convolutions of maps up to :data:`GEMM_MAX_PIXELS` pixels run as :func:`conv3x3_as_gemm`."""
+    padding 1 convolutions of CPU maps up to :data:`GEMM_MAX_PIXELS` pixels run as :func:`conv3x3_as_gemm`."""
 
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if (x.dim() == 4 and x.shape[-2] * x.shape[-1] <= GEMM_MAX_PIXELS and self.kernel_size == (3, 3)
-                and self.stride == (1, 1) and self.padding == (1, 1) and self.dilation == (1, 1)
-                and self.groups == 1 and self.padding_mode == "zeros"):
+        if (x.device.type == "cpu" and x.dim() == 4 and x.shape[-2] * x.shape[-1] <= GEMM_MAX_PIXELS
+                and self.kernel_size == (3, 3) and self.stride == (1, 1) and self.padding == (1, 1)
+                and self.dilation == (1, 1) and self.groups == 1 and self.padding_mode == "zeros"):
             return conv3x3_as_gemm(x, weight, bias)
         return super()._conv_forward(x, weight, bias)
