@@ -9,6 +9,7 @@ machine slows every number down.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -104,6 +105,27 @@ def timed(fn: Callable[[], object], warmup: int, repeats: int, synchronize: bool
 def stats(seconds: Sequence[float]) -> dict[str, float]:
     return {"median": statistics.median(seconds), "min": min(seconds), "max": max(seconds), "n": len(seconds),
             "values": [round(value, 4) for value in seconds]}
+
+
+def model_parser(description: str, modes: Sequence[str], repeats: int, out: Path) -> argparse.ArgumentParser:
+    """The arguments bench.train_step and bench.inference share (configuration grid and timing)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--variants", nargs="+", default=["B1", "B6"])
+    parser.add_argument("--modes", nargs="+", default=["fp32"], help=f"any of {', '.join(modes)}")
+    parser.add_argument("--allocators", nargs="+", default=["reuse"], choices=ALLOCATORS,
+                        help="reuse: keep freed memory in the heap, as training does (train.heap_reuse, default); "
+                             "system: glibc defaults")
+    parser.add_argument("--dataset", default="cityscapes", help="preset giving the label layout and upsampling")
+    parser.add_argument("--height", type=int, default=128)
+    parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--ngf", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads on CPU")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls first (at least 1)")
+    parser.add_argument("--repeats", type=int, default=repeats, help="timed calls; the median is reported")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--out", default=str(out))
+    return parser
 
 
 def apply_allocator(allocator: str) -> None:

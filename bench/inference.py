@@ -12,7 +12,6 @@ in its own process. Writes ``bench/results/inference.json`` (``--out``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -21,7 +20,7 @@ from typing import Any
 import torch
 
 from bench import common
-from bench.common import ALLOCATORS, RESULTS_DIR, machine, print_table, run_isolated, stats, timed, write_json
+from bench.common import RESULTS_DIR, machine, print_table, run_isolated, stats, timed, write_json
 from bench.train_step import MODES, parse_mode, synthetic_batch
 
 
@@ -68,21 +67,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--variants", nargs="+", default=["B1", "B6"])
-    parser.add_argument("--modes", nargs="+", default=["fp32"], help=f"any of {', '.join(MODES)}")
+    parser = common.model_parser(__doc__, MODES, repeats=7, out=RESULTS_DIR / "inference.json")
     parser.add_argument("--batches", nargs="+", type=int, default=[1])
-    parser.add_argument("--allocators", nargs="+", default=["system"], choices=ALLOCATORS)
-    parser.add_argument("--dataset", default="cityscapes")
-    parser.add_argument("--height", type=int, default=128)
-    parser.add_argument("--width", type=int, default=256)
-    parser.add_argument("--ngf", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--out", default=str(RESULTS_DIR / "inference.json"))
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(measure(json.loads(args.worker))))

@@ -17,7 +17,6 @@ runs in its own process (peak memory is its own). Prints a Markdown table; write
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -26,7 +25,7 @@ from typing import Any
 import torch
 
 from bench import common
-from bench.common import ALLOCATORS, RESULTS_DIR, load_average, machine, print_table, run_isolated, stats, write_json
+from bench.common import RESULTS_DIR, load_average, machine, print_table, run_isolated, stats, write_json
 
 # The official implementation (DAGAN on SPADE's code), measured on this machine type with 2
 # threads, 256x128 Cityscapes layout, ngf 64, batch 1, randomly initialised VGG19 (issue 8).
@@ -167,23 +166,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--variants", nargs="+", default=["B1", "B6"])
-    parser.add_argument("--modes", nargs="+", default=["fp32"], help=f"any of {', '.join(MODES)}")
-    parser.add_argument("--dataset", default="cityscapes", help="preset giving the label layout and upsampling")
-    parser.add_argument("--height", type=int, default=128)
-    parser.add_argument("--width", type=int, default=256)
+    parser = common.model_parser(__doc__, MODES, repeats=5, out=RESULTS_DIR / "train_step.json")
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--ngf", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads on CPU")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first (at least 1)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed iterations; the median is reported")
-    parser.add_argument("--allocators", nargs="+", default=["reuse"], choices=ALLOCATORS,
-                        help="reuse: keep freed memory in the heap, as training does (train.heap_reuse, default); "
-                             "system: glibc defaults")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--out", default=str(RESULTS_DIR / "train_step.json"))
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(measure(json.loads(args.worker))))
