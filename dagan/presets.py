@@ -43,7 +43,7 @@ PRESETS: dict[str, Preset] = {
         Preset("facades", 13, False, False, 1024, 1024, 1.0, "normal", 4, 50, 50),
         Preset("coco_stuff", 182, True, True, 286, 256, 1.0, "normal", 32, 50, 50),
         # Built-in synthetic scenes: small enough for the whole pipeline on 2 CPU cores.
-        Preset("synthetic", 10, False, True, 64, 64, 1.0, "normal", 8, 6, 6, ngf=16, ndf=16),
+        Preset("synthetic", 10, False, True, 64, 64, 1.0, "normal", 8, 8, 8, ngf=16, ndf=16),
         # A folder of the user's own pairs: the label layout comes from the prepared manifest.
         Preset("custom", 0, False, False, 256, 256, 1.0, "normal", 8, 50, 50),
     )
