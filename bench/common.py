@@ -128,6 +128,29 @@ def model_parser(description: str, modes: Sequence[str], repeats: int, out: Path
     return parser
 
 
+def start(args: argparse.Namespace, measure: Callable[[dict[str, Any]], dict[str, Any]],
+          parse_mode: Callable[[str], dict[str, Any]]) -> int | None:
+    """The common start of a benchmark's main: a ``--worker`` call measures its spec and prints the
+    JSON (exit code 0); a missing GPU for ``--device cuda`` is exit code 2; else the modes are
+    checked, the machine printed, and None returned (go on with the grid)."""
+    if args.worker:
+        print(json.dumps(measure(json.loads(args.worker))))
+        return 0
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print(f"--device cuda: {no_gpu_reason()}; run on a GPU machine or use --device cpu", file=sys.stderr)
+        return 2
+    for mode in args.modes:
+        parse_mode(mode)
+    print(f"machine: {json.dumps(machine())}", flush=True)
+    return None
+
+
+def grid_spec(args: argparse.Namespace) -> dict[str, Any]:
+    """The spec fields every configuration of one run shares (from :func:`model_parser`'s arguments)."""
+    return {"dataset": args.dataset, "height": args.height, "width": args.width, "ngf": args.ngf,
+            "threads": args.threads, "warmup": args.warmup, "repeats": args.repeats, "device": args.device}
+
+
 def apply_allocator(allocator: str) -> None:
     """In a worker process: "reuse" applies train.heap_reuse's setting, as training does."""
     from dagan.heap import reuse_freed_memory

@@ -12,7 +12,6 @@ in its own process. Writes ``bench/results/inference.json`` (``--out``).
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from typing import Any
@@ -70,24 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = common.model_parser(__doc__, MODES, repeats=7, out=RESULTS_DIR / "inference.json")
     parser.add_argument("--batches", nargs="+", type=int, default=[1])
     args = parser.parse_args(argv)
-    if args.worker:
-        print(json.dumps(measure(json.loads(args.worker))))
-        return 0
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print(f"--device cuda: {common.no_gpu_reason()}; run on a GPU machine or use --device cpu", file=sys.stderr)
-        return 2
-    for mode in args.modes:
-        parse_mode(mode)
-    print(f"machine: {json.dumps(machine())}", flush=True)
+    if (code := common.start(args, measure, parse_mode)) is not None:
+        return code
     rows = []
     for allocator in args.allocators:
         for mode in args.modes:
             for batch in args.batches:
                 for variant in args.variants:
                     spec = {"variant": variant, "mode": mode, **parse_mode(mode), "allocator": allocator,
-                            "batch": batch, "dataset": args.dataset, "height": args.height, "width": args.width,
-                            "ngf": args.ngf, "threads": args.threads, "warmup": args.warmup,
-                            "repeats": args.repeats, "device": args.device}
+                            "batch": batch, **common.grid_spec(args)}
                     row = run_isolated("bench.inference", spec)
                     print(f"  {variant} {mode} batch {batch} {allocator}: {row['images_per_second']:.2f} images/s",
                           flush=True)

@@ -17,7 +17,6 @@ runs in its own process (peak memory is its own). Prints a Markdown table; write
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from typing import Any
@@ -169,25 +168,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = common.model_parser(__doc__, MODES, repeats=5, out=RESULTS_DIR / "train_step.json")
     parser.add_argument("--batch", type=int, default=1)
     args = parser.parse_args(argv)
-    if args.worker:
-        print(json.dumps(measure(json.loads(args.worker))))
-        return 0
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print(f"--device cuda: {common.no_gpu_reason()}; run on a GPU machine or use --device cpu", file=sys.stderr)
-        return 2
-    if args.warmup < 1:
+    if not args.worker and args.warmup < 1:
         parser.error("--warmup must be at least 1")
-    for mode in args.modes:
-        parse_mode(mode)
-    print(f"machine: {json.dumps(machine())}", flush=True)
+    if (code := common.start(args, measure, parse_mode)) is not None:
+        return code
     rows = []
     for allocator in args.allocators:
         for mode in args.modes:
             for variant in args.variants:
                 spec = {"variant": variant, "mode": mode, **parse_mode(mode), "allocator": allocator,
-                        "dataset": args.dataset, "height": args.height, "width": args.width, "batch": args.batch,
-                        "ngf": args.ngf, "threads": args.threads, "warmup": args.warmup, "repeats": args.repeats,
-                        "device": args.device}
+                        "batch": args.batch, **common.grid_spec(args)}
                 row = run_isolated("bench.train_step", spec)
                 print(f"  {variant} {mode} {allocator}: {row['iteration_s']['median']:.3f} s/iteration "
                       f"(load {row['load_before']} -> {row['load_after']})", flush=True)
