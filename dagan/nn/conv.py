@@ -16,11 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dagan.nn.layout import is_channels_last, weight_matrix
+
 GEMM_MAX_PIXELS = 128  # 8x16; the GEMM path lost at 16x32 (512 pixels) in every precision measured
-
-
-def _is_channels_last(weight: torch.Tensor) -> bool:
-    return not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last)
 
 
 def conv3x3_as_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -34,17 +32,13 @@ def conv3x3_as_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     out_channels = weight.shape[0]
     pixels = height * width
     columns = F.unfold(x, 3, padding=1)  # (batch, in_channels * 9, pixels), (in, kh, kw) order
-    if _is_channels_last(weight):
-        weight_matrix = weight.permute(0, 2, 3, 1).reshape(out_channels, 9 * in_channels)
+    if is_channels_last(weight):  # the weight matrix's columns are in (kh, kw, in) order
         columns = columns.view(batch, in_channels, 9, pixels).permute(0, 3, 2, 1)
     else:
-        weight_matrix = weight.reshape(out_channels, in_channels * 9)
         columns = columns.transpose(1, 2)
     columns = columns.reshape(batch * pixels, in_channels * 9)
-    if bias is None:
-        out = columns @ weight_matrix.t()
-    else:
-        out = torch.addmm(bias, columns, weight_matrix.t())
+    matrix = weight_matrix(weight)
+    out = columns @ matrix.t() if bias is None else torch.addmm(bias, columns, matrix.t())
     out = out.view(batch, height, width, out_channels).permute(0, 3, 1, 2)
     return out if x.is_contiguous(memory_format=torch.channels_last) else out.contiguous()
 

@@ -27,29 +27,19 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn.utils.spectral_norm import SpectralNorm
 
-
-def _is_channels_last(weight: torch.Tensor) -> bool:
-    return weight.dim() == 4 and not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last)
-
-
-def _matrix(weight: torch.Tensor) -> torch.Tensor:
-    """The weight's memory as an (out_channels, -1) matrix: columns in (in, kh, kw) order for a
-    contiguous weight, (kh, kw, in) for a channels_last one. A view, never a copy, for both."""
-    if _is_channels_last(weight):
-        return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)
-    return weight.reshape(weight.shape[0], -1)
+from dagan.nn.layout import is_channels_last, weight_matrix
 
 
 def _columns_order(vector: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``vector`` (logical (in, kh, kw) order) in the column order of :func:`_matrix` (weight)."""
-    if _is_channels_last(weight):
+    """``vector`` (logical (in, kh, kw) order) in the column order of ``weight_matrix(weight)``."""
+    if is_channels_last(weight):
         return vector.view(weight.shape[1:]).permute(1, 2, 0).reshape(-1)
     return vector
 
 
 def _logical_order(vector: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`_columns_order`."""
-    if _is_channels_last(weight):
+    if is_channels_last(weight):
         in_channels, kernel_h, kernel_w = weight.shape[1:]
         return vector.view(kernel_h, kernel_w, in_channels).permute(2, 0, 1).reshape(-1)
     return vector
@@ -64,7 +54,7 @@ class _DivideBySigma(torch.autograd.Function):
                 weight_v: torch.Tensor | None) -> torch.Tensor:
         v_columns = _columns_order(v, weight)
         if weight_v is None:
-            weight_v = torch.mv(_matrix(weight), v_columns)
+            weight_v = torch.mv(weight_matrix(weight), v_columns)
         sigma = torch.dot(u, weight_v)
         ctx.save_for_backward(weight, u, v_columns, sigma)
         return weight / sigma
@@ -76,15 +66,15 @@ class _DivideBySigma(torch.autograd.Function):
         if grad.dtype != weight.dtype or grad.stride() != weight.stride():
             # the weight's dtype and element order, so one matrix view fits both
             grad = torch.empty_like(weight).copy_(grad)
-        grad_matrix, weight_matrix = _matrix(grad), _matrix(weight)
-        inner = torch.dot(grad_matrix.reshape(-1), weight_matrix.reshape(-1))
+        grad_matrix = weight_matrix(grad)
+        inner = torch.dot(grad_matrix.reshape(-1), weight_matrix(weight).reshape(-1))
         if weight.device.type == "cpu":  # one pass; reading the scalars costs no device sync here
             sigma_value = sigma.item()
             result = torch.addr(grad_matrix, u, v_columns, beta=1 / sigma_value,
                                 alpha=-inner.item() / sigma_value**2)
         else:  # no host sync on accelerators: two passes
             result = torch.addr(grad_matrix, u * (-inner / sigma), v_columns).div_(sigma)
-        if _is_channels_last(weight):
+        if is_channels_last(weight):
             out_channels, in_channels, kernel_h, kernel_w = weight.shape
             return result.view(out_channels, kernel_h, kernel_w, in_channels).permute(0, 3, 1, 2), None, None, None
         return result.view(weight.shape), None, None, None
@@ -100,7 +90,7 @@ class FusedSpectralNorm(SpectralNorm):
         weight_v = None
         if do_power_iteration:
             with torch.no_grad():
-                matrix = _matrix(weight)
+                matrix = weight_matrix(weight)
                 for _ in range(self.n_power_iterations):
                     v_logical = _logical_order(torch.mv(matrix.t(), u), weight)
                     v = F.normalize(v_logical, dim=0, eps=self.eps, out=v)
