@@ -28,9 +28,10 @@ from mlflow.tracking import MlflowClient
 
 import dagan
 from components.cli import entry, load, log, make_parser, run_main
+from components.import_official import origin_tags
 from components.outputs import checkpoint_path, tracking_uri, training_run_id, write_json
 from components.pyfunc_model import SIGNATURE
-from dagan.checkpoint import load_generator
+from dagan.checkpoint import load_checkpoint, load_generator
 from dagan.config import Config, RegisterConfig
 from dagan.data.manifest import read_manifest
 from dagan.generate import LabelLayout, encode_png, export_generator
@@ -114,6 +115,7 @@ def _run(config: Config) -> int:
     name = model_name(config)
     layout = LabelLayout.from_manifest(read_manifest(config.dataset.prepared_dir))
     generator, train_config, _ = load_generator(checkpoint_path(config), use_ema=config.evaluate.use_ema)
+    origin = load_checkpoint(checkpoint_path(config)).get("origin")  # imported official models say where from
     height = round(train_config.dataset.crop_size / train_config.dataset.aspect_ratio)
 
     mlflow.set_tracking_uri(tracking_uri(config))
@@ -140,7 +142,8 @@ def _run(config: Config) -> int:
     numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     tags = {**{f"eval.{k}": str(v) for k, v in numeric.items()}, "gate_passed": str(decision.gate_passed),
             "champion_decision": "promoted" if decision.promote else "not promoted",
-            "decision_reasons": "; ".join(decision.reasons), "source_run_id": run_id}
+            "decision_reasons": "; ".join(decision.reasons), "source_run_id": run_id,
+            **(origin_tags(origin) if origin else {})}
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     aliases = ["candidate"] + (["champion"] if decision.promote else [])

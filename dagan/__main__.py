@@ -5,6 +5,8 @@
 * ``generate --model URI --labels DIR --out DIR``: label maps -> images. ``URI`` is a local
   checkpoint (read here) or an MLflow ``models:/`` / ``runs:/`` URI (handed to
   ``components.generate``, imported only then: the library itself never imports mlflow).
+* ``import-official``, ``export-official``, ``verify-official``: the official DAGAN / SPADE
+  checkpoints and reference outputs (:mod:`dagan.official.cli`, docs/OFFICIAL.md).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dagan.config import VARIANTS, Config, ConfigError, config_from_dict
 from dagan.discriminator import build_discriminator
 from dagan.generate import add_generate_arguments, generate_dir, load_synthesizer
 from dagan.generator import build_generator
+from dagan.official.cli import add_official_commands, run_official_command
 from dagan.presets import PRESETS, get_preset
 
 
@@ -82,9 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     describe_cmd.add_argument("--ngf", type=int, help="override the preset's ngf")
     describe_cmd.add_argument("--json", action="store_true", help="print one JSON object")
     add_generate_arguments(commands.add_parser("generate", help="turn label-map PNGs into images"))
+    add_official_commands(commands)
     args = parser.parse_args(argv)
     if args.command == "generate":
         return generate(args)
+    if args.command.endswith("-official"):
+        return run_official_command(args)
 
     try:
         info = describe(args.preset, args.variant, {"ngf": args.ngf} if args.ngf else None)

@@ -76,6 +76,8 @@ class ModelConfig:
     num_discriminators: int = 2
     n_layers_d: int = 4
     init_gain: float = 0.02
+    # false: as the official code on a GPU, where spectral-norm convolutions keep PyTorch's default init
+    init_spectral_norm_weights: bool = True
 
     def attention(self) -> tuple[bool, str]:
         """(use_sam, cam_mode) for this model, from the variant or the custom knobs."""
@@ -97,6 +99,7 @@ class LossConfig:
     lambda_feat: float = 10.0  # lambda_f
     lambda_vgg: float = 10.0  # lambda_p; 0 turns the perceptual loss (and VGG19) off
     vgg_weights: str = "auto"  # a .pth file of torchvision's vgg19 ImageNet weights, or auto (torch cache)
+    vgg_input: Literal["official", "imagenet"] = "official"  # VGG sees [-1, 1] images (official) or ImageNet-normalised
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,7 @@ class TrainConfig:
     batch_size: int | None = None  # global batch; null: preset
     epochs: int | None = None  # constant-lr epochs; null: preset
     epochs_decay: int | None = None  # linear-decay epochs; null: preset
+    lr_schedule: Literal["official", "linear"] | None = None  # official: per epoch | linear: per step; null: preset
     max_steps: int = 0  # stop after this many steps when > 0 (smoke runs, sweeps)
     lr_g: float = 1e-4
     lr_d: float = 4e-4
@@ -115,6 +119,7 @@ class TrainConfig:
     channels_last: bool = False
     heap_reuse: bool = True  # keep freed memory in the heap (glibc mallopt; dagan/heap.py): ~20% faster steps
     ema_decay: float = 0.0  # > 0 keeps an EMA generator
+    init_from: str | None = None  # checkpoint (trained or imported official) whose G (and D) weights start a new run
     out_dir: str = "outputs/train"
     checkpoint_every: int = 200  # steps
     keep_last: int = 3
@@ -245,7 +250,7 @@ class Config:
             "model": {"ngf": preset.ngf, "ndf": preset.ndf,
                       "num_upsampling_layers": preset.num_upsampling_layers},
             "train": {"batch_size": preset.batch_size, "epochs": preset.epochs,
-                      "epochs_decay": preset.epochs_decay},
+                      "epochs_decay": preset.epochs_decay, "lr_schedule": preset.lr_schedule},
         }
         sections = {}
         for name, values in fill.items():

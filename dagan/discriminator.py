@@ -73,5 +73,5 @@ def build_discriminator(config: Config, semantic_nc: int) -> MultiscaleDiscrimin
         n_layers=config.model.n_layers_d,
         num_discriminators=config.model.num_discriminators,
     )
-    init_weights(discriminator, config.model.init_gain)
+    init_weights(discriminator, config.model.init_gain, config.model.init_spectral_norm_weights)
     return discriminator

@@ -133,5 +133,5 @@ def build_generator(config: Config, semantic_nc: int) -> DAGANGenerator:
         cam_mode=cam_mode,
         cam_sources=config.model.cam_sources,
     )
-    init_weights(generator, config.model.init_gain)
+    init_weights(generator, config.model.init_gain, config.model.init_spectral_norm_weights)
     return generator

@@ -27,6 +27,7 @@ class Preset:
     epochs_decay: int  # epochs of linear decay to zero
     ngf: int = 64
     ndf: int = 64
+    lr_schedule: str = "official"  # dagan.schedule: official (per epoch) | linear (per step)
 
     @property
     def semantic_nc(self) -> int:
@@ -42,8 +43,10 @@ PRESETS: dict[str, Preset] = {
         Preset("celebamask_hq", 19, False, False, 512, 512, 1.0, "normal", 16, 50, 50),
         Preset("facades", 13, False, False, 1024, 1024, 1.0, "normal", 4, 50, 50),
         Preset("coco_stuff", 182, True, True, 286, 256, 1.0, "normal", 32, 50, 50),
+        # DeepFashion as the DAGAN authors prepared it (20 human-parsing ids, no instances; their scripts).
+        Preset("deepfashion", 20, False, False, 286, 256, 1.0, "normal", 32, 50, 50),
         # Built-in synthetic scenes: small enough for the whole pipeline on 2 CPU cores.
-        Preset("synthetic", 10, False, True, 64, 64, 1.0, "normal", 8, 8, 8, ngf=16, ndf=16),
+        Preset("synthetic", 10, False, True, 64, 64, 1.0, "normal", 8, 8, 8, ngf=16, ndf=16, lr_schedule="linear"),
         # A folder of the user's own pairs: the label layout comes from the prepared manifest.
         Preset("custom", 0, False, False, 256, 256, 1.0, "normal", 8, 50, 50),
     )

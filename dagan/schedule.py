@@ -1,17 +1,32 @@
-"""Learning-rate schedule of the official training (DESIGN.md section 1, "Optimiser").
+"""Learning-rate schedules: constant for ``epochs`` epochs, then a linear decay over ``epochs_decay``.
 
-The learning rate stays constant for ``epochs`` epochs, then decays linearly to zero over
-``epochs_decay`` more epochs. The factor is evaluated per step on the fractional epoch
-``step / steps_per_epoch``, so the decay is smooth and reaches 0 exactly at the last step.
+Two forms (``train.lr_schedule``):
+
+* ``official`` - what the official DAGAN/SPADE training does: the rate changes once per epoch,
+  at the end of it; the decay starts after epoch ``epochs + 1`` and the last epoch runs at
+  ``1 / epochs_decay`` of the base rate (it never reaches 0). For the 0-based epoch ``e`` of a
+  step the factor is ``1 - max(0, e - epochs) / epochs_decay``.
+* ``linear`` - the factor is evaluated per step on the fractional epoch ``step /
+  steps_per_epoch``, so the decay is smooth and reaches 0 at the end of the last epoch
+  (the built-in synthetic preset, whose 8 decay epochs would make coarse steps).
 """
 
 from __future__ import annotations
 
+LR_SCHEDULES = ("official", "linear")
 
-def lr_factor(step: int, steps_per_epoch: int, epochs: int, epochs_decay: int) -> float:
+
+def lr_factor(step: int, steps_per_epoch: int, epochs: int, epochs_decay: int, schedule: str) -> float:
     """Multiplier of the base learning rate for the optimiser update number ``step`` (0-based)."""
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
+    if schedule == "official":
+        epoch = step // steps_per_epoch
+        if epoch <= epochs or epochs_decay <= 0:
+            return 1.0
+        return max(0.0, 1.0 - (epoch - epochs) / epochs_decay)
     progress = step / steps_per_epoch
     if progress < epochs:
         return 1.0

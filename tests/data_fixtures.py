@@ -1,5 +1,5 @@
 """Tiny raw datasets in each real layout (Cityscapes nested and flattened, ADE20K, CelebAMask-HQ,
-CMP Facades, COCO-Stuff, custom), built from small random PNG/JPEG files for the data tests."""
+CMP Facades, COCO-Stuff, DeepFashion, custom), built from small random PNG/JPEG files for the data tests."""
 
 from __future__ import annotations
 
@@ -107,6 +107,14 @@ def coco_stuff(root: Path, rng: np.random.Generator) -> Path:
             save(root / f"{split}_img" / f"{stem}.jpg", photo(rng))
             save(root / f"{split}_label" / f"{stem}.png", lbl)
             save(root / f"{split}_inst" / f"{stem}.png", (lbl // 3).astype(np.uint8))
+    return root
+
+
+def deepfashion(root: Path, rng: np.random.Generator) -> Path:
+    for split, count in (("train", 3), ("val", 2)):
+        for i in range(count):
+            save(root / f"{split}_img" / f"img_{i:05d}.jpg", photo(rng))
+            save(root / f"{split}_label" / f"img_{i:05d}.png", label(rng, [0, 2, 5, 13, 19]))
     return root
 
 

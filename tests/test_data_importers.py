@@ -14,6 +14,7 @@ from data_fixtures import (
     cityscapes_nested,
     coco_stuff,
     custom,
+    deepfashion,
     facades,
     photo,
     save,
@@ -107,6 +108,14 @@ def test_coco_stuff_unlabelled_becomes_dont_care(tmp_path, rng):
     values = np.unique(np.stack([decode(r["label"]) for r in rows(tmp_path / "out", "val")]))
     assert set(values) == {0, 5, 90, 181, 182}
     assert manifest.class_names[0] == "person" and manifest.class_names[181] == "wood"
+
+
+def test_deepfashion_uses_the_dagan_authors_layout_and_ids(tmp_path, rng):
+    source = deepfashion(tmp_path / "raw", rng)
+    manifest = prepare_dataset("deepfashion", source, tmp_path / "out", load_size=32, aspect_ratio=1.0)
+    assert manifest.semantic_nc == 20 and manifest.splits == {"train": 3, "val": 2} and not manifest.has_instance
+    values = np.unique(np.stack([decode(r["label"]) for r in rows(tmp_path / "out", "train")]))
+    assert set(values) <= {0, 2, 5, 13, 19} and len(values) > 1
 
 
 def test_custom_layout_with_classes_json_and_dont_care(tmp_path, rng):

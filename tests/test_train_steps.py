@@ -88,14 +88,28 @@ def test_non_finite_loss_is_refused_before_the_update(parts):
     assert all(torch.equal(before[k], after[k]) for k in before if "weight_orig" in k or "bias" in k)
 
 
-def test_lr_schedule_constant_then_linear_to_zero():
+def test_linear_lr_schedule_constant_then_linear_to_zero():
     steps = 10  # per epoch; 2 constant + 2 decay epochs
-    assert [lr_factor(s, steps, 2, 2) for s in (0, 10, 19)] == [1.0, 1.0, 1.0]
-    assert lr_factor(20, steps, 2, 2) == 1.0
-    assert lr_factor(25, steps, 2, 2) == pytest.approx(0.75)
-    assert lr_factor(30, steps, 2, 2) == pytest.approx(0.5)
-    assert lr_factor(39, steps, 2, 2) == pytest.approx(0.05)
-    assert lr_factor(40, steps, 2, 2) == 0.0
+    assert [lr_factor(s, steps, 2, 2, "linear") for s in (0, 10, 19)] == [1.0, 1.0, 1.0]
+    assert lr_factor(20, steps, 2, 2, "linear") == 1.0
+    assert lr_factor(25, steps, 2, 2, "linear") == pytest.approx(0.75)
+    assert lr_factor(30, steps, 2, 2, "linear") == pytest.approx(0.5)
+    assert lr_factor(39, steps, 2, 2, "linear") == pytest.approx(0.05)
+    assert lr_factor(40, steps, 2, 2, "linear") == 0.0
+
+
+def test_official_lr_schedule_steps_once_per_epoch_and_decays_from_the_second_decay_epoch():
+    # The official trainer lowers the rate by 1/niter_decay at the end of every epoch after niter:
+    # epochs 1..niter+1 (1-based) at the base rate, the last epoch at 1/niter_decay of it.
+    steps, niter, niter_decay = 10, 2, 4
+    factors = [lr_factor(s, steps, niter, niter_decay, "official") for s in range(0, 60, steps)]
+    assert factors == pytest.approx([1.0, 1.0, 1.0, 0.75, 0.5, 0.25])
+    assert lr_factor(39, steps, niter, niter_decay, "official") == pytest.approx(0.75)  # constant inside an epoch
+    with pytest.raises(ValueError, match="lr schedule"):
+        lr_factor(0, steps, niter, niter_decay, "cosine")
+
+
+def test_set_learning_rate_scales_every_group():
     optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     assert set_learning_rate(optimizer, 4e-4, 0.5) == pytest.approx(2e-4)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(2e-4)

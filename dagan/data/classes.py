@@ -4,7 +4,9 @@ Names follow each dataset's own documentation: Cityscapes ``labelIds`` (ids 0..3
 license plate as 34, the 35 labels SPADE/DAGAN train on), ADE20K SceneParsing (150 classes,
 id k = annotation value k + 1), CelebAMask-HQ (background + 18 face parts, in the order the
 dataset's mask-combination script paints them), CMP Facades (annotation values 1..12; 0 is
-unused) and COCO-Stuff (182 ids: 91 thing ids, some unused, then 91 stuff classes). Colours
+unused), COCO-Stuff (182 ids: 91 thing ids, some unused, then 91 stuff classes) and DeepFashion
+as the DAGAN authors prepared it (20 human-parsing ids whose names are not published with it:
+"part 0" .. "part 19"). Colours
 are only for visualising label maps: Cityscapes uses its published colours, every other
 dataset a generated palette.
 """
@@ -74,6 +76,8 @@ _COCO_STUFF = (  # COCO-Stuff ids 92..182
 ).split(", ")
 COCO_STUFF = _COCO_THINGS + _COCO_STUFF
 
+DEEPFASHION = [f"part {index}" for index in range(20)]
+
 
 def palette(count: int) -> list[list[int]]:
     """``count`` distinct RGB colours: the bits of each id spread over the three channels."""
@@ -94,5 +98,6 @@ def class_table(dataset: str) -> tuple[list[str], list[list[int]]]:
     """(names, colours) of a named dataset's label ids 0..num_classes-1."""
     if dataset == "cityscapes":
         return [n for n, _ in CITYSCAPES], [list(c) for _, c in CITYSCAPES]
-    names = {"ade20k": ADE20K, "celebamask_hq": CELEBAMASK_HQ, "facades": FACADES, "coco_stuff": COCO_STUFF}[dataset]
+    names = {"ade20k": ADE20K, "celebamask_hq": CELEBAMASK_HQ, "facades": FACADES, "coco_stuff": COCO_STUFF,
+             "deepfashion": DEEPFASHION}[dataset]
     return list(names), palette(len(names))

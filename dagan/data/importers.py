@@ -12,6 +12,7 @@ list of :class:`RawPair` files, sorted by split and id. Layouts (docs/DATA.md ha
   the 18 part masks painted into the 19-class map; images from ``val_from`` on form ``val``.
 * ``facades``: CMP ``base/`` (train) and ``extended/`` (val) with ``cmp_*.jpg`` + ``cmp_*.png``.
 * ``coco_stuff``: SPADE's ``{train,val}_{img,label,inst}``; 255 (unlabelled) becomes don't care 182.
+* ``deepfashion``: the DAGAN authors' ``{train,val}_{img,label}`` (ids 0..19 used directly).
 * ``custom`` / ``synthetic``: ``images/``, ``labels/``, optional ``instances/`` (one split
   ``train``) or ``<split>/images|labels|instances``, optional ``classes.json``.
 
@@ -211,6 +212,13 @@ def import_coco_stuff(source: Path) -> tuple[LabelSpec, list[RawPair]]:
                               "train_inst/ val_img/ val_label/ val_inst/)")
 
 
+def import_deepfashion(source: Path) -> tuple[LabelSpec, list[RawPair]]:
+    spec = _named_spec("deepfashion", identity_lut(20), "0..19 (human-parsing ids)",
+                       "use the label maps of the DAGAN authors' DeepFashion release (train_label/ val_label/)")
+    return spec, _flat_layout(source, lambda p: p.stem, False, "DAGAN DeepFashion layout (train_img/ train_label/ "
+                              "val_img/ val_label/)")
+
+
 def _custom_splits(source: Path) -> dict[str, Path]:
     if (source / "labels").is_dir():
         return {"train": source}
@@ -280,6 +288,7 @@ IMPORTERS: dict[str, Callable[[Path], tuple[LabelSpec, list[RawPair]]]] = {
     "celebamask_hq": import_celebamask_hq,
     "facades": import_facades,
     "coco_stuff": import_coco_stuff,
+    "deepfashion": import_deepfashion,
     "custom": import_custom,
     "synthetic": import_synthetic,
 }

@@ -4,7 +4,8 @@ Per step: learning rates from the schedule, one G update (D frozen), one D updat
 update, then (rank 0 only) logging, sample grids and checkpoints. A run resumes from the
 newest checkpoint in ``train.out_dir`` (or an explicit one) and reproduces the uninterrupted
 run: the checkpoint holds every state, the data order and augmentation are functions of
-(seed, epoch, index), and the sampler starts mid-epoch at the saved step. SIGTERM
+(seed, epoch, index), and the sampler starts mid-epoch at the saved step. A new run may start
+from the weights of another checkpoint (``train.init_from``, e.g. an imported official model). SIGTERM
 (Kubernetes preemption) or a ``should_stop`` request ends the run after the current step
 with a checkpoint. A non-finite loss stops the run before its update is applied; nothing is
 written for it, so the last good checkpoint stays the newest.
@@ -112,6 +113,11 @@ def _train(config: Config, logger: TrainingLogger, resume: str | Path | None, co
         step = checkpoint["step"]
         if context.is_main:
             log.info("resumed from %s at step %d", resume_path, step)
+    elif opts.init_from:
+        state.initialise_from(load_checkpoint(opts.init_from, map_location=device), opts.init_from,
+                              manifest.semantic_nc)
+        if context.is_main:
+            log.info("new run from the weights of %s", opts.init_from)
     last_checkpoint = resume_path
 
     weights = LossWeights.from_config(config.loss)
@@ -140,7 +146,7 @@ def _train(config: Config, logger: TrainingLogger, resume: str | Path | None, co
                     if opts.channels_last:
                         semantic = semantic.contiguous(memory_format=torch.channels_last)
                         real = real.contiguous(memory_format=torch.channels_last)
-                    factor = lr_factor(step, steps_per_epoch, opts.epochs, opts.epochs_decay)
+                    factor = lr_factor(step, steps_per_epoch, opts.epochs, opts.epochs_decay, opts.lr_schedule)
                     lr_g = set_learning_rate(state.optimizer_g, opts.lr_g, factor)
                     lr_d = set_learning_rate(state.optimizer_d, opts.lr_d, factor)
                     try:

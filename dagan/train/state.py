@@ -3,7 +3,9 @@
 :func:`build_state` seeds the RNGs and creates G and D (initialised identically on every
 rank), the optional EMA copy of G, the DDP wrappers, both TTUR Adam optimisers, the
 GradScaler (active only for fp16) and, when ``loss.lambda_vgg > 0``, the VGG19 extractor
-(a missing-weights error stops the run with its message).
+(a missing-weights error stops the run with its message). A new run (not a resumed one) may
+start from the weights of another checkpoint (``train.init_from``: a trained or an imported
+official model; :meth:`TrainingState.initialise_from`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 from torch import nn
 
 from dagan.checkpoint import FORMAT_VERSION, CheckpointError, rng_state
-from dagan.config import Config
+from dagan.config import Config, TrainConfig
 from dagan.discriminator import build_discriminator
 from dagan.distributed import DistributedContext, unwrap, wrap_ddp
 from dagan.ema import ExponentialMovingAverage
@@ -63,6 +65,11 @@ class TrainingState:
 
     def restore(self, checkpoint: dict[str, Any], source: Path, config: Config, semantic_nc: int) -> None:
         """Load a checkpoint written by a run of the same model (else a CheckpointError)."""
+        if checkpoint.get("optimizer_g") is None:
+            raise CheckpointError(
+                f"{source} holds model weights only (an imported or exported model), not a training state to resume; "
+                f"start a new run from it with -S train.init_from={source} and a train.out_dir without checkpoints"
+            )
         saved_model = checkpoint["config"]["model"]
         current_model = config.to_dict()["model"]
         differing = sorted(k for k in current_model if saved_model.get(k) != current_model[k])
@@ -85,6 +92,56 @@ class TrainingState:
             self.scaler.load_state_dict(checkpoint["scaler"])
 
 
+    def initialise_from(self, checkpoint: dict[str, Any], source: str | Path, semantic_nc: int) -> None:
+        """Start from the generator (and, when present, discriminator) weights of ``checkpoint``; the
+        optimisers start afresh. The models must have the same architecture (else a CheckpointError
+        naming the first key that differs and both shapes)."""
+        _load_matching(unwrap(self.generator), checkpoint["generator"], source, "generator", checkpoint, semantic_nc)
+        if checkpoint.get("discriminator") is not None:
+            _load_matching(unwrap(self.discriminator), checkpoint["discriminator"], source, "discriminator",
+                           checkpoint, semantic_nc)
+        if self.ema is not None:
+            self.ema.load_state_dict(unwrap(self.generator).state_dict())
+
+
+def _load_matching(module: nn.Module, state: dict[str, torch.Tensor], source: str | Path, role: str,
+                   checkpoint: dict[str, Any], semantic_nc: int) -> None:
+    ours = module.state_dict()
+    for key, value in ours.items():
+        theirs = state.get(key)
+        if theirs is None or theirs.shape != value.shape:
+            there = "missing" if theirs is None else f"shape {list(theirs.shape)}"
+            raise CheckpointError(
+                f"train.init_from={source}: {role} key {key} is {there} there but has shape {list(value.shape)} in "
+                f"this model (checkpoint: semantic_nc {checkpoint['semantic_nc']}, "
+                f"{_architecture(checkpoint['config']['model'])}; this run: semantic_nc {semantic_nc}); start from a "
+                "checkpoint of the same dataset layout and model settings"
+            )
+    extra = sorted(set(state) - set(ours))
+    if extra:
+        raise CheckpointError(f"train.init_from={source}: {role} key {extra[0]} does not exist in this model; start "
+                              "from a checkpoint of the same model.variant")
+    module.load_state_dict(state)
+
+
+def _architecture(model: dict[str, Any]) -> str:
+    return ", ".join(f"{key} {model.get(key)}" for key in ("variant", "ngf", "num_upsampling_layers"))
+
+
+def build_optimizers(generator: nn.Module, discriminator: nn.Module, train: TrainConfig,
+                     device: torch.device) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+    """The two TTUR Adam optimisers (G: ``train.lr_g``, D: ``train.lr_d``, betas ``(beta1, beta2)``).
+
+    One fused kernel per optimiser step (CPU and CUDA): the same update as the per-parameter loop
+    up to float rounding (tests/test_fast_paths.py), ~6x faster on G's 93M parameters on a CPU.
+    """
+    betas = (train.beta1, train.beta2)
+    fused = device.type in ("cpu", "cuda")
+    optimizer_g = torch.optim.Adam(generator.parameters(), lr=train.lr_g, betas=betas, fused=fused)
+    optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=train.lr_d, betas=betas, fused=fused)
+    return optimizer_g, optimizer_d
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -94,7 +151,7 @@ def seed_everything(seed: int) -> None:
 def build_state(config: Config, semantic_nc: int, context: DistributedContext) -> TrainingState:
     train = config.train
     device = context.device
-    vgg = build_vgg19(config.loss.vgg_weights).to(device) if config.loss.lambda_vgg > 0 else None
+    vgg = build_vgg19(config.loss.vgg_weights, config.loss.vgg_input).to(device) if config.loss.lambda_vgg > 0 else None
     seed_everything(train.seed)
     memory_format = torch.channels_last if train.channels_last else torch.contiguous_format
     generator = build_generator(config, semantic_nc).to(device, memory_format=memory_format)
@@ -102,12 +159,7 @@ def build_state(config: Config, semantic_nc: int, context: DistributedContext) -
     ema = ExponentialMovingAverage(generator, train.ema_decay) if train.ema_decay > 0 else None
     generator = wrap_ddp(generator, context)
     discriminator = wrap_ddp(discriminator, context)
-    betas = (train.beta1, train.beta2)
-    # One fused kernel per optimiser step (CPU and CUDA): the same update as the per-parameter loop
-    # up to float rounding (tests/test_fast_paths.py), ~6x faster on G's 93M parameters on a CPU.
-    fused = device.type in ("cpu", "cuda")
-    optimizer_g = torch.optim.Adam(generator.parameters(), lr=train.lr_g, betas=betas, fused=fused)
-    optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=train.lr_d, betas=betas, fused=fused)
+    optimizer_g, optimizer_d = build_optimizers(generator, discriminator, train, device)
     scaler = torch.amp.GradScaler(device.type, enabled=train.amp == "fp16")
     precision = Precision(device.type, AMP_DTYPES[train.amp])
     return TrainingState(generator, discriminator, optimizer_g, optimizer_d, scaler, ema, vgg, precision)

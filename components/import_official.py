@@ -1,0 +1,78 @@
+"""``python -m components.import_official``: an official DAGAN/SPADE model as a model of this pipeline.
+
+    python -m components.import_official --generator latest_net_G.pth [--discriminator latest_net_D.pth]
+        [--variant B6|B1] [--params FILE] -S dataset.name=cityscapes -S train.out_dir=outputs/official-cityscapes
+
+Imports the checkpoint for the preset ``dataset.name`` (dagan.official.convert; image sizes from
+``dataset.load_size`` / ``crop_size`` / ``aspect_ratio``) into
+``<train.out_dir>/checkpoints/final.pt`` - the place a training leaves its model - and opens an
+MLflow run for it, tagged with where it came from (``origin.*``: official code, preset, variant,
+file names and sha256), with ``mlflow_run.json`` and ``config.yaml`` beside it. Then
+``components.evaluate`` and ``components.register`` with the same ``-S train.out_dir`` evaluate
+it on a prepared dataset and register it as ``dagan-<dataset>`` behind the same gate as a trained
+model (docs/OFFICIAL.md). An out_dir that already holds checkpoints is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import mlflow
+
+from components.cli import entry, load, log, make_parser, run_main
+from components.outputs import RUN_FILE, tracking_uri, write_json
+from components.train import redact
+from dagan.checkpoint import FINAL_NAME, checkpoint_dir
+from dagan.config import Config, config_from_dict, save_config
+from dagan.official.convert import import_official, write_imported
+
+
+def origin_tags(origin: dict) -> dict[str, str]:
+    """Flat ``origin.*`` tags of an imported checkpoint's provenance."""
+    tags = {f"origin.{key}": str(origin[key]) for key in ("kind", "code", "preset", "variant")}
+    for role, file in origin["files"].items():
+        tags[f"origin.{role}_file"] = file["name"]
+        tags[f"origin.{role}_sha256"] = file["sha256"]
+    return tags
+
+
+def _run(config: Config, generator: str, discriminator: str | None, variant: str | None) -> int:
+    out_dir = Path(config.train.out_dir)
+    folder = checkpoint_dir(out_dir)
+    if folder.is_dir() and any(folder.glob("*.pt")):
+        raise FileExistsError(f"{folder} already holds checkpoints; import into a new -S train.out_dir")
+    sizes = {key: getattr(config.dataset, key) for key in ("load_size", "crop_size", "aspect_ratio")}
+    checkpoint = import_official(generator, config.dataset.name, variant, discriminator, {"dataset": sizes})
+    model_config = config_from_dict(checkpoint["config"], "imported checkpoint")
+    path = write_imported(checkpoint, folder / FINAL_NAME)
+    save_config(model_config, out_dir / "config.yaml")
+    origin = checkpoint["origin"]
+    uri = tracking_uri(config)
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.set_experiment(config.mlflow.experiment)
+    name = f"official-{origin['code'].lower()}-{origin['preset']}-{origin['variant']}"
+    with mlflow.start_run(experiment_id=experiment.experiment_id, run_name=name) as run:
+        mlflow.log_params({key: value for key, value in model_config.flat().items() if key.startswith("model.")})
+        mlflow.set_tags({**origin_tags(origin), "dataset": origin["preset"], "variant": origin["variant"],
+                         "mlflow.note.content": f"Official {origin['code']} {origin['preset']} model imported from "
+                                                f"{origin['files']['generator']['name']}; not trained here."})
+        mlflow.log_artifact(str(out_dir / "config.yaml"))
+    write_json(out_dir / RUN_FILE, {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
+                                    "tracking_uri": redact(uri)})
+    log.info("imported official %s %s (variant %s) into %s; MLflow run %s", origin["code"], origin["preset"],
+             origin["variant"], path, run.info.run_id)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser(__doc__.splitlines()[0])
+    parser.add_argument("--generator", required=True, help="the official latest_net_G.pth")
+    parser.add_argument("--discriminator", help="the official latest_net_D.pth (kept for fine-tuning)")
+    parser.add_argument("--variant", choices=("B6", "B1"), help="B6 = DAGAN, B1 = SPADE (default: from the file)")
+    args = parser.parse_args(argv)
+    return run_main(lambda: _run(load(args), args.generator, args.discriminator, args.variant))
+
+
+if __name__ == "__main__":
+    entry(main)

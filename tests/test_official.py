@@ -1,0 +1,168 @@
+"""The model IS the official DAGAN / SPADE: layouts, importer/exporter and the reference outputs.
+
+The reference folders in references/official/ hold outputs of the official code for rule weights
+(docs/OFFICIAL.md). Tolerances (dagan/official/verify.py, docs/OFFICIAL.md "How close"): generator
+outputs before training 1e-4 (train mode) / 2e-5 (eval mode); discriminator 1e-5; first-iteration
+losses 1e-5 absolute or 1e-4 relative; after two iterations 2e-2 (eval mode) / 0.5 (train mode),
+about 3x the official code's own 1-thread-vs-2-threads spread.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dagan.__main__ import main as dagan_main
+from dagan.checkpoint import load_checkpoint, load_generator
+from dagan.discriminator import build_discriminator
+from dagan.generator import build_generator
+from dagan.official.convert import official_config, official_state_dicts
+from dagan.official.layout import key_map
+from dagan.official.reference import Reference, load_reference
+from dagan.official.verify import compare, run_reference, tolerance
+
+REFERENCES = sorted((Path(__file__).resolve().parents[1] / "references" / "official").iterdir())
+IDS = [path.name for path in REFERENCES]
+
+
+def reference_named(prefix: str):
+    return load_reference(next(path for path in REFERENCES if path.name.startswith(prefix)))
+
+
+def _models(reference, ngf=None):
+    config = official_config(reference.meta["preset"], reference.variant, ngf or reference.meta["ngf"],
+                             {"model": {"num_upsampling_layers": reference.meta["num_upsampling_layers"]}})
+    with torch.device("meta"):
+        return build_generator(config, reference.semantic_nc), build_discriminator(config, reference.semantic_nc)
+
+
+@pytest.mark.parametrize("folder", REFERENCES, ids=IDS)
+def test_our_models_have_the_official_layouts_key_for_key_in_order(folder):
+    reference = load_reference(folder)
+    generator, discriminator = _models(reference)
+    for module, role in ((generator, "generator"), (discriminator, "discriminator")):
+        ours = [[pair.official, list(pair.shape)] for pair in key_map(module, role)]
+        assert ours == reference.meta[f"{role}_keys"], role
+
+
+@pytest.mark.parametrize("folder", REFERENCES, ids=[
+    f"{name} [G 1e-4 train / 2e-5 eval, D 1e-5, losses 1e-4 rel, after 2 iterations 2e-2 eval / 0.5 train]"
+    for name in IDS])
+def test_verify_official_reproduces_the_official_outputs(folder, capsys):
+    code = dagan_main(["verify-official", str(folder)])
+    report = json.loads(capsys.readouterr().out)
+    failed = {name: item for section in ("arrays", "losses") for name, item in report[section].items()
+              if not item["ok"]}
+    assert code == 0 and report["ok"] and not failed and not report["not_compared"], failed
+    assert set(report["arrays"]) == {name for name in load_reference(folder).arrays
+                                     if name not in ("label", "instance", "real")}
+    assert report["arrays"]["d_eval_scale0_final"]["max_abs"] <= tolerance("d_eval_scale0_final").absolute
+    assert len(report["losses"]) == 10
+
+
+@pytest.mark.parametrize(("role", "first", "second", "wrong"), [
+    ("generator", "head_0.conv_0.weight_orig", "head_0.conv_1.weight_orig", "g_eval_pre_tanh"),
+    ("discriminator", "discriminator_0.model2.0.0.weight_orig", "discriminator_1.model2.0.0.weight_orig",
+     "d_eval_scale0_final"),
+])
+def test_one_permuted_key_fails_verification(role, first, second, wrong, monkeypatch):
+    original = Reference.official_state
+
+    def permuted(self, name):
+        state = original(self, name)
+        if name == role:
+            state[first], state[second] = state[second], state[first]
+        return state
+
+    monkeypatch.setattr(Reference, "official_state", permuted)
+    reference = reference_named("dagan-cityscapes")
+    outputs, losses = run_reference(reference, stages=("generator", "discriminator"))
+    report = compare(reference, outputs, losses)
+    assert not report["ok"] and report["not_compared"]  # the training stage was not run either
+    assert not report["arrays"][wrong]["ok"]
+    assert report["arrays"][wrong]["max_abs"] > 100 * tolerance(wrong).absolute
+
+
+def _official_files(tmp_path: Path, reference, with_discriminator=True):
+    files = {"generator": tmp_path / "latest_net_G.pth"}
+    torch.save(reference.official_state("generator"), files["generator"])
+    if with_discriminator:
+        files["discriminator"] = tmp_path / "latest_net_D.pth"
+        torch.save(reference.official_state("discriminator"), files["discriminator"])
+    return files
+
+
+@pytest.mark.parametrize("folder", REFERENCES, ids=IDS)
+def test_import_then_export_gives_the_official_files_back_key_for_key(folder, tmp_path):
+    reference = load_reference(folder)
+    files = _official_files(tmp_path, reference)
+    imported = tmp_path / "imported.pt"
+    assert dagan_main(["import-official", "--generator", str(files["generator"]), "--discriminator",
+                       str(files["discriminator"]), "--preset", reference.meta["preset"], "--out", str(imported)]) == 0
+    checkpoint = load_checkpoint(imported)
+    assert checkpoint["origin"]["code"] == reference.code and checkpoint["config"]["model"]["variant"] == \
+        reference.variant
+    assert dagan_main(["export-official", "--checkpoint", str(imported), "--out", str(tmp_path / "export")]) == 0
+    for role, name in (("generator", "latest_net_G.pth"), ("discriminator", "latest_net_D.pth")):
+        original = torch.load(files[role], weights_only=True)
+        exported = torch.load(tmp_path / "export" / name, weights_only=True)
+        assert list(exported) == list(original), role
+        assert all(torch.equal(exported[key], original[key]) for key in original), role
+
+
+def test_import_refuses_another_preset_naming_the_first_mismatching_key(tmp_path, capsys):
+    reference = reference_named("dagan-cityscapes")  # 36 input channels
+    files = _official_files(tmp_path, reference, with_discriminator=False)
+    code = dagan_main(["import-official", "--generator", str(files["generator"]), "--preset", "ade20k",
+                       "--out", str(tmp_path / "x.pt")])
+    error = capsys.readouterr().err
+    assert code == 2 and "fc.weight" in error and "[1024, 36, 3, 3]" in error and "[1024, 151, 3, 3]" in error
+    assert not (tmp_path / "x.pt").exists() and "Traceback" not in error
+
+
+def test_import_refuses_the_wrong_variant_naming_the_key(tmp_path, capsys):
+    dagan = reference_named("dagan-cityscapes")
+    files = _official_files(tmp_path, dagan, with_discriminator=False)
+    code = dagan_main(["import-official", "--generator", str(files["generator"]), "--preset", "cityscapes",
+                       "--variant", "B1", "--out", str(tmp_path / "x.pt")])
+    assert code == 2 and "conv_64.weight" in capsys.readouterr().err
+
+
+def test_import_refuses_a_file_that_is_no_state_dict_without_advising_unsafe_loading(tmp_path, capsys):
+    not_a_checkpoint = tmp_path / "latest_net_G.pth"
+    not_a_checkpoint.write_bytes(b"\x80\x04\x95 definitely not a checkpoint")
+    code = dagan_main(["import-official", "--generator", str(not_a_checkpoint), "--preset", "cityscapes",
+                       "--out", str(tmp_path / "x.pt")])
+    error = capsys.readouterr().err
+    assert code == 2 and "not a readable PyTorch state dict" in error and "weights_only=False" not in error
+
+
+def test_export_refuses_a_model_the_official_code_cannot_run(tmp_path, capsys):
+    config = official_config("cityscapes", "B6", ngf=16)
+    checkpoint = {"config": config.to_dict(), "semantic_nc": 36, "generator": {}, "ema": None}
+    with pytest.raises(ValueError, match="hard-codes 64"):
+        official_state_dicts(checkpoint)
+
+
+def test_an_imported_official_model_generates_from_label_pngs(tmp_path):
+    reference = reference_named("spade-cityscapes")
+    files = _official_files(tmp_path, reference, with_discriminator=False)
+    imported = tmp_path / "imported.pt"
+    assert dagan_main(["import-official", "--generator", str(files["generator"]), "--preset", "cityscapes",
+                       "--out", str(imported)]) == 0
+    for folder, array in (("labels", reference.arrays["label"]), ("instances", reference.arrays["instance"])):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(array.astype(np.uint16)).save(tmp_path / folder / "scene.png")
+    assert dagan_main(["generate", "--model", str(imported), "--labels", str(tmp_path / "labels"), "--instances",
+                       str(tmp_path / "instances"), "--out", str(tmp_path / "out")]) == 0
+    generated = np.asarray(Image.open(tmp_path / "out" / "scene.png"))
+    generator, _, _ = load_generator(imported)
+    with torch.no_grad():
+        image = generator(reference.semantic())[0]
+    expected = ((image.clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 0).numpy()
+    assert generated.shape == (128, 256, 3) and np.abs(generated - expected).max() <= 1
