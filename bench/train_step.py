@@ -119,6 +119,13 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     first = iteration()  # includes one-time costs (oneDNN primitive creation, compilation)
     for _ in range(spec["warmup"] - 1):
         iteration()
+    flops = None
+    if spec.get("count_flops") and not spec["compile"]:  # one more (untimed) iteration, counted
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            iteration()
+        flops = counter.get_total_flops()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     g_seconds, d_seconds = zip(*(iteration() for _ in range(spec["repeats"])), strict=True)
@@ -142,6 +149,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         "peak_memory_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else common.peak_rss_mib(),
         "peak_memory_kind": "torch.cuda.max_memory_allocated" if cuda else "process ru_maxrss",
         "generator_parameters": sum(p.numel() for p in state.generator.parameters()),
+        "flops_per_iteration": flops,
         "load_before": load_before, "load_after": load_average(),
     }
 

@@ -64,7 +64,7 @@ def _attention(generator, config: Config, num_label_channels: int, colors, devic
 
 def _run(config: Config) -> int:
     out_dir = Path(config.evaluate.out_dir)
-    device = resolve_device(config.evaluate.device)
+    device = resolve_device(config.evaluate.device, key="evaluate.device")
     run_id = training_run_id(config)
     manifest = read_manifest(config.dataset.prepared_dir)
     generator, _, semantic_nc = load_generator(checkpoint_path(config), use_ema=config.evaluate.use_ema)

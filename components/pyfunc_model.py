@@ -13,11 +13,15 @@ Input: a DataFrame, one row per label map, with exactly one of
   ``label_ids``  the label ids as a nested list (rows of integers),
 and, for models trained with instance maps, ``instance`` (16-bit PNG bytes) or the param
 ``edges_from_labels=true``. Output: a DataFrame with ``image``, RGB PNG bytes (base64 in JSON).
+
+The environment variable ``DAGAN_DEVICE`` (auto | cpu | cuda | cuda:N; default auto: the GPU
+when PyTorch sees one) chooses where the generator runs; ``cuda`` without a GPU is an error.
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import mlflow
 import numpy as np
@@ -28,7 +32,10 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import DataType
 from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 
+from dagan.distributed import resolve_device
 from dagan.generate import InputError, decode_png, encode_png, load_synthesizer
+
+DEVICE_VARIABLE = "DAGAN_DEVICE"
 
 SIGNATURE = ModelSignature(
     inputs=Schema([
@@ -49,7 +56,8 @@ class DAGANImageModel(mlflow.pyfunc.PythonModel):
     """Label maps -> RGB PNG images with the exported DAGAN generator (artifact ``generator``)."""
 
     def load_context(self, context) -> None:
-        self.synthesizer = load_synthesizer(context.artifacts["generator"], device="cpu")
+        device = resolve_device(os.environ.get(DEVICE_VARIABLE, "auto"), key=DEVICE_VARIABLE)
+        self.synthesizer = load_synthesizer(context.artifacts["generator"], device=device)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         """Bad input raises an MlflowException (HTTP 400 when served) naming the row, the value and the fix."""

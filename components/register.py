@@ -48,6 +48,12 @@ class Decision:
     reasons: list[str] = field(default_factory=list)
 
 
+def pyfunc_model_arguments(exported_generator: Path) -> dict:
+    """The arguments of ``mlflow.pyfunc.log_model`` / ``save_model`` that define the registered model."""
+    return {"python_model": str(PYFUNC_FILE), "artifacts": {"generator": str(exported_generator)},
+            "code_paths": [str(Path(dagan.__file__).parent)], "signature": SIGNATURE}
+
+
 def _metric(metrics: dict, key: str, source: str) -> float:
     if not isinstance(metrics.get(key), (int, float)):
         raise ValueError(f"{source}: metric {key!r} is missing or not a number; run the evaluate stage first or "
@@ -123,8 +129,7 @@ def _run(config: Config) -> int:
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
         exported = export_generator(Path(tmp) / "generator.pt", generator, train_config, layout)
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=str(PYFUNC_FILE), artifacts={"generator": str(exported)},
-            code_paths=[str(Path(dagan.__file__).parent)], signature=SIGNATURE,
+            name="model", **pyfunc_model_arguments(exported),
             input_example=_input_example(layout, (height, train_config.dataset.crop_size)),
             pip_requirements=[f"{p}=={package_version(p)}" for p in REQUIREMENTS], registered_model_name=name,
         )

@@ -61,7 +61,7 @@ def _progress(items: Iterable, total: int, desc: str) -> Iterable:
 def _run(config: Config) -> int:
     out_dir = Path(config.judge.out_dir)
     manifest = read_manifest(config.dataset.prepared_dir)
-    device = resolve_device(config.judge.device)
+    device = resolve_device(config.judge.device, key="judge.device")
     judge = build_judge(config, manifest.num_classes).to(device)
     losses: list[float] = []
     if isinstance(judge, SegmentationNet):

@@ -48,8 +48,8 @@ def env_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def resolve_device(request: str, local_rank: int = 0) -> torch.device:
-    """``train.device`` (auto | cpu | cuda | cuda:N) -> a device; cuda without a GPU is an error."""
+def resolve_device(request: str, local_rank: int = 0, key: str = "train.device") -> torch.device:
+    """``request`` (auto | cpu | cuda | cuda:N, the value of ``key``) -> a device; cuda without a GPU is an error."""
     if request == "auto":
         request = "cuda" if torch.cuda.is_available() else "cpu"
     if request == "cpu":
@@ -57,15 +57,15 @@ def resolve_device(request: str, local_rank: int = 0) -> torch.device:
     if request == "cuda" or request.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise ValueError(
-                f"train.device={request} but no CUDA GPU is visible to PyTorch "
-                "(torch.cuda.is_available() is False); use train.device=cpu or train.device=auto"
+                f"{key}={request} but no CUDA GPU is visible to PyTorch "
+                f"(torch.cuda.is_available() is False); use {key}=cpu or {key}=auto"
             )
         index = local_rank if request == "cuda" else int(request.split(":", 1)[1])
         if index >= torch.cuda.device_count():
-            raise ValueError(f"train.device={request}: only {torch.cuda.device_count()} GPU(s) visible")
+            raise ValueError(f"{key}={request}: only {torch.cuda.device_count()} GPU(s) visible")
         torch.cuda.set_device(index)
         return torch.device("cuda", index)
-    raise ValueError(f"train.device={request!r} is not one of auto, cpu, cuda, cuda:N")
+    raise ValueError(f"{key}={request!r} is not one of auto, cpu, cuda, cuda:N")
 
 
 def setup(device_request: str) -> DistributedContext:

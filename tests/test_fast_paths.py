@@ -128,15 +128,19 @@ def test_spade_takes_a_label_map_already_at_the_feature_size_unchanged():
     assert torch.equal(copy.deepcopy(norm)(x, label_map), copy.deepcopy(norm)(x, resized))
 
 
+CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])  # CUDA: the two-pass backward without host syncs
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
-def test_fused_spectral_norm_matches_torch_spectral_norm(memory_format):
+def test_fused_spectral_norm_matches_torch_spectral_norm(memory_format, device):
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(6, 5, 3, padding=1).double()
-    reference = torch.nn.utils.spectral_norm(copy.deepcopy(conv)).to(memory_format=memory_format)
-    fast = spectral_norm(copy.deepcopy(conv)).to(memory_format=memory_format)
+    reference = torch.nn.utils.spectral_norm(copy.deepcopy(conv)).to(device, memory_format=memory_format)
+    fast = spectral_norm(copy.deepcopy(conv)).to(device, memory_format=memory_format)
     fast.load_state_dict(reference.state_dict())  # same keys, same u/v start
     assert list(fast.state_dict()) == list(reference.state_dict()) == ["bias", "weight_orig", "weight_u", "weight_v"]
-    x = torch.randn(2, 6, 8, 8, dtype=torch.float64).contiguous(memory_format=memory_format)
+    x = torch.randn(2, 6, 8, 8, dtype=torch.float64).to(device).contiguous(memory_format=memory_format)
     for step in range(3):  # training mode: one power iteration per forward, gradients through W / sigma
         x_fast, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
         out_fast, out_ref = fast(x_fast), reference(x_ref)
@@ -333,20 +337,21 @@ def test_bf16_autocast_stays_near_float32():
     assert torch.corrcoef(torch.stack([image.float().flatten(), expected.flatten()]))[0, 1] > 0.99
 
 
-def test_training_uses_fused_adam_which_equals_the_per_parameter_loop():
-    """build_state's Adam is the fused kernel on CPU too; its update equals the for-loop Adam's
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+def test_training_uses_fused_adam_which_equals_the_per_parameter_loop(device):
+    """build_state's Adam is the fused kernel (on CPU too); its update equals the for-loop Adam's
     (DESIGN.md settings: beta1 0, beta2 0.9, TTUR) up to float32 rounding."""
     from dagan.config import config_from_dict
     from dagan.distributed import setup
     from dagan.train.state import build_state
 
     config = config_from_dict({"dataset": {"name": "synthetic"}, "model": {"ngf": 8},
-                               "loss": {"lambda_vgg": 0.0}, "train": {"device": "cpu"}}, "test").resolved()
-    state = build_state(config, SEMANTIC_NC, setup("cpu"))
+                               "loss": {"lambda_vgg": 0.0}, "train": {"device": device}}, "test").resolved()
+    state = build_state(config, SEMANTIC_NC, setup(device))
     for optimizer in (state.optimizer_g, state.optimizer_d):
         assert [group["fused"] for group in optimizer.param_groups] == [True]
     torch.manual_seed(0)
-    generator = DAGANGenerator(SEMANTIC_NC, ngf=8)
+    generator = DAGANGenerator(SEMANTIC_NC, ngf=8).to(device)
     loop_generator = copy.deepcopy(generator)
     settings = {"lr": config.train.lr_g, "betas": (config.train.beta1, config.train.beta2)}
     fused = torch.optim.Adam(generator.parameters(), fused=True, **settings)
@@ -355,7 +360,7 @@ def test_training_uses_fused_adam_which_equals_the_per_parameter_loop():
     gradients = torch.Generator().manual_seed(1)
     for _ in range(3):  # the same gradients for both (a model's own would differ by the rounding of the last step)
         for parameter, loop_parameter in zip(generator.parameters(), loop_generator.parameters(), strict=True):
-            parameter.grad = torch.randn(parameter.shape, generator=gradients)
+            parameter.grad = torch.randn(parameter.shape, generator=gradients).to(device)
             loop_parameter.grad = parameter.grad.clone()
         fused.step()
         loop.step()

@@ -43,6 +43,12 @@ def official_generator_file(path: Path, preset: str = "facades", seed: int = 7) 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("official")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)  # MLflow's default artifact root (./mlruns) lands there, not in the checkout
+        yield _prepared_and_imported(root)
+
+
+def _prepared_and_imported(root: Path) -> tuple[Path, Path]:
     facades(root / "raw", np.random.default_rng(0))
     data = {
         "dataset": {"name": "facades", "raw_dir": str(root / "raw"), "prepared_dir": str(root / "prepared"),
