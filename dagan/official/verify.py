@@ -42,9 +42,9 @@ class Tolerance:
     why: str
 
 
-BEFORE_TRAINING = ("float32 rounding of ~20 convolutions summed in another order (measured: up to 1.4e-5 in train "
-                   "mode, 1.6e-6 in eval mode; the official code differs from itself by up to 6e-6 between 1 and 2 "
-                   "threads)")
+BEFORE_TRAINING = ("float32 rounding of ~20 convolutions summed in another order (measured on 8 references: up to "
+                   "1.4e-5 in train mode, 3.3e-6 in eval mode; the official code differs from itself by up to 6e-6 "
+                   "between 1 and 2 threads)")
 DISCRIMINATOR = "the same sums as the official discriminator (measured: bit for bit on this CPU); float32 rounding"
 AFTER_TRAINING = ("two GAN iterations amplify rounding (Adam's first steps are nearly sign steps). The official code "
                   "differs from itself between 1 and 2 threads by up to {spread}; we measured up to {ours}; two "
@@ -58,17 +58,17 @@ TOLERANCES: dict[str, Tolerance] = {
     "d_eval_scale{}_final": Tolerance(1e-5, DISCRIMINATOR),
     "d_train_scale{}_feature_abs_means": Tolerance(1e-5, DISCRIMINATOR),
     "d_eval_scale{}_feature_abs_means": Tolerance(1e-5, DISCRIMINATOR),
-    "g_eval_after_2_iterations_pre_tanh": Tolerance(2e-2, AFTER_TRAINING.format(
-        spread="6.6e-3", ours="4.5e-3", movement="0.45-0.82")),
-    "g_eval_after_2_iterations": Tolerance(2e-2, AFTER_TRAINING.format(
-        spread="6.6e-3", ours="4.5e-3", movement="0.45-0.82")),
+    "g_eval_after_2_iterations_pre_tanh": Tolerance(4e-2, AFTER_TRAINING.format(
+        spread="1.0e-2", ours="2.0e-2", movement="0.45-0.82")),
+    "g_eval_after_2_iterations": Tolerance(4e-2, AFTER_TRAINING.format(
+        spread="8.8e-3", ours="1.9e-2", movement="0.45-0.82")),
     "g_train_after_2_iterations_pre_tanh": Tolerance(0.5, AFTER_TRAINING.format(
-        spread="0.18", ours="0.27", movement="5.9-7.4")),
+        spread="0.18", ours="0.31", movement="5.9-7.4")),
     "g_train_after_2_iterations": Tolerance(0.5, AFTER_TRAINING.format(spread="0.18", ours="0.26", movement="2.0")),
 }
 # Losses: accepted within the absolute OR the relative bound (a loss near 0 has no useful relative error).
-# Iteration 1 (one G update before the D loss): measured up to 1.8e-5 relative. Iteration 2: the official code
-# differs from itself by up to 4.5e-3 absolute (4% relative, a GAN loss near 0); measured up to 4.6e-3.
+# Iteration 1 (one G update before the D loss): measured up to 1.8e-5 relative on 8 references. Iteration 2: the
+# official code differs from itself by up to 4.5e-3 absolute (4% relative, a GAN loss near 0); measured up to 4.6e-3.
 LOSS_TOLERANCES = {1: (1e-5, 1e-4), 2: (1e-2, 1e-2)}  # iteration -> (absolute, relative)
 
 
