@@ -45,6 +45,9 @@ def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("official")
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)  # MLflow's default artifact root (./mlruns) lands there, not in the checkout
+        # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, which the components prefer to the config:
+        # an earlier test's store must not leak in here
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
         yield _prepared_and_imported(root)
 
 
