@@ -26,7 +26,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from torch.utils.data import DataLoader
 
-from components.train import _git_commit, redact
+from components.train import _git_commit
 from dagan.config import Config, config_from_dict, merge_overrides
 from dagan.data import PairedDataset, read_manifest
 from dagan.distributed import resolve_device
@@ -47,7 +47,7 @@ class TrialSetup:
     source: str  # the params file, for error messages
     keys: tuple[str, ...]  # the swept dotted keys
     judge_path: str
-    tracking_uri: str  # the real URI (may hold credentials): never logged, only used
+    tracking_uri: str  # no credentials: they travel as MLFLOW_TRACKING_USERNAME/PASSWORD (outputs.connect_tracking)
     experiment_id: str
     parent_run_id: str
     sweep_name: str
@@ -145,9 +145,7 @@ def _start_run(client: MlflowClient, setup: TrialSetup, config: Config, sampled:
             "ray.experiment": setup.sweep_name, "tune.swept": ",".join(setup.keys),
             "variant": config.model.variant, "dataset": config.dataset.name, "git_commit": _git_commit()}
     run = client.create_run(setup.experiment_id, run_name=trial_name, tags=tags)
-    params = config.flat()
-    params["mlflow.tracking_uri"] = redact(str(params["mlflow.tracking_uri"]))
-    items = [Param(key, str(value)) for key, value in params.items()]
+    items = [Param(key, str(value)) for key, value in config.flat().items()]
     for start in range(0, len(items), 100):
         client.log_batch(run.info.run_id, params=items[start:start + 100])
     client.log_dict(run.info.run_id, dict(sampled), "sampled.json")
