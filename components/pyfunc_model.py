@@ -126,7 +126,8 @@ class DAGANImageModel(mlflow.pyfunc.PythonModel):
                     raise InputError(f"{what} 'label_ids': rows must be equally long lists of integers ({err})") \
                         from None
             instance = row.get("instance")
-            instance = None if _missing(instance) else decode_png(bytes(instance), f"{what} 'instance'")
+            instance = None if _missing(instance) else decode_png(bytes(instance), f"{what} 'instance'",
+                                                                  self.max_image_pixels)
             images.append(encode_png(self.synthesizer(label, instance, edges_from_labels, what=what)))
         return pd.DataFrame({"image": images})
 

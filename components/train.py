@@ -82,6 +82,8 @@ def data_checksum(prepared_dir: str | Path) -> str:
 
 def _close_stale_runs(client: mlflow.MlflowClient, experiment_id: str, out_dir: Path) -> None:
     """Runs of this out_dir still RUNNING belong to processes killed outright (SIGKILL, OOM): mark them KILLED."""
+    if "'" in str(out_dir.resolve()):  # not expressible in an MLflow filter string
+        return
     stale = client.search_runs([experiment_id], f"attributes.status = 'RUNNING' and tags.`{OUT_DIR_TAG}` = "
                                f"'{out_dir.resolve()}'")
     for run in stale:
@@ -123,7 +125,12 @@ def set_aside(out_dir: Path) -> Path | None:
     present = [name for name in RUN_FILES if (out_dir / name).exists()]
     if not present:
         return None
-    target = out_dir.with_name(f"{out_dir.name}.superseded-{time.strftime('%Y%m%d-%H%M%S')}")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = out_dir.with_name(f"{out_dir.name}.superseded-{stamp}")
+    for number in range(2, 100):
+        if not target.exists():
+            break
+        target = out_dir.with_name(f"{out_dir.name}.superseded-{stamp}-{number}")
     target.mkdir(parents=True)
     for name in present:
         (out_dir / name).rename(target / name)

@@ -2,6 +2,7 @@
 real S3 endpoint (moto), --resume; the checks that stop a bad sweep before Ray starts; the Kubeflow sweep pipeline."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -62,7 +63,7 @@ def s3_endpoint(monkeypatch):
 
 
 def test_two_trial_sweep_logs_parent_and_nested_runs_and_writes_the_best_params(tmp_path, mlflow_server, s3_endpoint,
-                                                                                 monkeypatch):
+                                                                                 monkeypatch, capfd):
     from components.tune import main as tune
 
     write_prepared(tmp_path / "prepared")  # 16 train / 8 val scenes at 32x32
@@ -73,6 +74,10 @@ def test_two_trial_sweep_logs_parent_and_nested_runs_and_writes_the_best_params(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
 
     assert tune(["--params", str(params)]) == 0
+    printed = capfd.readouterr()
+    problems = [line for line in (printed.out + printed.err).splitlines()
+                if re.search(r"\bERROR\b", line) or "Fatal Python error" in line or "Traceback" in line]
+    assert not problems, "\n".join(problems[:20])  # a clean sweep logs no error (Ray's workers' lines included)
 
     client = MlflowClient(url)
     parent_id = json.loads((tmp_path / "tune" / "mlflow_run.json").read_text())["run_id"]
@@ -113,6 +118,7 @@ def test_two_trial_sweep_logs_parent_and_nested_runs_and_writes_the_best_params(
     keys = [item["Key"] for item in s3_endpoint.list_objects_v2(Bucket="sweeps", Prefix="tune/sweep/")["Contents"]]
     stored = sorted(key for key in keys if key.endswith("/dagan.pt") and "/checkpoint_" in key)
     assert stored, f"Ray Tune stored no trial checkpoint on S3: {keys}"
+    assert not [key for key in keys if key.endswith(".pt") and "/checkpoint_" not in key]  # no training files
     s3_endpoint.download_file("sweeps", stored[-1], str(tmp_path / "stored.pt"))
     assert load_checkpoint(tmp_path / "stored.pt")["step"] in (2, 4)
     assert not (tmp_path / "ray").exists()
@@ -121,6 +127,8 @@ def test_two_trial_sweep_logs_parent_and_nested_runs_and_writes_the_best_params(
     # its trials are done, so nothing reruns and the parent run stays the same.
     assert tune(["--params", str(params)]) == 2
     assert tune(["--params", str(params), "--resume"]) == 0
+    printed = capfd.readouterr()
+    assert not [line for line in (printed.out + printed.err).splitlines() if re.search(r"\bERROR\b", line)]
     assert json.loads((tmp_path / "tune" / "mlflow_run.json").read_text())["run_id"] == parent_id
     assert len(client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent_id}'")) == 2
     assert len(client.search_runs([experiment])) == 3
