@@ -34,7 +34,7 @@ FORMAT_VERSION = 1
 STEP_PATTERN = re.compile(r"^step-(\d{8})\.pt$")
 TEMPORARY_PATTERN = re.compile(r"^\..+\.tmp-(\d+)$")
 FINAL_NAME = "final.pt"
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # errnos of a full disk or quota (checkpoints, shards, components.cli)
 log = logging.getLogger("dagan.checkpoint")
 
 
@@ -87,8 +87,9 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except OSError as err:
-        if err.errno in DISK_FULL:
+    except (OSError, RuntimeError) as err:  # torch's zip writer may raise a RuntimeError while closing after an OSError
+        cause = err if isinstance(err, OSError) else err.__context__
+        if isinstance(cause, OSError) and cause.errno in DISK_FULL:
             raise CheckpointError(
                 f"no space left on the device of {path.parent} while writing checkpoint {path.name}; the earlier "
                 "checkpoints are intact: free space there (or set train.out_dir to another disk) and run the same "
@@ -190,10 +191,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         reason = str(err).partition("WeightsUnpickler error:")[2].strip().split("\n")[0] or "unknown content"
         raise CheckpointError(f"{path} is not a DAGAN checkpoint: it holds objects that a safe (weights-only) load "
                               f"refuses ({reason}); checkpoints come from python -m components.train") from None
-    except (RuntimeError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as err:
-        reason = {RuntimeError: str(err).split(". ")[0].split("\n")[0], EOFError: "the file is empty or cut short"}
-        raise CheckpointError(f"{path} is truncated or not a checkpoint ({reason.get(type(err), 'not a torch file')}"
-                              "); use another checkpoint or write it again") from None
+    except (RuntimeError, OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as err:
+        raise CheckpointError(f"{path} is truncated or not a checkpoint ({_load_failure(err)}); use another "
+                              "checkpoint or write it again") from None
     version = state.get("format_version") if isinstance(state, dict) else None
     if version != FORMAT_VERSION:
         raise CheckpointError(
@@ -201,6 +201,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             "retrain or convert the checkpoint with the version of the code that wrote it"
         )
     return state
+
+
+def _load_failure(err: BaseException) -> str:
+    """The first sentence of torch's reason (its advice is not ours to give)."""
+    if isinstance(err, OSError):
+        return err.strerror or type(err).__name__
+    if isinstance(err, EOFError):
+        return "the file is empty or cut short"
+    return str(err).split(". ")[0].split("\n")[0] or type(err).__name__
 
 
 def load_generator(path: str | Path, use_ema: bool = True, map_location: str | torch.device = "cpu"):

@@ -10,7 +10,6 @@ only at the end, so a failure leaves the earlier prepared data untouched.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import shutil
 import tempfile
@@ -23,6 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dagan.checkpoint import DISK_FULL
 from dagan.data.errors import DataError
 from dagan.data.manifest import Shard
 
@@ -117,7 +117,7 @@ def staging_directory(target: Path, marker: str) -> Iterator[Path]:
         yield staging
     except OSError as err:
         shutil.rmtree(staging, ignore_errors=True)
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        if err.errno in DISK_FULL:
             raise DataError(f"no space left on the device of {target.parent} while preparing {target}; "
                             f"{target} was left as it was: free space there or choose another output folder") from None
         raise
