@@ -28,6 +28,8 @@ import csv
 import io
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -186,7 +188,9 @@ def _summarise(results, client: MlflowClient, config: Config, keys: list[str], r
         status = "error" if result.error else ("stopped_early" if step < opts.max_steps else "finished")
         if result.error:
             failed.append(trial_id)
-        if run is not None and run.info.status == "RUNNING":  # a worker that ended before closing its run
+        if run is not None and status == "stopped_early":
+            client.set_tag(run.info.run_id, "tune.stopped_early", "true")
+        if run is not None and run.info.status == "RUNNING":  # stopped by the scheduler, or a worker that died
             client.set_terminated(run.info.run_id, {"error": "FAILED", "stopped_early": "KILLED"}.get(status,
                                                                                                       "FINISHED"))
         rows.append({"trial_id": trial_id, "mlflow_run_id": run.info.run_id if run else "", "status": status,
@@ -291,6 +295,7 @@ def _sweep(config: Config, args, raw: dict, dimensions: list[Dimension], uri: st
         ray.init(address=args.address, runtime_env=runtime_env)
     else:
         ray.init(num_cpus=config.tune.num_cpus, include_dashboard=False, runtime_env=runtime_env)
+    scratch = Path(tempfile.mkdtemp(prefix=f"dagan-tune-{config.tune.name}-"))
     try:
         gpus = gpus_per_trial(config.tune.gpus_per_trial, ray.cluster_resources().get("GPU", 0))
         base = merge_overrides(raw, {
@@ -298,7 +303,8 @@ def _sweep(config: Config, args, raw: dict, dimensions: list[Dimension], uri: st
             "train.device": "cuda" if gpus > 0 else "cpu", "dataset.prepared_dir": str(prepared),
             "evaluate.judge": str(judge), "mlflow.tracking_uri": uri})
         setup = TrialSetup(base=base, source=args.params, keys=tuple(keys), judge_path=str(judge), tracking_uri=uri,
-                           experiment_id=parent[1], parent_run_id=parent[0], sweep_name=config.tune.name)
+                           experiment_id=parent[1], parent_run_id=parent[0], sweep_name=config.tune.name,
+                           scratch_dir=str(scratch))
         log.info("sweep %s: %d trial(s) over %s, %s GPU(s) and %s CPU(s) each; MLflow parent run %s",
                  config.tune.name, config.tune.num_samples, ", ".join(keys), gpus, config.tune.cpus_per_trial,
                  parent[0])
@@ -306,6 +312,7 @@ def _sweep(config: Config, args, raw: dict, dimensions: list[Dimension], uri: st
         return _summarise(results, client, config, keys, raw, parent, args.params)
     finally:
         ray.shutdown()
+        shutil.rmtree(scratch, ignore_errors=True)  # trials stopped inside tune.report leave theirs behind
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,12 +12,9 @@ and a restored trial resumes from it. A Ray Tune checkpoint is a folder with our
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import shutil
-import tempfile
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,7 +35,6 @@ from dagan.judge_probe import JudgeProbe
 from dagan.train import NullLogger, StepReport, train
 
 CHECKPOINT_FILE = "dagan.pt"
-THREAD_EXIT_TIMEOUT_S = 60
 RUN_FILE = "mlflow_run.json"
 PARENT_TAG = "mlflow.parentRunId"
 
@@ -55,6 +51,7 @@ class TrialSetup:
     experiment_id: str
     parent_run_id: str
     sweep_name: str
+    scratch_dir: str  # trials' training folders (one per trial id), removed when the sweep ends
 
 
 def trial_config(setup: TrialSetup, sampled: Mapping[str, Any], out_dir: Path) -> Config:
@@ -159,33 +156,21 @@ def _start_run(client: MlflowClient, setup: TrialSetup, config: Config, sampled:
 def run_trial(sampled: dict[str, Any], setup: TrialSetup) -> None:
     """The Ray Tune trainable: ``sampled`` maps the swept dotted keys to this trial's values.
 
-    The trial trains in a scratch folder of its node, not in its Ray trial folder: Ray copies the trial
-    folder to the storage with the experiment state, which would copy every training checkpoint and
-    race with their pruning (a failed "Saving experiment state" when a file vanished mid-copy). What
-    must survive goes to the storage through ``tune.report`` checkpoints.
+    The trial trains in ``<setup.scratch_dir>/<trial id>`` on its node, not in its Ray trial folder:
+    Ray copies the trial folder to the storage with the experiment state, which would upload every
+    training checkpoint and race with their pruning (a failed "Saving experiment state" when a file
+    vanished mid-copy). What must survive goes to the storage as ``tune.report`` checkpoints; the
+    sweep removes the scratch folder when it ends.
     """
     from ray import tune
 
     context = tune.get_context()
-    _finish_before_exit(threading.current_thread())
-    work_dir = Path(tempfile.mkdtemp(prefix=f"dagan-trial-{context.get_trial_id()}-"))
+    work_dir = Path(setup.scratch_dir) / context.get_trial_id()
+    work_dir.mkdir(parents=True, exist_ok=True)
     try:
         _run_trial(sampled, setup, context, work_dir)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
-
-
-def _finish_before_exit(thread: threading.Thread) -> None:
-    """Let the training thread end before its process does.
-
-    When ASHA stops a trial, Ray ends the trial's process right after waking the training thread in
-    ``tune.report`` (``FunctionTrainable.cleanup`` joins it with timeout 0), and Ray's own exit handler
-    shuts its core worker down while that thread still unwinds (DataLoader workers, the MLflow run's
-    status, Ray objects it holds): "Fatal Python error: Aborted". This exit handler, registered after
-    Ray's and so run before it, waits up to ``THREAD_EXIT_TIMEOUT_S`` for the thread.
-    """
-    if thread is not threading.main_thread():
-        atexit.register(thread.join, THREAD_EXIT_TIMEOUT_S)
 
 
 def _run_trial(sampled: dict[str, Any], setup: TrialSetup, context, work_dir: Path) -> None:
@@ -199,10 +184,8 @@ def _run_trial(sampled: dict[str, Any], setup: TrialSetup, context, work_dir: Pa
     probe = build_probe(config, setup.judge_path)
     try:
         train(config, TrialReporter(client, run_id, probe, work_dir / "report"), resume)
-    except SystemExit:  # ASHA stopped the trial inside tune.report
-        client.set_tag(run_id, "tune.stopped_early", "true")
-        client.set_terminated(run_id, "KILLED")
-        raise
+    except SystemExit:  # the scheduler stopped the trial inside tune.report: Ray ends this process right away
+        raise  # (no work here: components.tune closes the MLflow run of a stopped trial)
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise

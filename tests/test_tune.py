@@ -3,6 +3,7 @@ real S3 endpoint (moto), --resume; the checks that stop a bad sweep before Ray s
 
 import json
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,9 @@ def test_two_trial_sweep_logs_parent_and_nested_runs_and_writes_the_best_params(
                                                                                  monkeypatch, capfd):
     from components.tune import main as tune
 
+    scratch = tmp_path / "scratch"  # the trials' training folders go under tempfile's folder
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     write_prepared(tmp_path / "prepared")  # 16 train / 8 val scenes at 32x32
     params = sweep_params(tmp_path, storage_path="s3://sweeps/tune")
     save_judge(tmp_path / "judge" / "judge.pt", SegmentationNet(3, NUM_CLASSES, 8, 2), load_config(params),
@@ -119,6 +123,7 @@ def test_two_trial_sweep_logs_parent_and_nested_runs_and_writes_the_best_params(
     stored = sorted(key for key in keys if key.endswith("/dagan.pt") and "/checkpoint_" in key)
     assert stored, f"Ray Tune stored no trial checkpoint on S3: {keys}"
     assert not [key for key in keys if key.endswith(".pt") and "/checkpoint_" not in key]  # no training files
+    assert list(scratch.iterdir()) == []  # the trials' scratch folders are gone
     s3_endpoint.download_file("sweeps", stored[-1], str(tmp_path / "stored.pt"))
     assert load_checkpoint(tmp_path / "stored.pt")["step"] in (2, 4)
     assert not (tmp_path / "ray").exists()
