@@ -26,7 +26,7 @@ import torch
 
 from bench.common import RESULTS_DIR, machine, stats, timed, write_json
 from components.register import pyfunc_model_arguments
-from dagan.config import config_from_dict
+from dagan.config import RegisterConfig, config_from_dict
 from dagan.generate import encode_png, export_generator
 from dagan.generator import build_generator
 from dagan.official.convert import label_layout
@@ -61,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         exported = export_generator(Path(tmp) / "generator.pt", build_generator(config, layout.semantic_nc).eval(),
                                     config, layout)
-        mlflow.pyfunc.save_model(str(Path(tmp) / "model"), pip_requirements=[], **pyfunc_model_arguments(exported))
+        limits = RegisterConfig(serve_max_image_pixels=width * height,  # a benchmark, not a served endpoint
+                                serve_max_request_pixels=args.rows * width * height)
+        mlflow.pyfunc.save_model(str(Path(tmp) / "model"), pip_requirements=[],
+                                 **pyfunc_model_arguments(exported, limits))
         model = mlflow.pyfunc.load_model(str(Path(tmp) / "model"))
         inputs = frame(args.preset, args.rows, width, height)
         started = time.perf_counter()

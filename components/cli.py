@@ -10,6 +10,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from dagan.checkpoint import DISK_FULL
 from dagan.config import Config, ConfigError, load_config
 
 log = logging.getLogger("components")
@@ -30,12 +31,19 @@ def load(args: argparse.Namespace) -> Config:
 
 
 def run_main(body: Callable[[], int]) -> int:
-    """Run a component body; turn expected errors into one clear line and exit code 2."""
+    """Run a component body; turn expected errors (bad input, a full disk) into one clear line and exit code 2."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         return body()
     except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in DISK_FULL:
+            raise
+        where = f" writing {err.filename}" if err.filename else ""
+        print(f"error: no space left on the device{where} ({err.strerror}); free space there or write the outputs to "
+              "another disk, then run the same command again", file=sys.stderr)
         return 2
 
 

@@ -24,7 +24,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from components.cli import entry, load, log, make_parser, run_main
-from components.outputs import checkpoint_path, judge_path, tracking_uri, training_run_id, write_json
+from components.outputs import checkpoint_path, connect_tracking, judge_path, tracking_uri, training_run_id, write_json
 from dagan.baseline import class_mean_colors
 from dagan.checkpoint import load_generator
 from dagan.config import Config, save_config
@@ -101,7 +101,7 @@ def _run(config: Config) -> int:
         images.append(save_png(figure, figures / "attention.png"))
     save_config(config, out_dir / "config.yaml")
 
-    mlflow.set_tracking_uri(tracking_uri(config))
+    connect_tracking(tracking_uri(config))
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics({f"eval/{k}": v for k, v in metrics.items()})
         mlflow.set_tags({f"eval/{name}_unavailable": reason[:4000] for name, reason in unavailable.items()})

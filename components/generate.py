@@ -29,6 +29,9 @@ def load_from_mlflow(uri: str) -> Synthesizer:
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    from components.outputs import connect_tracking
+
+    connect_tracking(mlflow.get_tracking_uri())  # credentials of $MLFLOW_TRACKING_URI stay out of messages
     try:
         model = mlflow.pyfunc.load_model(uri)
     except MlflowException as err:

@@ -21,8 +21,7 @@ from pathlib import Path
 import mlflow
 
 from components.cli import entry, load, log, make_parser, run_main
-from components.outputs import RUN_FILE, tracking_uri, write_json
-from components.train import redact
+from components.outputs import RUN_FILE, connect_tracking, tracking_uri, write_json
 from dagan.checkpoint import FINAL_NAME, checkpoint_dir
 from dagan.config import Config, config_from_dict, save_config
 from dagan.official.convert import import_official, write_imported
@@ -48,8 +47,7 @@ def _run(config: Config, generator: str, discriminator: str | None, variant: str
     path = write_imported(checkpoint, folder / FINAL_NAME)
     save_config(model_config, out_dir / "config.yaml")
     origin = checkpoint["origin"]
-    uri = tracking_uri(config)
-    mlflow.set_tracking_uri(uri)
+    uri = connect_tracking(tracking_uri(config))  # without credentials (README "Reliability")
     experiment = mlflow.set_experiment(config.mlflow.experiment)
     name = f"official-{origin['code'].lower()}-{origin['preset']}-{origin['variant']}"
     with mlflow.start_run(experiment_id=experiment.experiment_id, run_name=name) as run:
@@ -59,7 +57,7 @@ def _run(config: Config, generator: str, discriminator: str | None, variant: str
                                                 f"{origin['files']['generator']['name']}; not trained here."})
         mlflow.log_artifact(str(out_dir / "config.yaml"))
     write_json(out_dir / RUN_FILE, {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
-                                    "tracking_uri": redact(uri)})
+                                    "tracking_uri": uri})
     log.info("imported official %s %s (variant %s) into %s; MLflow run %s", origin["code"], origin["preset"],
              origin["variant"], path, run.info.run_id)
     return 0

@@ -2,7 +2,8 @@
 
 Shared by train_judge, evaluate, register and generate: the generator checkpoint, the judge
 checkpoint, the training's MLflow run and the tracking URI (``$MLFLOW_TRACKING_URI`` wins
-over ``mlflow.tracking_uri``).
+over ``mlflow.tracking_uri``). :func:`connect_tracking` keeps a URI's credentials out of
+every param, tag, artifact, file and log line.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from dagan.checkpoint import FINAL_NAME, checkpoint_dir
-from dagan.config import Config
+from dagan.config import Config, redact_uri
 
 JUDGE_FILE = "judge.pt"
 RUN_FILE = "mlflow_run.json"
@@ -37,6 +39,26 @@ def judge_path(config: Config) -> Path:
 
 def tracking_uri(config: Config) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or config.mlflow.tracking_uri
+
+
+def connect_tracking(uri: str) -> str:
+    """Point MLflow at ``uri`` and return it without ``user:password@``.
+
+    The credentials move to ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` (MLflow's
+    basic auth; variables already set win) and ``$MLFLOW_TRACKING_URI`` becomes the bare URI, so
+    neither MLflow (its "View run at" lines) nor a child process (Ray trials) ever sees them in a URI.
+    """
+    import mlflow
+
+    parts = urlsplit(uri)
+    if parts.username is not None or parts.password is not None:
+        os.environ.setdefault("MLFLOW_TRACKING_USERNAME", unquote(parts.username or ""))
+        os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", unquote(parts.password or ""))
+    public = redact_uri(uri)
+    if "MLFLOW_TRACKING_URI" in os.environ:
+        os.environ["MLFLOW_TRACKING_URI"] = public
+    mlflow.set_tracking_uri(public)
+    return public
 
 
 def training_run_id(config: Config) -> str:

@@ -42,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         manifest = prepare_dataset(
             data.name, args.source or data.raw_dir, out, load_size=data.load_size,
             aspect_ratio=data.aspect_ratio, rows_per_shard=data.rows_per_shard, workers=args.workers,
+            max_classes=data.max_classes,
         )
         seconds = time.perf_counter() - start
         metrics = {"rows": manifest.splits, "semantic_nc": manifest.semantic_nc, "seconds": round(seconds, 2)}

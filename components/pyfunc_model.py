@@ -16,10 +16,16 @@ and, for models trained with instance maps, ``instance`` (16-bit PNG bytes) or t
 
 The environment variable ``DAGAN_DEVICE`` (auto | cpu | cuda | cuda:N; default auto: the GPU
 when PyTorch sees one) chooses where the generator runs; ``cuda`` without a GPU is an error.
+
+Limits (the model config, from ``register.serve_max_image_pixels`` / ``serve_max_request_pixels``):
+pixels per label map (peak memory grows with it: rows are generated one at a time) and pixels per
+request (time grows with it). Sizes are read from the PNG headers and list shapes before anything
+is decoded or generated; a request over a limit gets HTTP 400 with a message that states the limit.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import os
 
@@ -31,9 +37,11 @@ from mlflow.models import ModelSignature, set_model
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import DataType
 from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
+from PIL import Image
 
+from dagan.config import RegisterConfig
 from dagan.distributed import resolve_device
-from dagan.generate import InputError, decode_png, encode_png, load_synthesizer
+from dagan.generate import InputError, check_pixels, decode_png, encode_png, load_synthesizer
 
 DEVICE_VARIABLE = "DAGAN_DEVICE"
 
@@ -52,12 +60,28 @@ def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+def _size(png, ids, what: str) -> tuple[int, int]:
+    """(height, width) of a row's label map, from the PNG header or the nested list's shape."""
+    if not _missing(png):
+        try:
+            width, height = Image.open(io.BytesIO(bytes(png))).size
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
+            raise InputError(f"{what} 'label': not a readable PNG ({err}); send a single-channel 8- or 16-bit "
+                             "PNG") from None
+        return height, width
+    rows = list(ids) if not isinstance(ids, str) else []
+    return len(rows), len(rows[0]) if rows and hasattr(rows[0], "__len__") else 0
+
+
 class DAGANImageModel(mlflow.pyfunc.PythonModel):
     """Label maps -> RGB PNG images with the exported DAGAN generator (artifact ``generator``)."""
 
     def load_context(self, context) -> None:
         device = resolve_device(os.environ.get(DEVICE_VARIABLE, "auto"), key=DEVICE_VARIABLE)
         self.synthesizer = load_synthesizer(context.artifacts["generator"], device=device)
+        limits = context.model_config or {}  # models registered before the limits existed: the defaults
+        self.max_image_pixels = int(limits.get("max_image_pixels", RegisterConfig.serve_max_image_pixels))
+        self.max_request_pixels = int(limits.get("max_request_pixels", RegisterConfig.serve_max_request_pixels))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         """Bad input raises an MlflowException (HTTP 400 when served) naming the row, the value and the fix."""
@@ -66,17 +90,33 @@ class DAGANImageModel(mlflow.pyfunc.PythonModel):
         except InputError as err:
             raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from None
 
-    def _predict(self, model_input: pd.DataFrame, params: dict | None) -> pd.DataFrame:
-        edges_from_labels = bool((params or {}).get("edges_from_labels", False))
-        if not isinstance(model_input, pd.DataFrame):
-            model_input = pd.DataFrame(model_input)
-        images = []
-        for row_number, row in enumerate(model_input.to_dict(orient="records")):
+    def _check_sizes(self, rows: list[dict]) -> None:
+        """Every row's size from its PNG header or list shape, against both limits, before any decoding."""
+        total = 0
+        for row_number, row in enumerate(rows):
             what = f"row {row_number}"
             png, ids = row.get("label"), row.get("label_ids")
             if _missing(png) == _missing(ids):
                 raise InputError(f"{what}: give exactly one of 'label' (PNG bytes) or 'label_ids' (nested list of "
                                  "integers)")
+            height, width = _size(png, ids, what)
+            check_pixels(height, width, what, self.max_image_pixels, "this model's serve limit")
+            total += height * width
+            if total > self.max_request_pixels:
+                raise InputError(f"the request holds more than {self.max_request_pixels} pixels in all (this model's "
+                                 f"serve limit per request; {total} by row {row_number}); split it into smaller "
+                                 "requests")
+
+    def _predict(self, model_input: pd.DataFrame, params: dict | None) -> pd.DataFrame:
+        edges_from_labels = bool((params or {}).get("edges_from_labels", False))
+        if not isinstance(model_input, pd.DataFrame):
+            model_input = pd.DataFrame(model_input)
+        rows = model_input.to_dict(orient="records")
+        self._check_sizes(rows)
+        images = []
+        for row_number, row in enumerate(rows):
+            what = f"row {row_number}"
+            png, ids = row.get("label"), row.get("label_ids")
             if not _missing(png):
                 label = decode_png(bytes(png), f"{what} 'label'")
             else:
@@ -86,7 +126,8 @@ class DAGANImageModel(mlflow.pyfunc.PythonModel):
                     raise InputError(f"{what} 'label_ids': rows must be equally long lists of integers ({err})") \
                         from None
             instance = row.get("instance")
-            instance = None if _missing(instance) else decode_png(bytes(instance), f"{what} 'instance'")
+            instance = None if _missing(instance) else decode_png(bytes(instance), f"{what} 'instance'",
+                                                                  self.max_image_pixels)
             images.append(encode_png(self.synthesizer(label, instance, edges_from_labels, what=what)))
         return pd.DataFrame({"image": images})
 

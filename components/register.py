@@ -29,7 +29,7 @@ from mlflow.tracking import MlflowClient
 import dagan
 from components.cli import entry, load, log, make_parser, run_main
 from components.import_official import origin_tags
-from components.outputs import checkpoint_path, tracking_uri, training_run_id, write_json
+from components.outputs import checkpoint_path, connect_tracking, tracking_uri, training_run_id, write_json
 from components.pyfunc_model import SIGNATURE
 from dagan.checkpoint import load_checkpoint, load_generator
 from dagan.config import Config, RegisterConfig
@@ -48,10 +48,13 @@ class Decision:
     reasons: list[str] = field(default_factory=list)
 
 
-def pyfunc_model_arguments(exported_generator: Path) -> dict:
-    """The arguments of ``mlflow.pyfunc.log_model`` / ``save_model`` that define the registered model."""
+def pyfunc_model_arguments(exported_generator: Path, limits: RegisterConfig) -> dict:
+    """The arguments of ``mlflow.pyfunc.log_model`` / ``save_model`` that define the registered model
+    (``limits``: its ``serve_max_*_pixels``)."""
     return {"python_model": str(PYFUNC_FILE), "artifacts": {"generator": str(exported_generator)},
-            "code_paths": [str(Path(dagan.__file__).parent)], "signature": SIGNATURE}
+            "code_paths": [str(Path(dagan.__file__).parent)], "signature": SIGNATURE,
+            "model_config": {"max_image_pixels": limits.serve_max_image_pixels,
+                             "max_request_pixels": limits.serve_max_request_pixels}}
 
 
 def _metric(metrics: dict, key: str, source: str) -> float:
@@ -124,12 +127,12 @@ def _run(config: Config) -> int:
     origin = load_checkpoint(checkpoint_path(config)).get("origin")  # imported official models say where from
     height = round(train_config.dataset.crop_size / train_config.dataset.aspect_ratio)
 
-    mlflow.set_tracking_uri(tracking_uri(config))
+    connect_tracking(tracking_uri(config))
     client = MlflowClient()
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
         exported = export_generator(Path(tmp) / "generator.pt", generator, train_config, layout)
         info = mlflow.pyfunc.log_model(
-            name="model", **pyfunc_model_arguments(exported),
+            name="model", **pyfunc_model_arguments(exported, config.register),
             input_example=_input_example(layout, (height, train_config.dataset.crop_size)),
             pip_requirements=[f"{p}=={package_version(p)}" for p in REQUIREMENTS], registered_model_name=name,
         )

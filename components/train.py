@@ -1,57 +1,66 @@
 """``python -m components.train``: train DAGAN, tracked in MLflow (issue 4).
 
-    python -m components.train [--params FILE] [-S key=value ...] [--resume PATH]
+    python -m components.train [--params FILE] [-S key=value ...] [--resume PATH] [--force-new-run]
     torchrun --nproc_per_node N -m components.train ...      (DDP; rank 0 alone talks to MLflow)
 
 Resumes from the newest checkpoint in ``train.out_dir`` (continuing the same MLflow run) unless
-``--resume`` names one. Writes into ``train.out_dir``: ``checkpoints/``, ``config.yaml``,
-``metrics.json`` and ``mlflow_run.json`` (docs/ARCHITECTURE.md, "Training outputs").
-The tracking URI is ``$MLFLOW_TRACKING_URI`` when set, else ``mlflow.tracking_uri``.
-SIGTERM writes a checkpoint and exits 0; a NaN/Inf loss exits 1 naming the step.
+``--resume`` names one; the config may change only as ``dagan.train.resume`` allows (else an
+error naming the keys). ``--force-new-run`` moves the previous run's files aside to
+``<out_dir>.superseded-<time>/`` and starts afresh. Nothing reaches MLflow or ``train.out_dir``
+before the config, the data and the checkpoint are checked. Writes into ``train.out_dir``:
+``checkpoints/``, ``config.yaml``, ``metrics.json`` and ``mlflow_run.json`` (docs/ARCHITECTURE.md,
+"Training outputs"). The tracking URI is ``$MLFLOW_TRACKING_URI`` when set, else
+``mlflow.tracking_uri``; its credentials never reach a param, file or log line.
+SIGTERM writes a checkpoint and exits 0, SIGINT (Ctrl-C) writes one and exits 130; a NaN/Inf
+loss or weight exits 1 naming the step and the last good checkpoint.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 import numpy as np
 
 from components.cli import entry, load, log, make_parser, run_main
-from dagan.checkpoint import latest_checkpoint
+from components.outputs import RUN_FILE, connect_tracking, tracking_uri, write_json
 from dagan.config import Config, save_config
 from dagan.distributed import env_rank
-from dagan.train import NonFiniteLossError, NullLogger, TrainResult, train
+from dagan.train import NonFiniteError, NullLogger, StartReport, TrainResult, train
 
-RUN_FILE = "mlflow_run.json"
 METRICS_FILE = "metrics.json"
-
-
-def redact(uri: str) -> str:
-    """The URI without user:password (MLflow params, tags and output files are not secret)."""
-    parts = urlsplit(uri)
-    if parts.username is None and parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    return urlunsplit(parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host))
+RUN_FILES = ("checkpoints", "config.yaml", METRICS_FILE, RUN_FILE)  # what --force-new-run moves aside
+OUT_DIR_TAG = "dagan.out_dir"
+SIGINT_EXIT = 130  # 128 + SIGINT: a shell or make stops as after any Ctrl-C (the checkpoint is written)
 
 
 class MlflowLogger(NullLogger):
-    """:class:`dagan.train.TrainingLogger` writing to the active MLflow run."""
+    """:class:`dagan.train.TrainingLogger` writing to an MLflow run that it opens in :meth:`on_start`."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.run: mlflow.ActiveRun | None = None
+
+    def on_start(self, report: StartReport) -> None:
+        self.run = _start_run(self.config, Path(self.config.train.out_dir), report)
 
     def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
         mlflow.log_metrics(dict(metrics), step=step, synchronous=False)
 
     def log_images(self, step: int, name: str, image: np.ndarray) -> None:
         mlflow.log_image(image, artifact_file=f"{name}/step-{step:08d}.png")
+
+    def end(self, status: str) -> None:
+        if self.run is not None:
+            mlflow.flush_async_logging()
+            mlflow.end_run(status=status)
 
 
 def _git_commit() -> str:
@@ -64,37 +73,69 @@ def _git_commit() -> str:
 
 
 def data_checksum(prepared_dir: str | Path) -> str:
-    """sha256 of the prepared manifest (which lists every shard's sha256)."""
+    """sha256 of the prepared manifest (which lists every shard's sha256, verified before training)."""
     path = Path(prepared_dir) / "manifest.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; run `python -m components.prepare` (dvc stage prepare) first")
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _start_run(config: Config, out_dir: Path, tracking_uri: str, resuming: bool) -> mlflow.ActiveRun:
-    mlflow.set_tracking_uri(tracking_uri)
+def _close_stale_runs(client: mlflow.MlflowClient, experiment_id: str, out_dir: Path) -> None:
+    """Runs of this out_dir still RUNNING belong to processes killed outright (SIGKILL, OOM): mark them KILLED."""
+    if "'" in str(out_dir.resolve()):  # not expressible in an MLflow filter string
+        return
+    stale = client.search_runs([experiment_id], f"attributes.status = 'RUNNING' and tags.`{OUT_DIR_TAG}` = "
+                               f"'{out_dir.resolve()}'")
+    for run in stale:
+        client.set_tag(run.info.run_id, "dagan.stop_reason", "process killed (a new run started in its out_dir)")
+        client.set_terminated(run.info.run_id, "KILLED")
+        log.warning("MLflow run %s of %s was left RUNNING by a killed process; marked KILLED", run.info.run_id,
+                    out_dir)
+
+
+def _start_run(config: Config, out_dir: Path, report: StartReport) -> mlflow.ActiveRun:
+    """Open the run (continued when resuming), then write config.yaml and mlflow_run.json."""
+    uri = connect_tracking(tracking_uri(config))
     run_file = out_dir / RUN_FILE
-    if resuming and run_file.is_file():
+    if report.resumed_from is not None and run_file.is_file():
         run_id = json.loads(run_file.read_text())["run_id"]
         log.info("continuing MLflow run %s", run_id)
-        return mlflow.start_run(run_id=run_id, log_system_metrics=True)
-    experiment = mlflow.set_experiment(config.mlflow.experiment)
-    run = mlflow.start_run(experiment_id=experiment.experiment_id, log_system_metrics=True)
-    params = config.flat()
-    params["mlflow.tracking_uri"] = redact(str(params["mlflow.tracking_uri"]))
-    mlflow.log_params(params)
-    mlflow.set_tags({"git_commit": _git_commit(), "variant": config.model.variant, "dataset": config.dataset.name,
-                     "data_sha256": data_checksum(config.dataset.prepared_dir)})
-    with tempfile.TemporaryDirectory() as tmp:
-        save_config(config, Path(tmp) / "config.yaml")
-        mlflow.log_artifact(str(Path(tmp) / "config.yaml"))
+        run = mlflow.start_run(run_id=run_id, log_system_metrics=True)
+        if report.changes:
+            mlflow.set_tag(f"dagan.resumed_at_step_{report.step}", "; ".join(report.changes))
+    else:
+        experiment = mlflow.set_experiment(config.mlflow.experiment)
+        _close_stale_runs(mlflow.MlflowClient(), experiment.experiment_id, out_dir)
+        run = mlflow.start_run(experiment_id=experiment.experiment_id, log_system_metrics=True)
+        mlflow.log_params(config.flat())
+        mlflow.set_tags({"git_commit": _git_commit(), "variant": config.model.variant,
+                         "dataset": config.dataset.name, "data_sha256": data_checksum(config.dataset.prepared_dir),
+                         OUT_DIR_TAG: str(out_dir.resolve())})
+        with tempfile.TemporaryDirectory() as tmp:
+            save_config(config, Path(tmp) / "config.yaml")
+            mlflow.log_artifact(str(Path(tmp) / "config.yaml"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, out_dir / "config.yaml")
+    write_json(run_file, {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "tracking_uri": uri})
     return run
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+def set_aside(out_dir: Path) -> Path | None:
+    """Move the previous run's files out of ``out_dir`` into ``<out_dir>.superseded-<time>/`` (never deleted)."""
+    present = [name for name in RUN_FILES if (out_dir / name).exists()]
+    if not present:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = out_dir.with_name(f"{out_dir.name}.superseded-{stamp}")
+    for number in range(2, 100):
+        if not target.exists():
+            break
+        target = out_dir.with_name(f"{out_dir.name}.superseded-{stamp}-{number}")
+    target.mkdir(parents=True)
+    for name in present:
+        (out_dir / name).rename(target / name)
+    log.warning("--force-new-run: moved %s of the previous run to %s", ", ".join(present), target)
+    return target
 
 
 def _final_metrics(result: TrainResult) -> dict:
@@ -102,41 +143,39 @@ def _final_metrics(result: TrainResult) -> dict:
             **{key: round(value, 6) for key, value in result.metrics.items()}}
 
 
-def _run(config: Config, resume: str | None) -> int:
+def _run(config: Config, resume: str | None, force_new_run: bool) -> int:
     out_dir = Path(config.train.out_dir)
+    if force_new_run and resume is not None:
+        raise ValueError("--force-new-run starts afresh; it cannot be combined with --resume PATH")
     if env_rank() != 0:  # DDP workers: train only; rank 0 tracks and writes
         try:
             train(config, None, resume)
-        except NonFiniteLossError as err:
+        except NonFiniteError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
         return 0
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, out_dir / "config.yaml")
-    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or config.mlflow.tracking_uri
-    resuming = resume is not None or latest_checkpoint(out_dir) is not None
-    run = _start_run(config, out_dir, tracking_uri, resuming)
-    _write_json(out_dir / RUN_FILE, {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
-                                     "tracking_uri": redact(tracking_uri)})
+    if force_new_run:
+        set_aside(out_dir)
+    logger = MlflowLogger(config)
     try:
-        result = train(config, MlflowLogger(), resume)
-    except NonFiniteLossError as err:
-        mlflow.end_run(status="FAILED")
+        result = train(config, logger, resume)
+    except NonFiniteError as err:
+        logger.end("FAILED")
         print(f"error: {err}", file=sys.stderr)
         return 1
     except BaseException:
-        mlflow.end_run(status="FAILED")
+        logger.end("FAILED")
         raise
-    metrics = _final_metrics(result)
-    _write_json(out_dir / METRICS_FILE, metrics)
-    mlflow.flush_async_logging()
+    write_json(out_dir / METRICS_FILE, _final_metrics(result))
     if result.stopped_early:
-        mlflow.end_run(status="KILLED")
-        print(f"stopped at step {result.step}/{result.total_steps} (SIGTERM or stop request); checkpoint "
+        mlflow.set_tag("dagan.stop_reason", result.stop_reason)
+        logger.end("KILLED")
+        print(f"stopped at step {result.step}/{result.total_steps} ({result.stop_reason}); checkpoint "
               f"{result.checkpoint}; run the same command again to resume")
-        return 0
-    mlflow.end_run()
-    log.info("trained %d steps; final checkpoint %s; MLflow run %s", result.step, result.checkpoint, run.info.run_id)
+        return SIGINT_EXIT if result.stop_reason == "SIGINT" else 0
+    logger.end("FINISHED")
+    log.info("trained %d steps; final checkpoint %s; MLflow run %s", result.step, result.checkpoint,
+             logger.run.info.run_id if logger.run else "-")
     return 0
 
 
@@ -144,8 +183,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser(__doc__.splitlines()[0])
     parser.add_argument("--resume", metavar="PATH",
                         help="checkpoint to resume from (default: the newest in train.out_dir, if any)")
+    parser.add_argument("--force-new-run", action="store_true",
+                        help="start a new run in train.out_dir: the previous run's checkpoints, config.yaml, "
+                             "metrics.json and mlflow_run.json move to <out_dir>.superseded-<time>/")
     args = parser.parse_args(argv)
-    return run_main(lambda: _run(load(args), args.resume))
+    return run_main(lambda: _run(load(args), args.resume, args.force_new_run))
 
 
 if __name__ == "__main__":

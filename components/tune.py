@@ -28,6 +28,8 @@ import csv
 import io
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,10 +40,9 @@ from mlflow import MlflowClient
 from mlflow.entities import Param
 
 from components.cli import entry, log, make_parser, run_main
-from components.outputs import judge_path, tracking_uri, write_json
-from components.train import redact
+from components.outputs import connect_tracking, judge_path, tracking_uri, write_json
 from components.tune_trial import PARENT_TAG, TrialSetup, run_trial
-from dagan.config import Config, ConfigError, load_config, merge_overrides
+from dagan.config import Config, ConfigError, load_config, merge_overrides, redact_uri
 from dagan.search_space import Dimension, parse_search_space
 
 RUN_FILE = "mlflow_run.json"
@@ -54,7 +55,7 @@ def check_tracking_uri(uri: str) -> None:
     """Refuse tracking stores that several processes on several nodes cannot share."""
     if urlsplit(uri).scheme not in SERVER_SCHEMES:
         raise ConfigError(
-            f"MLflow tracking URI {redact(uri)!r}: a sweep needs a tracking server. Ray Tune trials are separate "
+            f"MLflow tracking URI {redact_uri(uri)!r}: a sweep needs a tracking server. Ray Tune trials are separate "
             "processes (on other nodes with --address) logging at the same time; a sqlite file or a local folder "
             "is neither safe for concurrent writers nor visible from other nodes. Start one, e.g. "
             "`mlflow server --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5001`, and set "
@@ -88,8 +89,11 @@ def gpus_per_trial(requested: float | None, available: float) -> float:
 
 
 def _raw_params(path: str, overrides: Sequence[str]) -> dict[str, Any]:
-    """The params file with the -S overrides applied, unresolved (nulls kept), as a plain dict."""
-    return merge_overrides(yaml.safe_load(Path(path).read_text()) or {}, overrides)
+    """The params file with the -S overrides applied, unresolved (nulls kept), credentials removed, as a dict."""
+    raw = merge_overrides(yaml.safe_load(Path(path).read_text()) or {}, overrides)
+    if isinstance(raw.get("mlflow"), dict) and isinstance(raw["mlflow"].get("tracking_uri"), str):
+        raw["mlflow"]["tracking_uri"] = redact_uri(raw["mlflow"]["tracking_uri"])
+    return raw
 
 
 def _param_space(dimensions: list[Dimension]) -> dict[str, Any]:
@@ -125,11 +129,9 @@ def _parent_run(client: MlflowClient, config: Config, keys: list[str], resume: b
     run = client.create_run(experiment_id, run_name=f"sweep-{config.tune.name}",
                             tags={"ray.experiment": config.tune.name, "tune.swept": ",".join(keys),
                                   "tune.metric": config.tune.metric})
-    params = config.flat()
-    params["mlflow.tracking_uri"] = redact(str(params["mlflow.tracking_uri"]))
-    _log_params(client, run.info.run_id, params)
+    _log_params(client, run.info.run_id, config.flat())
     write_json(record, {"run_id": run.info.run_id, "experiment_id": experiment_id,
-                        "tracking_uri": redact(tracking_uri(config))})
+                        "tracking_uri": redact_uri(tracking_uri(config))})
     return run.info.run_id, experiment_id
 
 
@@ -186,7 +188,9 @@ def _summarise(results, client: MlflowClient, config: Config, keys: list[str], r
         status = "error" if result.error else ("stopped_early" if step < opts.max_steps else "finished")
         if result.error:
             failed.append(trial_id)
-        if run is not None and run.info.status == "RUNNING":  # a worker that ended before closing its run
+        if run is not None and status == "stopped_early":
+            client.set_tag(run.info.run_id, "tune.stopped_early", "true")
+        if run is not None and run.info.status == "RUNNING":  # stopped by the scheduler, or a worker that died
             client.set_terminated(run.info.run_id, {"error": "FAILED", "stopped_early": "KILLED"}.get(status,
                                                                                                       "FINISHED"))
         rows.append({"trial_id": trial_id, "mlflow_run_id": run.info.run_id if run else "", "status": status,
@@ -257,8 +261,8 @@ def _run(args) -> int:
     config = load_config(args.params, overrides)
     raw = _raw_params(args.params, overrides)
     dimensions = parse_search_space(config.tune.search_space, raw, args.params)
-    uri = tracking_uri(config)
-    check_tracking_uri(uri)
+    check_tracking_uri(tracking_uri(config))
+    uri = connect_tracking(tracking_uri(config))  # credentials -> MLFLOW_TRACKING_USERNAME/PASSWORD (Ray inherits)
     judge = judge_path(config).resolve()
     if not judge.is_file():
         raise FileNotFoundError(f"judge checkpoint {judge} does not exist; run `dvc repro train_judge` "
@@ -291,14 +295,16 @@ def _sweep(config: Config, args, raw: dict, dimensions: list[Dimension], uri: st
         ray.init(address=args.address, runtime_env=runtime_env)
     else:
         ray.init(num_cpus=config.tune.num_cpus, include_dashboard=False, runtime_env=runtime_env)
+    scratch = Path(tempfile.mkdtemp(prefix=f"dagan-tune-{config.tune.name}-"))
     try:
         gpus = gpus_per_trial(config.tune.gpus_per_trial, ray.cluster_resources().get("GPU", 0))
         base = merge_overrides(raw, {
             "train.max_steps": config.tune.max_steps, "train.checkpoint_every": config.tune.eval_every,
             "train.device": "cuda" if gpus > 0 else "cpu", "dataset.prepared_dir": str(prepared),
-            "evaluate.judge": str(judge), "mlflow.tracking_uri": redact(uri)})
+            "evaluate.judge": str(judge), "mlflow.tracking_uri": uri})
         setup = TrialSetup(base=base, source=args.params, keys=tuple(keys), judge_path=str(judge), tracking_uri=uri,
-                           experiment_id=parent[1], parent_run_id=parent[0], sweep_name=config.tune.name)
+                           experiment_id=parent[1], parent_run_id=parent[0], sweep_name=config.tune.name,
+                           scratch_dir=str(scratch))
         log.info("sweep %s: %d trial(s) over %s, %s GPU(s) and %s CPU(s) each; MLflow parent run %s",
                  config.tune.name, config.tune.num_samples, ", ".join(keys), gpus, config.tune.cpus_per_trial,
                  parent[0])
@@ -306,6 +312,7 @@ def _sweep(config: Config, args, raw: dict, dimensions: list[Dimension], uri: st
         return _summarise(results, client, config, keys, raw, parent, args.params)
     finally:
         ray.shutdown()
+        shutil.rmtree(scratch, ignore_errors=True)  # trials stopped inside tune.report leave theirs behind
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -26,7 +26,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from torch.utils.data import DataLoader
 
-from components.train import _git_commit, redact
+from components.train import _git_commit
 from dagan.config import Config, config_from_dict, merge_overrides
 from dagan.data import PairedDataset, read_manifest
 from dagan.distributed import resolve_device
@@ -47,10 +47,11 @@ class TrialSetup:
     source: str  # the params file, for error messages
     keys: tuple[str, ...]  # the swept dotted keys
     judge_path: str
-    tracking_uri: str  # the real URI (may hold credentials): never logged, only used
+    tracking_uri: str  # no credentials: they travel as MLFLOW_TRACKING_USERNAME/PASSWORD (outputs.connect_tracking)
     experiment_id: str
     parent_run_id: str
     sweep_name: str
+    scratch_dir: str  # trials' training folders (one per trial id), removed when the sweep ends
 
 
 def trial_config(setup: TrialSetup, sampled: Mapping[str, Any], out_dir: Path) -> Config:
@@ -145,9 +146,7 @@ def _start_run(client: MlflowClient, setup: TrialSetup, config: Config, sampled:
             "ray.experiment": setup.sweep_name, "tune.swept": ",".join(setup.keys),
             "variant": config.model.variant, "dataset": config.dataset.name, "git_commit": _git_commit()}
     run = client.create_run(setup.experiment_id, run_name=trial_name, tags=tags)
-    params = config.flat()
-    params["mlflow.tracking_uri"] = redact(str(params["mlflow.tracking_uri"]))
-    items = [Param(key, str(value)) for key, value in params.items()]
+    items = [Param(key, str(value)) for key, value in config.flat().items()]
     for start in range(0, len(items), 100):
         client.log_batch(run.info.run_id, params=items[start:start + 100])
     client.log_dict(run.info.run_id, dict(sampled), "sampled.json")
@@ -155,11 +154,26 @@ def _start_run(client: MlflowClient, setup: TrialSetup, config: Config, sampled:
 
 
 def run_trial(sampled: dict[str, Any], setup: TrialSetup) -> None:
-    """The Ray Tune trainable: ``sampled`` maps the swept dotted keys to this trial's values."""
+    """The Ray Tune trainable: ``sampled`` maps the swept dotted keys to this trial's values.
+
+    The trial trains in ``<setup.scratch_dir>/<trial id>`` on its node, not in its Ray trial folder:
+    Ray copies the trial folder to the storage with the experiment state, which would upload every
+    training checkpoint and race with their pruning (a failed "Saving experiment state" when a file
+    vanished mid-copy). What must survive goes to the storage as ``tune.report`` checkpoints; the
+    sweep removes the scratch folder when it ends.
+    """
     from ray import tune
 
     context = tune.get_context()
-    work_dir = Path(context.get_trial_dir()) / "dagan"
+    work_dir = Path(setup.scratch_dir) / context.get_trial_id()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        _run_trial(sampled, setup, context, work_dir)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _run_trial(sampled: dict[str, Any], setup: TrialSetup, context, work_dir: Path) -> None:
     config = trial_config(setup, sampled, work_dir)
     client = MlflowClient(setup.tracking_uri)
     resume, run_id = _restore(work_dir)
@@ -170,10 +184,8 @@ def run_trial(sampled: dict[str, Any], setup: TrialSetup) -> None:
     probe = build_probe(config, setup.judge_path)
     try:
         train(config, TrialReporter(client, run_id, probe, work_dir / "report"), resume)
-    except SystemExit:  # ASHA stopped the trial inside tune.report
-        client.set_tag(run_id, "tune.stopped_early", "true")
-        client.set_terminated(run_id, "KILLED")
-        raise
+    except SystemExit:  # the scheduler stopped the trial inside tune.report: Ray ends this process right away
+        raise  # (no work here: components.tune closes the MLflow run of a stopped trial)
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise

@@ -68,7 +68,8 @@ def generate(args: argparse.Namespace) -> int:
             synthesizer = load_from_mlflow(args.model)
         else:
             synthesizer = load_synthesizer(args.model, manifest_dir=args.manifest)
-        written = generate_dir(synthesizer, args.labels, args.out, args.instances, args.edges_from_labels)
+        written = generate_dir(synthesizer, args.labels, args.out, args.instances, args.edges_from_labels,
+                               args.overwrite)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

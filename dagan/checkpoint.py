@@ -5,14 +5,22 @@ resolved config as a plain dict), ``semantic_nc``, ``generator``, ``discriminato
 (or None), ``optimizer_g``, ``optimizer_d``, ``scaler`` (or None), ``step``, ``epoch`` and
 ``rng`` (python / numpy / torch / cuda states as tensors and plain lists). Everything is
 loadable with ``torch.load(..., weights_only=True)``. Files are written to a temporary name
-in the same directory and renamed, so a crash never leaves a half-written checkpoint.
+in the same directory and renamed, so a crash never leaves a half-written checkpoint; the
+temporary files of killed writers are removed when the next run starts
+(:func:`remove_stale_temporaries`). A file that is truncated or not a checkpoint is a
+CheckpointError naming it; resuming skips an unreadable newest checkpoint for the newest
+readable one (:func:`load_latest_checkpoint`). A generator with NaN/Inf weights is refused.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
+import pickle
 import random
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +28,14 @@ import numpy as np
 import torch
 
 from dagan.config import Config, config_from_dict
+from dagan.finite import describe_non_finite, non_finite_tensors
 
 FORMAT_VERSION = 1
 STEP_PATTERN = re.compile(r"^step-(\d{8})\.pt$")
+TEMPORARY_PATTERN = re.compile(r"^\..+\.tmp-(\d+)$")
 FINAL_NAME = "final.pt"
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # errnos of a full disk or quota (checkpoints, shards, components.cli)
+log = logging.getLogger("dagan.checkpoint")
 
 
 class CheckpointError(ValueError):
@@ -75,9 +87,40 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # torch's zip writer may raise a RuntimeError while closing after an OSError
+        cause = err if isinstance(err, OSError) else err.__context__
+        if isinstance(cause, OSError) and cause.errno in DISK_FULL:
+            raise CheckpointError(
+                f"no space left on the device of {path.parent} while writing checkpoint {path.name}; the earlier "
+                "checkpoints are intact: free space there (or set train.out_dir to another disk) and run the same "
+                "command again to resume"
+            ) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def remove_stale_temporaries(out_dir: str | Path) -> list[Path]:
+    """Delete the ``.<name>.tmp-<pid>`` files that writers killed mid-write left behind (pid not running)."""
+    folder = checkpoint_dir(out_dir)
+    stale = []
+    for path in folder.iterdir() if folder.is_dir() else []:
+        match = TEMPORARY_PATTERN.match(path.name)
+        if match and not _process_alive(int(match.group(1))):
+            path.unlink(missing_ok=True)
+            stale.append(path)
+    return stale
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def prune_checkpoints(out_dir: str | Path, keep_last: int) -> list[Path]:
@@ -101,15 +144,36 @@ def _step_checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
     return found
 
 
-def latest_checkpoint(out_dir: str | Path) -> Path | None:
-    """The step checkpoint with the highest step in ``out_dir``, or final.pt if it is newer."""
-    candidates = _step_checkpoints(out_dir)
+def load_latest_checkpoint(
+    out_dir: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[Path, dict[str, Any]] | None:
+    """(path, state) of the newest readable checkpoint in ``out_dir`` (final.pt wins a tie), or None.
+
+    An unreadable newer checkpoint (e.g. truncated by a full disk) is skipped with a warning that
+    names it; when checkpoints exist but none is readable, a CheckpointError lists them.
+    """
     final = checkpoint_dir(out_dir) / FINAL_NAME
+    final_state, unreadable = None, []
     if final.is_file():
-        candidates.append((load_checkpoint(final)["step"], final))
-    if not candidates:
-        return None
-    return max(candidates, key=lambda item: (item[0], item[1].name == FINAL_NAME))[1]
+        try:
+            final_state = load_checkpoint(final, map_location)
+        except CheckpointError as err:
+            unreadable.append(str(err))
+            log.warning("%s; looking for the newest step checkpoint", err)
+    for step, path in sorted(_step_checkpoints(out_dir), reverse=True):
+        if final_state is not None and final_state["step"] >= step:
+            break
+        try:
+            return path, load_checkpoint(path, map_location)
+        except CheckpointError as err:
+            unreadable.append(str(err))
+            log.warning("%s; falling back to the previous checkpoint", err)
+    if final_state is not None:
+        return final, final_state
+    if unreadable:
+        raise CheckpointError(f"no readable checkpoint in {checkpoint_dir(out_dir)}: {'; '.join(unreadable)}. Move "
+                              "them away to start afresh, or resume from a copy with --resume PATH")
+    return None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -117,7 +181,19 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    with path.open("rb") as handle:
+        if handle.read(4) != b"PK\x03\x04":  # torch.save writes a zip archive
+            raise CheckpointError(f"{path} is not a DAGAN checkpoint (not a PyTorch checkpoint file); checkpoints "
+                                  "come from python -m components.train")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = str(err).partition("WeightsUnpickler error:")[2].strip().split("\n")[0] or "unknown content"
+        raise CheckpointError(f"{path} is not a DAGAN checkpoint: it holds objects that a safe (weights-only) load "
+                              f"refuses ({reason}); checkpoints come from python -m components.train") from None
+    except (RuntimeError, OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as err:
+        raise CheckpointError(f"{path} is truncated or not a checkpoint ({_load_failure(err)}); use another "
+                              "checkpoint or write it again") from None
     version = state.get("format_version") if isinstance(state, dict) else None
     if version != FORMAT_VERSION:
         raise CheckpointError(
@@ -125,6 +201,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             "retrain or convert the checkpoint with the version of the code that wrote it"
         )
     return state
+
+
+def _load_failure(err: BaseException) -> str:
+    """The first sentence of torch's reason (its advice is not ours to give)."""
+    if isinstance(err, OSError):
+        return err.strerror or type(err).__name__
+    if isinstance(err, EOFError):
+        return "the file is empty or cut short"
+    return str(err).split(". ")[0].split("\n")[0] or type(err).__name__
 
 
 def load_generator(path: str | Path, use_ema: bool = True, map_location: str | torch.device = "cpu"):
@@ -139,5 +224,9 @@ def load_generator(path: str | Path, use_ema: bool = True, map_location: str | t
     config: Config = config_from_dict(state["config"], f"{path} (config)")
     generator = build_generator(config, state["semantic_nc"])
     weights = state["ema"] if use_ema and state["ema"] is not None else state["generator"]
+    bad = non_finite_tensors(weights)
+    if bad:
+        raise CheckpointError(f"{path}: the generator has {describe_non_finite(bad)}; the training that wrote it "
+                              "diverged: use an earlier checkpoint, or retrain with lower learning rates")
     generator.load_state_dict(weights)
     return generator.eval(), config, state["semantic_nc"]

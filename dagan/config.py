@@ -18,6 +18,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
@@ -42,6 +43,27 @@ class ConfigError(ValueError):
     """A config file or override is invalid; the message says which key and how to fix it."""
 
 
+def _check(condition: bool, key: str, value: Any, rule: str) -> None:
+    """Raise ``key=value <rule>`` unless ``condition`` (the range checks of the sections below)."""
+    if not condition:
+        raise ConfigError(f"{key}={value!r} {rule}")
+
+
+def _at_least(section: Any, prefix: str, minimum: float, *names: str, hint: str = "") -> None:
+    for name in names:
+        value = getattr(section, name)
+        _check(value is None or value >= minimum, f"{prefix}.{name}", value, f"must be >= {minimum}{hint}")
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` without ``user:password@`` (configs, params, tags, files and logs never hold credentials)."""
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    return urlunsplit(parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host))
+
+
 @dataclass(frozen=True)
 class DatasetConfig:
     name: str = "synthetic"  # preset: cityscapes | ade20k | celebamask_hq | facades | coco_stuff | custom | synthetic
@@ -53,6 +75,15 @@ class DatasetConfig:
     flip: bool = True  # random horizontal flip at training time
     num_workers: int = 2  # DataLoader worker processes
     rows_per_shard: int = 512
+    max_classes: int = 256  # custom datasets: more label ids than this is an error (8-bit label storage: <= 256)
+
+    def __post_init__(self) -> None:
+        _at_least(self, "dataset", 1, "load_size", "crop_size", "rows_per_shard", "max_classes")
+        _at_least(self, "dataset", 0, "num_workers")
+        _check(self.aspect_ratio is None or self.aspect_ratio > 0, "dataset.aspect_ratio", self.aspect_ratio,
+               "must be > 0 (width / height, e.g. 2.0 for Cityscapes)")
+        _check(self.max_classes <= 256, "dataset.max_classes", self.max_classes,
+               "must be <= 256: prepared label maps store ids (and don't care) as 8-bit PNGs")
 
 
 @dataclass(frozen=True)
@@ -78,6 +109,11 @@ class ModelConfig:
     init_gain: float = 0.02
     # false: as the official code on a GPU, where spectral-norm convolutions keep PyTorch's default init
     init_spectral_norm_weights: bool = True
+
+    def __post_init__(self) -> None:
+        _at_least(self, "model", 1, "ngf", "ndf", "num_discriminators", "n_layers_d")
+        _check(self.sam_kernel_size % 2 == 1 and self.sam_kernel_size > 0, "model.sam_kernel_size",
+               self.sam_kernel_size, "must be odd and >= 1 (the SAM convolution keeps the map size)")
 
     def attention(self) -> tuple[bool, str]:
         """(use_sam, cam_mode) for this model, from the variant or the custom knobs."""
@@ -124,7 +160,17 @@ class TrainConfig:
     checkpoint_every: int = 200  # steps
     keep_last: int = 3
     log_every: int = 10
-    sample_every: int = 200
+    sample_every: int = 200  # 0: no sample grids
+
+    def __post_init__(self) -> None:
+        _at_least(self, "train", 1, "batch_size", hint=" (the global batch, split across processes)")
+        _at_least(self, "train", 1, "checkpoint_every", "log_every", hint=" (steps)")
+        _at_least(self, "train", 0, "epochs", "epochs_decay", "keep_last", "sample_every")
+        _at_least(self, "train", 0, "max_steps", hint=" (0: the whole schedule)")
+        for name in ("lr_g", "lr_d"):
+            _check(getattr(self, name) > 0, f"train.{name}", getattr(self, name), "must be > 0")
+        for name in ("beta1", "beta2", "ema_decay"):
+            _check(0 <= getattr(self, name) < 1, f"train.{name}", getattr(self, name), "must be in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -149,6 +195,10 @@ class JudgeConfig:
     pretrained_input: Literal["imagenet", "unit", "symmetric"] = "imagenet"  # pretrained input scaling
     out_dir: str = "outputs/judge"
 
+    def __post_init__(self) -> None:
+        _at_least(self, "judge", 1, "width", "levels", "epochs", "batch_size")
+        _check(self.lr > 0, "judge.lr", self.lr, "must be > 0")
+
 
 @dataclass(frozen=True)
 class EvaluateConfig:
@@ -168,6 +218,9 @@ class EvaluateConfig:
     download_weights: bool = True  # fetch missing FID/LPIPS weights into the torch hub cache when online
     out_dir: str = "outputs/eval"
 
+    def __post_init__(self) -> None:
+        _at_least(self, "evaluate", 1, "batch_size", "num_grid_samples", "num_attention_samples")
+
 
 @dataclass(frozen=True)
 class RegisterConfig:
@@ -178,7 +231,14 @@ class RegisterConfig:
     greater_is_better: bool = True
     gate_miou_ratio: float = 0.6  # champion needs judge mIoU(generated) >= ratio x judge mIoU(real)
     gate_fd_beats_baseline: bool = True  # champion needs fd_judge(generated) < fd_judge(mean-colour baseline)
+    # Served model (components/pyfunc_model.py), HTTP 400 above: pixels per label map (peak memory grows with it:
+    # 512x512 = 1.3 GiB peak RSS for the synthetic ngf-16 model, README "Reliability") and per request (time).
+    serve_max_image_pixels: int = 512 * 512
+    serve_max_request_pixels: int = 4 * 512 * 512
     out_dir: str = "outputs/register"
+
+    def __post_init__(self) -> None:
+        _at_least(self, "register", 1, "serve_max_image_pixels", "serve_max_request_pixels")
 
 
 def _default_search_space() -> dict[str, dict[str, dict[str, Any]]]:
@@ -234,7 +294,10 @@ class Config:
     tune: TuneConfig = field(default_factory=TuneConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain dict of every section; credentials in ``mlflow.tracking_uri`` are removed (redact_uri)."""
+        data = dataclasses.asdict(self)
+        data["mlflow"]["tracking_uri"] = redact_uri(data["mlflow"]["tracking_uri"])
+        return data
 
     def flat(self) -> dict[str, Any]:
         """Dotted key -> value, e.g. for MLflow params."""
@@ -258,7 +321,10 @@ class Config:
             sections[name] = dataclasses.replace(
                 sec, **{k: v for k, v in values.items() if getattr(sec, k) is None}
             )
-        return dataclasses.replace(self, **sections)
+        resolved = dataclasses.replace(self, **sections)
+        _check(resolved.train.epochs + resolved.train.epochs_decay >= 1, "train.epochs + train.epochs_decay",
+               resolved.train.epochs + resolved.train.epochs_decay, "must be >= 1: there is nothing to train")
+        return resolved
 
 
 def _type_name(tp: Any) -> str:
@@ -372,7 +438,14 @@ def load_config(path: str | Path = "params.yaml", overrides: typing.Iterable[str
             data = yaml.safe_load(fh) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    return config_from_dict(merge_overrides(data, overrides), str(path)).resolved()
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the file holds a {type(data).__name__} ({str(data)[:60]!r}), not a mapping of "
+                          "sections (dataset:, model:, train:, ...); see params.yaml for the layout")
+    config = config_from_dict(merge_overrides(data, overrides), str(path))
+    try:
+        return config.resolved()
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
 
 
 def save_config(config: Config, path: str | Path) -> None:

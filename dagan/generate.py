@@ -84,10 +84,16 @@ def colorize(label: np.ndarray, colors: list[list[int]]) -> np.ndarray:
     return palette[label.clip(min=0)]
 
 
-def decode_png(data: bytes, what: str) -> np.ndarray:
-    """PNG bytes of a single-channel map -> (H, W) int64 array."""
+def decode_png(data: bytes, what: str, max_pixels: int | None = None) -> np.ndarray:
+    """PNG bytes of a single-channel map -> (H, W) int64 array; the size is checked (at most ``MAX_SIDE``
+    a side and ``max_pixels`` pixels) from the header, before any pixel is decoded."""
     try:
         image = Image.open(io.BytesIO(data))
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise InputError(f"{what}: not a readable PNG ({err}); send a single-channel 8- or 16-bit PNG") from None
+    width, height = image.size
+    check_pixels(height, width, what, max_pixels)
+    try:
         image.load()
     except (OSError, ValueError) as err:
         raise InputError(f"{what}: not a readable PNG ({err}); send a single-channel 8- or 16-bit PNG") from None
@@ -95,6 +101,16 @@ def decode_png(data: bytes, what: str) -> np.ndarray:
         raise InputError(f"{what}: PNG mode {image.mode} is not a label map; save label ids as a single-channel "
                          "(grayscale 8/16-bit) PNG, not colours")
     return np.asarray(image).astype(np.int64)
+
+
+def check_pixels(height: int, width: int, what: str, max_pixels: int | None = None, limit_name: str = "") -> None:
+    """Refuse a map larger than ``MAX_SIDE`` a side or ``max_pixels`` pixels (named by ``limit_name``)."""
+    if max(height, width) > MAX_SIDE:
+        raise InputError(f"{what}: size {height}x{width} is not allowed; height and width must be at most "
+                         f"{MAX_SIDE}: resize or crop the label map")
+    if max_pixels is not None and height * width > max_pixels:
+        raise InputError(f"{what}: {height}x{width} = {height * width} pixels, more than the limit of {max_pixels} "
+                         f"pixels per label map{f' ({limit_name})' if limit_name else ''}; send a smaller label map")
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -187,16 +203,18 @@ def load_synthesizer(
 
 def generate_dir(
     synthesizer: Synthesizer, labels_dir: str | Path, out_dir: str | Path,
-    instances_dir: str | Path | None = None, edges_from_labels: bool = False,
+    instances_dir: str | Path | None = None, edges_from_labels: bool = False, overwrite: bool = False,
 ) -> list[Path]:
     """Generate one PNG in ``out_dir`` per ``*.png`` label map in ``labels_dir`` (same file names).
 
     Every input is checked before anything is written, so bad input leaves no partial output.
+    ``out_dir`` is never an input folder, and files already there are replaced only with ``overwrite``.
     """
     labels_dir, out_dir = Path(labels_dir), Path(out_dir)
     files = sorted(labels_dir.glob("*.png")) if labels_dir.is_dir() else []
     if not files:
         raise FileNotFoundError(f"no *.png label maps in {labels_dir}; pass --labels DIR with label-id PNGs")
+    _check_output_folder(out_dir, [labels_dir] + ([Path(instances_dir)] if instances_dir else []), files, overwrite)
     inputs = []
     for file in files:
         label = decode_png(file.read_bytes(), str(file))
@@ -220,6 +238,18 @@ def generate_dir(
     return written
 
 
+def _check_output_folder(out_dir: Path, inputs: list[Path], files: list[Path], overwrite: bool) -> None:
+    """Refuse to write into an input folder, or over existing files unless ``overwrite``."""
+    for folder in inputs:
+        if out_dir.resolve() == folder.resolve():
+            raise InputError(f"--out {out_dir} is the input folder {folder}: the images would replace its maps; "
+                             "choose another output folder")
+    existing = [out_dir / f.name for f in files if (out_dir / f.name).exists()]
+    if existing and not overwrite:
+        raise InputError(f"{out_dir} already holds {len(existing)} of the output files (e.g. {existing[0]}); choose "
+                         "an empty output folder, or pass --overwrite to replace them")
+
+
 def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of ``python -m dagan generate`` and ``python -m components.generate``."""
     parser.add_argument("--model", required=True,
@@ -230,3 +260,5 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--edges-from-labels", action="store_true",
                         help="models trained with instance maps: use class boundaries as instance edges")
     parser.add_argument("--manifest", help="prepared dataset folder giving the label layout of a training checkpoint")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace images already in --out (never allowed: --out being an input folder)")

@@ -103,3 +103,44 @@ def test_bare_off_is_the_string_choice_not_a_boolean():
     assert (config.train.amp, config.evaluate.fid) == ("off", "off")
     with pytest.raises(ConfigError, match="not one of"):
         load_config(REPO / "params.yaml", ["train.amp=true"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.batch_size=0", "train.batch_size=0 must be >= 1 (the global batch"),
+        ("train.batch_size=-4", "train.batch_size=-4 must be >= 1"),
+        ("train.checkpoint_every=0", "train.checkpoint_every=0 must be >= 1 (steps)"),
+        ("train.log_every=0", "train.log_every=0 must be >= 1 (steps)"),
+        ("train.max_steps=-1", "train.max_steps=-1 must be >= 0 (0: the whole schedule)"),
+        ("train.lr_g=0", "train.lr_g=0.0 must be > 0"),
+        ("train.beta2=1", "train.beta2=1.0 must be in [0, 1)"),
+        ("dataset.crop_size=0", "dataset.crop_size=0 must be >= 1"),
+        ("dataset.aspect_ratio=0", "dataset.aspect_ratio=0.0 must be > 0"),
+        ("dataset.max_classes=300", "dataset.max_classes=300 must be <= 256"),
+        ("model.ngf=0", "model.ngf=0 must be >= 1"),
+        ("train.epochs=0", "train.epochs + train.epochs_decay=0 must be >= 1"),
+        ("register.serve_max_image_pixels=0", "register.serve_max_image_pixels=0 must be >= 1"),
+    ],
+)
+def test_out_of_range_values_are_one_clear_line_for_every_entry_point(override, message):
+    overrides = [override, "train.epochs_decay=0"] if override.startswith("train.epochs=") else [override]
+    with pytest.raises(ConfigError) as err:
+        load_config(REPO / "params.yaml", overrides)
+    assert message in str(err.value) and str(err.value).startswith(str(REPO / "params.yaml"))
+    assert "\n" not in str(err.value)
+
+
+def test_a_params_file_that_is_not_a_mapping_is_a_clear_error(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("just a string\n")
+    for overrides in ([], ["train.lr_g=1e-3"]):
+        with pytest.raises(ConfigError, match=r"params.yaml: the file holds a str \('just a string'\), not a mapping"):
+            load_config(params, overrides)
+
+
+def test_credentials_never_leave_the_config_object():
+    config = load_config(REPO / "params.yaml", ["mlflow.tracking_uri=http://alice:pw@mlflow.example.com:5000"])
+    assert config.mlflow.tracking_uri == "http://alice:pw@mlflow.example.com:5000"  # what the components use
+    assert config.to_dict()["mlflow"]["tracking_uri"] == "http://mlflow.example.com:5000"
+    assert config.flat()["mlflow.tracking_uri"] == "http://mlflow.example.com:5000"

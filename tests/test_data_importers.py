@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import zlib
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -36,6 +37,12 @@ def rows(prepared, split):
 
 def decode(data):
     return np.asarray(Image.open(io.BytesIO(data)))
+
+
+def bomb_png(png: bytes, width: int, height: int) -> bytes:
+    """``png`` with its IHDR claiming ``width`` x ``height`` (a few bytes that decode to gigabytes)."""
+    ihdr = png[12:16] + width.to_bytes(4, "big") + height.to_bytes(4, "big") + png[24:29]
+    return png[:8] + png[8:12] + ihdr + zlib.crc32(ihdr).to_bytes(4, "big") + png[33:]
 
 
 @pytest.fixture
@@ -207,3 +214,41 @@ def test_empty_split_and_missing_layout(tmp_path, rng):
         prepare_dataset("cityscapes", tmp_path / "empty", tmp_path / "out", load_size=32, aspect_ratio=2.0)
     with pytest.raises(DataError, match=r"does not exist"):
         prepare_dataset("ade20k", tmp_path / "nowhere", tmp_path / "out", load_size=32, aspect_ratio=1.0)
+
+
+def test_16_bit_photos_are_scaled_to_8_bit_not_clipped_to_white(tmp_path, rng):
+    source = custom(tmp_path / "raw", rng)
+    gray16 = (np.arange(32 * 48).reshape(32, 48) * 42).astype(np.uint16)  # 0..64470
+    save(source / "images" / "img0.png", gray16)
+    assert Image.open(source / "images" / "img0.png").mode == "I;16"
+    prepare_dataset("custom", source, tmp_path / "out", load_size=32, aspect_ratio=1.0)
+    stored = decode(next(r for r in rows(tmp_path / "out", "train") if r["id"] == "img0")["image"])
+    expected = (gray16.astype(np.int64) * 255 + 32767) // 65535
+    assert stored.shape == (32, 48, 3) and np.array_equal(stored[..., 0], expected)
+    assert stored.min() == 0 and 250 <= stored.max() <= 255
+
+
+def test_a_decompression_bomb_header_is_refused_by_name(tmp_path, rng):
+    source = custom(tmp_path / "raw", rng)
+    bomb = source / "images" / "img2.png"
+    header = Image.new("L", (1, 1))
+    header.save(bomb)
+    bomb.write_bytes(bomb_png(bomb.read_bytes(), 100_000, 100_000))
+    with pytest.raises(DataError, match=r"img2\.png is refused as a decompression bomb"):
+        prepare_dataset("custom", source, tmp_path / "out", load_size=32, aspect_ratio=1.0)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_custom_dataset_with_too_many_label_values_is_capped(tmp_path, rng):
+    source = custom(tmp_path / "raw", rng, values=(0, 1, 2))
+    label = np.asarray(Image.open(source / "labels" / "img1.png")).astype(np.uint16)
+    label[0, 0] = 65535  # a 16-bit "ignore" value
+    save(source / "labels" / "img1.png", label)
+    with pytest.raises(DataError) as err:
+        prepare_dataset("custom", source, tmp_path / "out", load_size=32, aspect_ratio=1.0)
+    message = str(err.value)
+    assert "65536 label ids (label values 0..65535), more than dataset.max_classes=256" in message
+    assert "classes.json" in message and "dont_care" in message
+    with pytest.raises(DataError, match="more than dataset.max_classes=2;"):
+        prepare_dataset("custom", custom(tmp_path / "raw2", rng), tmp_path / "out", load_size=32,
+                        aspect_ratio=1.0, max_classes=2)

@@ -65,6 +65,64 @@ def test_bad_label_maps_are_refused_before_anything_is_written(tmp_path, checkpo
     assert not out.exists() or not list(out.iterdir())
 
 
+def test_generate_never_writes_over_its_input_and_replaces_outputs_only_with_overwrite(tmp_path, checkpoint,
+                                                                                      capsys):
+    labels = write_labels(tmp_path / "labels")
+    before = {p.name: p.read_bytes() for p in labels.iterdir()}
+    for flags in ([], ["--overwrite"]):
+        assert dagan_main(["generate", "--model", str(checkpoint), "--labels", str(labels), "--out", str(labels),
+                           "--edges-from-labels", *flags]) == 2
+        assert "is the input folder" in capsys.readouterr().err
+        assert {p.name: p.read_bytes() for p in labels.iterdir()} == before  # the label maps are untouched
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "scene-1.png").write_bytes(b"an earlier result")
+    assert dagan_main(["generate", "--model", str(checkpoint), "--labels", str(labels), "--out", str(out),
+                       "--edges-from-labels"]) == 2
+    error = capsys.readouterr().err
+    assert "already holds 1 of the output files" in error and "--overwrite" in error
+    assert (out / "scene-1.png").read_bytes() == b"an earlier result" and not (out / "scene-0.png").exists()
+    assert dagan_main(["generate", "--model", str(checkpoint), "--labels", str(labels), "--out", str(out),
+                       "--edges-from-labels", "--overwrite"]) == 0
+    assert Image.open(out / "scene-1.png").mode == "RGB"
+
+
+def test_a_file_that_is_not_a_checkpoint_is_named_and_never_loaded_unsafely(tmp_path, capsys):
+    import argparse
+
+    import torch
+
+    labels = write_labels(tmp_path / "labels")
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"format_version": 1, "options": argparse.Namespace(x=1)}, pickled)  # needs a full unpickler
+    truncated = tmp_path / "truncated.pt"
+    torch.save({"format_version": 1, "weights": torch.zeros(1000)}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:2000])
+    for model, message in ((labels / "scene-0.png", "is not a DAGAN checkpoint"),
+                           (pickled, "is not a DAGAN checkpoint: it holds objects that a safe (weights-only) load "
+                                     "refuses"),
+                           (truncated, "is truncated or not a checkpoint")):
+        assert dagan_main(["generate", "--model", str(model), "--labels", str(labels), "--out",
+                           str(tmp_path / "out")]) == 2
+        error = capsys.readouterr().err
+        assert f"{model} {message}" in error and "weights_only=False" not in error, error
+        assert len(error.strip().splitlines()) == 1
+
+
+def test_a_decompression_bomb_label_map_is_refused_before_decoding(tmp_path, checkpoint, capsys):
+    from test_data_importers import bomb_png
+
+    labels = write_labels(tmp_path / "labels")
+    for name, size in (("huge.png", 100_000), ("large.png", 9000)):
+        (labels / name).write_bytes(bomb_png((labels / "scene-0.png").read_bytes(), size, size))
+        assert dagan_main(["generate", "--model", str(checkpoint), "--labels", str(labels), "--out",
+                           str(tmp_path / "out"), "--edges-from-labels"]) == 2
+        error = capsys.readouterr().err
+        assert name in error and ("decompression bomb" in error or f"size {size}x{size} is not allowed" in error)
+        (labels / name).unlink()
+
+
 def test_training_checkpoint_without_its_dataset_names_the_fix(tmp_path, capsys):
     checkpoint = write_checkpoint(tiny_config(tmp_path / "elsewhere"), tmp_path / "final.pt")
     labels = write_labels(tmp_path / "labels")

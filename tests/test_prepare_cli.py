@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+from disk_fixtures import run_on_small_disk
 from PIL import Image
 
 from components import prepare, synthesize
@@ -127,3 +128,16 @@ def test_prepare_and_synthesize_errors_exit_non_zero(tmp_path, capsys):
     code = synthesize.main(["--params", PARAMS, "-S", "dataset.name=cityscapes", "-S", "dataset.raw_dir=x"])
     assert code == 2 and "pass --out" in capsys.readouterr().err
     assert not (ROOT / "x").exists()
+
+
+def test_disk_full_during_prepare_is_one_line_and_leaves_nothing_half_written(tmp_path):
+    source = synthesize_to(tmp_path / "raw")
+    disk = tmp_path / "small-disk"
+    result, left = run_on_small_disk(disk, "16k", [
+        sys.executable, "-m", "components.prepare", "--params", PARAMS, "--dataset", "synthetic", "--source",
+        str(source), "--out", str(disk / "prepared"), "-S", "dataset.load_size=32"], ROOT)
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no space left on the device" in errors[0] and "prepared" in errors[0]
+    assert "Traceback" not in result.stderr
+    assert left == []  # no staging folder or partial shard left on the full disk

@@ -109,3 +109,42 @@ def test_bad_requests_get_clear_errors(server):
     no_instances = {"dataframe_split": {"columns": ["label"], "data": [[label_png()]]}}
     status, answer = post(f"{server}/invocations", no_instances)
     assert status == 400 and "instance maps" in answer["message"] and "edges_from_labels" in answer["message"]
+
+
+def blank_png(height: int, width: int) -> str:
+    return base64.b64encode(png(np.zeros((height, width), np.uint8))).decode()  # a few hundred bytes
+
+
+def test_requests_over_the_pixel_limits_get_a_400_that_states_the_limit(server):
+    huge = {"dataframe_split": {"columns": ["label"], "data": [[blank_png(2048, 2048)]]},
+            "params": {"edges_from_labels": True}}
+    status, answer = post(f"{server}/invocations", huge)
+    assert status == 400 and "2048x2048 = 4194304 pixels, more than the limit of 262144 pixels per label map" in \
+        answer["message"]
+    many = {"dataframe_split": {"columns": ["label"], "data": [[blank_png(512, 512)]] * 5},
+            "params": {"edges_from_labels": True}}
+    status, answer = post(f"{server}/invocations", many)
+    assert status == 400 and "more than 1048576 pixels in all" in answer["message"] and "row 4" in answer["message"]
+    ids = {"dataframe_records": [{"label_ids": np.zeros((600, 600), int).tolist()}],
+           "params": {"edges_from_labels": True}}
+    status, answer = post(f"{server}/invocations", ids)
+    assert status == 400 and "600x600 = 360000 pixels" in answer["message"]
+
+
+def test_the_pixel_limits_come_from_the_register_config(tmp_path, monkeypatch):
+    import mlflow
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    monkeypatch.chdir(tmp_path)  # the sqlite store's artifacts (./mlruns) stay in the test's folder
+    config, _ = registered_model(tmp_path, register={"serve_max_image_pixels": 1024,
+                                                     "serve_max_request_pixels": 2048})
+    mlflow.set_tracking_uri(config.mlflow.tracking_uri)
+    model = mlflow.pyfunc.load_model("models:/dagan-synthetic@candidate")
+    label = np.zeros((SIZE, SIZE), np.uint8)
+    assert len(model.predict(pd.DataFrame({"label": [png(label)] * 2}), params={"edges_from_labels": True})) == 2
+    with pytest.raises(MlflowException, match="more than 2048 pixels in all"):
+        model.predict(pd.DataFrame({"label": [png(label)] * 3}), params={"edges_from_labels": True})
+    with pytest.raises(MlflowException, match="64x64 = 4096 pixels, more than the limit of 1024"):
+        model.predict(pd.DataFrame({"label": [png(np.zeros((64, 64), np.uint8))]}),
+                      params={"edges_from_labels": True})

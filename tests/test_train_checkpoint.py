@@ -14,7 +14,7 @@ import torch
 from train_fixtures import tiny_config, tiny_settings, write_prepared
 
 import dagan.train.steps
-from dagan.checkpoint import latest_checkpoint, load_checkpoint, load_generator, save_checkpoint
+from dagan.checkpoint import load_checkpoint, load_generator, load_latest_checkpoint, save_checkpoint
 from dagan.train import NonFiniteLossError, NullLogger, train
 
 KEYS = {"format_version", "config", "semantic_nc", "generator", "discriminator", "ema", "optimizer_g",
@@ -68,7 +68,7 @@ def test_checkpoints_keep_last_and_load_with_weights_only(prepared, tmp_path):
     assert set(state) == KEYS
     assert state["step"] == 7 and state["epoch"] == 1 and state["semantic_nc"] == 5
     assert state["config"]["model"]["ngf"] == 8 and state["ema"] is not None
-    assert latest_checkpoint(tmp_path / "out") == folder / "final.pt"
+    assert load_latest_checkpoint(tmp_path / "out")[0] == folder / "final.pt"
     generator, loaded_config, semantic_nc = load_generator(folder / "final.pt")
     assert semantic_nc == 5 and loaded_config == config and not generator.training
     assert all(torch.equal(v, state["ema"][k]) for k, v in generator.state_dict().items())

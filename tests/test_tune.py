@@ -2,19 +2,15 @@
 real S3 endpoint (moto), --resume; the checks that stop a bad sweep before Ray starts; the Kubeflow sweep pipeline."""
 
 import json
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
+import re
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 from eval_fixtures import NUM_CLASSES, tiny_config, write_params, write_prepared
 from mlflow import MlflowClient
+from mlflow_fixtures import MlflowServer
 
 from components.tune import check_tracking_uri, gpus_per_trial
 from dagan.checkpoint import load_checkpoint
@@ -25,53 +21,6 @@ from dagan.search_space import parse_search_space
 
 SPACE = {"loss": {"lambda_feat": {"type": "loguniform", "low": 1.0, "high": 30.0}},
          "model": {"variant": {"type": "choice", "values": ["B1", "B6"]}}}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class MlflowServer:
-    """A real tracking server on loopback: sqlite backend and proxied artifacts in a tmp folder.
-
-    It starts in the background (importing mlflow takes seconds) while the test prepares its data;
-    :meth:`url` waits until it answers."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.port = free_port()
-        mlflow_cli = Path(sys.executable).with_name("mlflow")
-        command = [str(mlflow_cli) if mlflow_cli.exists() else shutil.which("mlflow"), "server",
-                   "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
-                   "--artifacts-destination", str(root / "server-artifacts"),
-                   "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
-        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-        self.log = (root / "server.log").open("w")
-        self.process = subprocess.Popen(command, env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=root)
-
-    def url(self) -> str:
-        url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return url
-            except OSError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not come up:\n{(self.root / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self.log.close()
 
 
 @pytest.fixture
@@ -115,9 +64,12 @@ def s3_endpoint(monkeypatch):
 
 
 def test_two_trial_sweep_logs_parent_and_nested_runs_and_writes_the_best_params(tmp_path, mlflow_server, s3_endpoint,
-                                                                                 monkeypatch):
+                                                                                 monkeypatch, capfd):
     from components.tune import main as tune
 
+    scratch = tmp_path / "scratch"  # the trials' training folders go under tempfile's folder
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     write_prepared(tmp_path / "prepared")  # 16 train / 8 val scenes at 32x32
     params = sweep_params(tmp_path, storage_path="s3://sweeps/tune")
     save_judge(tmp_path / "judge" / "judge.pt", SegmentationNet(3, NUM_CLASSES, 8, 2), load_config(params),
@@ -126,6 +78,10 @@ def test_two_trial_sweep_logs_parent_and_nested_runs_and_writes_the_best_params(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
 
     assert tune(["--params", str(params)]) == 0
+    printed = capfd.readouterr()
+    problems = [line for line in (printed.out + printed.err).splitlines()
+                if re.search(r"\bERROR\b", line) or "Fatal Python error" in line or "Traceback" in line]
+    assert not problems, "\n".join(problems[:20])  # a clean sweep logs no error (Ray's workers' lines included)
 
     client = MlflowClient(url)
     parent_id = json.loads((tmp_path / "tune" / "mlflow_run.json").read_text())["run_id"]
@@ -166,6 +122,8 @@ def test_two_trial_sweep_logs_parent_and_nested_runs_and_writes_the_best_params(
     keys = [item["Key"] for item in s3_endpoint.list_objects_v2(Bucket="sweeps", Prefix="tune/sweep/")["Contents"]]
     stored = sorted(key for key in keys if key.endswith("/dagan.pt") and "/checkpoint_" in key)
     assert stored, f"Ray Tune stored no trial checkpoint on S3: {keys}"
+    assert not [key for key in keys if key.endswith(".pt") and "/checkpoint_" not in key]  # no training files
+    assert list(scratch.iterdir()) == []  # the trials' scratch folders are gone
     s3_endpoint.download_file("sweeps", stored[-1], str(tmp_path / "stored.pt"))
     assert load_checkpoint(tmp_path / "stored.pt")["step"] in (2, 4)
     assert not (tmp_path / "ray").exists()
@@ -174,6 +132,8 @@ def test_two_trial_sweep_logs_parent_and_nested_runs_and_writes_the_best_params(
     # its trials are done, so nothing reruns and the parent run stays the same.
     assert tune(["--params", str(params)]) == 2
     assert tune(["--params", str(params), "--resume"]) == 0
+    printed = capfd.readouterr()
+    assert not [line for line in (printed.out + printed.err).splitlines() if re.search(r"\bERROR\b", line)]
     assert json.loads((tmp_path / "tune" / "mlflow_run.json").read_text())["run_id"] == parent_id
     assert len(client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent_id}'")) == 2
     assert len(client.search_runs([experiment])) == 3

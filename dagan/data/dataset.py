@@ -1,6 +1,7 @@
 """A torch Dataset over prepared Parquet shards (docs/ARCHITECTURE.md, "Data on disk").
 
-Only the manifest is read in the constructor; each DataLoader worker opens the shards lazily
+The constructor reads the manifest and verifies the split's shards against it (size and
+SHA-256: :func:`dagan.data.shards.verify_shards`); each DataLoader worker opens the shards lazily
 (in the process that reads them) and decodes the PNG bytes there, so the Dataset pickles
 cheaply into workers and works with a DistributedSampler. Training mode takes a random crop of
 ``crop_size`` x ``crop_size / aspect_ratio`` and flips label, instance and photo together;
@@ -24,6 +25,7 @@ from torch.utils.data import Dataset
 
 from dagan.data.errors import DataError
 from dagan.data.manifest import Manifest, read_manifest
+from dagan.data.shards import verify_shards
 
 
 def decode_png(data: bytes) -> np.ndarray:
@@ -42,6 +44,7 @@ class PairedDataset(Dataset):
         self.manifest: Manifest = read_manifest(self.prepared_dir)
         self.split = split
         self.shards = self.manifest.shards_of(split)
+        verify_shards(self.prepared_dir, self.shards)  # a replaced or damaged shard stops here, named
         self.crop_width = crop_size
         self.crop_height = max(1, round(crop_size / aspect_ratio))
         self.train = train

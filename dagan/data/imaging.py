@@ -76,6 +76,9 @@ def _open(path: Path, what: str) -> Image.Image:
         image.load()
     except FileNotFoundError:
         raise DataError(f"{what} {path} does not exist") from None
+    except Image.DecompressionBombError as err:
+        raise DataError(f"{what} {path} is refused as a decompression bomb ({err}); remove the pair, or resize the "
+                        "file if it really is that large") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DataError(
             f"cannot read {what} {path}: {err}; the file is corrupt or not an image: re-extract it or remove the pair"
@@ -104,7 +107,18 @@ def read_instance(path: Path) -> np.ndarray:
 
 
 def read_image(path: Path) -> np.ndarray:
-    return np.asarray(_open(path, "image").convert("RGB"))
+    """An (H, W, 3) uint8 photo; 16-bit grayscale photos are scaled to 8 bit (Pillow's RGB conversion clips them)."""
+    image = _open(path, "image")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        values = np.asarray(image).astype(np.int64)
+        if values.min() < 0 or values.max() > 65535:
+            raise DataError(f"image {path} is a 32-bit integer image with values {values.min()}..{values.max()}; "
+                            "save the photo as 8- or 16-bit")
+        gray = ((values * 255 + 32767) // 65535).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if image.mode == "F":
+        raise DataError(f"image {path} is a floating-point image; save the photo as 8- or 16-bit RGB or grayscale")
+    return np.asarray(image.convert("RGB"))
 
 
 def combine_parts(pair: RawPair) -> np.ndarray:

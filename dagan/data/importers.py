@@ -294,11 +294,19 @@ IMPORTERS: dict[str, Callable[[Path], tuple[LabelSpec, list[RawPair]]]] = {
 }
 
 
-def import_dataset(name: str, source: str | Path) -> tuple[LabelSpec, list[RawPair]]:
-    """Run the importer of dataset ``name`` on the raw folder ``source``."""
+def import_dataset(name: str, source: str | Path, max_classes: int = 256) -> tuple[LabelSpec, list[RawPair]]:
+    """Run the importer of dataset ``name`` on the raw folder ``source``; at most ``max_classes`` label ids
+    (classes + don't care: ``dataset.max_classes``)."""
     if name not in IMPORTERS:
         raise DataError(f"no importer for dataset {name!r}; known: {', '.join(IMPORTERS)}")
     source = Path(source)
     if not source.is_dir():
         raise DataError(f"raw dataset folder {source} does not exist; pass --source DIR or set dataset.raw_dir")
-    return IMPORTERS[name](source)
+    spec, pairs = IMPORTERS[name](source)
+    if spec.num_label_channels > max_classes:
+        raise DataError(
+            f"{source}: {spec.num_label_channels} label ids (label values {spec.valid_values}), more than "
+            f"dataset.max_classes={max_classes}; list the real classes in {source / 'classes.json'} (class_names, "
+            "and dont_care for an ignore value such as 255 or 65535), or raise dataset.max_classes (at most 256)"
+        )
+    return spec, pairs

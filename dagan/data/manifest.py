@@ -23,6 +23,7 @@ class Shard:
     split: str
     rows: int
     sha256: str
+    size: int | None = None  # bytes; None in manifests written before sizes were recorded
 
 
 @dataclass(frozen=True)

@@ -51,10 +51,10 @@ def _logged(items: Iterable, total: int, desc: str) -> Iterator:
 
 def prepare_dataset(
     name: str, source: str | Path, out_dir: str | Path, load_size: int, aspect_ratio: float,
-    rows_per_shard: int = 512, workers: int = 1,
+    rows_per_shard: int = 512, workers: int = 1, max_classes: int = 256,
 ) -> Manifest:
     """Prepare raw dataset ``name`` from ``source`` into ``out_dir``; return the manifest written."""
-    spec, pairs = import_dataset(name, source)
+    spec, pairs = import_dataset(name, source, max_classes)
     log.info("%s: %d pairs in %s (splits: %s)", name, len(pairs), source, ", ".join(sorted({p.split for p in pairs})))
     out_dir = Path(out_dir)
     with staging_directory(out_dir, MANIFEST_NAME) as staging:

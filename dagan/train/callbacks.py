@@ -24,6 +24,17 @@ log = logging.getLogger("dagan.train")
 
 
 @dataclass(frozen=True)
+class StartReport:
+    """Passed to :meth:`TrainingLogger.on_start` once the config, the data and the checkpoint to resume
+    from are checked, before the first step: a run that cannot start never reaches the logger."""
+
+    step: int  # 0, or the step of the checkpoint resumed from
+    total_steps: int
+    resumed_from: Path | None
+    changes: tuple[str, ...] = ()  # allowed config changes since that checkpoint, "train.max_steps: 400 -> 800"
+
+
+@dataclass(frozen=True)
 class StepReport:
     """Passed to :meth:`TrainingLogger.should_stop` after every step.
 
@@ -40,6 +51,9 @@ class StepReport:
 
 
 class TrainingLogger(Protocol):
+    def on_start(self, report: StartReport) -> None:
+        """Everything is checked and the first step comes next (the place to open a tracking run)."""
+
     def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
         """Losses, learning rates and throughput, every ``train.log_every`` steps."""
 
@@ -55,6 +69,9 @@ class TrainingLogger(Protocol):
 
 class NullLogger:
     """A :class:`TrainingLogger` that does nothing; subclass it and override what you need."""
+
+    def on_start(self, report: StartReport) -> None:
+        pass
 
     def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
         pass

@@ -24,8 +24,10 @@ from dagan.config import Config, TrainConfig
 from dagan.discriminator import build_discriminator
 from dagan.distributed import DistributedContext, unwrap, wrap_ddp
 from dagan.ema import ExponentialMovingAverage
+from dagan.finite import describe_non_finite, non_finite_tensors
 from dagan.generator import build_generator
 from dagan.perceptual import build_vgg19
+from dagan.train.resume import resume_changes
 from dagan.train.steps import Precision
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -63,22 +65,25 @@ class TrainingState:
             "rng": rng_state(),
         }
 
-    def restore(self, checkpoint: dict[str, Any], source: Path, config: Config, semantic_nc: int) -> None:
-        """Load a checkpoint written by a run of the same model (else a CheckpointError)."""
+    def restore(self, checkpoint: dict[str, Any], source: Path, config: Config, semantic_nc: int) -> tuple[str, ...]:
+        """Load a checkpoint of this run; return the config changes since it (:mod:`dagan.train.resume`), or
+        raise a CheckpointError (weights only, another config, another dataset, NaN/Inf weights)."""
         if checkpoint.get("optimizer_g") is None:
             raise CheckpointError(
                 f"{source} holds model weights only (an imported or exported model), not a training state to resume; "
                 f"start a new run from it with -S train.init_from={source} and a train.out_dir without checkpoints"
             )
-        saved_model = checkpoint["config"]["model"]
-        current_model = config.to_dict()["model"]
-        differing = sorted(k for k in current_model if saved_model.get(k) != current_model[k])
-        if differing or checkpoint["semantic_nc"] != semantic_nc:
-            details = ", ".join(f"model.{k}: {saved_model.get(k)!r} there, {current_model[k]!r} now" for k in differing)
+        changes = resume_changes(checkpoint["config"], config, source)
+        if checkpoint["semantic_nc"] != semantic_nc:
             raise CheckpointError(
-                f"{source} was written for another model ({details or 'semantic_nc ' + str(checkpoint['semantic_nc'])}"
-                f" vs {semantic_nc}); use another train.out_dir, delete the old checkpoints, or pass --resume"
+                f"{source} was written for {checkpoint['semantic_nc']} label channels, the prepared data has "
+                f"{semantic_nc}: it belongs to another dataset; use another train.out_dir for this one"
             )
+        bad = {**non_finite_tensors(checkpoint["generator"], "generator."),
+               **non_finite_tensors(checkpoint["discriminator"], "discriminator.")}
+        if bad:
+            raise CheckpointError(f"{source} holds {describe_non_finite(bad)}: it comes from a diverged run; resume "
+                                  "from an earlier checkpoint (--resume PATH) or start a new run")
         if (self.ema is None) != (checkpoint["ema"] is None):
             raise CheckpointError(f"{source}: EMA present there: {checkpoint['ema'] is not None}, here: "
                                   f"{self.ema is not None}; resume with the same train.ema_decay")
@@ -90,6 +95,7 @@ class TrainingState:
         self.optimizer_d.load_state_dict(checkpoint["optimizer_d"])
         if self.scaler.is_enabled() and checkpoint["scaler"] is not None:
             self.scaler.load_state_dict(checkpoint["scaler"])
+        return changes
 
 
     def initialise_from(self, checkpoint: dict[str, Any], source: str | Path, semantic_nc: int) -> None:

@@ -28,8 +28,16 @@ from dagan.distributed import DistributedContext, all_ranks_sum, unwrap
 from dagan.losses import d_hinge_loss, feature_matching_loss, g_hinge_loss, perceptual_loss
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteError(FloatingPointError):
+    """Training diverged (a loss or a weight is NaN/Inf); nothing non-finite was written."""
+
+
+class NonFiniteLossError(NonFiniteError):
     """A loss is NaN or Inf; the update was not applied."""
+
+
+class NonFiniteWeightsError(NonFiniteError):
+    """An update made weights NaN or Inf (with finite losses); no checkpoint holds them."""
 
 
 @dataclass(frozen=True)
