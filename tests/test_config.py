@@ -103,3 +103,13 @@ def test_bare_off_is_the_string_choice_not_a_boolean():
     assert (config.train.amp, config.evaluate.fid) == ("off", "off")
     with pytest.raises(ConfigError, match="not one of"):
         load_config(REPO / "params.yaml", ["train.amp=true"])
+
+
+def test_generator_and_discriminator_choices_and_attention_knobs():
+    config = load_config(REPO / "params.yaml", ["model.generator=ccfpse", "model.discriminator=fpse"])
+    assert (config.model.generator, config.model.discriminator) == ("ccfpse", "fpse")
+    assert config.model.attention() == (False, "off")  # CC-FPSE has no SAM / CAM
+    with pytest.raises(ConfigError, match="model.generator=ccfpse has none"):
+        load_config(REPO / "params.yaml", ["model.generator=ccfpse", "model.variant=custom", "model.use_sam=true"])
+    with pytest.raises(ConfigError, match="'patch' is not one of: multiscale, fpse"):
+        load_config(REPO / "params.yaml", ["model.discriminator=patch"])
