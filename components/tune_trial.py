@@ -143,7 +143,7 @@ def _start_run(client: MlflowClient, setup: TrialSetup, config: Config, sampled:
                trial_id: str, trial_name: str) -> str:
     tags = {PARENT_TAG: setup.parent_run_id, "mlflow.runName": trial_name, "ray.trial_id": trial_id,
             "ray.experiment": setup.sweep_name, "tune.swept": ",".join(setup.keys),
-            "variant": config.model.variant, "dataset": config.dataset.name, "git_commit": _git_commit()}
+            **config.model.labels(), "dataset": config.dataset.name, "git_commit": _git_commit()}
     run = client.create_run(setup.experiment_id, run_name=trial_name, tags=tags)
     params = config.flat()
     params["mlflow.tracking_uri"] = redact(str(params["mlflow.tracking_uri"]))
