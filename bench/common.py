@@ -107,11 +107,31 @@ def stats(seconds: Sequence[float]) -> dict[str, float]:
             "values": [round(value, 4) for value in seconds]}
 
 
+MODELS_HELP = ("models: DAGAN variants B1..B6 (multiscale D), ccfpse (CC-FPSE generator + FPSE D, as its paper "
+               "trains it), or GENERATOR/DISCRIMINATOR to mix them (B6/fpse, ccfpse/multiscale)")
+
+
+def model_settings(name: str) -> dict[str, str]:
+    """The ``model`` config section of a benchmark model name (:data:`MODELS_HELP`), or a ValueError."""
+    from dagan.config import VARIANTS
+
+    generator, _, discriminator = name.partition("/")
+    if generator == "ccfpse":
+        settings = {"generator": "ccfpse", "discriminator": discriminator or "fpse"}
+    elif generator in VARIANTS:
+        settings = {"variant": generator, "discriminator": discriminator or "multiscale"}
+    else:
+        raise ValueError(f"model {name!r}: {MODELS_HELP}")
+    if settings["discriminator"] not in ("multiscale", "fpse"):
+        raise ValueError(f"model {name!r}: the discriminator is multiscale or fpse")
+    return settings
+
+
 def model_parser(description: str, modes: Sequence[str], repeats: int, out: Path) -> argparse.ArgumentParser:
     """The arguments bench.train_step and bench.inference share (configuration grid and timing)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--variants", nargs="+", default=["B1", "B6"])
+    parser.add_argument("--variants", nargs="+", default=["B1", "B6"], help=MODELS_HELP)
     parser.add_argument("--modes", nargs="+", default=["fp32"], help=f"any of {', '.join(modes)}")
     parser.add_argument("--allocators", nargs="+", default=["reuse"], choices=ALLOCATORS,
                         help="reuse: keep freed memory in the heap, as training does (train.heap_reuse, default); "
@@ -141,6 +161,8 @@ def start(args: argparse.Namespace, measure: Callable[[dict[str, Any]], dict[str
         return 2
     for mode in args.modes:
         parse_mode(mode)
+    for name in args.variants:
+        model_settings(name)
     print(f"machine: {json.dumps(machine())}", flush=True)
     return None
 

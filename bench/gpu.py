@@ -24,7 +24,17 @@ import sys
 import torch
 
 from bench import train_step
-from bench.common import RESULTS_DIR, machine, no_gpu_reason, print_table, run_isolated, timed, write_json
+from bench.common import (
+    MODELS_HELP,
+    RESULTS_DIR,
+    machine,
+    model_settings,
+    no_gpu_reason,
+    print_table,
+    run_isolated,
+    timed,
+    write_json,
+)
 
 # (height, width) the paper trains at (DESIGN.md section 1; Cityscapes 512x256, "more").
 PAPER_RESOLUTIONS = {
@@ -40,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", default=list(PAPER_RESOLUTIONS), choices=list(PAPER_RESOLUTIONS))
     parser.add_argument("--modes", nargs="+", default=["fp32", "bf16", "bf16-cl", "bf16-compile"])
-    parser.add_argument("--variants", nargs="+", default=["B1", "B6"])
+    parser.add_argument("--variants", nargs="+", default=["B1", "B6"], help=MODELS_HELP)
     parser.add_argument("--batches", nargs="+", type=int, default=[4], help="batch sizes per GPU")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
@@ -49,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for mode in args.modes:
         train_step.parse_mode(mode)
+    for name in args.variants:
+        model_settings(name)
     if not torch.cuda.is_available():
         reason = no_gpu_reason()
         print(f"GPU rows skipped: {reason}", file=sys.stderr if args.require_gpu else sys.stdout)

@@ -33,7 +33,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
     config = config_from_dict({"dataset": {"name": spec["dataset"]},
-                               "model": {"variant": spec["variant"], "ngf": spec["ngf"]}}, "bench").resolved()
+                               "model": {**common.model_settings(spec["variant"]), "ngf": spec["ngf"]}},
+                              "bench").resolved()
     memory_format = torch.channels_last if spec["channels_last"] else torch.contiguous_format
     generator = build_generator(config, get_preset(spec["dataset"]).semantic_nc).eval()
     generator = generator.to(device, memory_format=memory_format)

@@ -4,6 +4,7 @@
     python -m bench.train_step --modes fp32 fp32-cl bf16 bf16-cl --repeats 7
     python -m bench.train_step --modes fp32-compile # torch.compile (slow to compile on 2 cores)
     python -m bench.train_step --allocators system reuse  # glibc defaults vs heap reuse (train.heap_reuse)
+    python -m bench.train_step --variants B6 ccfpse --out bench/results/train_step_ccfpse.json  # CC-FPSE beside DAGAN
 
 An iteration is :func:`dagan.train.g_step` (hinge + feature matching + VGG19 perceptual) then
 :func:`dagan.train.d_step`, with the state :func:`dagan.train.state.build_state` builds for the
@@ -71,7 +72,7 @@ def build(spec: dict[str, Any]):
 
     config = config_from_dict({
         "dataset": {"name": spec["dataset"]},
-        "model": {"variant": spec["variant"], "ngf": spec["ngf"]},
+        "model": {**common.model_settings(spec["variant"]), "ngf": spec["ngf"]},
         "loss": {"lambda_vgg": 0.0},  # build_state would look for ImageNet weights; a random VGG19 is injected
         "train": {"device": spec["device"], "amp": "bf16" if spec["precision"] == "bf16" else "off",
                   "channels_last": spec["channels_last"], "batch_size": spec["batch"]},
@@ -165,6 +166,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             entry["b6_over_b1"] = times["B6"] / times["B1"]
             entry["attention_overhead_ok"] = entry["b6_over_b1"] <= 1 + TARGET_ATTENTION_OVERHEAD
         for variant, seconds in times.items():
+            if not variant.startswith("B") and "B6" in times:  # CC-FPSE and mixed pairs beside DAGAN
+                entry[f"{variant}_over_B6"] = seconds / times["B6"]
             if variant in OFFICIAL_SECONDS:
                 entry[f"{variant}_over_official"] = seconds / OFFICIAL_SECONDS[variant]
                 entry[f"{variant}_target_ok"] = seconds <= TARGET_FRACTION_OF_OFFICIAL * OFFICIAL_SECONDS[variant]

@@ -108,7 +108,7 @@ def _start_run(config: Config, out_dir: Path, report: StartReport) -> mlflow.Act
         _close_stale_runs(mlflow.MlflowClient(), experiment.experiment_id, out_dir)
         run = mlflow.start_run(experiment_id=experiment.experiment_id, log_system_metrics=True)
         mlflow.log_params(config.flat())
-        mlflow.set_tags({"git_commit": _git_commit(), "variant": config.model.variant,
+        mlflow.set_tags({"git_commit": _git_commit(), **config.model.labels(),
                          "dataset": config.dataset.name, "data_sha256": data_checksum(config.dataset.prepared_dir),
                          OUT_DIR_TAG: str(out_dir.resolve())})
         with tempfile.TemporaryDirectory() as tmp:

@@ -144,7 +144,7 @@ def _start_run(client: MlflowClient, setup: TrialSetup, config: Config, sampled:
                trial_id: str, trial_name: str) -> str:
     tags = {PARENT_TAG: setup.parent_run_id, "mlflow.runName": trial_name, "ray.trial_id": trial_id,
             "ray.experiment": setup.sweep_name, "tune.swept": ",".join(setup.keys),
-            "variant": config.model.variant, "dataset": config.dataset.name, "git_commit": _git_commit()}
+            **config.model.labels(), "dataset": config.dataset.name, "git_commit": _git_commit()}
     run = client.create_run(setup.experiment_id, run_name=trial_name, tags=tags)
     items = [Param(key, str(value)) for key, value in config.flat().items()]
     for start in range(0, len(items), 100):

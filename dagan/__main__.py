@@ -1,7 +1,8 @@
 """``python -m dagan``: small everyday commands of the library.
 
-* ``describe --preset NAME [--variant B6] [--json]``: the model built for a dataset preset
-  (official settings, ngf from the preset) with its parameter counts.
+* ``describe --preset NAME [--variant B6] [-S model.generator=ccfpse ...] [--json]``: the model
+  built for a dataset preset (official settings, ngf from the preset) with its parameter counts;
+  ``-S section.key=value`` overrides the config as in every component.
 * ``generate --model URI --labels DIR --out DIR``: label maps -> images. ``URI`` is a local
   checkpoint (read here) or an MLflow ``models:/`` / ``runs:/`` URI (handed to
   ``components.generate``, imported only then: the library itself never imports mlflow).
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
-from dagan.config import VARIANTS, Config, ConfigError, config_from_dict
+from dagan.config import VARIANTS, Config, ConfigError, config_from_dict, merge_overrides
 from dagan.discriminator import build_discriminator
 from dagan.generate import add_generate_arguments, generate_dir, load_synthesizer
 from dagan.generator import build_generator
@@ -30,29 +31,36 @@ def count_parameters(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def describe(preset_name: str, variant: str = "B6", overrides: dict | None = None) -> dict:
-    """Build G and D for ``preset_name`` and return their description as a dict."""
+def describe(preset_name: str, variant: str = "B6", overrides: dict | None = None,
+             settings: Sequence[str] = ()) -> dict:
+    """Build G and D for ``preset_name`` and return their description as a dict.
+
+    ``overrides``: model fields ({"ngf": 8}); ``settings``: dotted ``section.key=value`` overrides.
+    """
     preset = get_preset(preset_name)
     if preset.num_classes == 0:
         raise ConfigError(
             f"preset {preset_name!r} takes its classes from a prepared manifest; describe a named dataset"
         )
     data = {"dataset": {"name": preset_name}, "model": {"variant": variant, **(overrides or {})}}
-    config: Config = config_from_dict(data, "describe").resolved()
+    config: Config = config_from_dict(merge_overrides(data, settings), "describe").resolved()
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
         generator = build_generator(config, preset.semantic_nc)
         discriminator = build_discriminator(config, preset.semantic_nc)
     use_sam, cam = config.model.attention()
+    dagan = config.model.generator == "dagan"  # the variant and attention knobs apply to DAGAN only
     return {
         "preset": preset_name,
-        "variant": variant,
+        "generator": config.model.generator,
+        "discriminator": config.model.discriminator,
+        "variant": config.model.variant if dagan else None,
         "semantic_nc": preset.semantic_nc,
         "ngf": config.model.ngf,
         "ndf": config.model.ndf,
         "num_upsampling_layers": config.model.num_upsampling_layers,
-        "use_sam": use_sam,
-        "cam": cam,
-        "cam_sources": config.model.cam_sources,
+        "use_sam": use_sam if dagan else None,
+        "cam": cam if dagan else None,
+        "cam_sources": config.model.cam_sources if dagan else None,
         "generator_params": count_parameters(generator),
         "discriminator_params": count_parameters(discriminator),
         "image_size": [config.dataset.crop_size, round(config.dataset.crop_size / config.dataset.aspect_ratio)],
@@ -84,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     describe_cmd.add_argument("--preset", required=True, choices=sorted(PRESETS))
     describe_cmd.add_argument("--variant", default="B6", choices=sorted(VARIANTS))
     describe_cmd.add_argument("--ngf", type=int, help="override the preset's ngf")
+    describe_cmd.add_argument("-S", "--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                              help="override a config value, e.g. -S model.generator=ccfpse (repeatable)")
     describe_cmd.add_argument("--json", action="store_true", help="print one JSON object")
     add_generate_arguments(commands.add_parser("generate", help="turn label-map PNGs into images"))
     add_official_commands(commands)
@@ -94,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_official_command(args)
 
     try:
-        info = describe(args.preset, args.variant, {"ngf": args.ngf} if args.ngf else None)
+        info = describe(args.preset, args.variant, {"ngf": args.ngf} if args.ngf else None, args.settings)
     except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

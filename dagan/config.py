@@ -27,6 +27,11 @@ from dagan.presets import get_preset
 Variant = Literal["B1", "B2", "B3", "B4", "B5", "B6", "custom"]
 CamMode = Literal["off", "I", "II"]
 UpsamplingMode = Literal["normal", "more", "most"]
+GeneratorKind = Literal["dagan", "ccfpse"]
+DiscriminatorKind = Literal["multiscale", "fpse"]
+
+# Doublings from the generator's start size to the image (SPADE's "normal" / "more" / "most").
+NUM_UP = {"normal": 5, "more": 6, "most": 7}
 
 # Paper Table 4: which attention modules each ablation variant uses.
 VARIANTS: dict[str, tuple[bool, str]] = {
@@ -96,7 +101,9 @@ class SyntheticConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    variant: Variant = "B6"  # paper Table 4; "custom" uses use_sam and cam below
+    generator: GeneratorKind = "dagan"  # dagan: SPADE + SAM/CAM | ccfpse: CC-FPSE conditional convs (docs/CCFPSE.md)
+    discriminator: DiscriminatorKind = "multiscale"  # multiscale PatchGAN | fpse: CC-FPSE feature pyramid + semantics
+    variant: Variant = "B6"  # paper Table 4 (generator=dagan only); "custom" uses use_sam and cam below
     use_sam: bool | None = None  # only with variant=custom
     cam: CamMode | None = None  # only with variant=custom
     sam_kernel_size: int = 3  # k of the k x k SAM convolution (official: 3)
@@ -114,9 +121,18 @@ class ModelConfig:
         _at_least(self, "model", 1, "ngf", "ndf", "num_discriminators", "n_layers_d")
         _check(self.sam_kernel_size % 2 == 1 and self.sam_kernel_size > 0, "model.sam_kernel_size",
                self.sam_kernel_size, "must be odd and >= 1 (the SAM convolution keeps the map size)")
+    def labels(self) -> dict[str, str]:
+        """Short labels of the model for run tags: generator, discriminator, variant ("-" when not DAGAN)."""
+        return {"generator": self.generator, "discriminator": self.discriminator,
+                "variant": self.variant if self.generator == "dagan" else "-"}
 
     def attention(self) -> tuple[bool, str]:
         """(use_sam, cam_mode) for this model, from the variant or the custom knobs."""
+        if self.generator != "dagan":
+            if self.use_sam is not None or self.cam is not None:
+                raise ConfigError(f"model.use_sam/model.cam choose DAGAN's attention modules; model.generator="
+                                  f"{self.generator} has none: leave them null or set model.generator=dagan")
+            return False, "off"
         if self.variant == "custom":
             if self.use_sam is None or self.cam is None:
                 raise ConfigError("model.variant=custom needs model.use_sam (true/false) and model.cam (off/I/II)")

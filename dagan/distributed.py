@@ -137,6 +137,8 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
             sync = GlooSyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
                                      child.track_running_stats, device=device)
             sync.load_state_dict(child.state_dict())
+            for converted, original in zip(sync.parameters(), child.parameters(), strict=True):
+                converted.requires_grad_(original.requires_grad)  # frozen stays frozen (as torch's conversion)
             setattr(module, name, sync)
         else:
             convert_sync_batchnorm(child, device)

@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
 from dagan.checkpoint import FORMAT_VERSION, load_checkpoint, load_generator
 from dagan.config import Config
 from dagan.data.manifest import Manifest, read_manifest
-from dagan.generator import DAGANGenerator
 from dagan.labels import semantic_input
 
 MAX_SIDE = 2048
@@ -62,7 +62,7 @@ class LabelLayout:
 
 
 def export_generator(
-    path: str | Path, generator: DAGANGenerator, config: Config, layout: LabelLayout
+    path: str | Path, generator: nn.Module, config: Config, layout: LabelLayout
 ) -> Path:
     """Write generator weights + config + label layout atomically (readable by load_generator)."""
     path = Path(path)
@@ -122,9 +122,9 @@ def encode_png(image: np.ndarray) -> bytes:
 class Synthesizer:
     """A generator with its label layout, checking inputs; call it with (H, W) integer label maps."""
 
-    def __init__(self, generator: DAGANGenerator, layout: LabelLayout, device: str | torch.device = "cpu"):
-        if generator.fc.in_channels != layout.semantic_nc:
-            raise ValueError(f"generator takes {generator.fc.in_channels} input channels but the label layout "
+    def __init__(self, generator: nn.Module, layout: LabelLayout, device: str | torch.device = "cpu"):
+        if generator.semantic_nc != layout.semantic_nc:
+            raise ValueError(f"generator takes {generator.semantic_nc} input channels but the label layout "
                              f"gives {layout.semantic_nc}; the checkpoint and the manifest do not belong together")
         self.device = torch.device(device)
         self.generator = generator.to(self.device).eval()

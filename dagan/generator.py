@@ -16,12 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dagan.config import Config
+from dagan.ccfpse_generator import CCFPSEGenerator
+from dagan.config import NUM_UP, Config
 from dagan.init import init_weights
 from dagan.nn.attention import ChannelAttention, SpatialAttention
 from dagan.nn.spade import SPADEResBlock
-
-NUM_UP = {"normal": 5, "more": 6, "most": 7}
 
 
 class DAGANGenerator(nn.Module):
@@ -42,6 +41,7 @@ class DAGANGenerator(nn.Module):
             raise ValueError(f"ngf must be an even number >= 2, got {ngf}")
         if cam_sources not in ("official", "all"):
             raise ValueError(f"cam_sources must be 'official' or 'all', got {cam_sources!r}")
+        self.semantic_nc = semantic_nc
         self.num_up = NUM_UP[num_upsampling_layers]
         self.most = num_upsampling_layers == "most"
         self.extra_middle_up = num_upsampling_layers in ("more", "most")
@@ -121,8 +121,17 @@ class DAGANGenerator(nn.Module):
         return (image, attention) if return_attention else image
 
 
-def build_generator(config: Config, semantic_nc: int) -> DAGANGenerator:
-    """Translate the (resolved) config into a generator with initialised weights."""
+def build_generator(config: Config, semantic_nc: int) -> nn.Module:
+    """Translate the (resolved) config into the ``model.generator`` network with initialised weights.
+
+    Every generator maps a (B, semantic_nc, H, W) label input to a (B, 3, H, W) image in [-1, 1],
+    takes ``return_attention`` (its attention maps, or {}), and has ``semantic_nc`` and ``num_up``.
+    """
+    if config.model.generator == "ccfpse":
+        generator = CCFPSEGenerator(semantic_nc, ngf=config.model.ngf,
+                                    num_upsampling_layers=config.model.num_upsampling_layers)
+        init_weights(generator, config.model.init_gain, config.model.init_spectral_norm_weights)
+        return generator
     use_sam, cam_mode = config.model.attention()
     generator = DAGANGenerator(
         semantic_nc=semantic_nc,

@@ -1,51 +1,65 @@
 """The training objective of paper Eq. 10, as pure functions of tensors.
 
 L = lambda_cgan * L_cgan + lambda_f * L_f + lambda_p * L_p with
-* L_cgan: hinge adversarial loss, averaged over the discriminator's scales;
-* L_f: L1 feature matching over every intermediate discriminator feature (logits
-  excluded), summed over layers and averaged over scales;
+* L_cgan: hinge adversarial loss, averaged over the discriminator's score maps (one per scale of
+  the multiscale discriminator, one per pyramid level of FPSE);
+* L_f: L1 feature matching over the discriminator's intermediate features (logits excluded):
+  summed within a group, averaged over the groups (multiscale: a group per scale; FPSE: a group
+  per feature, as the official CC-FPSE code divides by the number of features);
 * L_p: VGG19 perceptual L1 on relu1_1..relu5_1 with weights 1/32, 1/16, 1/8, 1/4, 1.
 The lambdas are applied by the caller (training step), not here.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
 VGG_LAYER_WEIGHTS = (1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0)
 
-Features = list[list[torch.Tensor]]  # per scale, per layer; the last layer holds the logits
+
+class DiscriminatorOutput(NamedTuple):
+    """What every discriminator returns, for the loss functions below."""
+
+    logits: list[torch.Tensor]  # score maps (B, 1, h, w): one per scale / pyramid level
+    features: list[list[torch.Tensor]]  # feature-matching groups of intermediate features
+
+    def split(self, first: int) -> tuple[DiscriminatorOutput, DiscriminatorOutput]:
+        """The first ``first`` samples of the batch, and the rest (a [fake; real] pass split in two)."""
+        head = DiscriminatorOutput([t[:first] for t in self.logits], [[t[:first] for t in g] for g in self.features])
+        tail = DiscriminatorOutput([t[first:] for t in self.logits], [[t[first:] for t in g] for g in self.features])
+        return head, tail
 
 
-def _logits(outputs: Features) -> list[torch.Tensor]:
-    return [scale[-1] for scale in outputs]
-
-
-def d_hinge_loss(real_outputs: Features, fake_outputs: Features) -> tuple[torch.Tensor, torch.Tensor]:
+def d_hinge_loss(
+    real_outputs: DiscriminatorOutput, fake_outputs: DiscriminatorOutput
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Discriminator hinge terms (real, fake): mean(relu(1 - D(real))), mean(relu(1 + D(fake)))."""
-    real = _logits(real_outputs)
-    fake = _logits(fake_outputs)
+    real = real_outputs.logits
+    fake = fake_outputs.logits
     loss_real = sum(F.relu(1 - logits).mean() for logits in real) / len(real)
     loss_fake = sum(F.relu(1 + logits).mean() for logits in fake) / len(fake)
     return loss_real, loss_fake
 
 
-def g_hinge_loss(fake_outputs: Features) -> torch.Tensor:
-    """Generator hinge loss: -mean(D(fake)), averaged over scales."""
-    fake = _logits(fake_outputs)
+def g_hinge_loss(fake_outputs: DiscriminatorOutput) -> torch.Tensor:
+    """Generator hinge loss: -mean(D(fake)), averaged over the score maps."""
+    fake = fake_outputs.logits
     return -sum(logits.mean() for logits in fake) / len(fake)
 
 
-def feature_matching_loss(fake_outputs: Features, real_outputs: Features) -> torch.Tensor:
-    """Sum over scales and intermediate layers of L1(fake, real.detach()), divided by the scales."""
-    if len(fake_outputs) != len(real_outputs):
-        raise ValueError(f"{len(fake_outputs)} fake scales vs {len(real_outputs)} real scales")
-    total = fake_outputs[0][0].new_zeros(())
-    for fake_scale, real_scale in zip(fake_outputs, real_outputs, strict=True):
-        for fake_feature, real_feature in zip(fake_scale[:-1], real_scale[:-1], strict=True):
+def feature_matching_loss(fake_outputs: DiscriminatorOutput, real_outputs: DiscriminatorOutput) -> torch.Tensor:
+    """Sum over groups and their features of L1(fake, real.detach()), divided by the number of groups."""
+    fake_groups, real_groups = fake_outputs.features, real_outputs.features
+    if len(fake_groups) != len(real_groups):
+        raise ValueError(f"{len(fake_groups)} fake feature groups vs {len(real_groups)} real ones")
+    total = fake_outputs.logits[0].new_zeros(())
+    for fake_group, real_group in zip(fake_groups, real_groups, strict=True):
+        for fake_feature, real_feature in zip(fake_group, real_group, strict=True):
             total = total + F.l1_loss(fake_feature, real_feature.detach())
-    return total / len(fake_outputs)
+    return total / len(fake_groups)
 
 
 def perceptual_loss(

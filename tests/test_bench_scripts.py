@@ -13,7 +13,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ is scripts at the repo root, not installed
-from bench import gpu, train_step  # noqa: E402
+from bench import common, gpu, train_step  # noqa: E402
 
 
 def test_modes_parse_and_unknown_modes_are_refused():
@@ -23,12 +23,24 @@ def test_modes_parse_and_unknown_modes_are_refused():
         train_step.parse_mode("fp16")
 
 
+def test_model_names_pick_generator_and_discriminator():
+    assert common.model_settings("B6") == {"variant": "B6", "discriminator": "multiscale"}
+    assert common.model_settings("ccfpse") == {"generator": "ccfpse", "discriminator": "fpse"}
+    assert common.model_settings("B1/fpse") == {"variant": "B1", "discriminator": "fpse"}
+    assert common.model_settings("ccfpse/multiscale") == {"generator": "ccfpse", "discriminator": "multiscale"}
+    for bad in ("B7", "ccfpse/patch"):
+        with pytest.raises(ValueError, match="model"):
+            common.model_settings(bad)
+
+
 def test_summary_checks_both_targets_of_issue_8():
     rows = [{"variant": "B1", "mode": "fp32", "allocator": "system", "iteration_s": {"median": 2.0}},
             {"variant": "B6", "mode": "fp32", "allocator": "system", "iteration_s": {"median": 2.2}}]
     summary = train_step.summarise(rows)["fp32/system"]
     assert summary["b6_over_b1"] == pytest.approx(1.1) and summary["attention_overhead_ok"] is False
     assert summary["B6_over_official"] == pytest.approx(2.2 / 3.9) and summary["B6_target_ok"] is True
+    rows.append({"variant": "ccfpse", "mode": "fp32", "allocator": "system", "iteration_s": {"median": 6.6}})
+    assert train_step.summarise(rows)["fp32/system"]["ccfpse_over_B6"] == pytest.approx(3.0)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
@@ -40,9 +52,10 @@ def test_gpu_rows_are_skipped_with_the_reason_when_there_is_no_gpu(tmp_path, cap
     assert "no CUDA device" in capsys.readouterr().err and not (tmp_path / "other.json").exists()
 
 
-def test_one_tiny_training_iteration_is_measured():
-    spec = {"variant": "B6", "mode": "fp32", **train_step.parse_mode("fp32"), "allocator": "system",
-            "dataset": "synthetic", "height": 32, "width": 32, "batch": 2, "ngf": 8, "threads": 1,
+@pytest.mark.parametrize("model", ["B6", "ccfpse"])
+def test_one_tiny_training_iteration_is_measured(model):
+    spec = {"variant": model, "mode": "fp32", **train_step.parse_mode("fp32"), "allocator": "system",
+            "dataset": "synthetic", "height": 64, "width": 64, "batch": 2, "ngf": 8, "threads": 1,
             "warmup": 1, "repeats": 1, "device": "cpu"}
     threads = torch.get_num_threads()
     try:

@@ -144,3 +144,11 @@ def test_credentials_never_leave_the_config_object():
     assert config.mlflow.tracking_uri == "http://alice:pw@mlflow.example.com:5000"  # what the components use
     assert config.to_dict()["mlflow"]["tracking_uri"] == "http://mlflow.example.com:5000"
     assert config.flat()["mlflow.tracking_uri"] == "http://mlflow.example.com:5000"
+def test_generator_and_discriminator_choices_and_attention_knobs():
+    config = load_config(REPO / "params.yaml", ["model.generator=ccfpse", "model.discriminator=fpse"])
+    assert (config.model.generator, config.model.discriminator) == ("ccfpse", "fpse")
+    assert config.model.attention() == (False, "off")  # CC-FPSE has no SAM / CAM
+    with pytest.raises(ConfigError, match="model.generator=ccfpse has none"):
+        load_config(REPO / "params.yaml", ["model.generator=ccfpse", "model.variant=custom", "model.use_sam=true"])
+    with pytest.raises(ConfigError, match="'patch' is not one of: multiscale, fpse"):
+        load_config(REPO / "params.yaml", ["model.discriminator=patch"])

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from dagan.__main__ import describe, main
+from dagan.__main__ import count_parameters, describe, main
 from dagan.config import VARIANTS
 
 # preset: (semantic_nc, G B6, G B1, D) of the official implementation
@@ -47,3 +47,41 @@ def test_describe_table_and_ngf_override(capsys):
     out = capsys.readouterr().out
     assert "generator_params" in out and "ngf                    8" in out
 
+
+# CC-FPSE (official code, ngf = ndf = 64), measured from it: generator without the style encoder
+# (label-map start, no --use_vae), generator with --use_vae (latent start), FPSE discriminator.
+CCFPSE_OFFICIAL = {
+    "cityscapes": (119_966_979, 128_055_555, 5_175_873),
+    "ade20k": (125_254_211, 140_704_323, 5_190_593),
+    "coco_stuff": (126_793_859, 141_939_843, 5_194_817),
+}
+
+
+@pytest.mark.parametrize("preset", sorted(CCFPSE_OFFICIAL))
+def test_ccfpse_counts_match_the_official_models(preset):
+    import torch
+
+    from dagan.ccfpse_generator import CCFPSEGenerator
+
+    generator, generator_with_latent, discriminator = CCFPSE_OFFICIAL[preset]
+    info = describe(preset, settings=["model.generator=ccfpse", "model.discriminator=fpse"])
+    assert (info["generator_params"], info["discriminator_params"]) == (generator, discriminator)
+    assert (info["generator"], info["discriminator"]) == ("ccfpse", "fpse")
+    assert info["variant"] is None and info["use_sam"] is None  # DAGAN's knobs do not apply
+    width, height = info["image_size"]
+    factor = 2 ** (6 if info["num_upsampling_layers"] == "more" else 5)
+    with torch.device("meta"):  # the official --use_vae start: a linear map from z (256) to 16 ngf x start size
+        latent = CCFPSEGenerator(info["semantic_nc"], 64, info["num_upsampling_layers"], z_dim=256,
+                                 start_size=(height // factor, width // factor))
+    assert count_parameters(latent) == generator_with_latent
+
+
+def test_generator_and_discriminator_are_independent_choices(capsys):
+    assert main(["describe", "--preset", "cityscapes", "-S", "model.discriminator=fpse", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["generator_params"], info["discriminator_params"]) == (93_134_229, 5_175_873)
+    assert main(["describe", "--preset", "cityscapes", "-S", "model.generator=ccfpse", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["generator_params"], info["discriminator_params"]) == (119_966_979, 5_601_410)
+    assert main(["describe", "--preset", "cityscapes", "-S", "model.generator=gaugan"]) == 2
+    assert "'gaugan' is not one of: dagan, ccfpse" in capsys.readouterr().err

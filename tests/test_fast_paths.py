@@ -20,7 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from dagan.ccfpse_generator import CCFPSEGenerator
 from dagan.discriminator import MultiscaleDiscriminator
+from dagan.fpse_discriminator import FPSEDiscriminator
 from dagan.generator import DAGANGenerator
 from dagan.init import init_weights
 from dagan.losses import feature_matching_loss, g_hinge_loss, perceptual_loss
@@ -261,10 +263,8 @@ def reference_g_step(generator, discriminator, optimizer, semantic, real, weight
     discriminator.requires_grad_(False)
     optimizer.zero_grad(set_to_none=True)
     fake = generator(semantic)
-    batch = semantic.shape[0]
-    outputs = discriminator(torch.cat([torch.cat([semantic, fake], 1), torch.cat([semantic, real], 1)]))
-    fake_outputs = [[feature[:batch] for feature in scale] for scale in outputs]
-    real_outputs = [[feature[batch:] for feature in scale] for scale in outputs]
+    outputs = discriminator(torch.cat([semantic, semantic]), torch.cat([fake, real]))
+    fake_outputs, real_outputs = outputs.split(semantic.shape[0])
     losses = {"g_gan": g_hinge_loss(fake_outputs), "g_feat": feature_matching_loss(fake_outputs, real_outputs),
               "g_vgg": perceptual_loss(vgg(fake), vgg(real))}
     total = weights.gan * losses["g_gan"] + weights.feat * losses["g_feat"] + weights.vgg * losses["g_vgg"]
@@ -274,16 +274,26 @@ def reference_g_step(generator, discriminator, optimizer, semantic, real, weight
     return {name: value.item() for name, value in losses.items()}
 
 
-def test_g_step_equals_the_concatenated_discriminator_pass():
+def networks(kind: str) -> tuple[torch.nn.Module, torch.nn.Module, tuple[int, int]]:
+    """A tiny (generator, discriminator) pair and an image size that both take."""
+    if kind == "dagan":
+        return (DAGANGenerator(SEMANTIC_NC, ngf=8, num_upsampling_layers="normal"),
+                MultiscaleDiscriminator(SEMANTIC_NC + 3, ndf=8), (32, 64))
+    return CCFPSEGenerator(SEMANTIC_NC, ngf=8), FPSEDiscriminator(SEMANTIC_NC, ndf=8), (64, 64)
+
+
+@pytest.mark.parametrize("kind", ["dagan", "ccfpse"])
+def test_g_step_equals_the_concatenated_discriminator_pass(kind):
     """D(real) without gradients and without a second power iteration = one D pass on [fake; real]."""
     torch.manual_seed(0)
-    generator = DAGANGenerator(SEMANTIC_NC, ngf=8, num_upsampling_layers="normal")
-    discriminator = MultiscaleDiscriminator(SEMANTIC_NC + 3, ndf=8)
-    init_weights(generator, gain=1.0)
+    generator, discriminator, (height, width) = networks(kind)
+    # CC-FPSE multiplies features by predicted kernels: gain 1 makes them huge, and the batch norms
+    # after them amplify float64 rounding to ~1e-8; its own gain keeps the comparison at 1e-9
+    init_weights(generator, gain=1.0 if kind == "dagan" else 0.02)
     init_weights(discriminator, gain=0.02)
     generator, discriminator, vgg = generator.double(), discriminator.double(), _tiny_vgg().double()
-    semantic = one_hot_labels(2, 32, 64).double()
-    real = torch.rand(2, 3, 32, 64, dtype=torch.float64) * 2 - 1
+    semantic = one_hot_labels(2, height, width).double()
+    real = torch.rand(2, 3, height, width, dtype=torch.float64) * 2 - 1
     weights = LossWeights(gan=1.0, feat=10.0, vgg=10.0)
     copies = [copy.deepcopy(m) for m in (generator, discriminator)]
     opt_fast = torch.optim.SGD(generator.parameters(), lr=0.1)
@@ -297,6 +307,8 @@ def test_g_step_equals_the_concatenated_discriminator_pass():
     grads_ref, after_ref = _grads(copies[0]), dict(copies[0].named_parameters())
     floor = 1e-3 * max(grad.abs().max().item() for grad in grads_ref.values())
     for name, parameter in generator.named_parameters():
+        if not parameter.requires_grad:  # CC-FPSE's unused batch norms
+            continue
         assert_close_scaled(parameter.grad, grads_ref[name], FLOAT64_REL, f"{name} grad", floor)
         assert_close_scaled(parameter, after_ref[name], FLOAT64_REL, name)
     # The spectral-norm power iteration advanced exactly once, as in the concatenated pass.
@@ -306,29 +318,30 @@ def test_g_step_equals_the_concatenated_discriminator_pass():
     assert all(module.training for module in discriminator.modules())
 
 
-def test_channels_last_keeps_generator_and_discriminator_outputs():
+@pytest.mark.parametrize("kind", ["dagan", "ccfpse"])
+def test_channels_last_keeps_generator_and_discriminator_outputs(kind):
     torch.manual_seed(0)
-    generator = DAGANGenerator(SEMANTIC_NC, ngf=8)
-    discriminator = MultiscaleDiscriminator(SEMANTIC_NC + 3, ndf=8)
+    generator, discriminator, (height, width) = networks(kind)
     init_weights(generator, gain=1.0)
-    semantic = one_hot_labels(2, 32, 64)
+    semantic = one_hot_labels(2, height, width)
     reference_image = copy.deepcopy(generator)(semantic)
-    reference_logits = copy.deepcopy(discriminator)(torch.cat([semantic, reference_image], 1))[0][-1]
+    reference_logits = copy.deepcopy(discriminator)(semantic, reference_image).logits
     generator = generator.to(memory_format=torch.channels_last)
     discriminator = discriminator.to(memory_format=torch.channels_last)
     semantic = semantic.contiguous(memory_format=torch.channels_last)
     image = generator(semantic)
     assert_close_scaled(image, reference_image, 1e-4, "image")
-    logits = discriminator(torch.cat([semantic, image], 1))[0][-1]
-    assert_close_scaled(logits, reference_logits, 1e-4, "logits")
+    for index, logits in enumerate(discriminator(semantic, image).logits):
+        assert_close_scaled(logits, reference_logits[index], 1e-4, f"logits {index}")
 
 
-def test_bf16_autocast_stays_near_float32():
+@pytest.mark.parametrize("kind", ["dagan", "ccfpse"])
+def test_bf16_autocast_stays_near_float32(kind):
     """bf16 changes the numerics (train.amp=bf16 only); it stays within bf16's resolution here."""
     torch.manual_seed(0)
-    generator = DAGANGenerator(SEMANTIC_NC, ngf=8)
+    generator, _, (height, width) = networks(kind)
     init_weights(generator, gain=1.0)
-    semantic = one_hot_labels(2, 32, 64)
+    semantic = one_hot_labels(2, height, width)
     expected = copy.deepcopy(generator)(semantic)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         image = generator(semantic)

@@ -147,6 +147,9 @@ def test_export_refuses_a_model_the_official_code_cannot_run(tmp_path, capsys):
     checkpoint = {"config": config.to_dict(), "semantic_nc": 36, "generator": {}, "ema": None}
     with pytest.raises(ValueError, match="hard-codes 64"):
         official_state_dicts(checkpoint)
+    ccfpse = official_config("cityscapes", "B1", overrides={"model": {"generator": "ccfpse"}})
+    with pytest.raises(ValueError, match="only DAGAN / SPADE models"):
+        official_state_dicts({"config": ccfpse.to_dict(), "semantic_nc": 36, "generator": {}, "ema": None})
 
 
 def test_an_imported_official_model_generates_from_label_pngs(tmp_path):

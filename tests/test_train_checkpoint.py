@@ -168,3 +168,24 @@ def test_should_stop_ends_the_run_with_a_checkpoint(prepared, tmp_path):
     result = train(tiny_config(prepared, tmp_path / "out", max_steps=6, checkpoint_every=100), logger)
     assert result.stopped_early and result.step == 3
     assert logger.checkpoints == [(3, tmp_path / "out" / "checkpoints" / "step-00000003.pt")]
+
+
+def test_ccfpse_with_fpse_resumes_exactly(tmp_path):
+    """CC-FPSE's generator (frozen unused norms included) and the FPSE discriminator resume like DAGAN."""
+    from dagan.config import config_from_dict
+
+    prepared = write_prepared(tmp_path / "prepared", num_train=8, size=64)
+
+    def config(out: str, steps: int):
+        settings = tiny_settings(prepared, tmp_path / out, max_steps=steps, checkpoint_every=1, ema_decay=0.5)
+        settings["dataset"].update(load_size=64, crop_size=64)
+        settings["model"].update(generator="ccfpse", discriminator="fpse")
+        return config_from_dict(settings, "tiny").resolved()
+
+    train(config("straight", 2))
+    train(config("resumed", 1))
+    result = train(config("resumed", 2))
+    assert result.resumed_from is not None and result.step == 2
+    straight = load_checkpoint(tmp_path / "straight" / "checkpoints" / "final.pt")
+    _assert_same_training_state(straight, load_checkpoint(tmp_path / "resumed" / "checkpoints" / "final.pt"))
+    assert any(".unused_norms." in key for key in straight["generator"])

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from train_fixtures import NUM_CLASSES, SIZE, tiny_config
+from train_fixtures import NUM_CLASSES, SIZE, tiny_config, tiny_settings
 
+from dagan.config import config_from_dict
 from dagan.discriminator import build_discriminator
 from dagan.ema import ExponentialMovingAverage
 from dagan.generator import build_generator
@@ -128,3 +129,26 @@ def test_ema_tracks_the_average_and_copies_buffers():
     assert not any(p.requires_grad for p in ema.module.parameters())
     with pytest.raises(ValueError, match="ema_decay"):
         ExponentialMovingAverage(network, decay=1.0)
+
+
+@pytest.mark.parametrize(("generator_kind", "discriminator_kind"),
+                         [("dagan", "fpse"), ("ccfpse", "multiscale"), ("ccfpse", "fpse")])
+def test_steps_work_for_every_generator_and_discriminator(tmp_path, generator_kind, discriminator_kind):
+    torch.manual_seed(0)
+    config = config_from_dict({**tiny_settings(tmp_path, tmp_path / "out"),
+                               "model": {"ngf": 8, "ndf": 8, "num_upsampling_layers": "normal",
+                                         "generator": generator_kind, "discriminator": discriminator_kind}},
+                              "tiny").resolved()
+    generator, discriminator = build_generator(config, SEMANTIC_NC), build_discriminator(config, SEMANTIC_NC)
+    semantic = semantic_input(torch.randint(0, NUM_CLASSES, (2, 64, 64)), NUM_CLASSES, torch.randint(0, 3, (2, 64, 64)))
+    real = torch.rand(2, 3, 64, 64) * 2 - 1
+    opt_g = torch.optim.Adam(generator.parameters(), lr=1e-4, betas=(0.0, 0.9))
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=4e-4, betas=(0.0, 0.9))
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    d_before = _snapshot(discriminator)
+    losses, _ = g_step(generator, discriminator, opt_g, semantic, real, LossWeights(1.0, 10.0, 0.0), scaler)
+    assert set(losses) == {"g_gan", "g_feat", "g_total"} and losses["g_feat"] > 0
+    assert all(torch.equal(v, _snapshot(discriminator)[k]) for k, v in d_before.items() if not k.endswith(("_u", "_v")))
+    assert all(p.grad is not None for p in generator.parameters() if p.requires_grad)
+    losses = d_step(generator, discriminator, opt_d, semantic, real, scaler)
+    assert set(losses) == {"d_real", "d_fake"} and all(v >= 0 for v in losses.values())

@@ -20,7 +20,8 @@ from dagan.judge_probe import JudgeProbe
 from dagan.search_space import parse_search_space
 
 SPACE = {"loss": {"lambda_feat": {"type": "loguniform", "low": 1.0, "high": 30.0}},
-         "model": {"variant": {"type": "choice", "values": ["B1", "B6"]}}}
+         "model": {"variant": {"type": "choice", "values": ["B1", "B6"]},
+                   "generator": {"type": "choice", "values": ["dagan", "ccfpse"]}}}
 
 
 @pytest.fixture
@@ -86,7 +87,8 @@ def test_two_trial_sweep_logs_parent_and_nested_runs_and_writes_the_best_params(
     client = MlflowClient(url)
     parent_id = json.loads((tmp_path / "tune" / "mlflow_run.json").read_text())["run_id"]
     parent = client.get_run(parent_id)
-    assert parent.info.status == "FINISHED" and parent.data.tags["tune.swept"] == "loss.lambda_feat,model.variant"
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["tune.swept"] == "loss.lambda_feat,model.variant,model.generator"
     experiment = parent.info.experiment_id
     trials = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent_id}'")
     assert len(trials) == 2
@@ -95,6 +97,7 @@ def test_two_trial_sweep_logs_parent_and_nested_runs_and_writes_the_best_params(
         assert run.info.status in ("FINISHED", "KILLED")
         assert 1.0 <= float(run.data.params["loss.lambda_feat"]) <= 30.0
         assert run.data.params["model.variant"] in ("B1", "B6")
+        assert run.data.params["model.generator"] == run.data.tags["generator"] in ("dagan", "ccfpse")
         assert run.data.params["train.max_steps"] == "4"  # the sweep's step budget, not the params file's
         history = client.get_metric_history(run.info.run_id, "eval/judge_miou")
         assert [point.step for point in history][:1] == [2] and all(0 <= p.value <= 1 for p in history)
@@ -115,7 +118,9 @@ def test_two_trial_sweep_logs_parent_and_nested_runs_and_writes_the_best_params(
     assert tuned.model.variant == best_run.data.params["model.variant"]
     assert tuned.loss.lambda_feat == pytest.approx(float(best_run.data.params["loss.lambda_feat"]))
     assert tuned.train.max_steps == 0 and tuned.train.out_dir == str(tmp_path / "train")  # sweep keys not leaked
-    assert best["set_args"] == [f"loss.lambda_feat={tuned.loss.lambda_feat}", f"model.variant={tuned.model.variant}"]
+    assert tuned.model.generator == best_run.data.params["model.generator"]
+    assert best["set_args"] == [f"loss.lambda_feat={tuned.loss.lambda_feat}", f"model.variant={tuned.model.variant}",
+                                f"model.generator={tuned.model.generator}"]
     artifacts = {item.path for item in client.list_artifacts(parent_id)}
     assert {"best_params.yaml", "best.json", "results.csv"} <= artifacts
 
@@ -175,6 +180,15 @@ def test_bad_search_spaces_stop_with_the_key_and_the_fix(space, message):
     with pytest.raises(ConfigError, match=message) as caught:
         parse_search_space(space, {}, "params.yaml")
     assert str(caught.value).startswith("params.yaml")
+
+
+def test_generator_and_discriminator_are_sweepable_choices():
+    space = {"model": {"generator": {"type": "choice", "values": ["dagan", "ccfpse"]},
+                       "discriminator": {"type": "choice", "values": ["multiscale", "fpse"]}}}
+    assert [(d.key, d.values) for d in parse_search_space(space, {}, "params.yaml")] == [
+        ("model.generator", ("dagan", "ccfpse")), ("model.discriminator", ("multiscale", "fpse"))]
+    with pytest.raises(ConfigError, match="'gaugan' is not a valid value"):
+        parse_search_space({"model": {"generator": {"type": "choice", "values": ["gaugan"]}}}, {}, "params.yaml")
 
 
 def test_judge_probe_scores_a_generator_and_restores_its_mode():

@@ -137,8 +137,11 @@ def write_imported(checkpoint: dict[str, Any], out: str | Path) -> Path:
 
 def _exportable(config: Config) -> str:
     """The official code ("DAGAN"/"SPADE") that runs this model, or a ConfigError saying why none does."""
-    use_sam, cam = config.model.attention()
     model = config.model
+    if (model.generator, model.discriminator) != ("dagan", "multiscale"):
+        raise ConfigError(f"model.generator={model.generator}, model.discriminator={model.discriminator}: only "
+                          "DAGAN / SPADE models (generator dagan, discriminator multiscale) can be exported")
+    use_sam, cam = model.attention()
     if (use_sam, cam) == (False, "off"):
         return "SPADE"
     if (use_sam, cam) != (True, "II"):

@@ -103,13 +103,14 @@ def _generator_outputs(generator: torch.nn.Module, semantic: torch.Tensor, prefi
     return {prefix: image.numpy(), f"{prefix}_pre_tanh": captured["pre"].numpy()}
 
 
-def _discriminator_outputs(discriminator: torch.nn.Module, inputs: torch.Tensor, prefix: str) -> dict[str, np.ndarray]:
+def _discriminator_outputs(discriminator: torch.nn.Module, semantic: torch.Tensor, images: torch.Tensor,
+                           prefix: str) -> dict[str, np.ndarray]:
     with torch.no_grad():
-        scales = discriminator(inputs)
+        scales = discriminator(semantic, images)
     outputs = {}
-    for index, features in enumerate(scales):
-        outputs[f"{prefix}_scale{index}_final"] = features[-1].numpy()
-        outputs[f"{prefix}_scale{index}_feature_abs_means"] = np.array([f.abs().mean().item() for f in features[:-1]])
+    for index, (logits, features) in enumerate(zip(scales.logits, scales.features, strict=True)):
+        outputs[f"{prefix}_scale{index}_final"] = logits.numpy()
+        outputs[f"{prefix}_scale{index}_feature_abs_means"] = np.array([f.abs().mean().item() for f in features])
     return outputs
 
 
@@ -160,9 +161,9 @@ def run_reference(reference: Reference, progress: Callable[[str], None] = lambda
         progress("discriminator: train and eval mode")
         discriminator = import_discriminator(reference.official_state("discriminator"), config, nc)
         fake = torch.from_numpy(reference.arrays["g_eval"])
-        inputs = torch.cat([torch.cat([semantic, fake], 1), torch.cat([semantic, real], 1)])
-        outputs.update(_discriminator_outputs(discriminator.train(), inputs, "d_train"))
-        outputs.update(_discriminator_outputs(discriminator.eval(), inputs, "d_eval"))
+        semantics, images = torch.cat([semantic, semantic]), torch.cat([fake, real])  # the official [fake; real] pass
+        outputs.update(_discriminator_outputs(discriminator.train(), semantics, images, "d_train"))
+        outputs.update(_discriminator_outputs(discriminator.eval(), semantics, images, "d_eval"))
     if "training" in stages:
         progress(f"{ITERATIONS} training iterations")
         losses, trained = _train_iterations(reference, config, semantic, real)

@@ -6,9 +6,14 @@
   perceptual when a VGG extractor is passed in). D's parameters are frozen with
   ``requires_grad_(False)`` for the step, so no D gradient is computed or accumulated. D(real)
   is only needed as a detached target, so it runs without gradients and only D(fake) is
-  back-propagated (the instance norm in D is per sample, and the D(real) pass reuses the
-  spectral-norm weights of the D(fake) pass without another power iteration, so this equals
-  the concatenated pass).
+  back-propagated (both discriminators normalise per sample (instance norm), and the D(real)
+  pass reuses the spectral-norm weights of the D(fake) pass without another power iteration,
+  so this equals the concatenated pass).
+
+Both work with every generator and discriminator (``model.generator``, ``model.discriminator``):
+a discriminator is called as ``D(semantic, image)`` and returns a
+:class:`~dagan.losses.DiscriminatorOutput` (score maps and feature-matching groups), which the
+loss functions take as it is.
 
 Both steps check that every loss is finite before back-propagating, so a NaN or Inf never
 reaches the weights; under DDP the checked values are averaged over ranks first, so every
@@ -90,12 +95,6 @@ def _power_iteration_paused(module: nn.Module):
             layer.training = True
 
 
-def _split(outputs: list[list[torch.Tensor]], first: int) -> tuple[list[list[torch.Tensor]], list[list[torch.Tensor]]]:
-    head = [[feature[:first] for feature in scale] for scale in outputs]
-    tail = [[feature[first:] for feature in scale] for scale in outputs]
-    return head, tail
-
-
 def d_step(
     generator: nn.Module,
     discriminator: nn.Module,
@@ -111,8 +110,8 @@ def d_step(
     with precision.autocast():
         with torch.no_grad():
             fake = generator(semantic)
-        inputs = torch.cat([torch.cat([semantic, fake.detach()], 1), torch.cat([semantic, real.to(fake.dtype)], 1)])
-        fake_outputs, real_outputs = _split(discriminator(inputs), semantic.shape[0])
+        outputs = discriminator(torch.cat([semantic, semantic]), torch.cat([fake.detach(), real.to(fake.dtype)]))
+        fake_outputs, real_outputs = outputs.split(semantic.shape[0])
         loss_real, loss_fake = d_hinge_loss(real_outputs, fake_outputs)
     losses = {"d_real": loss_real, "d_fake": loss_fake}
     values = _checked(losses, context)
@@ -143,9 +142,9 @@ def g_step(
         optimizer.zero_grad(set_to_none=True)
         with precision.autocast():
             fake = generator(semantic)
-            fake_outputs = critic(torch.cat([semantic, fake], 1))
+            fake_outputs = critic(semantic, fake)
             with torch.no_grad(), _power_iteration_paused(critic):
-                real_outputs = critic(torch.cat([semantic, real.to(fake.dtype)], 1))
+                real_outputs = critic(semantic, real.to(fake.dtype))
             losses = {"g_gan": g_hinge_loss(fake_outputs)}
             if weights.feat > 0:
                 losses["g_feat"] = feature_matching_loss(fake_outputs, real_outputs)
