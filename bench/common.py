@@ -30,6 +30,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # does with train.heap_reuse=true, the default).
 ALLOCATORS = ("system", "reuse")
 CPU_FLAGS_OF_INTEREST = ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+SPAP_PLACEMENTS = ("generator", "discriminator", "both")
 
 
 def cpu_model() -> str:
@@ -107,11 +108,24 @@ def stats(seconds: Sequence[float]) -> dict[str, float]:
             "values": [round(value, 4) for value in seconds]}
 
 
+def model_settings(name: str) -> dict[str, Any]:
+    """The ``model`` config section of a benchmark row: a DAGAN variant ("B6"), a variant with SPAP
+    ("B6+spap-both", "B1+spap-generator", ...) or another generator ("ca2sis")."""
+    if name == "ca2sis":
+        return {"generator": "ca2sis"}
+    variant, _, spap = name.partition("+spap-")
+    if variant not in ("B1", "B2", "B3", "B4", "B5", "B6") or (spap and spap not in SPAP_PLACEMENTS) or (
+            "+" in name and not spap):
+        raise ValueError(f"unknown model {name!r}: use B1..B6, B6+spap-{'|'.join(SPAP_PLACEMENTS)} or ca2sis")
+    return {"variant": variant, **({"spap": spap} if spap else {})}
+
+
 def model_parser(description: str, modes: Sequence[str], repeats: int, out: Path) -> argparse.ArgumentParser:
     """The arguments bench.train_step and bench.inference share (configuration grid and timing)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--variants", nargs="+", default=["B1", "B6"])
+    parser.add_argument("--variants", nargs="+", default=["B1", "B6"],
+                        help="models: B1..B6, a variant with SPAP (B6+spap-both, -generator, -discriminator), ca2sis")
     parser.add_argument("--modes", nargs="+", default=["fp32"], help=f"any of {', '.join(modes)}")
     parser.add_argument("--allocators", nargs="+", default=["reuse"], choices=ALLOCATORS,
                         help="reuse: keep freed memory in the heap, as training does (train.heap_reuse, default); "
@@ -141,6 +155,8 @@ def start(args: argparse.Namespace, measure: Callable[[dict[str, Any]], dict[str
         return 2
     for mode in args.modes:
         parse_mode(mode)
+    for name in args.variants:
+        model_settings(name)
     print(f"machine: {json.dumps(machine())}", flush=True)
     return None
 

@@ -83,7 +83,7 @@ def _start_run(config: Config, out_dir: Path, tracking_uri: str, resuming: bool)
     params = config.flat()
     params["mlflow.tracking_uri"] = redact(str(params["mlflow.tracking_uri"]))
     mlflow.log_params(params)
-    mlflow.set_tags({"git_commit": _git_commit(), "variant": config.model.variant, "dataset": config.dataset.name,
+    mlflow.set_tags({"git_commit": _git_commit(), **config.model.tags(), "dataset": config.dataset.name,
                      "data_sha256": data_checksum(config.dataset.prepared_dir)})
     with tempfile.TemporaryDirectory() as tmp:
         save_config(config, Path(tmp) / "config.yaml")

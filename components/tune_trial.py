@@ -66,7 +66,8 @@ def build_probe(config: Config, judge_path: str) -> JudgeProbe:
     loader = DataLoader(dataset, batch_size=config.evaluate.batch_size, shuffle=False, num_workers=0)
     batches = [batch for _, batch in zip(range(config.tune.eval_batches), loader, strict=False)]
     return JudgeProbe(load_judge(judge_path, config), batches, num_classes=manifest.num_classes,
-                      num_label_channels=manifest.num_label_channels, device=resolve_device(config.train.device))
+                      num_label_channels=manifest.num_label_channels, device=resolve_device(config.train.device),
+                      style_from=config.evaluate.style_from)
 
 
 def _now_ms() -> int:
@@ -143,7 +144,7 @@ def _start_run(client: MlflowClient, setup: TrialSetup, config: Config, sampled:
                trial_id: str, trial_name: str) -> str:
     tags = {PARENT_TAG: setup.parent_run_id, "mlflow.runName": trial_name, "ray.trial_id": trial_id,
             "ray.experiment": setup.sweep_name, "tune.swept": ",".join(setup.keys),
-            "variant": config.model.variant, "dataset": config.dataset.name, "git_commit": _git_commit()}
+            **config.model.tags(), "dataset": config.dataset.name, "git_commit": _git_commit()}
     run = client.create_run(setup.experiment_id, run_name=trial_name, tags=tags)
     params = config.flat()
     params["mlflow.tracking_uri"] = redact(str(params["mlflow.tracking_uri"]))

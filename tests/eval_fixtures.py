@@ -29,17 +29,17 @@ def png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def scene(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    label = np.zeros((SIZE, SIZE), np.uint8)
+def scene(rng: np.random.Generator, size: int = SIZE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    label = np.zeros((size, size), np.uint8)
     for class_id in range(1, NUM_CLASSES):
-        top, left = rng.integers(0, SIZE - 10, 2)
+        top, left = rng.integers(0, size - 10, 2)
         label[top:top + 10, left:left + 12] = class_id
     instance = label.astype(np.uint16) * 1000
-    image = np.clip(COLORS[label] + rng.integers(-30, 30, (SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
+    image = np.clip(COLORS[label] + rng.integers(-30, 30, (size, size, 3)), 0, 255).astype(np.uint8)
     return label, instance, image
 
 
-def write_prepared(directory: Path, splits: dict[str, int] | None = None, seed: int = 0) -> Path:
+def write_prepared(directory: Path, splits: dict[str, int] | None = None, seed: int = 0, size: int = SIZE) -> Path:
     """Prepared dataset (docs/ARCHITECTURE.md format): 4 classes, instance maps, flat-coloured rectangles."""
     splits = splits or {"train": 16, "val": 8}
     directory.mkdir(parents=True, exist_ok=True)
@@ -48,10 +48,10 @@ def write_prepared(directory: Path, splits: dict[str, int] | None = None, seed: 
     for split, count in splits.items():
         rows = {"id": [], "split": [], "image": [], "label": [], "instance": [], "height": [], "width": []}
         for index in range(count):
-            label, instance, image = scene(rng)
+            label, instance, image = scene(rng, size)
             for key, value in (("id", f"{split}-{index:03d}"), ("split", split), ("image", png(image)),
-                               ("label", png(label)), ("instance", png(instance)), ("height", SIZE),
-                               ("width", SIZE)):
+                               ("label", png(label)), ("instance", png(instance)), ("height", size),
+                               ("width", size)):
                 rows[key].append(value)
         table = pa.table({**rows, "height": pa.array(rows["height"], pa.int32()),
                           "width": pa.array(rows["width"], pa.int32())})
@@ -62,7 +62,7 @@ def write_prepared(directory: Path, splits: dict[str, int] | None = None, seed: 
     manifest = {
         "format_version": 1, "dataset": "synthetic", "class_names": [f"class{i}" for i in range(NUM_CLASSES)],
         "class_colors": COLORS.tolist(), "num_classes": NUM_CLASSES, "contain_dontcare_label": False,
-        "has_instance": True, "semantic_nc": NUM_CLASSES + 1, "load_size": SIZE, "splits": splits,
+        "has_instance": True, "semantic_nc": NUM_CLASSES + 1, "load_size": size, "splits": splits,
         "label_only_splits": [], "shards": shards,
     }
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -98,10 +98,10 @@ def write_params(config: Config, root: Path) -> Path:
 def write_checkpoint(config: Config, path: Path, seed: int = 0) -> Path:
     """A generator checkpoint in the documented training-checkpoint format (untrained weights)."""
     torch.manual_seed(seed)
-    generator = build_generator(config, NUM_CLASSES + 1)
+    generator = build_generator(config, NUM_CLASSES + 1, NUM_CLASSES)
     state = {"format_version": FORMAT_VERSION, "config": config.to_dict(), "semantic_nc": NUM_CLASSES + 1,
-             "generator": generator.state_dict(), "discriminator": {}, "ema": None, "optimizer_g": {},
-             "optimizer_d": {}, "scaler": None, "step": 0, "epoch": 0, "rng": {}}
+             "num_label_channels": NUM_CLASSES, "generator": generator.state_dict(), "discriminator": {},
+             "ema": None, "optimizer_g": {}, "optimizer_d": {}, "scaler": None, "step": 0, "epoch": 0, "rng": {}}
     return save_checkpoint(state, path)
 
 

@@ -52,3 +52,14 @@ def test_one_tiny_training_iteration_is_measured():
     assert row["iteration_s"]["n"] == 1 and row["iteration_s"]["median"] > 0
     assert row["g_step_s"]["median"] + row["d_step_s"]["median"] == pytest.approx(row["iteration_s"]["median"])
     assert row["peak_memory_mib"] > 0 and row["generator_parameters"] > 0
+
+
+def test_model_names_of_benchmark_rows():
+    from bench.common import model_settings
+
+    assert model_settings("B1") == {"variant": "B1"}
+    assert model_settings("B6+spap-both") == {"variant": "B6", "spap": "both"}
+    assert model_settings("ca2sis") == {"generator": "ca2sis"}
+    for bad in ("B9", "B6+spap-nowhere", "B6+sam"):
+        with pytest.raises(ValueError, match="unknown model"):
+            model_settings(bad)
