@@ -30,6 +30,7 @@ def test_short_run_trains_evaluates_and_registers(tmp_path, monkeypatch, model, 
     config = tiny_config(tmp_path, model=model, dataset={"crop_size": size, "load_size": size},
                          train={"batch_size": 2, "max_steps": 2, "log_every": 1, "sample_every": 0},
                          judge={"epochs": 2}, evaluate={"batch_size": 2, "num_attention_samples": 2})
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", config.mlflow.tracking_uri)  # this test's store, for every step
     write_prepared(tmp_path / "prepared", {"train": 4, "val": 4}, size=size)
     params = ["--params", str(write_params(config, tmp_path))]
 
@@ -51,7 +52,6 @@ def test_short_run_trains_evaluates_and_registers(tmp_path, monkeypatch, model, 
     assert register(params) == 0
     record = json.loads((tmp_path / "register" / "registration.json").read_text())
     assert record["model_name"] == "dagan-synthetic" and record["version"] == "1"
-    mlflow.set_tracking_uri(config.mlflow.tracking_uri)
     served = mlflow.pyfunc.load_model(record["model_uri"])
     label = np.zeros((size, size), np.uint8)
     label[: size // 2] = NUM_CLASSES - 1
