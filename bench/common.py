@@ -30,6 +30,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # does with train.heap_reuse=true, the default).
 ALLOCATORS = ("system", "reuse")
 CPU_FLAGS_OF_INTEREST = ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+SPAP_PLACEMENTS = ("generator", "discriminator", "both")
 
 
 def cpu_model() -> str:
@@ -107,8 +108,9 @@ def stats(seconds: Sequence[float]) -> dict[str, float]:
             "values": [round(value, 4) for value in seconds]}
 
 
-MODELS_HELP = ("models: DAGAN variants B1..B6 (multiscale D), ccfpse (CC-FPSE generator + FPSE D, as its paper "
-               "trains it), or GENERATOR/DISCRIMINATOR to mix them (B6/fpse, ccfpse/multiscale)")
+MODELS_HELP = ("models: DAGAN variants B1..B6 (multiscale D), optionally with SPAP (B6+spap-both, +spap-generator, "
+               "+spap-discriminator), ccfpse (CC-FPSE generator + FPSE D, as its paper trains it), ca2sis, or "
+               "GENERATOR/DISCRIMINATOR to mix them (B6/fpse, ccfpse/multiscale)")
 
 
 def model_settings(name: str) -> dict[str, str]:
@@ -116,15 +118,19 @@ def model_settings(name: str) -> dict[str, str]:
     from dagan.config import VARIANTS
 
     generator, _, discriminator = name.partition("/")
-    if generator == "ccfpse":
-        settings = {"generator": "ccfpse", "discriminator": discriminator or "fpse"}
-    elif generator in VARIANTS:
+    generator, _, spap = generator.partition("+spap-")
+    if generator in ("ccfpse", "ca2sis"):
+        settings = {"generator": generator, "discriminator": discriminator or
+                    ("fpse" if generator == "ccfpse" else "multiscale")}
+    elif generator in VARIANTS and generator != "custom":
         settings = {"variant": generator, "discriminator": discriminator or "multiscale"}
     else:
         raise ValueError(f"model {name!r}: {MODELS_HELP}")
     if settings["discriminator"] not in ("multiscale", "fpse"):
         raise ValueError(f"model {name!r}: the discriminator is multiscale or fpse")
-    return settings
+    if spap and spap not in SPAP_PLACEMENTS or "+" in name and not spap:
+        raise ValueError(f"model {name!r}: SPAP goes into {'|'.join(SPAP_PLACEMENTS)}: {MODELS_HELP}")
+    return {**settings, **({"spap": spap} if spap else {})}
 
 
 def model_parser(description: str, modes: Sequence[str], repeats: int, out: Path) -> argparse.ArgumentParser:

@@ -25,20 +25,21 @@ from bench.train_step import MODES, parse_mode, synthetic_batch
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     from dagan.config import config_from_dict
-    from dagan.generator import build_generator
+    from dagan.generator import build_generator, run_generator
     from dagan.presets import get_preset
 
     common.apply_allocator(spec["allocator"])
     if spec["device"] == "cpu":
         torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
-    config = config_from_dict({"dataset": {"name": spec["dataset"]},
+    config = config_from_dict({"dataset": {"name": spec["dataset"], "crop_size": spec["width"],
+                                           "aspect_ratio": spec["width"] / spec["height"]},
                                "model": {**common.model_settings(spec["variant"]), "ngf": spec["ngf"]}},
                               "bench").resolved()
     memory_format = torch.channels_last if spec["channels_last"] else torch.contiguous_format
     generator = build_generator(config, get_preset(spec["dataset"]).semantic_nc).eval()
     generator = generator.to(device, memory_format=memory_format)
-    semantic, _ = synthetic_batch(spec["dataset"], spec["batch"], spec["height"], spec["width"], device)
+    semantic, photo = synthetic_batch(spec["dataset"], spec["batch"], spec["height"], spec["width"], device)
     semantic = semantic.contiguous(memory_format=memory_format)
     if spec["compile"]:
         generator = torch.compile(generator)
@@ -47,7 +48,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
 
     def generate() -> None:
         with torch.inference_mode(), autocast:
-            generator(semantic)
+            run_generator(generator, semantic, photo)
 
     load_before = common.load_average()
     start = time.perf_counter()

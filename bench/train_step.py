@@ -71,7 +71,8 @@ def build(spec: dict[str, Any]):
     from dagan.train.state import build_state
 
     config = config_from_dict({
-        "dataset": {"name": spec["dataset"]},
+        "dataset": {"name": spec["dataset"], "crop_size": spec["width"],
+                    "aspect_ratio": spec["width"] / spec["height"]},  # the benchmark's size (CA2SIS is built for one)
         "model": {**common.model_settings(spec["variant"]), "ngf": spec["ngf"]},
         "loss": {"lambda_vgg": 0.0},  # build_state would look for ImageNet weights; a random VGG19 is injected
         "train": {"device": spec["device"], "amp": "bf16" if spec["precision"] == "bf16" else "off",
@@ -93,13 +94,15 @@ def build(spec: dict[str, Any]):
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Time ``spec["repeats"]`` iterations after ``spec["warmup"]``; also G forward+backward alone."""
+    from dagan.generator import run_generator
     from dagan.train.steps import LossWeights, d_step, g_step
 
     common.apply_allocator(spec["allocator"])
     if spec["device"] == "cpu":
         torch.set_num_threads(spec["threads"])
     config, state, semantic, real, device = build(spec)
-    weights = LossWeights(gan=config.loss.lambda_gan, feat=config.loss.lambda_feat, vgg=PERCEPTUAL_WEIGHT)
+    weights = LossWeights(gan=config.loss.lambda_gan, feat=config.loss.lambda_feat, vgg=PERCEPTUAL_WEIGHT,
+                          att=config.loss.lambda_att)
     cuda = device.type == "cuda"
 
     def sync() -> None:
@@ -136,7 +139,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         start = time.perf_counter()
         state.generator.zero_grad(set_to_none=True)
         with state.precision.autocast():
-            image = state.generator(semantic)
+            image = run_generator(state.generator, semantic, real)
         image.float().sum().backward()
         sync()
         return time.perf_counter() - start

@@ -7,8 +7,8 @@ images (the judge's ceiling) and the mean-colour baseline (the floor): judge mIo
 accuracy and per-class IoU, the judge Fréchet distance, FID and LPIPS or the recorded reason
 they are unavailable (dagan/evaluation.py, paper section 4). Writes into ``evaluate.out_dir``:
 ``metrics.json`` (DVC metrics), ``per_class_iou.json``, ``figures/samples.png`` (label |
-generated | real), ``figures/attention.png`` (SAM maps and CAM channel weights, paper Fig. 9;
-only for variants with attention) and ``config.yaml``,
+generated | real), ``figures/attention.png`` (the attention maps the model has: SAM maps and CAM
+channel weights, paper Fig. 9; SPAP gates of G and D; CA2SIS's cross-attention) and ``config.yaml``,
 and logs all of it into the training's MLflow run (``<train.out_dir>/mlflow_run.json``). The
 tracking URI is ``$MLFLOW_TRACKING_URI`` when set, else ``mlflow.tracking_uri``.
 """
@@ -26,12 +26,13 @@ from torch.utils.data import DataLoader
 from components.cli import entry, load, log, make_parser, run_main
 from components.outputs import checkpoint_path, connect_tracking, judge_path, tracking_uri, training_run_id, write_json
 from dagan.baseline import class_mean_colors
-from dagan.checkpoint import load_generator
+from dagan.checkpoint import load_discriminator, load_generator
 from dagan.config import Config, save_config
 from dagan.data import PairedDataset, read_manifest
 from dagan.distributed import resolve_device
-from dagan.evaluation import evaluate_generator
+from dagan.evaluation import evaluate_generator, style_photo
 from dagan.fid import build_inception, build_lpips, load_optional_metric
+from dagan.generator import run_generator
 from dagan.judge import load_judge
 from dagan.labels import semantic_input
 from dagan.visualize import attention_figure, sample_grid
@@ -51,14 +52,20 @@ def save_png(image, path: Path) -> Path:
 
 
 @torch.no_grad()
-def _attention(generator, config: Config, num_label_channels: int, colors, device):
-    """The paper's Fig. 9 for the first validation samples (None when the variant has no attention)."""
+def _attention(generator, discriminator, config: Config, num_label_channels: int, colors, device):
+    """The paper's Fig. 9 for the first validation samples (None when the model has no attention maps)."""
     batch = next(iter(_loader(config, config.evaluate.split, config.evaluate.num_attention_samples)))
     label = batch["label"].to(device)
     instance = batch["instance"].to(device) if "instance" in batch else None
-    image, attention = generator(semantic_input(label, num_label_channels, instance), return_attention=True)
+    semantic = semantic_input(label, num_label_channels, instance)
+    style_image = style_photo(batch["image"].to(device), config.evaluate.style_from)
+    image, attention = run_generator(generator, semantic, style_image, return_attention=True)
+    if discriminator is not None:
+        attention.update(discriminator(semantic, image, return_attention=True)[1])
     if not attention:
         return None
+    if "ca2sis" in attention:  # the finest cross-attention layer
+        attention["ca2sis"] = attention["ca2sis"][-1]
     return attention_figure(label.cpu(), image.cpu(), {k: v.cpu() for k, v in attention.items()}, colors)
 
 
@@ -67,12 +74,15 @@ def _run(config: Config) -> int:
     device = resolve_device(config.evaluate.device, key="evaluate.device")
     run_id = training_run_id(config)
     manifest = read_manifest(config.dataset.prepared_dir)
-    generator, _, semantic_nc = load_generator(checkpoint_path(config), use_ema=config.evaluate.use_ema)
+    generator, train_config, semantic_nc = load_generator(checkpoint_path(config), use_ema=config.evaluate.use_ema)
     if semantic_nc != manifest.semantic_nc:
         raise ValueError(f"{checkpoint_path(config)} takes {semantic_nc} label channels but the prepared dataset "
                          f"{config.dataset.prepared_dir} has {manifest.semantic_nc}: evaluate the model on the "
                          "dataset it was trained on")
     generator = generator.to(device)
+    discriminator = None
+    if train_config.model.spap_in("discriminator"):
+        discriminator = load_discriminator(checkpoint_path(config)).to(device)
     judge = load_judge(judge_path(config), config).to(device)
     mean_colors = class_mean_colors(_loader(config, "train", config.evaluate.batch_size), manifest.num_classes)
     download = config.evaluate.download_weights
@@ -85,8 +95,9 @@ def _run(config: Config) -> int:
         class_names=manifest.class_names, mean_colors=mean_colors, device=device,
         inception=inception.to(device) if inception is not None else None,
         lpips=lpips.to(device) if lpips is not None else None, num_samples=config.evaluate.num_grid_samples,
+        style_from=config.evaluate.style_from,
     )
-    figure = _attention(generator, config, manifest.num_label_channels, manifest.class_colors, device)
+    figure = _attention(generator, discriminator, config, manifest.num_label_channels, manifest.class_colors, device)
     metrics = {k: round(v, 6) for k, v in result.metrics.items()}
     unavailable = {name: reason for name, reason in (("fid", fid_reason), ("lpips", lpips_reason)) if reason}
 

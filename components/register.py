@@ -125,7 +125,7 @@ def _run(config: Config) -> int:
     layout = LabelLayout.from_manifest(read_manifest(config.dataset.prepared_dir))
     generator, train_config, _ = load_generator(checkpoint_path(config), use_ema=config.evaluate.use_ema)
     origin = load_checkpoint(checkpoint_path(config)).get("origin")  # imported official models say where from
-    height = round(train_config.dataset.crop_size / train_config.dataset.aspect_ratio)
+    height, width = train_config.image_size()
 
     connect_tracking(tracking_uri(config))
     client = MlflowClient()
@@ -133,7 +133,7 @@ def _run(config: Config) -> int:
         exported = export_generator(Path(tmp) / "generator.pt", generator, train_config, layout)
         info = mlflow.pyfunc.log_model(
             name="model", **pyfunc_model_arguments(exported, config.register),
-            input_example=_input_example(layout, (height, train_config.dataset.crop_size)),
+            input_example=_input_example(layout, (height, width)),
             pip_requirements=[f"{p}=={package_version(p)}" for p in REQUIREMENTS], registered_model_name=name,
         )
     version = str(info.registered_model_version)

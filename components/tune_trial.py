@@ -67,7 +67,8 @@ def build_probe(config: Config, judge_path: str) -> JudgeProbe:
     loader = DataLoader(dataset, batch_size=config.evaluate.batch_size, shuffle=False, num_workers=0)
     batches = [batch for _, batch in zip(range(config.tune.eval_batches), loader, strict=False)]
     return JudgeProbe(load_judge(judge_path, config), batches, num_classes=manifest.num_classes,
-                      num_label_channels=manifest.num_label_channels, device=resolve_device(config.train.device))
+                      num_label_channels=manifest.num_label_channels, device=resolve_device(config.train.device),
+                      style_from=config.evaluate.style_from)
 
 
 def _now_ms() -> int:

@@ -1,8 +1,8 @@
 """``python -m dagan``: small everyday commands of the library.
 
-* ``describe --preset NAME [--variant B6] [-S model.generator=ccfpse ...] [--json]``: the model
-  built for a dataset preset (official settings, ngf from the preset) with its parameter counts;
-  ``-S section.key=value`` overrides the config as in every component.
+* ``describe --preset NAME [--variant B6] [--generator ccfpse|ca2sis] [-S model.spap=both ...] [--json]``:
+  the model built for a dataset preset (official settings, ngf from the preset) with its parameter
+  counts; ``-S section.key=value`` overrides the config as in every component.
 * ``generate --model URI --labels DIR --out DIR``: label maps -> images. ``URI`` is a local
   checkpoint (read here) or an MLflow ``models:/`` / ``runs:/`` URI (handed to
   ``components.generate``, imported only then: the library itself never imports mlflow).
@@ -23,8 +23,10 @@ from dagan.config import VARIANTS, Config, ConfigError, config_from_dict, merge_
 from dagan.discriminator import build_discriminator
 from dagan.generate import add_generate_arguments, generate_dir, load_synthesizer
 from dagan.generator import build_generator
+from dagan.nn.spap import SpatialPyramidAttentivePooling
 from dagan.official.cli import add_official_commands, run_official_command
 from dagan.presets import PRESETS, get_preset
+from dagan.styles import style_edit
 
 
 def count_parameters(module) -> int:
@@ -47,24 +49,28 @@ def describe(preset_name: str, variant: str = "B6", overrides: dict | None = Non
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
         generator = build_generator(config, preset.semantic_nc)
         discriminator = build_discriminator(config, preset.semantic_nc)
-    use_sam, cam = config.model.attention()
-    dagan = config.model.generator == "dagan"  # the variant and attention knobs apply to DAGAN only
-    return {
-        "preset": preset_name,
-        "generator": config.model.generator,
-        "discriminator": config.model.discriminator,
-        "variant": config.model.variant if dagan else None,
-        "semantic_nc": preset.semantic_nc,
-        "ngf": config.model.ngf,
-        "ndf": config.model.ndf,
-        "num_upsampling_layers": config.model.num_upsampling_layers,
-        "use_sam": use_sam if dagan else None,
-        "cam": cam if dagan else None,
-        "cam_sources": config.model.cam_sources if dagan else None,
-        "generator_params": count_parameters(generator),
-        "discriminator_params": count_parameters(discriminator),
-        "image_size": [config.dataset.crop_size, round(config.dataset.crop_size / config.dataset.aspect_ratio)],
-    }
+    model = config.model
+    height, width = config.image_size()
+    info = {"preset": preset_name, "generator": model.generator, "discriminator": model.discriminator,
+            "semantic_nc": preset.semantic_nc, "ngf": model.ngf, "ndf": model.ndf}
+    if model.generator == "dagan":  # the variant and attention knobs apply to DAGAN only
+        use_sam, cam = model.attention()
+        info.update(variant=model.variant, num_upsampling_layers=model.num_upsampling_layers, use_sam=use_sam,
+                    cam=cam, cam_sources=model.cam_sources)
+    elif model.generator == "ccfpse":
+        info.update(num_upsampling_layers=model.num_upsampling_layers)
+    else:
+        info.update(ca2sis_style_dim=model.ca2sis_style_dim, ca2sis_exclude_background=model.ca2sis_exclude_background,
+                    ca2sis_mapping_network=model.ca2sis_mapping_network,
+                    generator_parts={name: count_parameters(part) for name, part in generator.named_children()})
+    info.update(spap=model.spap, spap_order=model.spap_order)
+    spap_units = [m for m in (*generator.modules(), *discriminator.modules())
+                  if isinstance(m, SpatialPyramidAttentivePooling)]
+    if spap_units:
+        info["spap_params"] = sum(count_parameters(unit) for unit in spap_units)
+    info.update(generator_params=count_parameters(generator), discriminator_params=count_parameters(discriminator),
+                image_size=[width, height])
+    return info
 
 
 def generate(args: argparse.Namespace) -> int:
@@ -76,8 +82,13 @@ def generate(args: argparse.Namespace) -> int:
             synthesizer = load_from_mlflow(args.model)
         else:
             synthesizer = load_synthesizer(args.model, manifest_dir=args.manifest)
+        edit = None
+        if args.style_image or args.style_label or args.style_classes:
+            if not (args.style_image and args.style_label):
+                raise ValueError("--style-image and --style-label go together (the reference photo and its label map)")
+            edit = style_edit(synthesizer, args.style_image, args.style_label, args.style_classes)
         written = generate_dir(synthesizer, args.labels, args.out, args.instances, args.edges_from_labels,
-                               args.overwrite)
+                               photos_dir=args.photos, style_edit=edit, overwrite=args.overwrite)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -91,9 +102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     describe_cmd = commands.add_parser("describe", help="describe the model of a dataset preset")
     describe_cmd.add_argument("--preset", required=True, choices=sorted(PRESETS))
     describe_cmd.add_argument("--variant", default="B6", choices=sorted(VARIANTS))
+    describe_cmd.add_argument("--generator", choices=["dagan", "ccfpse", "ca2sis"],
+                              help="model.generator (default: dagan)")
     describe_cmd.add_argument("--ngf", type=int, help="override the preset's ngf")
     describe_cmd.add_argument("-S", "--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
-                              help="override a config value, e.g. -S model.generator=ccfpse (repeatable)")
+                              help="override a config value, e.g. -S model.spap=both -S dataset.crop_size=256 "
+                                   "(repeatable)")
     describe_cmd.add_argument("--json", action="store_true", help="print one JSON object")
     add_generate_arguments(commands.add_parser("generate", help="turn label-map PNGs into images"))
     add_official_commands(commands)
@@ -104,7 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_official_command(args)
 
     try:
-        info = describe(args.preset, args.variant, {"ngf": args.ngf} if args.ngf else None, args.settings)
+        model = {"ngf": args.ngf} if args.ngf else {}
+        model.update({"generator": args.generator} if args.generator else {})
+        info = describe(args.preset, args.variant, model or None, args.settings)
     except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

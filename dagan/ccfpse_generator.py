@@ -64,21 +64,26 @@ class CCFPSEGenerator(nn.Module):
         )
         self.conv_img = nn.Conv2d(widths[-1], 3, 3, padding=1)
 
-    def _start(self, label_map: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
-        height, width = label_map.shape[2:]
+    def size_error(self, height: int, width: int) -> str | None:
+        """Why a label map of this size cannot be generated (None: it can)."""
         factor = 2**self.num_up
         if height % factor or width % factor:
-            raise ValueError(f"label map size {height}x{width} must be divisible by {factor} "
-                             f"(2**{self.num_up} for this num_upsampling_layers); resize or crop it")
+            return f"height and width must be multiples of {factor} (2**{self.num_up} for this num_upsampling_layers)"
+        if self.z_dim and (height // factor, width // factor) != self.start_size:
+            return (f"this generator's latent start was built for {self.start_size[0] * factor}x"
+                    f"{self.start_size[1] * factor} images (z_dim > 0 fixes the size)")
+        return None
+
+    def _start(self, label_map: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+        height, width = label_map.shape[2:]
+        if (reason := self.size_error(height, width)) is not None:
+            raise ValueError(f"label map size {height}x{width}: {reason}; resize or crop it")
+        factor = 2**self.num_up
         start = (height // factor, width // factor)
         if not self.z_dim:
             if z is not None:
                 raise ValueError("this generator starts from the label map (z_dim=0); it takes no z")
             return self.fc(F.interpolate(label_map, size=start, mode="nearest"))
-        if start != self.start_size:
-            expected = (self.start_size[0] * factor, self.start_size[1] * factor)
-            raise ValueError(f"label map size {height}x{width}: this generator's latent start was built for "
-                             f"{expected[0]}x{expected[1]} images (z_dim > 0 fixes the size); resize the label map")
         if z is None:
             z = label_map.new_zeros(label_map.shape[0], self.z_dim)
         return self.fc(z).view(label_map.shape[0], -1, *start)

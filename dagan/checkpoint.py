@@ -1,7 +1,7 @@
 """Training checkpoints: one atomic dict with the whole training state (DESIGN.md section 3).
 
 Contents (docs/ARCHITECTURE.md, "Training outputs"): ``format_version``, ``config`` (the
-resolved config as a plain dict), ``semantic_nc``, ``generator``, ``discriminator``, ``ema``
+resolved config as a plain dict), ``semantic_nc``, ``num_label_channels``, ``generator``, ``discriminator``, ``ema``
 (or None), ``optimizer_g``, ``optimizer_d``, ``scaler`` (or None), ``step``, ``epoch`` and
 ``rng`` (python / numpy / torch / cuda states as tensors and plain lists). Everything is
 loadable with ``torch.load(..., weights_only=True)``. Files are written to a temporary name
@@ -211,6 +211,15 @@ def _load_failure(err: BaseException) -> str:
         return "the file is empty or cut short"
     return str(err).split(". ")[0].split("\n")[0] or type(err).__name__
 
+def label_channels_of(state: dict[str, Any]) -> int | None:
+    """The one-hot class channels a checkpoint's generator was built for (None when it does not say:
+    checkpoints of generators that do not need it)."""
+    if state.get("num_label_channels") is not None:
+        return state["num_label_channels"]
+    layout = state.get("layout")  # exported generators (dagan.generate.export_generator)
+    return layout["num_classes"] + int(layout["contain_dontcare_label"]) if layout else None
+
+
 
 def load_generator(path: str | Path, use_ema: bool = True, map_location: str | torch.device = "cpu"):
     """``(generator, config, semantic_nc)`` from a checkpoint, in eval mode.
@@ -222,7 +231,7 @@ def load_generator(path: str | Path, use_ema: bool = True, map_location: str | t
 
     state = load_checkpoint(path, map_location)
     config: Config = config_from_dict(state["config"], f"{path} (config)")
-    generator = build_generator(config, state["semantic_nc"])
+    generator = build_generator(config, state["semantic_nc"], label_channels_of(state))
     weights = state["ema"] if use_ema and state["ema"] is not None else state["generator"]
     bad = non_finite_tensors(weights)
     if bad:
@@ -230,3 +239,17 @@ def load_generator(path: str | Path, use_ema: bool = True, map_location: str | t
                               "diverged: use an earlier checkpoint, or retrain with lower learning rates")
     generator.load_state_dict(weights)
     return generator.eval(), config, state["semantic_nc"]
+
+
+def load_discriminator(path: str | Path, map_location: str | torch.device = "cpu"):
+    """The discriminator of a training checkpoint, in eval mode (e.g. for its SPAP attention maps)."""
+    from dagan.discriminator import build_discriminator
+
+    state = load_checkpoint(path, map_location)
+    if not state.get("discriminator"):
+        raise CheckpointError(f"{path} holds no discriminator weights (an exported generator?); use the training "
+                              "checkpoint")
+    config: Config = config_from_dict(state["config"], f"{path} (config)")
+    discriminator = build_discriminator(config, state["semantic_nc"])
+    discriminator.load_state_dict(state["discriminator"])
+    return discriminator.eval()

@@ -27,8 +27,11 @@ from dagan.presets import get_preset
 Variant = Literal["B1", "B2", "B3", "B4", "B5", "B6", "custom"]
 CamMode = Literal["off", "I", "II"]
 UpsamplingMode = Literal["normal", "more", "most"]
-GeneratorKind = Literal["dagan", "ccfpse"]
+GeneratorKind = Literal["dagan", "ccfpse", "ca2sis"]
 DiscriminatorKind = Literal["multiscale", "fpse"]
+SpapPlacement = Literal["off", "generator", "discriminator", "both"]
+SpapOrder = Literal["coarse_to_fine", "fine_to_coarse"]
+CA2SIS_SIZE_MULTIPLE = 64  # the CA2SIS style encoder halves the photo six times
 
 # Doublings from the generator's start size to the image (SPADE's "normal" / "more" / "most").
 NUM_UP = {"normal": 5, "more": 6, "most": 7}
@@ -101,7 +104,9 @@ class SyntheticConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    generator: GeneratorKind = "dagan"  # dagan: SPADE + SAM/CAM | ccfpse: CC-FPSE conditional convs (docs/CCFPSE.md)
+    # dagan: SPADE + SAM/CAM | ccfpse: CC-FPSE conditional convs (docs/CCFPSE.md) | ca2sis: cross-attention
+    # generator (docs/ATTENTION.md)
+    generator: GeneratorKind = "dagan"
     discriminator: DiscriminatorKind = "multiscale"  # multiscale PatchGAN | fpse: CC-FPSE feature pyramid + semantics
     variant: Variant = "B6"  # paper Table 4 (generator=dagan only); "custom" uses use_sam and cam below
     use_sam: bool | None = None  # only with variant=custom
@@ -116,15 +121,25 @@ class ModelConfig:
     init_gain: float = 0.02
     # false: as the official code on a GPU, where spectral-norm convolutions keep PyTorch's default init
     init_spectral_norm_weights: bool = True
+    spap: SpapPlacement = "off"  # SPAP unit (docs/ATTENTION.md) in the DAGAN generator, the discriminator, both or off
+    spap_order: SpapOrder = "coarse_to_fine"  # SPAP cascade order over its pyramid levels
+    ca2sis_style_dim: int = 256  # CA2SIS: width of each of the 5 per-class style codes (official --style_dim)
+    ca2sis_exclude_background: bool = False  # CA2SIS: the mask embedder skips class 0 (official --exclude_bg)
+    ca2sis_mapping_network: bool = True  # CA2SIS: build the official noise-to-style network (untrained here)
+
+    def spap_in(self, network: Literal["generator", "discriminator"]) -> bool:
+        """Whether ``network`` gets a SPAP unit."""
+        return self.spap in (network, "both")
 
     def __post_init__(self) -> None:
         _at_least(self, "model", 1, "ngf", "ndf", "num_discriminators", "n_layers_d")
         _check(self.sam_kernel_size % 2 == 1 and self.sam_kernel_size > 0, "model.sam_kernel_size",
                self.sam_kernel_size, "must be odd and >= 1 (the SAM convolution keeps the map size)")
+
     def labels(self) -> dict[str, str]:
-        """Short labels of the model for run tags: generator, discriminator, variant ("-" when not DAGAN)."""
+        """Short labels of the model for run tags: generator, discriminator, variant ("-" when not DAGAN), spap."""
         return {"generator": self.generator, "discriminator": self.discriminator,
-                "variant": self.variant if self.generator == "dagan" else "-"}
+                "variant": self.variant if self.generator == "dagan" else "-", "spap": self.spap}
 
     def attention(self) -> tuple[bool, str]:
         """(use_sam, cam_mode) for this model, from the variant or the custom knobs."""
@@ -150,6 +165,7 @@ class LossConfig:
     lambda_gan: float = 1.0  # paper Eq. 10, lambda_cgan
     lambda_feat: float = 10.0  # lambda_f
     lambda_vgg: float = 10.0  # lambda_p; 0 turns the perceptual loss (and VGG19) off
+    lambda_att: float = 1.0  # CA2SIS attention loss L_att (official weight with --att_loss: 1); only for ca2sis
     vgg_weights: str = "auto"  # a .pth file of torchvision's vgg19 ImageNet weights, or auto (torch cache)
     vgg_input: Literal["official", "imagenet"] = "official"  # VGG sees [-1, 1] images (official) or ImageNet-normalised
 
@@ -227,7 +243,8 @@ class EvaluateConfig:
     batch_size: int = 8
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_grid_samples: int = 8  # rows of the label | generated | real grid
-    num_attention_samples: int = 4  # rows of the SAM / CAM figure
+    num_attention_samples: int = 4  # rows of the attention figure (SAM, CAM, SPAP, CA2SIS cross-attention)
+    style_from: Literal["photo", "class_mean"] = "photo"  # ca2sis styles: each scene's photo | the class means
     fid: Literal["auto", "required", "off"] = "auto"  # auto: report when Inception weights exist, else why not
     fid_weights: str = "auto"  # torch-fidelity's Inception .pth, or auto: <torch hub dir>/checkpoints
     lpips: Literal["auto", "required", "off"] = "auto"  # auto: report when LPIPS weights exist, else why not
@@ -323,6 +340,12 @@ class Config:
         """Fill every ``null`` that a preset provides; check the attention knobs."""
         preset = get_preset(self.dataset.name)
         self.model.attention()
+        if self.model.generator != "dagan" and self.model.spap_in("generator"):
+            raise ConfigError(f"model.spap={self.model.spap} puts SPAP into the DAGAN generator, but "
+                              f"model.generator={self.model.generator}; use model.spap=discriminator (or off) with it")
+        if self.model.discriminator != "multiscale" and self.model.spap_in("discriminator"):
+            raise ConfigError(f"model.spap={self.model.spap} puts SPAP into the multiscale discriminator, but "
+                              f"model.discriminator={self.model.discriminator}; use model.spap=generator (or off)")
         fill = {
             "dataset": {"load_size": preset.load_size, "crop_size": preset.crop_size,
                         "aspect_ratio": preset.aspect_ratio},
@@ -340,7 +363,25 @@ class Config:
         resolved = dataclasses.replace(self, **sections)
         _check(resolved.train.epochs + resolved.train.epochs_decay >= 1, "train.epochs + train.epochs_decay",
                resolved.train.epochs + resolved.train.epochs_decay, "must be >= 1: there is nothing to train")
+        resolved.check_generator_size()
         return resolved
+
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) of the training crops (resolved config)."""
+        crop, aspect = self.dataset.crop_size, self.dataset.aspect_ratio
+        return round(crop / aspect), crop
+
+    def check_generator_size(self) -> None:
+        """CA2SIS is built for one image size whose sides are multiples of 64 (its style encoder)."""
+        if self.model.generator != "ca2sis":
+            return
+        height, width = self.image_size()
+        if height % CA2SIS_SIZE_MULTIPLE or width % CA2SIS_SIZE_MULTIPLE:
+            raise ConfigError(
+                f"model.generator=ca2sis needs image sides that are multiples of {CA2SIS_SIZE_MULTIPLE}, got "
+                f"{height}x{width} (dataset.crop_size={self.dataset.crop_size}, dataset.aspect_ratio="
+                f"{self.dataset.aspect_ratio}); set dataset.crop_size to a multiple of {CA2SIS_SIZE_MULTIPLE}"
+            )
 
 
 def _type_name(tp: Any) -> str:

@@ -7,6 +7,10 @@ mean-colour baseline's image (:mod:`dagan.baseline`) are each segmented by the j
 the real images: the judge Fréchet distance (``fd_judge``, in the judge's features), FID
 (standard Inception features) and LPIPS when those networks are passed in. Networks with side
 effects (judge, Inception, LPIPS) are arguments; nothing is loaded here.
+
+A style-encoding generator (CA2SIS) takes each scene's styles from its photo (``style_from="photo"``,
+the CA2SIS paper's reconstruction protocol) or from its class-mean styles (``"class_mean"``, no photo
+seen); DAGAN ignores the photo.
 """
 
 from __future__ import annotations
@@ -18,11 +22,20 @@ import torch
 from torch import nn
 
 from dagan.baseline import paint_mean_colors
+from dagan.generator import run_generator
 from dagan.judge import evaluated_target
 from dagan.labels import semantic_input
 from dagan.metrics import confusion_matrix, frechet_distance, mean_iou, per_class_iou, pixel_accuracy
 
 SOURCES = ("generated", "real", "baseline")
+STYLE_SOURCES = ("photo", "class_mean")
+
+
+def style_photo(photo: torch.Tensor, style_from: str) -> torch.Tensor | None:
+    """The ``style_image`` a generator gets in evaluation: the scene's photo, or None (class means)."""
+    if style_from not in STYLE_SOURCES:
+        raise ValueError(f"style_from must be one of {', '.join(STYLE_SOURCES)}, got {style_from!r}")
+    return photo if style_from == "photo" else None
 
 
 @dataclass
@@ -46,6 +59,7 @@ def evaluate_generator(
     inception: Callable[[torch.Tensor], torch.Tensor] | None = None,
     lpips: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     num_samples: int = 8,
+    style_from: str = "photo",
 ) -> Evaluation:
     """Score generated, real and baseline images of ``batches`` (dicts: label, image, [instance])."""
     generator.eval()
@@ -61,7 +75,8 @@ def evaluate_generator(
         real = batch["image"].to(device)
         instance = batch["instance"].to(device) if "instance" in batch else None
         images = {
-            "generated": generator(semantic_input(label, num_label_channels, instance)),
+            "generated": run_generator(generator, semantic_input(label, num_label_channels, instance),
+                                       style_photo(real, style_from)),
             "real": real,
             "baseline": paint_mean_colors(label, mean_colors.to(device)),
         }

@@ -10,6 +10,10 @@ explicit choice ``edges_from_labels`` (instance edges = class boundaries).
 that :func:`dagan.checkpoint.load_generator` reads like a training checkpoint; it is what the
 registered MLflow model carries. Local checkpoints are read here; MLflow URIs are resolved by
 ``components.generate`` (this library never imports mlflow).
+
+A style-encoding generator (CA2SIS) draws each class's style from a photo of the scene
+(``generate --photos DIR``), from per-class codes (style editing, :mod:`dagan.styles`) or, with
+neither, from the class-mean styles it learned in training (what the served model does).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from torch import nn
 from dagan.checkpoint import FORMAT_VERSION, load_checkpoint, load_generator
 from dagan.config import Config
 from dagan.data.manifest import Manifest, read_manifest
+from dagan.generator import uses_style_image
 from dagan.labels import semantic_input
 
 MAX_SIDE = 2048
@@ -113,6 +118,15 @@ def check_pixels(height: int, width: int, what: str, max_pixels: int | None = No
                          f"pixels per label map{f' ({limit_name})' if limit_name else ''}; send a smaller label map")
 
 
+def read_photo(path: str | Path) -> np.ndarray:
+    """An image file -> (H, W, 3) uint8 RGB."""
+    try:
+        with Image.open(path) as image:
+            return np.array(image.convert("RGB"))
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: not a readable image ({err}); pass a PNG or JPEG photo") from None
+
+
 def encode_png(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
@@ -129,7 +143,11 @@ class Synthesizer:
         self.device = torch.device(device)
         self.generator = generator.to(self.device).eval()
         self.layout = layout
-        self.factor = 2**generator.num_up
+
+    @property
+    def uses_styles(self) -> bool:
+        """Whether the generator takes per-class style codes (CA2SIS) that photos and style edits set."""
+        return uses_style_image(self.generator)
 
     def check(
         self, label: np.ndarray, what: str, instance: np.ndarray | None = None, edges_from_labels: bool = False
@@ -140,11 +158,11 @@ class Synthesizer:
             raise InputError(f"{what}: expected a 2-D array of integer label ids, got shape {label.shape} "
                              f"dtype {label.dtype}")
         height, width = label.shape
-        if height % self.factor or width % self.factor or not 0 < max(height, width) <= MAX_SIDE:
-            raise InputError(
-                f"{what}: size {height}x{width} is not allowed; height and width must be multiples of "
-                f"{self.factor} (2**num_upsampling_layers) and at most {MAX_SIDE}: resize or crop the label map"
-            )
+        reason = self.generator.size_error(height, width)
+        if reason is None and not 0 < max(height, width) <= MAX_SIDE:
+            reason = f"height and width must be at most {MAX_SIDE}"
+        if reason is not None:
+            raise InputError(f"{what}: size {height}x{width} is not allowed; {reason}: resize or crop the label map")
         high = self.layout.num_label_channels - 1
         if label.min() < 0 or label.max() > high:
             raise InputError(f"{what}: label ids span [{label.min()}, {label.max()}] but this model knows ids "
@@ -162,11 +180,31 @@ class Synthesizer:
         return label.astype(np.int64)
 
     @torch.no_grad()
+    def style_codes(self, label: np.ndarray, photo: np.ndarray | None = None, what: str = "label map") -> torch.Tensor:
+        """Per-class style codes (1, C, D) of the scene ``label``: from ``photo`` ((H, W, 3) uint8 of the
+        label map's size) or, without one, the generator's class-mean styles."""
+        if not self.uses_styles:
+            raise InputError(f"{what}: this model has no style codes (model.generator=dagan); photos and style "
+                             "edits need a style-encoding generator (model.generator=ca2sis)")
+        label = self.check(label, what, edges_from_labels=True)
+        classes = torch.nn.functional.one_hot(torch.from_numpy(label).to(self.device), self.layout.num_label_channels)
+        classes = classes.permute(2, 0, 1)[None].float()
+        if photo is None:
+            return self.generator.class_mean_styles(classes)
+        photo = np.asarray(photo)
+        if photo.shape != (*label.shape, 3) or photo.dtype != np.uint8:
+            raise InputError(f"{what}: the photo is {photo.shape} {photo.dtype}, expected {(*label.shape, 3)} uint8 "
+                             "(an RGB image of the label map's size)")
+        image = torch.from_numpy(photo).to(self.device).permute(2, 0, 1)[None].float() / 127.5 - 1
+        return self.generator.encode_style(image, classes)
+
+    @torch.no_grad()
     def __call__(
         self, label: np.ndarray, instance: np.ndarray | None = None, edges_from_labels: bool = False,
-        what: str = "label map",
+        what: str = "label map", style_codes: torch.Tensor | None = None,
     ) -> np.ndarray:
-        """(H, W) label ids -> (H, W, 3) uint8 RGB image."""
+        """(H, W) label ids -> (H, W, 3) uint8 RGB image; ``style_codes`` (from :meth:`style_codes`) set
+        a style-encoding generator's per-class styles (else its class means)."""
         label = self.check(label, what, instance, edges_from_labels)
         instance_tensor = None
         if self.layout.has_instance:
@@ -174,7 +212,12 @@ class Synthesizer:
             instance_tensor = torch.from_numpy(source)[None].to(self.device)
         label_tensor = torch.from_numpy(label)[None].to(self.device)
         semantic = semantic_input(label_tensor, self.layout.num_label_channels, instance_tensor)
-        image = self.generator(semantic)[0]
+        if style_codes is None:
+            image = self.generator(semantic)[0]
+        elif not self.uses_styles:
+            raise InputError(f"{what}: this model has no style codes (model.generator=dagan)")
+        else:
+            image = self.generator(semantic, style_codes=style_codes)[0]
         return ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
@@ -203,33 +246,44 @@ def load_synthesizer(
 
 def generate_dir(
     synthesizer: Synthesizer, labels_dir: str | Path, out_dir: str | Path,
-    instances_dir: str | Path | None = None, edges_from_labels: bool = False, overwrite: bool = False,
+    instances_dir: str | Path | None = None, edges_from_labels: bool = False, *,
+    photos_dir: str | Path | None = None, style_edit=None, overwrite: bool = False,
 ) -> list[Path]:
     """Generate one PNG in ``out_dir`` per ``*.png`` label map in ``labels_dir`` (same file names).
 
-    Every input is checked before anything is written, so bad input leaves no partial output.
-    ``out_dir`` is never an input folder, and files already there are replaced only with ``overwrite``.
+    ``photos_dir`` (same file names, any image format PIL reads) gives a style-encoding generator
+    each scene's own styles; ``style_edit`` (:class:`dagan.styles.StyleEdit`) then replaces chosen
+    classes' styles. Every input is checked before anything is written, so bad input leaves no
+    partial output. ``out_dir`` is never an input folder, and files already there are replaced
+    only with ``overwrite``.
     """
     labels_dir, out_dir = Path(labels_dir), Path(out_dir)
     files = sorted(labels_dir.glob("*.png")) if labels_dir.is_dir() else []
     if not files:
         raise FileNotFoundError(f"no *.png label maps in {labels_dir}; pass --labels DIR with label-id PNGs")
-    _check_output_folder(out_dir, [labels_dir] + ([Path(instances_dir)] if instances_dir else []), files, overwrite)
+    inputs = [labels_dir] + [Path(folder) for folder in (instances_dir, photos_dir) if folder]
+    _check_output_folder(out_dir, inputs, files, overwrite)
+    if (photos_dir is not None or style_edit is not None) and not synthesizer.uses_styles:
+        raise InputError("--photos / --style-image: this model has no style codes (model.generator=dagan); they need "
+                         "a style-encoding generator (model.generator=ca2sis)")
     inputs = []
     for file in files:
         label = decode_png(file.read_bytes(), str(file))
         instance = None
         if instances_dir is not None:
-            instance_file = Path(instances_dir) / file.name
-            if not instance_file.is_file():
-                raise FileNotFoundError(f"{instance_file}: no instance map for {file} (same file name expected)")
+            instance_file = _companion(instances_dir, file, "instance map", any_suffix=False)
             instance = decode_png(instance_file.read_bytes(), str(instance_file))
         synthesizer.check(label, str(file), instance, edges_from_labels)
-        inputs.append((file, label, instance))
+        codes = None
+        if photos_dir is not None or style_edit is not None:
+            photo = read_photo(_companion(photos_dir, file, "photo")) if photos_dir is not None else None
+            codes = synthesizer.style_codes(label, photo, what=str(file))
+            codes = style_edit.apply(codes) if style_edit is not None else codes
+        inputs.append((file, label, instance, codes))
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for file, label, instance in inputs:
-        image = synthesizer(label, instance, edges_from_labels, what=str(file))
+    for file, label, instance, codes in inputs:
+        image = synthesizer(label, instance, edges_from_labels, what=str(file), style_codes=codes)
         target = out_dir / file.name
         tmp = target.with_name(f".{target.name}.tmp")
         tmp.write_bytes(encode_png(image))
@@ -250,6 +304,16 @@ def _check_output_folder(out_dir: Path, inputs: list[Path], files: list[Path], o
                          "an empty output folder, or pass --overwrite to replace them")
 
 
+def _companion(directory: str | Path, label_file: Path, what: str, any_suffix: bool = True) -> Path:
+    """The file of ``directory`` that belongs to ``label_file``: the same name (or stem, any suffix)."""
+    directory = Path(directory)
+    candidates = [directory / label_file.name] + (sorted(directory.glob(f"{label_file.stem}.*")) if any_suffix else [])
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"{directory / label_file.name}: no {what} for {label_file} (same file name expected)")
+
+
 def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of ``python -m dagan generate`` and ``python -m components.generate``."""
     parser.add_argument("--model", required=True,
@@ -262,3 +326,10 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest", help="prepared dataset folder giving the label layout of a training checkpoint")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace images already in --out (never allowed: --out being an input folder)")
+    styles = parser.add_argument_group("styles (style-encoding generators: model.generator=ca2sis)")
+    styles.add_argument("--photos", help="folder of photos with the label maps' file names: each scene takes its "
+                                         "styles from its photo (default: the class-mean styles of training)")
+    styles.add_argument("--style-image", help="reference photo whose per-class styles replace the scenes' styles")
+    styles.add_argument("--style-label", help="the reference photo's label-id PNG (needed with --style-image)")
+    styles.add_argument("--style-classes", help="comma-separated class ids or names that take the reference's style "
+                                                "(default: every class in the reference)")

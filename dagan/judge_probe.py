@@ -6,7 +6,8 @@ down to what is cheap to repeat: the judge's mIoU and pixel accuracy on the gene
 and the Fréchet distance in the judge's features (``fd_judge``, not FID) between generated and
 real images. The batches, the targets and the real images' features are computed once; each
 evaluation then costs one generator and one judge pass per batch. Use it with the same batches
-for every trial, so the numbers compare across trials.
+for every trial, so the numbers compare across trials. A style-encoding generator (CA2SIS) gets
+each scene's photo or nothing (class-mean styles), as in :func:`dagan.evaluation.evaluate_generator`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from dagan.evaluation import style_photo
+from dagan.generator import run_generator
 from dagan.judge import evaluated_target
 from dagan.labels import semantic_input
 from dagan.metrics import confusion_matrix, frechet_distance, mean_iou, pixel_accuracy
@@ -26,19 +29,22 @@ class JudgeProbe:
 
     @torch.no_grad()
     def __init__(self, judge: nn.Module, batches: Iterable[dict[str, torch.Tensor]], *, num_classes: int,
-                 num_label_channels: int, device: torch.device):
+                 num_label_channels: int, device: torch.device, style_from: str = "photo"):
         self.judge = judge.to(device).eval()
         self.num_classes = num_classes
         self.device = device
         self.inputs: list[torch.Tensor] = []
         self.targets: list[torch.Tensor] = []
+        self.style_images: list[torch.Tensor | None] = []
         real_features = []
         for batch in batches:
             label = batch["label"].to(device)
             instance = batch["instance"].to(device) if "instance" in batch else None
             self.inputs.append(semantic_input(label, num_label_channels, instance))
             self.targets.append(evaluated_target(self.judge, label))
-            real_features.append(self.judge.features(batch["image"].to(device)).cpu())
+            photo = batch["image"].to(device)
+            self.style_images.append(style_photo(photo, style_from))
+            real_features.append(self.judge.features(photo).cpu())
         if not self.inputs:
             raise ValueError("the validation split yielded no batch for the judge probe")
         self.real_features = torch.cat(real_features)
@@ -53,8 +59,8 @@ class JudgeProbe:
         try:
             matrix = None
             features = []
-            for semantic, target in zip(self.inputs, self.targets, strict=True):
-                fake = generator(semantic)
+            for semantic, target, style_image in zip(self.inputs, self.targets, self.style_images, strict=True):
+                fake = run_generator(generator, semantic, style_image)
                 counts = confusion_matrix(self.judge.predict(fake), target, self.num_classes)
                 matrix = counts if matrix is None else matrix + counts
                 features.append(self.judge.features(fake).cpu())

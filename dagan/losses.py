@@ -7,6 +7,8 @@ L = lambda_cgan * L_cgan + lambda_f * L_f + lambda_p * L_p with
   summed within a group, averaged over the groups (multiscale: a group per scale; FPSE: a group
   per feature, as the official CC-FPSE code divides by the number of features);
 * L_p: VGG19 perceptual L1 on relu1_1..relu5_1 with weights 1/32, 1/16, 1/8, 1/4, 1.
+CA2SIS (dagan/ca2sis.py) adds
+* L_att: its cross-attention logits aligned with the class masks (:func:`attention_alignment_loss`).
 The lambdas are applied by the caller (training step), not here.
 """
 
@@ -73,3 +75,18 @@ def perceptual_loss(
             f"got {len(fake_features)} fake, {len(real_features)} real feature maps and {len(weights)} weights"
         )
     return sum(w * F.l1_loss(f, r.detach()) for w, f, r in zip(weights, fake_features, real_features, strict=True))
+
+
+def attention_alignment_loss(logits: list[torch.Tensor], semantic: torch.Tensor) -> torch.Tensor:
+    """CA2SIS L_att: mean over layers and classes of BCE-with-logits(logits[:, c], mask of class c).
+
+    ``logits``: per attention layer, the head-averaged cross-attention logits (B, C, h, w) over the C
+    class tokens; ``semantic``: the generator's input, whose first C channels are the class one-hot
+    (resized to each layer's size, nearest). Computed in float32.
+    """
+    total = semantic.new_zeros((), dtype=torch.float32)
+    for layer in logits:
+        target = F.interpolate(semantic[:, : layer.shape[1]].float(), size=layer.shape[2:], mode="nearest")
+        per_class = F.binary_cross_entropy_with_logits(layer.float(), target, reduction="none")
+        total = total + per_class.mean(dim=(0, 2, 3)).mean()
+    return total / len(logits)

@@ -10,12 +10,14 @@ sampled. The space is written per config section::
 
 This module is pure (no Ray): it turns the mapping into :class:`Dimension` objects and checks,
 before any trial starts, that every key exists, every bound and choice is a valid value of it
-(the config's own type checks, e.g. ``model.variant`` in B1..B6), and that no dimension sets a
-key the sweep itself decides (the trial's step budget, folders and device).
+(the config's own type checks, e.g. ``model.variant`` in B1..B6), that every combination of the
+choices is a valid config (``model.generator: ca2sis`` with ``model.spap: generator`` is not), and
+that no dimension sets a key the sweep itself decides (the trial's step budget, folders and device).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -86,4 +88,23 @@ def parse_search_space(space: Mapping[str, Any], base: Mapping[str, Any], source
             dimensions.append(dimension)
     if not dimensions:
         raise ConfigError(f"{source}: tune.search_space is empty; add at least one dimension (docs/TUNE.md)")
+    _check_choice_combinations(dimensions, base, source)
     return dimensions
+
+
+MAX_CHECKED_COMBINATIONS = 4096
+
+
+def _check_choice_combinations(dimensions: list[Dimension], base: Mapping[str, Any], source: str) -> None:
+    """Every combination of the choice dimensions' values must resolve (up to MAX_CHECKED_COMBINATIONS)."""
+    choices = [d for d in dimensions if d.kind == "choice"]
+    if len(choices) < 2:
+        return
+    for values in itertools.islice(itertools.product(*(d.values for d in choices)), MAX_CHECKED_COMBINATIONS):
+        overrides = {d.key: value for d, value in zip(choices, values, strict=True)}
+        try:
+            config_from_dict(merge_overrides(dict(base), overrides), source).resolved()
+        except ConfigError as err:
+            combination = ", ".join(f"{key}={value!r}" for key, value in overrides.items())
+            raise ConfigError(f"{source}: tune.search_space: the combination {combination} is not a valid config "
+                              f"({err}); remove one of the values or sweep the keys separately") from None

@@ -1,8 +1,12 @@
 """Pictures of the evaluation: sample grids and attention maps (paper Fig. 9).
 
 * :func:`sample_grid`: one row per sample, columns label map (colourised) | generated | real.
-* :func:`attention_figure`: one row per sample, columns label | generated | SAM spatial
-  attention map A_s | CAM channel weights delta (one cell per channel, dark = low).
+* :func:`attention_figure`: one row per sample, columns label | generated | then the maps the
+  model has: SAM spatial attention map A_s | CAM channel weights delta (one cell per channel,
+  dark = low) | SPAP gates of the generator, one per cascade step (how much the step takes from
+  its new pyramid level; channel means) | SPAP gates of the discriminator's finest scale (on the
+  generated image) | CA2SIS cross-attention of the finest layer: the class whose style each
+  position takes most (in the class colours) and that weight (heat map).
 
 Everything returns uint8 RGB arrays (H, W, 3); writing them is the caller's business.
 """
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from dagan.generate import colorize
 
@@ -69,16 +74,36 @@ def channel_strip(weights: torch.Tensor, height: int) -> np.ndarray:
     return np.kron(cells, np.ones((cell, cell, 1), dtype=np.uint8))
 
 
+def _heat_columns(maps: torch.Tensor, size: tuple[int, int]) -> list[np.ndarray]:
+    """(K, h, w) maps in [0, 1] -> K heat maps resized (nearest) to ``size``."""
+    resized = F.interpolate(maps[None].detach().float().cpu(), size=size, mode="nearest")[0]
+    return [heatmap(channel.numpy()) for channel in resized]
+
+
+def cross_attention_columns(logits: torch.Tensor, colors: list[list[int]]) -> list[np.ndarray]:
+    """(C, h, w) head-averaged cross-attention logits -> [the most attended class, coloured; its weight]."""
+    weights = logits.detach().float().cpu().softmax(dim=0)
+    top, classes = weights.max(dim=0)
+    return [colorize(classes.numpy(), colors), heatmap(top.numpy())]
+
+
 def attention_figure(
     labels: torch.Tensor, generated: torch.Tensor, attention: dict[str, torch.Tensor], colors: list[list[int]]
 ) -> np.ndarray:
-    """Rows of label | generated | SAM map | CAM weights (the columns of the modules that exist)."""
+    """Rows of label | generated | SAM map | CAM weights | SPAP gates (G, D) | CA2SIS cross-attention
+    (the columns of the maps that exist; see the module docstring)."""
     rows = []
     for index, label in enumerate(labels):
+        size = tuple(label.shape)
         row = [colorize(label.cpu().numpy(), colors), image_to_uint8(generated[index])]
         if "sam" in attention:
             row.append(heatmap(attention["sam"][index, 0].detach().float().cpu().numpy()))
         if "cam" in attention:
             row.append(channel_strip(attention["cam"][index], label.shape[0]))
+        for key in ("spap", "spap_d"):
+            if key in attention:
+                row.extend(_heat_columns(attention[key][index], size))
+        if "ca2sis" in attention:
+            row.extend(cross_attention_columns(attention["ca2sis"][index], colors))
         rows.append(row)
     return tile(rows)

@@ -98,10 +98,10 @@ def write_params(config: Config, root: Path) -> Path:
 def write_checkpoint(config: Config, path: Path, seed: int = 0) -> Path:
     """A generator checkpoint in the documented training-checkpoint format (untrained weights)."""
     torch.manual_seed(seed)
-    generator = build_generator(config, NUM_CLASSES + 1)
+    generator = build_generator(config, NUM_CLASSES + 1, NUM_CLASSES)
     state = {"format_version": FORMAT_VERSION, "config": config.to_dict(), "semantic_nc": NUM_CLASSES + 1,
-             "generator": generator.state_dict(), "discriminator": {}, "ema": None, "optimizer_g": {},
-             "optimizer_d": {}, "scaler": None, "step": 0, "epoch": 0, "rng": {}}
+             "num_label_channels": NUM_CLASSES, "generator": generator.state_dict(), "discriminator": {},
+             "ema": None, "optimizer_g": {}, "optimizer_d": {}, "scaler": None, "step": 0, "epoch": 0, "rng": {}}
     return save_checkpoint(state, path)
 
 

@@ -28,7 +28,9 @@ def test_model_names_pick_generator_and_discriminator():
     assert common.model_settings("ccfpse") == {"generator": "ccfpse", "discriminator": "fpse"}
     assert common.model_settings("B1/fpse") == {"variant": "B1", "discriminator": "fpse"}
     assert common.model_settings("ccfpse/multiscale") == {"generator": "ccfpse", "discriminator": "multiscale"}
-    for bad in ("B7", "ccfpse/patch"):
+    assert common.model_settings("B6+spap-both") == {"variant": "B6", "discriminator": "multiscale", "spap": "both"}
+    assert common.model_settings("ca2sis") == {"generator": "ca2sis", "discriminator": "multiscale"}
+    for bad in ("B7", "ccfpse/patch", "B6+spap-nowhere", "B6+sam", "custom"):
         with pytest.raises(ValueError, match="model"):
             common.model_settings(bad)
 
@@ -65,3 +67,4 @@ def test_one_tiny_training_iteration_is_measured(model):
     assert row["iteration_s"]["n"] == 1 and row["iteration_s"]["median"] > 0
     assert row["g_step_s"]["median"] + row["d_step_s"]["median"] == pytest.approx(row["iteration_s"]["median"])
     assert row["peak_memory_mib"] > 0 and row["generator_parameters"] > 0
+

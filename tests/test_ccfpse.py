@@ -103,7 +103,7 @@ def test_build_generator_chooses_ccfpse_and_initialises_it():
 
 
 def test_input_size_must_fit_the_upsampling():
-    with pytest.raises(ValueError, match="divisible by 32"):
+    with pytest.raises(ValueError, match="multiples of 32"):
         CCFPSEGenerator(SEMANTIC_NC, ngf=8)(label_input(1, 48, 64))
     with pytest.raises(ValueError, match="even number"):
         CCFPSEGenerator(SEMANTIC_NC, ngf=7)

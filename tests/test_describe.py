@@ -67,7 +67,7 @@ def test_ccfpse_counts_match_the_official_models(preset):
     info = describe(preset, settings=["model.generator=ccfpse", "model.discriminator=fpse"])
     assert (info["generator_params"], info["discriminator_params"]) == (generator, discriminator)
     assert (info["generator"], info["discriminator"]) == ("ccfpse", "fpse")
-    assert info["variant"] is None and info["use_sam"] is None  # DAGAN's knobs do not apply
+    assert "variant" not in info and "use_sam" not in info  # DAGAN's knobs do not apply
     width, height = info["image_size"]
     factor = 2 ** (6 if info["num_upsampling_layers"] == "more" else 5)
     with torch.device("meta"):  # the official --use_vae start: a linear map from z (256) to 16 ngf x start size

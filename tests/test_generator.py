@@ -65,7 +65,7 @@ def test_non_square_inputs_and_size_errors():
     generator = make_generator("B6", 8, "more")
     assert generator(label_input(2, 64)).shape == (2, 3, 64, 64)
     assert generator(label_input(1, 64, 128)).shape == (1, 3, 64, 128)
-    with pytest.raises(ValueError, match="divisible by 64"):
+    with pytest.raises(ValueError, match="48x64: height and width must be multiples of 64"):
         generator(torch.zeros(2, SEMANTIC_NC, 48, 64))
 
 

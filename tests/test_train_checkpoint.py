@@ -17,8 +17,8 @@ import dagan.train.steps
 from dagan.checkpoint import load_checkpoint, load_generator, load_latest_checkpoint, save_checkpoint
 from dagan.train import NonFiniteLossError, NullLogger, train
 
-KEYS = {"format_version", "config", "semantic_nc", "generator", "discriminator", "ema", "optimizer_g",
-        "optimizer_d", "scaler", "step", "epoch", "rng"}
+KEYS = {"format_version", "config", "semantic_nc", "num_label_channels", "generator", "discriminator", "ema",
+        "optimizer_g", "optimizer_d", "scaler", "step", "epoch", "rng"}
 TESTS = Path(__file__).resolve().parent
 
 

@@ -175,6 +175,9 @@ def test_an_explicit_gpu_request_without_a_gpu_is_an_error():
     ({"model": {"ngf": {"type": "uniform", "low": 8, "high": 16}}}, "expected int"),
     ({"train": {"max_steps": {"type": "choice", "values": [1, 2]}}}, "sets train.max_steps itself"),
     ({"model": {}}, "search_space is empty"),
+    ({"model": {"generator": {"type": "choice", "values": ["dagan", "ca2sis"]},
+                "spap": {"type": "choice", "values": ["off", "generator"]}}},
+     "the combination model.generator='ca2sis', model.spap='generator' is not a valid config"),
 ])
 def test_bad_search_spaces_stop_with_the_key_and_the_fix(space, message):
     with pytest.raises(ConfigError, match=message) as caught:
@@ -189,6 +192,13 @@ def test_generator_and_discriminator_are_sweepable_choices():
         ("model.generator", ("dagan", "ccfpse")), ("model.discriminator", ("multiscale", "fpse"))]
     with pytest.raises(ConfigError, match="'gaugan' is not a valid value"):
         parse_search_space({"model": {"generator": {"type": "choice", "values": ["gaugan"]}}}, {}, "params.yaml")
+def test_the_sweep_can_pick_attention_families():
+    space = {"model": {"generator": {"type": "choice", "values": ["dagan", "ca2sis"]},
+                       "spap": {"type": "choice", "values": ["off", "discriminator"]},
+                       "spap_order": {"type": "choice", "values": ["coarse_to_fine", "fine_to_coarse"]}},
+             "loss": {"lambda_att": {"type": "loguniform", "low": 0.1, "high": 10.0}}}
+    keys = [dimension.key for dimension in parse_search_space(space, {}, "params.yaml")]
+    assert keys == ["model.generator", "model.spap", "model.spap_order", "loss.lambda_att"]
 
 
 def test_judge_probe_scores_a_generator_and_restores_its_mode():

@@ -117,7 +117,7 @@ def _train(config: Config, logger: TrainingLogger, resume: str | Path | None, co
     if opts.max_steps > 0:
         total_steps = min(total_steps, opts.max_steps)
 
-    state = build_state(config, manifest.semantic_nc, context)
+    state = build_state(config, manifest.semantic_nc, context, manifest.num_label_channels)
     out_dir = Path(opts.out_dir)
     resume_path, step, changes = _resume(state, config, manifest.semantic_nc, resume, context)
     last_checkpoint = resume_path

@@ -43,6 +43,7 @@ class TrainingState:
     ema: ExponentialMovingAverage | None
     vgg: nn.Module | None
     precision: Precision
+    num_label_channels: int | None = None  # one-hot class channels of the input (saved for loading the generator)
 
     @property
     def eval_generator(self) -> nn.Module:
@@ -54,6 +55,7 @@ class TrainingState:
             "format_version": FORMAT_VERSION,
             "config": config.to_dict(),
             "semantic_nc": semantic_nc,
+            "num_label_channels": self.num_label_channels,
             "generator": unwrap(self.generator).state_dict(),
             "discriminator": unwrap(self.discriminator).state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
@@ -131,7 +133,8 @@ def _load_matching(module: nn.Module, state: dict[str, torch.Tensor], source: st
 
 
 def _architecture(model: dict[str, Any]) -> str:
-    return ", ".join(f"{key} {model.get(key)}" for key in ("variant", "ngf", "num_upsampling_layers"))
+    keys = ("generator", "variant", "spap", "ngf", "num_upsampling_layers")
+    return ", ".join(f"{key} {model.get(key)}" for key in keys)
 
 
 def build_optimizers(generator: nn.Module, discriminator: nn.Module, train: TrainConfig,
@@ -154,13 +157,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_state(config: Config, semantic_nc: int, context: DistributedContext) -> TrainingState:
+def build_state(config: Config, semantic_nc: int, context: DistributedContext,
+                num_label_channels: int | None = None) -> TrainingState:
+    """``num_label_channels``: the dataset's one-hot class channels (None: the preset's; see build_generator)."""
     train = config.train
     device = context.device
     vgg = build_vgg19(config.loss.vgg_weights, config.loss.vgg_input).to(device) if config.loss.lambda_vgg > 0 else None
     seed_everything(train.seed)
     memory_format = torch.channels_last if train.channels_last else torch.contiguous_format
-    generator = build_generator(config, semantic_nc).to(device, memory_format=memory_format)
+    generator = build_generator(config, semantic_nc, num_label_channels).to(device, memory_format=memory_format)
     discriminator = build_discriminator(config, semantic_nc).to(device, memory_format=memory_format)
     ema = ExponentialMovingAverage(generator, train.ema_decay) if train.ema_decay > 0 else None
     generator = wrap_ddp(generator, context)
@@ -168,4 +173,5 @@ def build_state(config: Config, semantic_nc: int, context: DistributedContext) -
     optimizer_g, optimizer_d = build_optimizers(generator, discriminator, train, device)
     scaler = torch.amp.GradScaler(device.type, enabled=train.amp == "fp16")
     precision = Precision(device.type, AMP_DTYPES[train.amp])
-    return TrainingState(generator, discriminator, optimizer_g, optimizer_d, scaler, ema, vgg, precision)
+    return TrainingState(generator, discriminator, optimizer_g, optimizer_d, scaler, ema, vgg, precision,
+                         num_label_channels)

@@ -8,16 +8,19 @@
   is only needed as a detached target, so it runs without gradients and only D(fake) is
   back-propagated (both discriminators normalise per sample (instance norm), and the D(real)
   pass reuses the spectral-norm weights of the D(fake) pass without another power iteration,
-  so this equals the concatenated pass).
+  so this equals the concatenated pass). A cross-attention generator (CA2SIS) adds
+  lambda_att * L_att.
 
 Both work with every generator and discriminator (``model.generator``, ``model.discriminator``):
 a discriminator is called as ``D(semantic, image)`` and returns a
 :class:`~dagan.losses.DiscriminatorOutput` (score maps and feature-matching groups), which the
 loss functions take as it is.
 
-Both steps check that every loss is finite before back-propagating, so a NaN or Inf never
-reaches the weights; under DDP the checked values are averaged over ranks first, so every
-rank stops together. Returned losses are plain floats (one device sync per step).
+A style-encoding generator (CA2SIS) receives the real photo as its ``style_image``
+(:func:`dagan.generator.run_generator`). Both steps check that every loss
+is finite before back-propagating, so a NaN or Inf never reaches the weights; under DDP the
+checked values are averaged over ranks first, so every rank stops together. Returned losses
+are plain floats (one device sync per step).
 """
 
 from __future__ import annotations
@@ -30,7 +33,14 @@ from torch import nn
 
 from dagan.config import LossConfig
 from dagan.distributed import DistributedContext, all_ranks_sum, unwrap
-from dagan.losses import d_hinge_loss, feature_matching_loss, g_hinge_loss, perceptual_loss
+from dagan.generator import run_generator, uses_style_image
+from dagan.losses import (
+    attention_alignment_loss,
+    d_hinge_loss,
+    feature_matching_loss,
+    g_hinge_loss,
+    perceptual_loss,
+)
 
 
 class NonFiniteError(FloatingPointError):
@@ -50,10 +60,11 @@ class LossWeights:
     gan: float = 1.0
     feat: float = 10.0
     vgg: float = 0.0
+    att: float = 0.0  # CA2SIS attention loss; only generators that return cross-attention logits use it
 
     @classmethod
     def from_config(cls, loss: LossConfig) -> LossWeights:
-        return cls(gan=loss.lambda_gan, feat=loss.lambda_feat, vgg=loss.lambda_vgg)
+        return cls(gan=loss.lambda_gan, feat=loss.lambda_feat, vgg=loss.lambda_vgg, att=loss.lambda_att)
 
 
 @dataclass(frozen=True)
@@ -109,7 +120,7 @@ def d_step(
     optimizer.zero_grad(set_to_none=True)
     with precision.autocast():
         with torch.no_grad():
-            fake = generator(semantic)
+            fake = run_generator(generator, semantic, real)
         outputs = discriminator(torch.cat([semantic, semantic]), torch.cat([fake.detach(), real.to(fake.dtype)]))
         fake_outputs, real_outputs = outputs.split(semantic.shape[0])
         loss_real, loss_fake = d_hinge_loss(real_outputs, fake_outputs)
@@ -141,7 +152,11 @@ def g_step(
     try:
         optimizer.zero_grad(set_to_none=True)
         with precision.autocast():
-            fake = generator(semantic)
+            attention = {}
+            if weights.att > 0 and uses_style_image(generator):
+                fake, attention = run_generator(generator, semantic, real, return_attention=True)
+            else:
+                fake = run_generator(generator, semantic, real)
             fake_outputs = critic(semantic, fake)
             with torch.no_grad(), _power_iteration_paused(critic):
                 real_outputs = critic(semantic, real.to(fake.dtype))
@@ -152,11 +167,15 @@ def g_step(
                 with torch.no_grad():
                     real_features = vgg(real)
                 losses["g_vgg"] = perceptual_loss(vgg(fake), real_features)
+            if "ca2sis" in attention:
+                losses["g_att"] = attention_alignment_loss(attention["ca2sis"], semantic)
             total = weights.gan * losses["g_gan"]
             if "g_feat" in losses:
                 total = total + weights.feat * losses["g_feat"]
             if "g_vgg" in losses:
                 total = total + weights.vgg * losses["g_vgg"]
+            if "g_att" in losses:
+                total = total + weights.att * losses["g_att"]
         losses["g_total"] = total
         values = _checked(losses, context)
         scaler.scale(total.float()).backward()
