@@ -28,6 +28,7 @@ from components.outputs import checkpoint_path, judge_path, tracking_uri, traini
 from dagan.baseline import class_mean_colors
 from dagan.checkpoint import load_generator
 from dagan.config import Config, save_config
+from dagan.console import progress
 from dagan.data import PairedDataset, read_manifest
 from dagan.distributed import resolve_device
 from dagan.evaluation import evaluate_generator
@@ -36,11 +37,20 @@ from dagan.judge import load_judge
 from dagan.labels import semantic_input
 from dagan.visualize import attention_figure, sample_grid
 
+DESCRIPTION = """Score the trained generator on evaluate.split against the real images (the judge's ceiling)
+and the mean-colour baseline (the floor): judge mIoU, pixel accuracy and per-class IoU, the judge
+Fréchet distance, FID and LPIPS when their weights exist. Writes metrics, per-class IoU and figures
+into evaluate.out_dir and logs them into the training's MLflow run."""
+
 
 def _loader(config: Config, split: str, batch_size: int) -> DataLoader:
     dataset = PairedDataset(config.dataset.prepared_dir, split, crop_size=config.dataset.crop_size,
                             aspect_ratio=config.dataset.aspect_ratio, train=False, flip=False)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=config.dataset.num_workers)
+
+
+def _progress(loader: DataLoader):
+    return progress(loader, total=len(loader), desc="evaluate", unit="batch")
 
 
 def save_png(image, path: Path) -> Path:
@@ -80,7 +90,7 @@ def _run(config: Config) -> int:
         config.evaluate.fid, lambda: build_inception(config.evaluate.fid_weights, download))
     lpips, lpips_reason = load_optional_metric(config.evaluate.lpips, lambda: build_lpips(download))
     result = evaluate_generator(
-        generator, judge, _loader(config, config.evaluate.split, config.evaluate.batch_size),
+        generator, judge, _progress(_loader(config, config.evaluate.split, config.evaluate.batch_size)),
         num_classes=manifest.num_classes, num_label_channels=manifest.num_label_channels,
         class_names=manifest.class_names, mean_colors=mean_colors, device=device,
         inception=inception.to(device) if inception is not None else None,
@@ -116,8 +126,9 @@ def _run(config: Config) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = make_parser(__doc__.splitlines()[0]).parse_args(argv)
-    return run_main(lambda: _run(load(args)))
+    parser = make_parser("components.evaluate", DESCRIPTION)
+    args = parser.parse_args(argv)
+    return run_main(args, lambda: _run(load(args)))
 
 
 if __name__ == "__main__":

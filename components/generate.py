@@ -18,6 +18,8 @@ from dagan.__main__ import generate as run_generate
 from dagan.generate import Synthesizer, add_generate_arguments
 
 MLFLOW_SCHEMES = ("models:/", "runs:/")
+DESCRIPTION = ("Turn label-map PNGs into images with a model from the MLflow registry (models:/NAME@ALIAS), a run "
+               "(runs:/RUN_ID/dagan-generator) or a local checkpoint; writes index.html beside the images.")
 
 
 def is_mlflow_uri(uri: str) -> bool:
@@ -42,7 +44,7 @@ def load_from_mlflow(uri: str) -> Synthesizer:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m components.generate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m components.generate", description=DESCRIPTION)
     add_generate_arguments(parser)
     return run_generate(parser.parse_args(argv))
 

@@ -36,6 +36,10 @@ from dagan.config import Config, RegisterConfig
 from dagan.data.manifest import read_manifest
 from dagan.generate import LabelLayout, encode_png, export_generator
 
+DESCRIPTION = """Register the trained generator in the MLflow model registry as register.model_name (default
+dagan-<dataset>): alias candidate always, champion only when the quality gate passes and it beats
+the current champion. Writes registration.json into register.out_dir."""
+
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "pillow", "pyyaml", "pyarrow")
 
@@ -160,8 +164,8 @@ def _run(config: Config) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = make_parser(__doc__.splitlines()[0]).parse_args(argv)
-    return run_main(lambda: _run(load(args)))
+    args = make_parser("components.register", DESCRIPTION).parse_args(argv)
+    return run_main(args, lambda: _run(load(args)))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""``python -m components.train``: train DAGAN, tracked in MLflow (issue 4).
+"""``python -m components.train``: train DAGAN, tracked in MLflow.
 
     python -m components.train [--params FILE] [-S key=value ...] [--resume PATH]
     torchrun --nproc_per_node N -m components.train ...      (DDP; rank 0 alone talks to MLflow)
@@ -30,6 +30,11 @@ from dagan.checkpoint import latest_checkpoint
 from dagan.config import Config, save_config
 from dagan.distributed import env_rank
 from dagan.train import NonFiniteLossError, NullLogger, TrainResult, train
+
+DESCRIPTION = """Train DAGAN on the prepared dataset, tracked in MLflow: one process, or every process under
+torchrun (DDP). Resumes from the newest checkpoint in train.out_dir; SIGTERM writes a checkpoint and
+exits 0. Writes checkpoints/, config.yaml, metrics.json, losses.tsv, samples/ and mlflow_run.json
+into train.out_dir."""
 
 RUN_FILE = "mlflow_run.json"
 METRICS_FILE = "metrics.json"
@@ -141,11 +146,11 @@ def _run(config: Config, resume: str | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = make_parser(__doc__.splitlines()[0])
+    parser = make_parser("components.train", DESCRIPTION)
     parser.add_argument("--resume", metavar="PATH",
                         help="checkpoint to resume from (default: the newest in train.out_dir, if any)")
     args = parser.parse_args(argv)
-    return run_main(lambda: _run(load(args), args.resume))
+    return run_main(args, lambda: _run(load(args), args.resume))
 
 
 if __name__ == "__main__":

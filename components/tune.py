@@ -1,4 +1,4 @@
-"""``python -m components.tune``: a Ray Tune sweep of loss weights and attention variants, in MLflow (issue 7).
+"""``python -m components.tune``: a Ray Tune sweep of loss weights and attention variants, in MLflow.
 
     python -m components.tune [--params FILE] [-S key=value ...] [--address ray://HOST:10001 | auto]
                               [--storage s3://BUCKET/PREFIX | DIR] [--num-samples N] [--resume]
@@ -43,6 +43,10 @@ from components.train import redact
 from components.tune_trial import PARENT_TAG, TrialSetup, run_trial
 from dagan.config import Config, ConfigError, load_config, merge_overrides
 from dagan.search_space import Dimension, parse_search_space
+
+DESCRIPTION = """Sweep loss weights and attention variants with Ray Tune (ASHA), one nested MLflow run per
+trial on an MLflow tracking server. Writes best_params.yaml, best.json and results.csv into
+tune.out_dir (docs/TUNE.md)."""
 
 RUN_FILE = "mlflow_run.json"
 SCORES = ("judge_miou", "judge_accuracy", "fd_judge")
@@ -309,14 +313,14 @@ def _sweep(config: Config, args, raw: dict, dimensions: list[Dimension], uri: st
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = make_parser(__doc__.splitlines()[0])
+    parser = make_parser("components.tune", DESCRIPTION)
     parser.add_argument("--address", help="join a running Ray cluster (ray://HOST:10001 or auto); default: local Ray")
     parser.add_argument("--storage", help="trial storage: a folder or s3://bucket/prefix (tune.storage_path)")
     parser.add_argument("--num-samples", type=int, help="number of trials (tune.num_samples)")
     parser.add_argument("--resume", action="store_true",
                         help="restore the interrupted sweep tune.name under the storage path (Tuner.restore)")
     args = parser.parse_args(argv)
-    return run_main(lambda: _run(args))
+    return run_main(args, lambda: _run(args))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,9 @@ from pipeline.pipeline import IMAGE_PARAMS, PIPELINE_NAME
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.submit",
+                                     description="Upload the pipeline to Kubeflow Pipelines and start a run "
+                                                 "(docs/KUBEFLOW.md).")
     parser.add_argument("--host", required=True, help="Kubeflow Pipelines API endpoint")
     parser.add_argument("--namespace", default=None, help="profile namespace (multi-user Kubeflow)")
     parser.add_argument("--experiment", default="dagan", help="experiment (created when missing; default dagan)")

@@ -263,7 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import yaml
 
-    parser = argparse.ArgumentParser(description="print the distributed training job as YAML (kubectl apply -f -)")
+    parser = argparse.ArgumentParser(prog="python -m pipeline.trainjob",
+                                     description="Print the distributed training job as YAML (kubectl apply -f -).")
     parser.add_argument("--kind", choices=("trainjob", "pytorchjob"), default="trainjob")
     parser.add_argument("--name", required=True, help="job name (DNS-1123)")
     parser.add_argument("--namespace", default="kubeflow")

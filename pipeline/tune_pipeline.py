@@ -1,4 +1,4 @@
-"""The Kubeflow sweep pipeline: prepare -> train_judge -> tune (Ray Tune, issue 7; docs/TUNE.md).
+"""The Kubeflow sweep pipeline: prepare -> train_judge -> tune (Ray Tune; docs/TUNE.md).
 
     python -m pipeline.tune_pipeline --output dagan-tune.yaml --image REGISTRY/dagan:TAG [cluster flags]
 
@@ -92,7 +92,10 @@ def compile_tune_pipeline(settings: ClusterSettings, output: str | Path) -> Path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.tune_pipeline",
+        description="Compile the Kubeflow sweep pipeline (prepare, train_judge, Ray Tune) to a YAML package "
+                    "(docs/TUNE.md).")
     parser.add_argument("--output", required=True, help="pipeline YAML to write")
     add_cluster_arguments(parser)
     args = parser.parse_args(argv)
