@@ -41,7 +41,8 @@ from components.cli import entry, log, make_parser, run_main
 from components.outputs import judge_path, tracking_uri, write_json
 from components.train import redact
 from components.tune_trial import PARENT_TAG, TrialSetup, run_trial
-from dagan.config import Config, ConfigError, load_config, merge_overrides
+from dagan.config import Config, ConfigError, load_config
+from dagan.overrides import merge_overrides
 from dagan.search_space import Dimension, parse_search_space
 
 DESCRIPTION = """Sweep loss weights and attention variants with Ray Tune (ASHA), one nested MLflow run per

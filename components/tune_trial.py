@@ -27,11 +27,12 @@ from mlflow.entities import Metric, Param
 from torch.utils.data import DataLoader
 
 from components.train import _git_commit, redact
-from dagan.config import Config, config_from_dict, merge_overrides
+from dagan.config import Config, config_from_dict
 from dagan.data import PairedDataset, read_manifest
 from dagan.distributed import resolve_device
 from dagan.judge import load_judge
 from dagan.judge_probe import JudgeProbe
+from dagan.overrides import merge_overrides
 from dagan.train import NullLogger, StepReport, train
 
 CHECKPOINT_FILE = "dagan.pt"
