@@ -12,10 +12,8 @@ SIGTERM writes a checkpoint and exits 0; a NaN/Inf loss exits 1 naming the step.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -26,9 +24,22 @@ import mlflow
 import numpy as np
 
 from components.cli import entry, load, log, make_parser, run_main
+from components.tracking import (
+    data_checksum,
+    describe_run,
+    git_commit,
+    log_dataset,
+    model_development_experiment,
+    planned_steps,
+    run_name,
+    run_tags,
+    run_url,
+    training_params,
+)
 from dagan.checkpoint import latest_checkpoint
 from dagan.config import Config, save_config
-from dagan.distributed import env_rank
+from dagan.data import read_manifest
+from dagan.distributed import env_rank, resolve_device
 from dagan.train import NonFiniteLossError, NullLogger, TrainResult, train
 
 DESCRIPTION = """Train DAGAN on the prepared dataset, tracked in MLflow: one process, or every process under
@@ -59,23 +70,6 @@ class MlflowLogger(NullLogger):
         mlflow.log_image(image, artifact_file=f"{name}/step-{step:08d}.png")
 
 
-def _git_commit() -> str:
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                                cwd=Path(__file__).resolve().parent)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        return f"unavailable ({err.__class__.__name__})"
-    return result.stdout.strip() if result.returncode == 0 else "unavailable (not a git checkout)"
-
-
-def data_checksum(prepared_dir: str | Path) -> str:
-    """sha256 of the prepared manifest (which lists every shard's sha256)."""
-    path = Path(prepared_dir) / "manifest.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; run `python -m components.prepare` (dvc stage prepare) first")
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _start_run(config: Config, out_dir: Path, tracking_uri: str, resuming: bool) -> mlflow.ActiveRun:
     mlflow.set_tracking_uri(tracking_uri)
     run_file = out_dir / RUN_FILE
@@ -83,16 +77,23 @@ def _start_run(config: Config, out_dir: Path, tracking_uri: str, resuming: bool)
         run_id = json.loads(run_file.read_text())["run_id"]
         log.info("continuing MLflow run %s", run_id)
         return mlflow.start_run(run_id=run_id, log_system_metrics=True)
-    experiment = mlflow.set_experiment(config.mlflow.experiment)
-    run = mlflow.start_run(experiment_id=experiment.experiment_id, log_system_metrics=True)
-    params = config.flat()
-    params["mlflow.tracking_uri"] = redact(str(params["mlflow.tracking_uri"]))
-    mlflow.log_params(params)
-    mlflow.set_tags({"git_commit": _git_commit(), "variant": config.model.variant, "dataset": config.dataset.name,
-                     "data_sha256": data_checksum(config.dataset.prepared_dir)})
+    client = mlflow.MlflowClient()
+    experiment_id = model_development_experiment(client, config.mlflow.experiment)
+    manifest = read_manifest(config.dataset.prepared_dir)
+    steps, commit = planned_steps(config, manifest), git_commit()
+    tags = run_tags(config, redact(tracking_uri), commit, data_checksum(config.dataset.prepared_dir),
+                    describe_run(config, steps, manifest, commit))
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name(config, steps, commit), tags=tags,
+                           log_system_metrics=True)
+    mlflow.log_params(training_params(config, steps, resolve_device(config.train.device).type,
+                                      int(os.environ.get("WORLD_SIZE", "1"))))
+    log_dataset(client, run.info.run_id, config.dataset.prepared_dir, "train", "training")
     with tempfile.TemporaryDirectory() as tmp:
         save_config(config, Path(tmp) / "config.yaml")
         mlflow.log_artifact(str(Path(tmp) / "config.yaml"))
+    url = run_url(redact(tracking_uri), experiment_id, run.info.run_id)
+    log.info("MLflow run %s (%s) in experiment %s%s", run.info.run_name, run.info.run_id, config.mlflow.experiment,
+             f": {url}" if url else "")
     return run
 
 

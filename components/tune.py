@@ -25,6 +25,7 @@ and the judge (``dvc repro train_judge``).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -39,6 +40,7 @@ from mlflow.entities import Param
 
 from components.cli import entry, log, make_parser, run_main
 from components.outputs import judge_path, tracking_uri, write_json
+from components.tracking import COMMIT_TAG, NOTE_TAG, git_commit, model_development_experiment, pipeline_tags
 from components.train import redact
 from components.tune_trial import PARENT_TAG, TrialSetup, run_trial
 from dagan.config import Config, ConfigError, load_config
@@ -125,13 +127,16 @@ def _parent_run(client: MlflowClient, config: Config, keys: list[str], resume: b
         data = json.loads(record.read_text())
         client.update_run(data["run_id"], status="RUNNING")
         return data["run_id"], data["experiment_id"]
-    experiment = client.get_experiment_by_name(config.mlflow.experiment)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(config.mlflow.experiment)
-    run = client.create_run(experiment_id, run_name=f"sweep-{config.tune.name}",
-                            tags={"ray.experiment": config.tune.name, "tune.swept": ",".join(keys),
-                                  "tune.metric": config.tune.metric})
-    params = config.flat()
-    params["mlflow.tracking_uri"] = redact(str(params["mlflow.tracking_uri"]))
+    experiment_id = model_development_experiment(client, config.mlflow.experiment)
+    opts, commit = config.tune, git_commit()
+    note = (f"Ray Tune sweep {opts.name}: {opts.num_samples} trials of up to {opts.max_steps} steps over "
+            f"{', '.join(keys)}, {opts.metric} every {opts.eval_every} steps, ASHA grace {opts.grace_period} steps")
+    tags = {NOTE_TAG: note, "ray.experiment": opts.name, "tune.swept": ",".join(keys), "tune.metric": opts.metric,
+            "dataset": config.dataset.name, "tracking_uri": redact(tracking_uri(config)), "out_dir": opts.out_dir,
+            **pipeline_tags(), **({COMMIT_TAG: commit} if commit else {})}
+    run = client.create_run(experiment_id, run_name=f"sweep-{opts.name}", tags=tags)
+    params = {f"tune.{key}": json.dumps(value) if isinstance(value, dict) else value
+              for key, value in dataclasses.asdict(opts).items() if key not in ("storage_path", "out_dir", "name")}
     _log_params(client, run.info.run_id, params)
     write_json(record, {"run_id": run.info.run_id, "experiment_id": experiment_id,
                         "tracking_uri": redact(tracking_uri(config))})

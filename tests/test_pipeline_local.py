@@ -52,7 +52,7 @@ def test_whole_pipeline_runs_locally_and_registers_the_model(tmp_path, monkeypat
     assert client.get_model_version_by_alias("dagan-synthetic", "champion").version == version.version
     training_run = client.get_run(version.run_id)
     assert training_run.data.params["model.ngf"] == "8"
-    assert training_run.data.params["train.max_steps"] == "2"
+    assert training_run.data.params["train.total_steps"] == "2"
     assert "eval/judge_miou_generated" in training_run.data.metrics
     assert version.tags["gate_passed"] == "True"
 

@@ -38,6 +38,7 @@ from dagan.distributed import DistributedContext, ResumableDistributedSampler, a
 from dagan.heap import reuse_freed_memory
 from dagan.labels import semantic_input
 from dagan.schedule import lr_factor, set_learning_rate
+from dagan.schedule import total_steps as planned_steps
 from dagan.train.callbacks import NullLogger, Progress, StepReport, TrainingLogger, log
 from dagan.train.samples import palette, sample_grid
 from dagan.train.state import TrainingState, build_state
@@ -98,9 +99,7 @@ def _train(config: Config, logger: TrainingLogger, resume: str | Path | None, co
                         num_workers=config.dataset.num_workers, pin_memory=device.type == "cuda",
                         generator=loader_generator)
     steps_per_epoch = sampler.steps_per_epoch
-    total_steps = (opts.epochs + opts.epochs_decay) * steps_per_epoch
-    if opts.max_steps > 0:
-        total_steps = min(total_steps, opts.max_steps)
+    total_steps = planned_steps(steps_per_epoch, opts.epochs, opts.epochs_decay, opts.max_steps)
 
     state = build_state(config, manifest.semantic_nc, context)
     out_dir = Path(opts.out_dir)
