@@ -24,6 +24,15 @@ import mlflow
 import numpy as np
 
 from components.cli import entry, load, log, make_parser, run_main
+from components.outputs import (
+    LATEST_SAMPLES,
+    LOSSES_FILE,
+    RUN_FILE,
+    SAMPLES_DIR,
+    TRAIN_METRICS_FILE,
+    LossTable,
+    write_png,
+)
 from components.tracking import (
     data_checksum,
     describe_run,
@@ -47,8 +56,6 @@ torchrun (DDP). Resumes from the newest checkpoint in train.out_dir; SIGTERM wri
 exits 0. Writes checkpoints/, config.yaml, metrics.json, losses.tsv, samples/ and mlflow_run.json
 into train.out_dir."""
 
-RUN_FILE = "mlflow_run.json"
-METRICS_FILE = "metrics.json"
 
 
 def redact(uri: str) -> str:
@@ -61,13 +68,22 @@ def redact(uri: str) -> str:
 
 
 class MlflowLogger(NullLogger):
-    """:class:`dagan.train.TrainingLogger` writing to the active MLflow run."""
+    """:class:`dagan.train.TrainingLogger` writing to the active MLflow run and to the DVC plots files of
+    ``out_dir``: ``losses.tsv`` and ``samples/latest.png``."""
+
+    def __init__(self, out_dir: Path):
+        self.losses = LossTable(out_dir / LOSSES_FILE)
+        self.samples_dir = out_dir / SAMPLES_DIR
 
     def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
         mlflow.log_metrics(dict(metrics), step=step, synchronous=False)
+        self.losses.append(step, {key.removeprefix("loss/"): value for key, value in metrics.items()
+                                  if key.startswith("loss/")})
 
     def log_images(self, step: int, name: str, image: np.ndarray) -> None:
-        mlflow.log_image(image, artifact_file=f"{name}/step-{step:08d}.png")
+        mlflow.log_image(image, key=name, step=step)  # the run's Images panel, paired by key across runs
+        latest = write_png(self.samples_dir / LATEST_SAMPLES, image)
+        mlflow.log_artifact(str(latest), artifact_path=name)  # a stable name: <name>/latest.png
 
 
 def _start_run(config: Config, out_dir: Path, tracking_uri: str, resuming: bool) -> mlflow.ActiveRun:
@@ -125,7 +141,7 @@ def _run(config: Config, resume: str | None) -> int:
     _write_json(out_dir / RUN_FILE, {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
                                      "tracking_uri": redact(tracking_uri)})
     try:
-        result = train(config, MlflowLogger(), resume)
+        result = train(config, MlflowLogger(out_dir), resume)
     except NonFiniteLossError as err:
         mlflow.end_run(status="FAILED")
         print(f"error: {err}", file=sys.stderr)
@@ -134,7 +150,7 @@ def _run(config: Config, resume: str | None) -> int:
         mlflow.end_run(status="FAILED")
         raise
     metrics = _final_metrics(result)
-    _write_json(out_dir / METRICS_FILE, metrics)
+    _write_json(out_dir / TRAIN_METRICS_FILE, metrics)
     mlflow.flush_async_logging()
     if result.stopped_early:
         mlflow.end_run(status="KILLED")

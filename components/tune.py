@@ -39,7 +39,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Param
 
 from components.cli import entry, log, make_parser, run_main
-from components.outputs import judge_path, tracking_uri, write_json
+from components.outputs import judge_path, tracking_uri, write_json, write_text
 from components.tracking import COMMIT_TAG, NOTE_TAG, git_commit, model_development_experiment, pipeline_tags
 from components.train import redact
 from components.tune_trial import PARENT_TAG, TrialSetup, run_trial
@@ -208,7 +208,7 @@ def _summarise(results, client: MlflowClient, config: Config, keys: list[str], r
     writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ["trial_id"])
     writer.writeheader()
     writer.writerows(rows)
-    _write_text(out_dir / "results.csv", text.getvalue())
+    write_text(out_dir / "results.csv", text.getvalue())
     client.log_artifact(parent_id, str(out_dir / "results.csv"))
     for name, value in (("num_trials", len(rows)), ("num_failed", len(failed)),
                         ("num_stopped_early", sum(row["status"] == "stopped_early" for row in rows))):
@@ -239,12 +239,6 @@ def _summarise(results, client: MlflowClient, config: Config, keys: list[str], r
     log.info("best trial %s: %s=%.4f at step %d with %s; %s", best["trial_id"], opts.metric, best[opts.metric],
              best["step"], " ".join(summary["set_args"]), params_path)
     return 0
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _write_best_params(path: Path, params: dict, best: dict, source: str) -> Path:

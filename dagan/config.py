@@ -125,7 +125,7 @@ class TrainConfig:
     checkpoint_every: int = 200  # steps
     keep_last: int = 3
     log_every: int = 10
-    sample_every: int = 200
+    sample_every: int = 100  # steps between sample grids (the official display_freq)
 
 
 @dataclass(frozen=True)

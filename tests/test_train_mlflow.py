@@ -130,11 +130,19 @@ def test_training_logs_to_mlflow_server_with_s3_artifacts_and_survives_sigterm(t
         assert key in run.data.metrics
     assert any(key.startswith("system/") for key in run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "samples"} <= artifacts
+    assert {"config.yaml", "samples", "images"} <= artifacts
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "samples")] == ["samples/latest.png"]
+    keyed = {a.path.split("+step+")[1].split("+")[0] for a in client.list_artifacts(run.info.run_id, "images")
+             if a.path.startswith("images/samples+step+") and a.path.endswith(".png")}
+    assert {"2", "4"} <= keyed  # log_image(key="samples", step=...)
+    losses = (out_dir / "losses.tsv").read_text().splitlines()
+    assert losses[0].startswith("step\tg_total\tg_gan") and [row.split("\t")[0] for row in losses[1:]] == \
+        [str(step) for step in range(1, finish + 1)]  # one row per logged step across the preemption
+    assert (out_dir / "samples" / "latest.png").is_file()
     config_file = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))
     assert yaml.safe_load(Path(config_file).read_text())["model"]["ngf"] == 8
     s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
                       region_name="us-east-1")
     keys = [obj["Key"] for obj in s3.list_objects_v2(Bucket=BUCKET)["Contents"]]
     assert any(key.endswith(f"{run.info.run_id}/artifacts/config.yaml") for key in keys)
-    assert any("/artifacts/samples/step-" in key and key.endswith(".png") for key in keys)
+    assert any(key.endswith(f"{run.info.run_id}/artifacts/samples/latest.png") for key in keys)

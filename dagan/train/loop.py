@@ -40,9 +40,11 @@ from dagan.labels import semantic_input
 from dagan.schedule import lr_factor, set_learning_rate
 from dagan.schedule import total_steps as planned_steps
 from dagan.train.callbacks import NullLogger, Progress, StepReport, TrainingLogger, log
-from dagan.train.samples import palette, sample_grid
 from dagan.train.state import TrainingState, build_state
 from dagan.train.steps import LossWeights, NonFiniteLossError, d_step, g_step
+from dagan.visualize import sample_grid
+
+SAMPLE_ROWS = 4  # rows of the training's sample grids
 
 
 @dataclass
@@ -120,7 +122,6 @@ def _train(config: Config, logger: TrainingLogger, resume: str | Path | None, co
     last_checkpoint = resume_path
 
     weights = LossWeights.from_config(config.loss)
-    colors = palette(manifest.class_colors, manifest.num_label_channels)
     progress = Progress(total_steps, step, opts.log_every, enabled=context.is_main)
     metrics: dict[str, float] = {}
     interval_seconds, interval_steps, run_seconds, run_steps = 0.0, 0, 0.0, 0
@@ -179,7 +180,9 @@ def _train(config: Config, logger: TrainingLogger, resume: str | Path | None, co
                         })
                         interval_seconds, interval_steps = 0.0, 0
                     if context.is_main and opts.sample_every > 0 and step % opts.sample_every == 0:
-                        logger.log_images(step, "samples", sample_grid(batch["label"], fake, real, colors))
+                        rows = slice(0, SAMPLE_ROWS)
+                        logger.log_images(step, "samples", sample_grid(batch["label"][rows], fake[rows], real[rows],
+                                                                       manifest.class_colors))
                     stop = context.is_main and logger.should_stop(
                         StepReport(step, step // steps_per_epoch, total_steps, metrics, state.eval_generator))
                     flags = [float(preemption.requested), float(stop)]
