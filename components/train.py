@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 import numpy as np
+from torch.distributed.elastic.multiprocessing.errors import record
 
 from components.cli import entry, load, log, make_parser, run_main
 from components.outputs import (
@@ -162,6 +163,7 @@ def _run(config: Config, resume: str | None) -> int:
     return 0
 
 
+@record  # under torchrun: an uncaught exception goes into the worker's error file, named in torchrun's summary
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser("components.train", DESCRIPTION)
     parser.add_argument("--resume", metavar="PATH",

@@ -302,7 +302,8 @@ def _sweep(config: Config, args, raw: dict, dimensions: list[Dimension], uri: st
             "train.device": "cuda" if gpus > 0 else "cpu", "dataset.prepared_dir": str(prepared),
             "evaluate.judge": str(judge), "mlflow.tracking_uri": redact(uri)})
         setup = TrialSetup(base=base, source=args.params, keys=tuple(keys), judge_path=str(judge), tracking_uri=uri,
-                           experiment_id=parent[1], parent_run_id=parent[0], sweep_name=config.tune.name)
+                           experiment_id=parent[1], parent_run_id=parent[0], sweep_name=config.tune.name,
+                           tags=pipeline_tags())
         log.info("sweep %s: %d trial(s) over %s, %s GPU(s) and %s CPU(s) each; MLflow parent run %s",
                  config.tune.name, config.tune.num_samples, ", ".join(keys), gpus, config.tune.cpus_per_trial,
                  parent[0])

@@ -62,6 +62,7 @@ class TrialSetup:
     experiment_id: str
     parent_run_id: str
     sweep_name: str
+    tags: dict[str, str]  # tags of every trial run set by the driver (kfp.run_id): workers may lack its env
 
 
 def trial_config(setup: TrialSetup, sampled: Mapping[str, Any], out_dir: Path) -> Config:
@@ -161,8 +162,8 @@ def _start_run(client: MlflowClient, setup: TrialSetup, config: Config, sampled:
         describe_run(config, steps, manifest, commit)
     tags = {**run_tags(config, redact(setup.tracking_uri), commit, data_checksum(config.dataset.prepared_dir),
                        description),
-            PARENT_TAG: setup.parent_run_id, "ray.trial_id": trial_id, "ray.experiment": setup.sweep_name,
-            "tune.swept": ",".join(setup.keys)}
+            **setup.tags, PARENT_TAG: setup.parent_run_id, "ray.trial_id": trial_id,
+            "ray.experiment": setup.sweep_name, "tune.swept": ",".join(setup.keys)}
     run = client.create_run(setup.experiment_id, run_name=trial_name, tags=tags)
     params = training_params(config, steps, resolve_device(config.train.device).type, 1)
     items = [Param(key, str(value)) for key, value in params.items()]
