@@ -41,7 +41,7 @@ from components.outputs import (
     write_png,
     write_text,
 )
-from components.tracking import log_dataset
+from components.tracking import EVALUATED_TAG, NOTE_TAG, evaluated_note, log_dataset
 from dagan.baseline import class_mean_colors
 from dagan.checkpoint import load_generator
 from dagan.config import Config, save_config
@@ -158,10 +158,11 @@ def _log_to_mlflow(config: Config, run_id: str, metrics: dict, rows: list[dict],
     """Into the training's run, at its last step: eval/* metrics, short tags, the per-class table, the files."""
     step = training_step(config)
     mlflow.set_tracking_uri(tracking_uri(config))
-    with mlflow.start_run(run_id=run_id):
+    with mlflow.start_run(run_id=run_id) as run:
         mlflow.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step=step)
-        mlflow.set_tags({"eval/evaluated": "true", **{f"eval/{name}_unavailable": short_reason(reason)
-                                                      for name, reason in unavailable.items()}})
+        note = evaluated_note(run.data.tags.get(NOTE_TAG, ""), metrics)
+        mlflow.set_tags({EVALUATED_TAG: "yes", NOTE_TAG: note, **{f"eval/{name}_unavailable": short_reason(reason)
+                                                                  for name, reason in unavailable.items()}})
         mlflow.log_table({"step": [step] * len(rows), **{key: [row[key] for row in rows] for key in rows[0]}},
                          artifact_file="eval/per_class_iou_table.json")
         log_dataset(mlflow.MlflowClient(), run_id, config.dataset.prepared_dir, config.evaluate.split, "evaluation")

@@ -11,6 +11,9 @@ Shared by components.train (one run per training), the sweep's parent run and it
   sizes, the real total steps, the device and the process count; where things are written
   (``train.out_dir``) and tracked (the tracking URI, credentials removed) are tags;
 * the commit is the standard ``mlflow.source.git.commit`` tag; a Kubeflow run adds ``kfp.run_id``;
+* ``evaluated`` is ``no`` until components.evaluate scores the run (``yes``, and the description
+  gains the key scores): runs without eval metrics show NaN in the compare view, so filter with
+  ``tags.evaluated = 'yes'`` first;
 * the prepared dataset is a run input (the runs table's Dataset column), named by the dataset,
   with the manifest's sha256 as digest.
 """
@@ -38,6 +41,8 @@ MODEL_DEVELOPMENT = "custom_model_development"
 NOTE_TAG = "mlflow.note.content"
 COMMIT_TAG = "mlflow.source.git.commit"
 KFP_RUN_TAG = "kfp.run_id"
+EVALUATED_TAG = "evaluated"  # "no" until components.evaluate scores the run ("yes"): filter before comparing
+EVAL_NOTE = " | evaluated: "  # evaluate appends its summary to the description after this marker
 KFP_RUN_ENV = "KFP_RUN_ID"  # set by the Kubeflow steps (pipeline/steps.py) and the TrainJob's nodes
 COMMIT_ENV = "DAGAN_GIT_COMMIT"  # the image's commit (Dockerfile), where there is no .git
 # train keys that say where and how often to write, not what is trained: tags or nothing
@@ -109,7 +114,7 @@ def run_tags(config: Config, tracking_uri: str, commit: str | None, data_sha256:
     """The tags of a training run; ``tracking_uri`` must already be redacted."""
     tags = {NOTE_TAG: description, "variant": config.model.variant, "dataset": config.dataset.name,
             "data_sha256": data_sha256, "tracking_uri": tracking_uri, "out_dir": config.train.out_dir,
-            **pipeline_tags()}
+            EVALUATED_TAG: "no", **pipeline_tags()}
     if commit:
         tags[COMMIT_TAG] = commit
     return tags
@@ -148,6 +153,14 @@ def log_dataset(client: MlflowClient, run_id: str, prepared_dir: str | Path, spl
             "classes": str(manifest.num_classes)}
     client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(),
                                                       [InputTag(key, value) for key, value in tags.items()])])
+
+
+def evaluated_note(note: str, metrics: dict[str, float]) -> str:
+    """The run description with the evaluation's summary (replacing an earlier one)."""
+    summary = (f"judge mIoU generated {metrics['judge_miou_generated']:.3f} (real {metrics['judge_miou_real']:.3f}, "
+               f"baseline {metrics['judge_miou_baseline']:.3f}), judge FD {metrics['fd_judge_generated']:.4f} "
+               f"(baseline {metrics['fd_judge_baseline']:.4f})")
+    return note.split(EVAL_NOTE, 1)[0] + EVAL_NOTE + summary
 
 
 def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:

@@ -108,9 +108,10 @@ def _start_run(config: Config, out_dir: Path, tracking_uri: str, resuming: bool)
     with tempfile.TemporaryDirectory() as tmp:
         save_config(config, Path(tmp) / "config.yaml")
         mlflow.log_artifact(str(Path(tmp) / "config.yaml"))
-    url = run_url(redact(tracking_uri), experiment_id, run.info.run_id)
-    log.info("MLflow run %s (%s) in experiment %s%s", run.info.run_name, run.info.run_id, config.mlflow.experiment,
-             f": {url}" if url else "")
+    page = run_url(redact(tracking_uri), experiment_id, run.info.run_id) or \
+        f"#/experiments/{experiment_id}/runs/{run.info.run_id} in the MLflow UI"
+    log.info("MLflow run %s in experiment %s (id %s): %s", run.info.run_name, config.mlflow.experiment, experiment_id,
+             page)
     return run
 
 

@@ -237,10 +237,6 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def flat(self) -> dict[str, Any]:
-        """Dotted key -> value, e.g. for MLflow params."""
-        return {f"{s}.{k}": v for s, sec in self.to_dict().items() for k, v in sec.items()}
-
     def resolved(self) -> Config:
         """Fill every ``null`` that a preset provides; check the attention knobs."""
         preset = get_preset(self.dataset.name)

@@ -157,12 +157,6 @@ def test_config_is_frozen():
         config.train.lr_g = 1.0  # type: ignore[misc]
 
 
-def test_flat_params_are_dotted():
-    flat = load_config(REPO / "params.yaml").flat()
-    assert flat["train.lr_d"] == pytest.approx(4e-4)
-    assert flat["model.variant"] == "B6"
-
-
 def test_bare_off_is_the_string_choice_not_a_boolean():
     config = load_config(REPO / "params.yaml", ["train.amp=off", "evaluate.fid=off"])
     assert (config.train.amp, config.evaluate.fid) == ("off", "off")

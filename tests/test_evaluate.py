@@ -65,6 +65,8 @@ def test_train_judge_then_evaluate_writes_metrics_figures_and_logs_to_the_traini
         tag = run.data.tags[f"eval/{name}_unavailable"]
         assert len(tag) <= 120 and tag.endswith("(see eval/unavailable.txt)"), tag
     assert "not found" in run.data.tags["eval/lpips_unavailable"]
+    assert run.data.tags["evaluated"] == "yes"
+    assert run.data.tags["mlflow.note.content"].startswith(" | evaluated: judge mIoU generated ")
     explanation = client.download_artifacts(run_id, "eval/unavailable.txt", str(tmp_path / "download"))
     assert "vgg16-397923af.pth" in Path(explanation).read_text() and "no-inception.pth" in Path(explanation).read_text()
     artifacts = {a.path for a in client.list_artifacts(run_id, "eval")}

@@ -59,3 +59,12 @@ def test_kfp_run_tag_and_ui_links(monkeypatch):
     assert tracking.pipeline_tags() == {"kfp.run_id": "run-9"}
     assert tracking.run_url("http://127.0.0.1:5001/", "1", "abc") == "http://127.0.0.1:5001/#/experiments/1/runs/abc"
     assert tracking.run_url("sqlite:///mlflow.db", "1", "abc") is None
+
+
+def test_evaluation_summary_replaces_an_earlier_one():
+    metrics = {"judge_miou_generated": 0.5, "judge_miou_real": 0.7, "judge_miou_baseline": 0.6,
+               "fd_judge_generated": 0.04, "fd_judge_baseline": 0.05}
+    once = tracking.evaluated_note("DAGAN B6 on synthetic", metrics)
+    assert once == ("DAGAN B6 on synthetic | evaluated: judge mIoU generated 0.500 (real 0.700, baseline 0.600), "
+                    "judge FD 0.0400 (baseline 0.0500)")
+    assert tracking.evaluated_note(once, {**metrics, "judge_miou_generated": 0.55}).count("evaluated:") == 1

@@ -113,7 +113,7 @@ def test_training_logs_to_mlflow_server_with_s3_artifacts_and_survives_sigterm(t
     assert {key.split(".")[0] for key in params} == {"dataset", "model", "loss", "train"}
     assert not {"train.max_steps", "train.out_dir", "mlflow.tracking_uri", "judge.width"} & set(params)
     tags = run.data.tags
-    assert tags["tracking_uri"] == uri and tags["out_dir"] == str(out_dir)
+    assert tags["tracking_uri"] == uri and tags["out_dir"] == str(out_dir) and tags["evaluated"] == "no"
     assert tags["variant"] == "B6" and len(tags["data_sha256"]) == 64
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
     assert tags["mlflow.source.git.commit"] == commit
