@@ -39,6 +39,7 @@ def load(args: argparse.Namespace) -> Config:
 def run_main(args: argparse.Namespace, body: Callable[[], int]) -> int:
     """Run a component body at the chosen log level; turn expected errors into one clear line and exit code 2."""
     setup_logging(args.log_level)
+    logging.getLogger("mlflow").setLevel(max(args.log_level, logging.INFO))  # its own handler: -q quiets it too
     try:
         return body()
     except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as err:
