@@ -3,7 +3,7 @@
     python -m components.generate --model URI --labels DIR --out DIR [--instances DIR] [--edges-from-labels]
 
 ``URI`` is a registry URI (``models:/dagan-synthetic@champion``, ``models:/dagan-synthetic/3``),
-a run URI (``runs:/<run id>/model``) or a local checkpoint path. ``python -m dagan generate``
+a run URI (``runs:/<run id>/dagan-generator``) or a local checkpoint path. ``python -m dagan generate``
 takes the same arguments and hands MLflow URIs to this module (the library never imports
 mlflow). The tracking URI is ``$MLFLOW_TRACKING_URI`` when set.
 """

@@ -164,7 +164,6 @@ def _run(config: Config, resume: str | None) -> int:
     return 0
 
 
-@record  # under torchrun: an uncaught exception goes into the worker's error file, named in torchrun's summary
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser("components.train", DESCRIPTION)
     parser.add_argument("--resume", metavar="PATH",
@@ -174,4 +173,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    entry(main)
+    entry(record(main))  # under torchrun: an uncaught exception goes into the worker's error file, named in its summary

@@ -16,7 +16,7 @@ import pytest
 from dagan import console
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = ("synthesize", "prepare", "train_judge", "train", "evaluate", "register", "tune", "generate")
+STEPS = ("synthesize", "prepare", "train_judge", "train", "evaluate", "register", "tune", "generate", "import_official")
 TOOLS = ("pipeline.compile", "pipeline.submit", "pipeline.trainjob", "pipeline.tune_pipeline")
 RAW_MARKUP = re.compile(r"``|:func:|:class:|:mod:|\bissue \d+")
 

@@ -7,6 +7,8 @@ launcher's log; the KFP run id reaching the training's MLflow run."""
 from __future__ import annotations
 
 import json
+import runpy
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -86,6 +88,22 @@ def test_plain_env_comes_before_the_secret_references_and_restarts_are_configura
     assert trainer["command"][trainer["command"].index("--max-restarts") + 1] == "0"
     with pytest.raises(ValueError, match="max_restarts must be >= 0"):
         two_by_four(max_restarts=-1)
+
+
+@pytest.mark.filterwarnings("ignore:'components.train' found in sys.modules")
+def test_an_uncaught_error_of_the_training_lands_in_torchruns_error_file(tmp_path, monkeypatch):
+    """``python -m components.train`` (what torchrun starts) records the exception (@record) for the summary."""
+    error_file = tmp_path / "error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+
+    def broken_load(args):
+        raise RuntimeError("boom in the training")
+
+    monkeypatch.setattr("components.cli.load", broken_load)
+    monkeypatch.setattr(sys, "argv", ["components.train", "-q"])
+    with pytest.raises(RuntimeError, match="boom in the training"):
+        runpy.run_module("components.train", run_name="__main__")
+    assert "boom in the training" in json.loads(error_file.read_text())["message"]["message"]
 
 
 def test_bad_shapes_are_refused():
