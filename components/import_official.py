@@ -23,7 +23,7 @@ import mlflow
 
 from components.cli import entry, load, log, make_parser, run_main
 from components.outputs import RUN_FILE, tracking_uri, write_json
-from components.tracking import model_development_experiment
+from components.tracking import activate_experiment
 from components.train import redact
 from dagan.checkpoint import FINAL_NAME, checkpoint_dir
 from dagan.config import Config, config_from_dict, save_config
@@ -56,7 +56,7 @@ def _run(config: Config, generator: str, discriminator: str | None, variant: str
     origin = checkpoint["origin"]
     uri = tracking_uri(config)
     mlflow.set_tracking_uri(uri)
-    experiment_id = model_development_experiment(mlflow.MlflowClient(), config.mlflow.experiment)
+    experiment_id = activate_experiment(config.mlflow.experiment)
     name = f"official-{origin['code'].lower()}-{origin['preset']}-{origin['variant']}"
     with mlflow.start_run(experiment_id=experiment_id, run_name=name) as run:
         mlflow.log_params({f"model.{key}": value for key, value in dataclasses.asdict(model_config.model).items()})

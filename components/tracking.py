@@ -28,6 +28,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag
 
@@ -132,6 +133,14 @@ def model_development_experiment(client: MlflowClient, name: str) -> str:
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
     if experiment is None or EXPERIMENT_KIND_TAG not in experiment.tags:
         client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT)
+    return experiment_id
+
+
+def activate_experiment(name: str) -> str:
+    """:func:`model_development_experiment` on the current tracking URI, made the active experiment of
+    ``mlflow.start_run`` (so a later ``start_run(run_id=...)`` in this process agrees with it)."""
+    experiment_id = model_development_experiment(MlflowClient(), name)
+    mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 
 

@@ -35,11 +35,11 @@ from components.outputs import (
     write_png,
 )
 from components.tracking import (
+    activate_experiment,
     data_checksum,
     describe_run,
     git_commit,
     log_dataset,
-    model_development_experiment,
     planned_steps,
     run_name,
     run_tags,
@@ -95,7 +95,7 @@ def _start_run(config: Config, out_dir: Path, tracking_uri: str, resuming: bool)
         log.info("continuing MLflow run %s", run_id)
         return mlflow.start_run(run_id=run_id, log_system_metrics=True)
     client = mlflow.MlflowClient()
-    experiment_id = model_development_experiment(client, config.mlflow.experiment)
+    experiment_id = activate_experiment(config.mlflow.experiment)
     manifest = read_manifest(config.dataset.prepared_dir)
     steps, commit = planned_steps(config, manifest), git_commit()
     tags = run_tags(config, redact(tracking_uri), commit, data_checksum(config.dataset.prepared_dir),
