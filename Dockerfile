@@ -8,7 +8,11 @@
 # NVIDIA driver (>= 580 for CUDA 13) and the device plugin; no CUDA base image is required.
 # No credentials are baked in: MLflow and S3 settings arrive as environment variables from
 # Kubernetes secrets at run time (docs/KUBEFLOW.md).
-FROM python:3.11.13-slim-bookworm
+#
+# The base image is pinned by digest (the tag says which release it is; the digest makes the build
+# reproducible). Refresh both together: docker buildx imagetools inspect python:3.11.13-slim-bookworm
+# (the "Digest:" line, the multi-platform index).
+FROM python:3.11.13-slim-bookworm@sha256:86adf8dbadc3d6e82ee5dd2c74bec2e1c2467cdad47886280501df722372d2e1
 
 ARG GIT_COMMIT=unknown
 LABEL org.opencontainers.image.title="dagan" \
@@ -23,7 +27,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
 
-# Dependencies first (their layer is reused while only the code changes).
+# Dependencies first (their layer is reused while only the code changes): the runtime lock only;
+# the test and lint tools (requirements-dev.lock) stay out of the image.
 COPY requirements.lock /tmp/requirements.lock
 RUN python -m venv /opt/venv \
     && pip install --no-cache-dir -r /tmp/requirements.lock \
@@ -45,7 +50,8 @@ RUN groupadd --gid 1000 dagan \
     && chown -R 1000:1000 /app/data /app/outputs
 ENV HOME=/home/dagan \
     TORCH_HOME=/home/dagan/.cache/torch \
-    MPLCONFIGDIR=/home/dagan/.cache/matplotlib
+    MPLCONFIGDIR=/home/dagan/.cache/matplotlib \
+    DAGAN_GIT_COMMIT=${GIT_COMMIT}
 USER 1000:1000
 
 # No ENTRYPOINT: Kubeflow and the TrainJob set the command of every container.

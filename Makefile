@@ -11,10 +11,11 @@ STAMP := $(VENV)/.installed
 venv: $(STAMP)
 
 # Rebuilt when missing or older than the dependency files (a stale environment).
-$(STAMP): pyproject.toml requirements.lock
+# requirements.lock: what the pipeline runs with (also the container image's); requirements-dev.lock: the tests' tools.
+$(STAMP): pyproject.toml requirements.lock requirements-dev.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade "pip>=24"
-	$(BIN)/python -m pip install -q -r requirements.lock
+	$(BIN)/python -m pip install -q -r requirements.lock -r requirements-dev.lock
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $@
 

@@ -1,6 +1,8 @@
-"""The command-line conventions every component shares: ``--params FILE`` and ``-S key=value``.
+"""The command-line conventions every component shares.
 
-``-S`` takes the same dotted syntax as ``dvc exp run -S`` and may repeat.
+``--params FILE``, repeated ``-S key=value`` (the override grammar of ``dvc exp run -S``,
+dagan/config.py), ``-v/--verbose`` and ``-q/--quiet``; the usage line names the real command
+(``python -m components.train``); expected errors end in one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -12,17 +14,22 @@ from collections.abc import Callable, Sequence
 
 from dagan.checkpoint import DISK_FULL
 from dagan.config import Config, ConfigError, load_config
+from dagan.console import add_log_level_arguments, setup_logging
 
 log = logging.getLogger("components")
 
+OVERRIDE_HELP = ("override a config value, repeatable: -S train.lr_g=2e-4, -S '~train.max_steps' (back to the "
+                 "default), -S tune.search_space.model.variant.values.0=B1 (a list item); see README, Configuration")
 
-def make_parser(description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description)
+
+def make_parser(module: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
+    """The parser of ``python -m <module>`` with the shared options."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=description, epilog=epilog,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml", help="config file (default: params.yaml)")
-    parser.add_argument(
-        "-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a config value, e.g. -S train.lr_g=2e-4 (repeatable)",
-    )
+    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help=OVERRIDE_HELP)
+    add_log_level_arguments(parser)
     return parser
 
 
@@ -30,9 +37,10 @@ def load(args: argparse.Namespace) -> Config:
     return load_config(args.params, args.overrides)
 
 
-def run_main(body: Callable[[], int]) -> int:
-    """Run a component body; turn expected errors (bad input, a full disk) into one clear line and exit code 2."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+def run_main(args: argparse.Namespace, body: Callable[[], int]) -> int:
+    """Run a component body at the chosen log level; turn expected errors into one clear line and exit code 2."""
+    setup_logging(args.log_level)
+    logging.getLogger("mlflow").setLevel(max(args.log_level, logging.INFO))  # its own handler: -q quiets it too
     try:
         return body()
     except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as err:

@@ -6,36 +6,61 @@ Generates the ``evaluate.split`` images with the (EMA) generator and reports, be
 images (the judge's ceiling) and the mean-colour baseline (the floor): judge mIoU, pixel
 accuracy and per-class IoU, the judge Fréchet distance, FID and LPIPS or the recorded reason
 they are unavailable (dagan/evaluation.py, paper section 4). Writes into ``evaluate.out_dir``:
-``metrics.json`` (DVC metrics), ``per_class_iou.json``, ``figures/samples.png`` (label |
-generated | real), ``figures/attention.png`` (the attention maps the model has: SAM maps and CAM
-channel weights, paper Fig. 9; SPAP gates of G and D; CA2SIS's cross-attention) and ``config.yaml``,
-and logs all of it into the training's MLflow run (``<train.out_dir>/mlflow_run.json``). The
-tracking URI is ``$MLFLOW_TRACKING_URI`` when set, else ``mlflow.tracking_uri``.
+``metrics.json`` (DVC metrics), ``per_class_iou.json`` and ``per_class_iou.csv`` (a DVC bar plot),
+``unavailable.txt`` (why FID/LPIPS are missing), ``config.yaml`` and ``figures/``:
+``samples.png`` (layout | generated | real), ``per_class_iou.png`` (bars) and ``attention.png``
+(the attention maps the model has: SAM maps and CAM channel weights, paper Fig. 9; SPAP gates of
+G and D; CA2SIS's cross-attention). All of it goes into the training's MLflow run
+(``<train.out_dir>/mlflow_run.json``) at the training's last step: ``eval/*`` metrics, short
+``eval/<metric>_unavailable`` tags, the per-class IoU table (``mlflow.log_table``), the
+validation split as a dataset input. The tracking URI is ``$MLFLOW_TRACKING_URI`` when set, else
+``mlflow.tracking_uri``.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
 import mlflow
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader
 
 from components.cli import entry, load, log, make_parser, run_main
-from components.outputs import checkpoint_path, connect_tracking, judge_path, tracking_uri, training_run_id, write_json
+from components.outputs import (
+    FIGURES_DIR,
+    PER_CLASS_IOU_TABLE,
+    UNAVAILABLE_FILE,
+    checkpoint_path,
+    connect_tracking,
+    judge_path,
+    tracking_uri,
+    training_run_id,
+    training_step,
+    write_json,
+    write_png,
+    write_text,
+)
+from components.tracking import EVALUATED_TAG, NOTE_TAG, evaluated_note, log_dataset
 from dagan.baseline import class_mean_colors
 from dagan.checkpoint import load_discriminator, load_generator
 from dagan.config import Config, save_config
+from dagan.console import progress
 from dagan.data import PairedDataset, read_manifest
 from dagan.distributed import resolve_device
-from dagan.evaluation import evaluate_generator, style_photo
+from dagan.evaluation import SOURCES, evaluate_generator, style_photo
 from dagan.fid import build_inception, build_lpips, load_optional_metric
 from dagan.generator import run_generator
 from dagan.judge import load_judge
 from dagan.labels import semantic_input
-from dagan.visualize import attention_figure, sample_grid
+from dagan.visualize import attention_figure, bar_chart, sample_grid
+
+DESCRIPTION = """Score the trained generator on evaluate.split against the real images (the judge's ceiling)
+and the mean-colour baseline (the floor): judge mIoU, pixel accuracy and per-class IoU, the judge
+Fréchet distance, FID and LPIPS when their weights exist. Writes metrics, per-class IoU and figures
+into evaluate.out_dir and logs them into the training's MLflow run."""
 
 
 def _loader(config: Config, split: str, batch_size: int) -> DataLoader:
@@ -44,11 +69,8 @@ def _loader(config: Config, split: str, batch_size: int) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=config.dataset.num_workers)
 
 
-def save_png(image, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(image).save(tmp, format="PNG")
-    tmp.replace(path)
-    return path
+def _progress(loader: DataLoader):
+    return progress(loader, total=len(loader), desc="evaluate", unit="batch")
 
 
 @torch.no_grad()
@@ -69,10 +91,8 @@ def _attention(generator, discriminator, config: Config, num_label_channels: int
     return attention_figure(label.cpu(), image.cpu(), {k: v.cpu() for k, v in attention.items()}, colors)
 
 
-def _run(config: Config) -> int:
-    out_dir = Path(config.evaluate.out_dir)
-    device = resolve_device(config.evaluate.device, key="evaluate.device")
-    run_id = training_run_id(config)
+def _evaluate(config: Config, device: torch.device):
+    """(Evaluation, attention figure or None, {metric: reason unavailable}) of the generator on evaluate.split."""
     manifest = read_manifest(config.dataset.prepared_dir)
     generator, train_config, semantic_nc = load_generator(checkpoint_path(config), use_ema=config.evaluate.use_ema)
     if semantic_nc != manifest.semantic_nc:
@@ -90,7 +110,7 @@ def _run(config: Config) -> int:
         config.evaluate.fid, lambda: build_inception(config.evaluate.fid_weights, download))
     lpips, lpips_reason = load_optional_metric(config.evaluate.lpips, lambda: build_lpips(download))
     result = evaluate_generator(
-        generator, judge, _loader(config, config.evaluate.split, config.evaluate.batch_size),
+        generator, judge, _progress(_loader(config, config.evaluate.split, config.evaluate.batch_size)),
         num_classes=manifest.num_classes, num_label_channels=manifest.num_label_channels,
         class_names=manifest.class_names, mean_colors=mean_colors, device=device,
         inception=inception.to(device) if inception is not None else None,
@@ -98,26 +118,79 @@ def _run(config: Config) -> int:
         style_from=config.evaluate.style_from,
     )
     figure = _attention(generator, discriminator, config, manifest.num_label_channels, manifest.class_colors, device)
-    metrics = {k: round(v, 6) for k, v in result.metrics.items()}
     unavailable = {name: reason for name, reason in (("fid", fid_reason), ("lpips", lpips_reason)) if reason}
+    return result, figure, unavailable
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+
+def short_reason(reason: str) -> str:
+    """A tag-sized version of an unavailability reason (its first clause); the whole text is an artifact."""
+    first = reason.split(": ", 1)[0].split(". ", 1)[0]
+    return (first if len(first) <= 80 else first[:77] + "...") + f" (see eval/{UNAVAILABLE_FILE})"
+
+
+def per_class_rows(per_class: dict[str, dict[str, float | None]]) -> list[dict[str, object]]:
+    """One row per class: class, generated, real, baseline (None: the class is absent)."""
+    return [{"class": name, **{source: per_class[source][name] for source in SOURCES}}
+            for name in per_class[SOURCES[0]]]
+
+
+def write_per_class_table(path: Path, rows: list[dict[str, object]]) -> None:
+    """``per_class_iou.csv``: class, generated, real, baseline (empty: the class is absent)."""
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=["class", *SOURCES], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows([{key: "" if value is None else value for key, value in row.items()} for row in rows])
+    write_text(path, table.getvalue())
+
+
+def _write_outputs(config: Config, out_dir: Path, result, figure, unavailable: dict[str, str]) -> list[Path]:
+    """metrics.json, per_class_iou.json/.csv, unavailable.txt, config.yaml and the figures; returns the files."""
+    manifest = read_manifest(config.dataset.prepared_dir)
+    metrics = {k: round(v, 6) for k, v in result.metrics.items()}
+    rows = per_class_rows(result.per_class_iou)
     write_json(out_dir / "metrics.json", {**metrics, "unavailable": unavailable})
     write_json(out_dir / "per_class_iou.json", result.per_class_iou)
-    figures = out_dir / "figures"
-    figures.mkdir(exist_ok=True)
-    images = [save_png(sample_grid(result.samples["label"], result.samples["generated"], result.samples["real"],
-                                   manifest.class_colors), figures / "samples.png")]
-    if figure is not None:
-        images.append(save_png(figure, figures / "attention.png"))
+    write_per_class_table(out_dir / PER_CLASS_IOU_TABLE, rows)
+    write_text(out_dir / UNAVAILABLE_FILE, "".join(f"{name}: {reason}\n\n" for name, reason in unavailable.items())
+               or "FID and LPIPS were computed.\n")
     save_config(config, out_dir / "config.yaml")
+    figures = out_dir / FIGURES_DIR
+    files = [write_png(figures / "samples.png", sample_grid(result.samples["label"], result.samples["generated"],
+                                                           result.samples["real"], manifest.class_colors)),
+             write_png(figures / "per_class_iou.png", bar_chart(
+                 [row["class"] for row in rows], {source: [row[source] for row in rows] for source in SOURCES},
+                 f"judge IoU per class on {config.evaluate.split}"))]
+    if figure is not None:
+        files.append(write_png(figures / "attention.png", figure))
+    return [out_dir / name for name in ("metrics.json", "per_class_iou.json", PER_CLASS_IOU_TABLE,
+                                        UNAVAILABLE_FILE, "config.yaml")] + files
 
+
+def _log_to_mlflow(config: Config, run_id: str, metrics: dict, rows: list[dict], unavailable: dict[str, str],
+                   files: list[Path]) -> None:
+    """Into the training's run, at its last step: eval/* metrics, short tags, the per-class table, the files."""
+    step = training_step(config)
     connect_tracking(tracking_uri(config))
-    with mlflow.start_run(run_id=run_id):
-        mlflow.log_metrics({f"eval/{k}": v for k, v in metrics.items()})
-        mlflow.set_tags({f"eval/{name}_unavailable": reason[:4000] for name, reason in unavailable.items()})
-        for path in [out_dir / "metrics.json", out_dir / "per_class_iou.json", out_dir / "config.yaml", *images]:
+    with mlflow.start_run(run_id=run_id) as run:
+        mlflow.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step=step)
+        note = evaluated_note(run.data.tags.get(NOTE_TAG, ""), metrics)
+        mlflow.set_tags({EVALUATED_TAG: "yes", NOTE_TAG: note, **{f"eval/{name}_unavailable": short_reason(reason)
+                                                                  for name, reason in unavailable.items()}})
+        mlflow.log_table({"step": [step] * len(rows), **{key: [row[key] for row in rows] for key in rows[0]}},
+                         artifact_file="eval/per_class_iou_table.json")
+        log_dataset(mlflow.MlflowClient(), run_id, config.dataset.prepared_dir, config.evaluate.split, "evaluation")
+        for path in files:
             mlflow.log_artifact(str(path), artifact_path="eval/figures" if path.suffix == ".png" else "eval")
+
+
+def _run(config: Config) -> int:
+    out_dir = Path(config.evaluate.out_dir)
+    run_id = training_run_id(config)
+    result, figure, unavailable = _evaluate(config, resolve_device(config.evaluate.device, key="evaluate.device"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = _write_outputs(config, out_dir, result, figure, unavailable)
+    metrics = {k: round(v, 6) for k, v in result.metrics.items()}
+    _log_to_mlflow(config, run_id, metrics, per_class_rows(result.per_class_iou), unavailable, files)
     for name, reason in unavailable.items():
         log.warning("%s unavailable: %s", name, reason)
     log.info("judge mIoU generated %.4f / real %.4f / baseline %.4f; fd_judge generated %.4f vs baseline %.4f",
@@ -127,8 +200,9 @@ def _run(config: Config) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = make_parser(__doc__.splitlines()[0]).parse_args(argv)
-    return run_main(lambda: _run(load(args)))
+    parser = make_parser("components.evaluate", DESCRIPTION)
+    args = parser.parse_args(argv)
+    return run_main(args, lambda: _run(load(args)))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
     python -m components.generate --model URI --labels DIR --out DIR [--instances DIR] [--edges-from-labels]
 
 ``URI`` is a registry URI (``models:/dagan-synthetic@champion``, ``models:/dagan-synthetic/3``),
-a run URI (``runs:/<run id>/model``) or a local checkpoint path. ``python -m dagan generate``
+a run URI (``runs:/<run id>/dagan-generator``) or a local checkpoint path. ``python -m dagan generate``
 takes the same arguments and hands MLflow URIs to this module (the library never imports
 mlflow). The tracking URI is ``$MLFLOW_TRACKING_URI`` when set.
 """
@@ -18,6 +18,8 @@ from dagan.__main__ import generate as run_generate
 from dagan.generate import Synthesizer, add_generate_arguments
 
 MLFLOW_SCHEMES = ("models:/", "runs:/")
+DESCRIPTION = ("Turn label-map PNGs into images with a model from the MLflow registry (models:/NAME@ALIAS), a run "
+               "(runs:/RUN_ID/dagan-generator) or a local checkpoint; writes index.html beside the images.")
 
 
 def is_mlflow_uri(uri: str) -> bool:
@@ -45,7 +47,7 @@ def load_from_mlflow(uri: str) -> Synthesizer:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m components.generate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m components.generate", description=DESCRIPTION)
     add_generate_arguments(parser)
     return run_generate(parser.parse_args(argv))
 

@@ -15,6 +15,7 @@ model (docs/OFFICIAL.md). An out_dir that already holds checkpoints is refused.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,9 +23,14 @@ import mlflow
 
 from components.cli import entry, load, log, make_parser, run_main
 from components.outputs import RUN_FILE, connect_tracking, tracking_uri, write_json
+from components.tracking import activate_experiment
 from dagan.checkpoint import FINAL_NAME, checkpoint_dir
 from dagan.config import Config, config_from_dict, save_config
 from dagan.official.convert import import_official, write_imported
+
+DESCRIPTION = """Import an official DAGAN or SPADE checkpoint (latest_net_G.pth, optionally latest_net_D.pth) as a
+model of this pipeline: <train.out_dir>/checkpoints/final.pt and an MLflow run tagged with its origin;
+then evaluate and register it like a trained model (docs/OFFICIAL.md)."""
 
 
 def origin_tags(origin: dict) -> dict[str, str]:
@@ -48,10 +54,10 @@ def _run(config: Config, generator: str, discriminator: str | None, variant: str
     save_config(model_config, out_dir / "config.yaml")
     origin = checkpoint["origin"]
     uri = connect_tracking(tracking_uri(config))  # without credentials (README "Reliability")
-    experiment = mlflow.set_experiment(config.mlflow.experiment)
+    experiment_id = activate_experiment(config.mlflow.experiment)
     name = f"official-{origin['code'].lower()}-{origin['preset']}-{origin['variant']}"
-    with mlflow.start_run(experiment_id=experiment.experiment_id, run_name=name) as run:
-        mlflow.log_params({key: value for key, value in model_config.flat().items() if key.startswith("model.")})
+    with mlflow.start_run(experiment_id=experiment_id, run_name=name) as run:
+        mlflow.log_params({f"model.{key}": value for key, value in dataclasses.asdict(model_config.model).items()})
         mlflow.set_tags({**origin_tags(origin), "dataset": origin["preset"], "variant": origin["variant"],
                          "mlflow.note.content": f"Official {origin['code']} {origin['preset']} model imported from "
                                                 f"{origin['files']['generator']['name']}; not trained here."})
@@ -64,12 +70,12 @@ def _run(config: Config, generator: str, discriminator: str | None, variant: str
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = make_parser(__doc__.splitlines()[0])
+    parser = make_parser("components.import_official", DESCRIPTION)
     parser.add_argument("--generator", required=True, help="the official latest_net_G.pth")
     parser.add_argument("--discriminator", help="the official latest_net_D.pth (kept for fine-tuning)")
     parser.add_argument("--variant", choices=("B6", "B1"), help="B6 = DAGAN, B1 = SPADE (default: from the file)")
     args = parser.parse_args(argv)
-    return run_main(lambda: _run(load(args), args.generator, args.discriminator, args.variant))
+    return run_main(args, lambda: _run(load(args), args.generator, args.discriminator, args.variant))
 
 
 if __name__ == "__main__":

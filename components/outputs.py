@@ -1,9 +1,10 @@
-"""Where the stages find each other's outputs (docs/ARCHITECTURE.md), and atomic JSON writes.
+"""Where the stages find each other's outputs (docs/ARCHITECTURE.md), and atomic writes.
 
-Shared by train_judge, evaluate, register and generate: the generator checkpoint, the judge
-checkpoint, the training's MLflow run and the tracking URI (``$MLFLOW_TRACKING_URI`` wins
-over ``mlflow.tracking_uri``). :func:`connect_tracking` keeps a URI's credentials out of
-every param, tag, artifact, file and log line.
+Shared by train, train_judge, evaluate, register and generate: the generator checkpoint, the
+judge checkpoint, the training's MLflow run and the tracking URI (``$MLFLOW_TRACKING_URI`` wins
+over ``mlflow.tracking_uri``), the files DVC shows as plots (the per-step loss table, the latest
+sample grid, the per-class IoU table) and the evaluation's figures. :func:`connect_tracking`
+keeps a URI's credentials out of every param, tag, artifact, file and log line.
 """
 
 from __future__ import annotations
@@ -13,19 +14,75 @@ import os
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+import numpy as np
+from PIL import Image
+
 from dagan.checkpoint import FINAL_NAME, checkpoint_dir
 from dagan.config import Config, redact_uri
 
 JUDGE_FILE = "judge.pt"
 RUN_FILE = "mlflow_run.json"
+TRAIN_METRICS_FILE = "metrics.json"  # in train.out_dir
+LOSSES_FILE = "losses.tsv"  # in train.out_dir: step + losses every train.log_every steps (dvc plots)
+LOSS_COLUMNS = ("g_total", "g_gan", "g_feat", "g_vgg", "d_real", "d_fake")
+SAMPLES_DIR = "samples"  # in train.out_dir: latest.png, the newest sample grid (a dvc image plot)
+LATEST_SAMPLES = "latest.png"
+PER_CLASS_IOU_TABLE = "per_class_iou.csv"  # in evaluate.out_dir: class, generated, real, baseline (dvc plots)
+FIGURES_DIR = "figures"  # in evaluate.out_dir: samples.png, attention.png, per_class_iou.png
+UNAVAILABLE_FILE = "unavailable.txt"  # in evaluate.out_dir: why FID / LPIPS were not computed
 
 
 def write_json(path: Path, data: dict) -> None:
     """Write JSON atomically (temp file + rename)."""
+    write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write text atomically (temp file + rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.write_text(text)
     tmp.replace(path)
+
+
+def write_png(path: Path, image: np.ndarray) -> Path:
+    """Write an (H, W, 3) uint8 image as PNG atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(image).save(tmp, format="PNG")
+    tmp.replace(path)
+    return path
+
+
+class LossTable:
+    """``losses.tsv``: one row per logged step, the LOSS_COLUMNS (empty when a loss is off).
+
+    A resumed run keeps the rows before its first new step and drops any later ones (written
+    after the checkpoint it resumed from), so the table always matches the run's history.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.started = False
+
+    def _keep_rows_before(self, step: int) -> None:
+        header = "\t".join(("step", *LOSS_COLUMNS))
+        rows = self.path.read_text().splitlines()[1:] if self.path.is_file() else []
+        kept = [row for row in rows if row.split("\t", 1)[0].isdigit() and int(row.split("\t", 1)[0]) < step]
+        if rows and self.path.read_text().splitlines()[0] != header:
+            kept = []  # another layout (an older version): start over
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text("\n".join([header, *kept]) + "\n")
+        tmp.replace(self.path)
+
+    def append(self, step: int, losses: dict[str, float]) -> None:
+        if not self.started:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._keep_rows_before(step)
+            self.started = True
+        values = [f"{losses[name]:.6g}" if name in losses else "" for name in LOSS_COLUMNS]
+        with self.path.open("a") as file:
+            file.write("\t".join((str(step), *values)) + "\n")
 
 
 def checkpoint_path(config: Config) -> Path:
@@ -59,6 +116,12 @@ def connect_tracking(uri: str) -> str:
         os.environ["MLFLOW_TRACKING_URI"] = public
     mlflow.set_tracking_uri(public)
     return public
+
+
+def training_step(config: Config) -> int:
+    """The training's last step (``<train.out_dir>/metrics.json``), 0 when unknown: the step of eval metrics."""
+    path = Path(config.train.out_dir) / TRAIN_METRICS_FILE
+    return int(json.loads(path.read_text()).get("steps", 0)) if path.is_file() else 0
 
 
 def training_run_id(config: Config) -> str:

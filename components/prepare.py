@@ -20,11 +20,14 @@ from pathlib import Path
 from components.cli import entry, load, make_parser, run_main
 from dagan.data.prepare import prepare_dataset
 
+DESCRIPTION = """Prepare a raw dataset (its own folder layout) into Parquet shards, manifest.json and class
+statistics (docs/DATA.md). A failure leaves the output folder untouched."""
+
 log = logging.getLogger("components.prepare")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = make_parser("Prepare a raw dataset into Parquet shards (see docs/DATA.md).")
+    parser = make_parser("components.prepare", DESCRIPTION)
     parser.add_argument("--dataset", help="dataset preset / importer (default: dataset.name)")
     parser.add_argument("--source", help="raw dataset folder (default: dataset.raw_dir)")
     parser.add_argument("--out", help="prepared output folder (default: dataset.prepared_dir)")
@@ -49,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("prepare metrics: %s", json.dumps(metrics))
         return 0
 
-    return run_main(body)
+    return run_main(args, body)
 
 
 if __name__ == "__main__":

@@ -2,13 +2,16 @@
 
     python -m components.register [--params FILE] [-S key=value ...]
 
-Logs the pyfunc model (components/pyfunc_model.py) into the training's MLflow run and registers
-it as ``register.model_name`` (default ``dagan-<dataset>``). The new version always gets the
-alias ``candidate``. It gets ``champion`` only when the gate passes (judge mIoU on generated
-images >= ``gate_miou_ratio`` x judge mIoU on real images; fd_judge below the mean-colour
-baseline's when ``gate_fd_beats_baseline``) AND it beats the current champion on
-``register.metric``. A champion is never demoted or replaced by a worse version. The decision
-and its reasons are tags on the version and ``<register.out_dir>/registration.json``.
+Logs the pyfunc model (components/pyfunc_model.py) into the training's MLflow run as
+``dagan-generator``, at the training's last step (so the logged model carries the final losses and
+the eval metrics), and registers it as ``register.model_name`` (default ``dagan-<dataset>``). The
+new version always gets the alias ``candidate``. It gets ``champion`` only when the gate passes
+(judge mIoU on generated images >= ``gate_miou_ratio`` x judge mIoU on real images; fd_judge below
+the mean-colour baseline's when ``gate_fd_beats_baseline``) AND it beats the current champion on
+``register.metric``. A champion is never demoted or replaced by a worse version. The version's
+description states the variant, the steps, the key metrics, the decision and every check as PASS
+or FAIL; its tags are few (variant, gate_passed, champion_decision, source_run_id and
+``eval.<register.metric>``); ``<register.out_dir>/registration.json`` records the same.
 """
 
 from __future__ import annotations
@@ -29,15 +32,29 @@ from mlflow.tracking import MlflowClient
 import dagan
 from components.cli import entry, load, log, make_parser, run_main
 from components.import_official import origin_tags
-from components.outputs import checkpoint_path, connect_tracking, tracking_uri, training_run_id, write_json
+from components.outputs import (
+    checkpoint_path,
+    connect_tracking,
+    tracking_uri,
+    training_run_id,
+    training_step,
+    write_json,
+)
 from components.pyfunc_model import SIGNATURE
 from dagan.checkpoint import load_checkpoint, load_generator
 from dagan.config import Config, RegisterConfig
 from dagan.data.manifest import read_manifest
 from dagan.generate import LabelLayout, encode_png, export_generator
 
+DESCRIPTION = """Register the trained generator in the MLflow model registry as register.model_name (default
+dagan-<dataset>): alias candidate always, champion only when the quality gate passes and it beats
+the current champion. Writes registration.json into register.out_dir."""
+
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "pillow", "pyyaml", "pyarrow")
+LOGGED_MODEL_NAME = "dagan-generator"  # runs:/<run id>/dagan-generator
+KEY_METRICS = ("judge_miou_generated", "judge_miou_real", "judge_miou_baseline", "judge_miou_ratio",
+               "fd_judge_generated", "fd_judge_baseline", "fid_generated", "lpips_generated")
 
 
 @dataclass
@@ -64,31 +81,51 @@ def _metric(metrics: dict, key: str, source: str) -> float:
     return float(metrics[key])
 
 
+def _check(passed: bool, text: str) -> str:
+    return f"{'PASS' if passed else 'FAIL'} {text}"
+
+
 def decide(metrics: dict, gate: RegisterConfig, champion_value: float | None, source: str = "metrics") -> Decision:
     """The registration decision for a version with ``metrics`` against a champion's metric value.
 
     ``champion_value`` None means there is no champion (or it lacks the metric: see reasons).
+    Each reason is one check, written ``PASS ...`` or ``FAIL ...`` with the rule it checks.
     """
     reasons = []
     generated = _metric(metrics, "judge_miou_generated", source)
     real = _metric(metrics, "judge_miou_real", source)
     passed = generated >= gate.gate_miou_ratio * real
-    reasons.append(f"judge mIoU generated {generated:.4f} {'>=' if passed else '<'} {gate.gate_miou_ratio} x real "
-                   f"{real:.4f} = {gate.gate_miou_ratio * real:.4f}")
+    reasons.append(_check(passed, f"judge mIoU: generated {generated:.4f} must be >= {gate.gate_miou_ratio} x real "
+                                  f"{real:.4f} = {gate.gate_miou_ratio * real:.4f}"))
     if gate.gate_fd_beats_baseline:
         fd, fd_base = _metric(metrics, "fd_judge_generated", source), _metric(metrics, "fd_judge_baseline", source)
         fd_ok = fd < fd_base
         passed = passed and fd_ok
-        reasons.append(f"fd_judge generated {fd:.4f} {'<' if fd_ok else '>='} mean-colour baseline {fd_base:.4f}")
+        reasons.append(_check(fd_ok, f"judge Fréchet distance: generated {fd:.4f} must be < mean-colour baseline "
+                                     f"{fd_base:.4f}"))
     value = _metric(metrics, gate.metric, source)
     if champion_value is None:
         beats = True
-        reasons.append(f"no current champion to beat ({gate.metric} = {value:.4f})")
+        reasons.append(_check(True, f"no current champion to beat ({gate.metric} = {value:.4f})"))
     else:
         beats = value > champion_value if gate.greater_is_better else value < champion_value
-        reasons.append(f"{gate.metric} {value:.4f} {'beats' if beats else 'does not beat'} champion's "
-                       f"{champion_value:.4f} ({'higher' if gate.greater_is_better else 'lower'} is better)")
+        reasons.append(_check(beats, f"beat the champion: {gate.metric} {value:.4f} must be "
+                                     f"{'>' if gate.greater_is_better else '<'} the champion's {champion_value:.4f}"))
     return Decision(passed, beats, passed and beats, reasons)
+
+
+def version_description(config: Config, steps: int, run_name: str, metrics: dict, decision: Decision,
+                        aliases: list[str]) -> str:
+    """The model version's description (Markdown): what was trained, the key metrics, the decision and its checks."""
+    use_sam, cam = config.model.attention()
+    modules = " + ".join([*(["SAM"] if use_sam else []), *([f"CAM-{cam}"] if cam != "off" else [])]) or "SPADE"
+    numbers = ", ".join(f"{key} {metrics[key]:.4g}" for key in KEY_METRICS if isinstance(metrics.get(key), int | float))
+    verdict = "promoted to champion" if decision.promote else "candidate only"
+    return "\n".join([
+        f"DAGAN {config.model.variant} ({modules}) on {config.dataset.name}, {steps} training steps "
+        f"(run {run_name}).", "", f"Eval: {numbers}.", "",
+        f"Decision: {verdict} (aliases: {', '.join(aliases)}; gate {'PASS' if decision.gate_passed else 'FAIL'}).",
+        *[f"- {reason}" for reason in decision.reasons]])
 
 
 def model_name(config: Config) -> str:
@@ -114,47 +151,62 @@ def _input_example(layout: LabelLayout, size: tuple[int, int]):
     return (frame, {"edges_from_labels": True}) if layout.has_instance else frame
 
 
+def _log_model(config: Config, run_id: str, name: str):
+    """Log the pyfunc into the training's run, at its last step, and register it as ``name``."""
+    layout = LabelLayout.from_manifest(read_manifest(config.dataset.prepared_dir))
+    generator, train_config, _ = load_generator(checkpoint_path(config), use_ema=config.evaluate.use_ema)
+    height, width = train_config.image_size()
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
+        exported = export_generator(Path(tmp) / "generator.pt", generator, train_config, layout)
+        # step: the logged model takes the run's metrics of that step: the final losses and the eval/*
+        # metrics (evaluate logs them there), not the system metrics of the first sampling steps.
+        info = mlflow.pyfunc.log_model(
+            name=LOGGED_MODEL_NAME, **pyfunc_model_arguments(exported, config.register),
+            input_example=_input_example(layout, (height, width)),
+            pip_requirements=[f"{p}=={package_version(p)}" for p in REQUIREMENTS], registered_model_name=name,
+            step=training_step(config),
+        )
+    return info, train_config
+
+
+def _decide(client: MlflowClient, config: Config, name: str, metrics: dict, source: str) -> tuple[Decision, str]:
+    """The decision against the current champion, and that champion's version (or None)."""
+    champion_version, champion_value, note = current_champion(client, name, config.register.metric)
+    if note:  # a champion we cannot compare with is kept
+        decision = decide(metrics, config.register, None, source)
+        decision.beats_champion, decision.promote = False, False
+        decision.reasons[-1] = f"FAIL {note}: cannot compare, champion kept"
+    else:
+        decision = decide(metrics, config.register, champion_value, source)
+    return decision, champion_version
+
+
 def _run(config: Config) -> int:
     out_dir = Path(config.register.out_dir)
     metrics_file = Path(config.evaluate.out_dir) / "metrics.json"
     if not metrics_file.is_file():
         raise FileNotFoundError(f"{metrics_file} does not exist; run the evaluate stage first")
     metrics = json.loads(metrics_file.read_text())
-    run_id = training_run_id(config)
-    name = model_name(config)
-    layout = LabelLayout.from_manifest(read_manifest(config.dataset.prepared_dir))
-    generator, train_config, _ = load_generator(checkpoint_path(config), use_ema=config.evaluate.use_ema)
-    origin = load_checkpoint(checkpoint_path(config)).get("origin")  # imported official models say where from
-    height, width = train_config.image_size()
-
+    run_id, name = training_run_id(config), model_name(config)
     connect_tracking(tracking_uri(config))
     client = MlflowClient()
-    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
-        exported = export_generator(Path(tmp) / "generator.pt", generator, train_config, layout)
-        info = mlflow.pyfunc.log_model(
-            name="model", **pyfunc_model_arguments(exported, config.register),
-            input_example=_input_example(layout, (height, width)),
-            pip_requirements=[f"{p}=={package_version(p)}" for p in REQUIREMENTS], registered_model_name=name,
-        )
+    info, train_config = _log_model(config, run_id, name)
+    origin = load_checkpoint(checkpoint_path(config)).get("origin")  # imported official models say where from
     version = str(info.registered_model_version)
-    champion_version, champion_value, note = current_champion(client, name, config.register.metric)
-    if note:  # a champion we cannot compare with is kept
-        decision = decide(metrics, config.register, None, str(metrics_file))
-        decision.beats_champion, decision.promote = False, False
-        decision.reasons.append(f"{note}: cannot compare, champion kept")
-    else:
-        decision = decide(metrics, config.register, champion_value, str(metrics_file))
+    decision, champion_version = _decide(client, config, name, metrics, str(metrics_file))
     client.set_registered_model_alias(name, "candidate", version)
     if decision.promote:
         client.set_registered_model_alias(name, "champion", version)
-    numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-    tags = {**{f"eval.{k}": str(v) for k, v in numeric.items()}, "gate_passed": str(decision.gate_passed),
-            "champion_decision": "promoted" if decision.promote else "not promoted",
-            "decision_reasons": "; ".join(decision.reasons), "source_run_id": run_id,
+    aliases = ["candidate"] + (["champion"] if decision.promote else [])
+    ranking = metrics.get(config.register.metric)
+    tags = {"variant": train_config.model.variant, "gate_passed": str(decision.gate_passed),
+            "champion_decision": "promoted" if decision.promote else "not promoted", "source_run_id": run_id,
+            **({f"eval.{config.register.metric}": str(ranking)} if isinstance(ranking, int | float) else {}),
             **(origin_tags(origin) if origin else {})}
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
-    aliases = ["candidate"] + (["champion"] if decision.promote else [])
+    client.update_model_version(name, version, description=version_description(
+        train_config, training_step(config), client.get_run(run_id).info.run_name, metrics, decision, aliases))
     record = {"model_name": name, "version": version, "model_uri": f"models:/{name}/{version}", "aliases": aliases,
               "previous_champion": champion_version, "metric": config.register.metric, **asdict(decision)}
     write_json(out_dir / "registration.json", record)
@@ -163,8 +215,8 @@ def _run(config: Config) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = make_parser(__doc__.splitlines()[0]).parse_args(argv)
-    return run_main(lambda: _run(load(args)))
+    args = make_parser("components.register", DESCRIPTION).parse_args(argv)
+    return run_main(args, lambda: _run(load(args)))
 
 
 if __name__ == "__main__":

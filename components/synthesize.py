@@ -15,11 +15,14 @@ from collections.abc import Sequence
 from components.cli import entry, load, make_parser, run_main
 from dagan.data.synthetic import write_synthetic
 
+DESCRIPTION = """Write the built-in synthetic scenes (the synthetic section of the params) as a raw dataset in
+the custom folder layout."""
+
 log = logging.getLogger("components.synthesize")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = make_parser("Generate the built-in synthetic scenes as a raw dataset (custom folder layout).")
+    parser = make_parser("components.synthesize", DESCRIPTION)
     parser.add_argument("--out", help="output folder (default: dataset.raw_dir for dataset.name=synthetic)")
     args = parser.parse_args(argv)
 
@@ -38,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  time.perf_counter() - start)
         return 0
 
-    return run_main(body)
+    return run_main(args, body)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""``python -m components.train``: train DAGAN, tracked in MLflow (issue 4).
+"""``python -m components.train``: train DAGAN, tracked in MLflow.
 
     python -m components.train [--params FILE] [-S key=value ...] [--resume PATH] [--force-new-run]
     torchrun --nproc_per_node N -m components.train ...      (DDP; rank 0 alone talks to MLflow)
@@ -17,9 +17,8 @@ loss or weight exits 1 naming the step and the last good checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import subprocess
+import os
 import sys
 import tempfile
 import time
@@ -28,56 +27,77 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+from torch.distributed.elastic.multiprocessing.errors import record
 
 from components.cli import entry, load, log, make_parser, run_main
-from components.outputs import RUN_FILE, connect_tracking, tracking_uri, write_json
+from components.outputs import (
+    LATEST_SAMPLES,
+    LOSSES_FILE,
+    RUN_FILE,
+    SAMPLES_DIR,
+    TRAIN_METRICS_FILE,
+    LossTable,
+    connect_tracking,
+    tracking_uri,
+    write_json,
+    write_png,
+)
+from components.tracking import (
+    activate_experiment,
+    data_checksum,
+    describe_run,
+    git_commit,
+    log_dataset,
+    planned_steps,
+    run_name,
+    run_tags,
+    run_url,
+    training_params,
+)
 from dagan.config import Config, save_config
-from dagan.distributed import env_rank
+from dagan.data import read_manifest
+from dagan.distributed import env_rank, resolve_device
 from dagan.train import NonFiniteError, NullLogger, StartReport, TrainResult, train
 
-METRICS_FILE = "metrics.json"
-RUN_FILES = ("checkpoints", "config.yaml", METRICS_FILE, RUN_FILE)  # what --force-new-run moves aside
+DESCRIPTION = """Train the model on the prepared dataset, tracked in MLflow: one process, or every process under
+torchrun (DDP). Resumes from the newest checkpoint in train.out_dir (the config may change only as
+README "Reliability" lists); SIGTERM writes a checkpoint and exits 0, Ctrl-C writes one and exits 130.
+Writes checkpoints/, config.yaml, metrics.json, losses.tsv, samples/ and mlflow_run.json into
+train.out_dir."""
+# what --force-new-run moves aside
+RUN_FILES = ("checkpoints", "config.yaml", TRAIN_METRICS_FILE, RUN_FILE, LOSSES_FILE, SAMPLES_DIR)
 OUT_DIR_TAG = "dagan.out_dir"
 SIGINT_EXIT = 130  # 128 + SIGINT: a shell or make stops as after any Ctrl-C (the checkpoint is written)
 
 
 class MlflowLogger(NullLogger):
-    """:class:`dagan.train.TrainingLogger` writing to an MLflow run that it opens in :meth:`on_start`."""
+    """:class:`dagan.train.TrainingLogger` writing to an MLflow run that it opens in :meth:`on_start`, and
+    to the DVC plots files of ``train.out_dir``: ``losses.tsv`` and ``samples/latest.png``."""
 
     def __init__(self, config: Config):
         self.config = config
         self.run: mlflow.ActiveRun | None = None
+        out_dir = Path(config.train.out_dir)
+        self.losses = LossTable(out_dir / LOSSES_FILE)
+        self.samples_dir = out_dir / SAMPLES_DIR
 
     def on_start(self, report: StartReport) -> None:
         self.run = _start_run(self.config, Path(self.config.train.out_dir), report)
 
     def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
         mlflow.log_metrics(dict(metrics), step=step, synchronous=False)
+        self.losses.append(step, {key.removeprefix("loss/"): value for key, value in metrics.items()
+                                  if key.startswith("loss/")})
 
     def log_images(self, step: int, name: str, image: np.ndarray) -> None:
-        mlflow.log_image(image, artifact_file=f"{name}/step-{step:08d}.png")
+        mlflow.log_image(image, key=name, step=step)  # the run's Images panel, paired by key across runs
+        latest = write_png(self.samples_dir / LATEST_SAMPLES, image)
+        mlflow.log_artifact(str(latest), artifact_path=name)  # a stable name: <name>/latest.png
 
     def end(self, status: str) -> None:
         if self.run is not None:
             mlflow.flush_async_logging()
             mlflow.end_run(status=status)
-
-
-def _git_commit() -> str:
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                                cwd=Path(__file__).resolve().parent)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        return f"unavailable ({err.__class__.__name__})"
-    return result.stdout.strip() if result.returncode == 0 else "unavailable (not a git checkout)"
-
-
-def data_checksum(prepared_dir: str | Path) -> str:
-    """sha256 of the prepared manifest (which lists every shard's sha256, verified before training)."""
-    path = Path(prepared_dir) / "manifest.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; run `python -m components.prepare` (dvc stage prepare) first")
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _close_stale_runs(client: mlflow.MlflowClient, experiment_id: str, out_dir: Path) -> None:
@@ -104,19 +124,34 @@ def _start_run(config: Config, out_dir: Path, report: StartReport) -> mlflow.Act
         if report.changes:
             mlflow.set_tag(f"dagan.resumed_at_step_{report.step}", "; ".join(report.changes))
     else:
-        experiment = mlflow.set_experiment(config.mlflow.experiment)
-        _close_stale_runs(mlflow.MlflowClient(), experiment.experiment_id, out_dir)
-        run = mlflow.start_run(experiment_id=experiment.experiment_id, log_system_metrics=True)
-        mlflow.log_params(config.flat())
-        mlflow.set_tags({"git_commit": _git_commit(), **config.model.labels(),
-                         "dataset": config.dataset.name, "data_sha256": data_checksum(config.dataset.prepared_dir),
-                         OUT_DIR_TAG: str(out_dir.resolve())})
-        with tempfile.TemporaryDirectory() as tmp:
-            save_config(config, Path(tmp) / "config.yaml")
-            mlflow.log_artifact(str(Path(tmp) / "config.yaml"))
+        run = _new_run(config, out_dir, uri)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, out_dir / "config.yaml")
     write_json(run_file, {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "tracking_uri": uri})
+    return run
+
+
+def _new_run(config: Config, out_dir: Path, uri: str) -> mlflow.ActiveRun:
+    """A new run in the model-development experiment: name, description, tags, resolved params, dataset."""
+    client = mlflow.MlflowClient()
+    experiment_id = activate_experiment(config.mlflow.experiment)
+    _close_stale_runs(client, experiment_id, out_dir)
+    manifest = read_manifest(config.dataset.prepared_dir)
+    steps, commit = planned_steps(config, manifest), git_commit()
+    tags = run_tags(config, uri, commit, data_checksum(config.dataset.prepared_dir),
+                    describe_run(config, steps, manifest, commit))
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name(config, steps, commit),
+                           tags={**tags, OUT_DIR_TAG: str(out_dir.resolve())}, log_system_metrics=True)
+    mlflow.log_params(training_params(config, steps, resolve_device(config.train.device).type,
+                                      int(os.environ.get("WORLD_SIZE", "1"))))
+    log_dataset(client, run.info.run_id, config.dataset.prepared_dir, "train", "training")
+    with tempfile.TemporaryDirectory() as tmp:
+        save_config(config, Path(tmp) / "config.yaml")
+        mlflow.log_artifact(str(Path(tmp) / "config.yaml"))
+    page = run_url(uri, experiment_id, run.info.run_id) or \
+        f"#/experiments/{experiment_id}/runs/{run.info.run_id} in the MLflow UI"
+    log.info("MLflow run %s in experiment %s (id %s): %s", run.info.run_name, config.mlflow.experiment, experiment_id,
+             page)
     return run
 
 
@@ -166,7 +201,7 @@ def _run(config: Config, resume: str | None, force_new_run: bool) -> int:
     except BaseException:
         logger.end("FAILED")
         raise
-    write_json(out_dir / METRICS_FILE, _final_metrics(result))
+    write_json(out_dir / TRAIN_METRICS_FILE, _final_metrics(result))
     if result.stopped_early:
         mlflow.set_tag("dagan.stop_reason", result.stop_reason)
         logger.end("KILLED")
@@ -180,15 +215,15 @@ def _run(config: Config, resume: str | None, force_new_run: bool) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = make_parser(__doc__.splitlines()[0])
+    parser = make_parser("components.train", DESCRIPTION)
     parser.add_argument("--resume", metavar="PATH",
                         help="checkpoint to resume from (default: the newest in train.out_dir, if any)")
     parser.add_argument("--force-new-run", action="store_true",
                         help="start a new run in train.out_dir: the previous run's checkpoints, config.yaml, "
                              "metrics.json and mlflow_run.json move to <out_dir>.superseded-<time>/")
     args = parser.parse_args(argv)
-    return run_main(lambda: _run(load(args), args.resume, args.force_new_run))
+    return run_main(args, lambda: _run(load(args), args.resume, args.force_new_run))
 
 
 if __name__ == "__main__":
-    entry(main)
+    entry(record(main))  # under torchrun: an uncaught exception goes into the worker's error file, named in its summary

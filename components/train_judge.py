@@ -11,21 +11,25 @@ split: that mIoU / pixel accuracy is the ceiling the generated images are compar
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterable, Sequence
+import logging
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from components.cli import entry, load, log, make_parser, run_main
 from components.outputs import JUDGE_FILE, write_json
 from dagan.config import Config, save_config
+from dagan.console import progress_bar
 from dagan.data import PairedDataset, read_manifest
 from dagan.distributed import resolve_device
 from dagan.judge import SegmentationNet, build_judge, evaluated_target, save_judge, train_epoch
 from dagan.metrics import confusion_matrix, mean_iou, per_class_iou, pixel_accuracy
+
+DESCRIPTION = """Train the segmentation judge on the real training photos and score it on the real validation
+photos (with judge.pretrained set, only score that segmenter). Writes judge.pt, config.yaml and
+metrics.json into judge.out_dir."""
 
 METRICS_FILE = "metrics.json"
 
@@ -54,8 +58,12 @@ def score_judge(
     return matrix
 
 
-def _progress(items: Iterable, total: int, desc: str) -> Iterable:
-    return tqdm(items, total=total, desc=desc) if sys.stderr.isatty() else items
+def _counted(batches: Iterable[dict], bar) -> Iterator[dict]:
+    """``batches``, advancing the progress bar (if any) by one per batch."""
+    for batch in batches:
+        yield batch
+        if bar is not None:
+            bar.update(1)
 
 
 def _run(config: Config) -> int:
@@ -68,10 +76,17 @@ def _run(config: Config) -> int:
         loader = split_loader(config, "train", train=True, batch_size=config.judge.batch_size)
         optimizer = torch.optim.Adam(judge.parameters(), lr=config.judge.lr)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.judge.epochs)
-        for epoch in _progress(range(config.judge.epochs), config.judge.epochs, "judge epochs"):
-            losses.append(train_epoch(judge, optimizer, loader, ignore_index=manifest.num_classes, device=device))
+        bar = progress_bar(config.judge.epochs * len(loader), desc="judge", unit="batch")
+        for epoch in range(config.judge.epochs):
+            losses.append(train_epoch(judge, optimizer, _counted(loader, bar), ignore_index=manifest.num_classes,
+                                      device=device))
             schedule.step()
-            log.info("judge epoch %d/%d: loss %.4f", epoch + 1, config.judge.epochs, losses[-1])
+            if bar is not None:
+                bar.set_postfix_str(f"epoch {epoch + 1} loss {losses[-1]:.4f}")
+            log.log(logging.DEBUG if bar else logging.INFO, "judge epoch %d/%d: loss %.4f", epoch + 1,
+                    config.judge.epochs, losses[-1])
+        if bar is not None:
+            bar.close()
     val_loader = split_loader(config, "val", train=False, batch_size=config.judge.batch_size)
     matrix = score_judge(judge, val_loader, manifest.num_classes, device)
     iou = per_class_iou(matrix)
@@ -93,8 +108,8 @@ def _run(config: Config) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = make_parser(__doc__.splitlines()[0]).parse_args(argv)
-    return run_main(lambda: _run(load(args)))
+    args = make_parser("components.train_judge", DESCRIPTION).parse_args(argv)
+    return run_main(args, lambda: _run(load(args)))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""``python -m components.tune``: a Ray Tune sweep of loss weights and attention variants, in MLflow (issue 7).
+"""``python -m components.tune``: a Ray Tune sweep of loss weights and attention variants, in MLflow.
 
     python -m components.tune [--params FILE] [-S key=value ...] [--address ray://HOST:10001 | auto]
                               [--storage s3://BUCKET/PREFIX | DIR] [--num-samples N] [--resume]
@@ -25,6 +25,7 @@ and the judge (``dvc repro train_judge``).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -40,10 +41,16 @@ from mlflow import MlflowClient
 from mlflow.entities import Param
 
 from components.cli import entry, log, make_parser, run_main
-from components.outputs import connect_tracking, judge_path, tracking_uri, write_json
+from components.outputs import connect_tracking, judge_path, tracking_uri, write_json, write_text
+from components.tracking import COMMIT_TAG, NOTE_TAG, git_commit, model_development_experiment, pipeline_tags
 from components.tune_trial import PARENT_TAG, TrialSetup, run_trial
-from dagan.config import Config, ConfigError, load_config, merge_overrides, redact_uri
+from dagan.config import Config, ConfigError, load_config, redact_uri
+from dagan.overrides import merge_overrides
 from dagan.search_space import Dimension, parse_search_space
+
+DESCRIPTION = """Sweep loss weights and attention variants with Ray Tune (ASHA), one nested MLflow run per
+trial on an MLflow tracking server. Writes best_params.yaml, best.json and results.csv into
+tune.out_dir (docs/TUNE.md)."""
 
 RUN_FILE = "mlflow_run.json"
 SCORES = ("judge_miou", "judge_accuracy", "fd_judge")
@@ -124,12 +131,17 @@ def _parent_run(client: MlflowClient, config: Config, keys: list[str], resume: b
         data = json.loads(record.read_text())
         client.update_run(data["run_id"], status="RUNNING")
         return data["run_id"], data["experiment_id"]
-    experiment = client.get_experiment_by_name(config.mlflow.experiment)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(config.mlflow.experiment)
-    run = client.create_run(experiment_id, run_name=f"sweep-{config.tune.name}",
-                            tags={"ray.experiment": config.tune.name, "tune.swept": ",".join(keys),
-                                  "tune.metric": config.tune.metric})
-    _log_params(client, run.info.run_id, config.flat())
+    experiment_id = model_development_experiment(client, config.mlflow.experiment)
+    opts, commit = config.tune, git_commit()
+    note = (f"Ray Tune sweep {opts.name}: {opts.num_samples} trials of up to {opts.max_steps} steps over "
+            f"{', '.join(keys)}, {opts.metric} every {opts.eval_every} steps, ASHA grace {opts.grace_period} steps")
+    tags = {NOTE_TAG: note, "ray.experiment": opts.name, "tune.swept": ",".join(keys), "tune.metric": opts.metric,
+            "dataset": config.dataset.name, "tracking_uri": redact_uri(tracking_uri(config)), "out_dir": opts.out_dir,
+            **pipeline_tags(), **({COMMIT_TAG: commit} if commit else {})}
+    run = client.create_run(experiment_id, run_name=f"sweep-{opts.name}", tags=tags)
+    params = {f"tune.{key}": json.dumps(value) if isinstance(value, dict) else value
+              for key, value in dataclasses.asdict(opts).items() if key not in ("storage_path", "out_dir", "name")}
+    _log_params(client, run.info.run_id, params)
     write_json(record, {"run_id": run.info.run_id, "experiment_id": experiment_id,
                         "tracking_uri": redact_uri(tracking_uri(config))})
     return run.info.run_id, experiment_id
@@ -202,7 +214,7 @@ def _summarise(results, client: MlflowClient, config: Config, keys: list[str], r
     writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ["trial_id"])
     writer.writeheader()
     writer.writerows(rows)
-    _write_text(out_dir / "results.csv", text.getvalue())
+    write_text(out_dir / "results.csv", text.getvalue())
     client.log_artifact(parent_id, str(out_dir / "results.csv"))
     for name, value in (("num_trials", len(rows)), ("num_failed", len(failed)),
                         ("num_stopped_early", sum(row["status"] == "stopped_early" for row in rows))):
@@ -233,12 +245,6 @@ def _summarise(results, client: MlflowClient, config: Config, keys: list[str], r
     log.info("best trial %s: %s=%.4f at step %d with %s; %s", best["trial_id"], opts.metric, best[opts.metric],
              best["step"], " ".join(summary["set_args"]), params_path)
     return 0
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _write_best_params(path: Path, params: dict, best: dict, source: str) -> Path:
@@ -304,7 +310,7 @@ def _sweep(config: Config, args, raw: dict, dimensions: list[Dimension], uri: st
             "evaluate.judge": str(judge), "mlflow.tracking_uri": uri})
         setup = TrialSetup(base=base, source=args.params, keys=tuple(keys), judge_path=str(judge), tracking_uri=uri,
                            experiment_id=parent[1], parent_run_id=parent[0], sweep_name=config.tune.name,
-                           scratch_dir=str(scratch))
+                           scratch_dir=str(scratch), tags=pipeline_tags())
         log.info("sweep %s: %d trial(s) over %s, %s GPU(s) and %s CPU(s) each; MLflow parent run %s",
                  config.tune.name, config.tune.num_samples, ", ".join(keys), gpus, config.tune.cpus_per_trial,
                  parent[0])
@@ -316,14 +322,14 @@ def _sweep(config: Config, args, raw: dict, dimensions: list[Dimension], uri: st
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = make_parser(__doc__.splitlines()[0])
+    parser = make_parser("components.tune", DESCRIPTION)
     parser.add_argument("--address", help="join a running Ray cluster (ray://HOST:10001 or auto); default: local Ray")
     parser.add_argument("--storage", help="trial storage: a folder or s3://bucket/prefix (tune.storage_path)")
     parser.add_argument("--num-samples", type=int, help="number of trials (tune.num_samples)")
     parser.add_argument("--resume", action="store_true",
                         help="restore the interrupted sweep tune.name under the storage path (Tuner.restore)")
     args = parser.parse_args(argv)
-    return run_main(lambda: _run(args))
+    return run_main(args, lambda: _run(args))
 
 
 if __name__ == "__main__":

@@ -24,14 +24,24 @@ from typing import Any
 import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from torch.utils.data import DataLoader
 
-from components.train import _git_commit
-from dagan.config import Config, config_from_dict, merge_overrides
+from components.tracking import (
+    data_checksum,
+    describe_run,
+    git_commit,
+    log_dataset,
+    planned_steps,
+    run_tags,
+    training_params,
+)
+from dagan.config import Config, config_from_dict, redact_uri
 from dagan.data import PairedDataset, read_manifest
 from dagan.distributed import resolve_device
 from dagan.judge import load_judge
 from dagan.judge_probe import JudgeProbe
+from dagan.overrides import merge_overrides
 from dagan.train import NullLogger, StepReport, train
 
 CHECKPOINT_FILE = "dagan.pt"
@@ -52,6 +62,7 @@ class TrialSetup:
     parent_run_id: str
     sweep_name: str
     scratch_dir: str  # trials' training folders (one per trial id), removed when the sweep ends
+    tags: dict[str, str]  # tags of every trial run set by the driver (kfp.run_id): workers may lack its env
 
 
 def trial_config(setup: TrialSetup, sampled: Mapping[str, Any], out_dir: Path) -> Config:
@@ -143,13 +154,23 @@ def _restore(work_dir: Path) -> tuple[Path | None, str | None]:
 
 def _start_run(client: MlflowClient, setup: TrialSetup, config: Config, sampled: Mapping[str, Any],
                trial_id: str, trial_name: str) -> str:
-    tags = {PARENT_TAG: setup.parent_run_id, "mlflow.runName": trial_name, "ray.trial_id": trial_id,
-            "ray.experiment": setup.sweep_name, "tune.swept": ",".join(setup.keys),
-            **config.model.labels(), "dataset": config.dataset.name, "git_commit": _git_commit()}
+    """The trial's nested run: Ray's trial name, the training's description, params and tags."""
+    manifest = read_manifest(config.dataset.prepared_dir)
+    steps, commit = planned_steps(config, manifest), git_commit()
+    swept = ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+                      for key, value in sampled.items())
+    description = f"Ray Tune trial {trial_name} of sweep {setup.sweep_name} ({swept}). " + \
+        describe_run(config, steps, manifest, commit)
+    tags = {**run_tags(config, redact_uri(setup.tracking_uri), commit, data_checksum(config.dataset.prepared_dir),
+                       description),
+            **setup.tags, PARENT_TAG: setup.parent_run_id, "ray.trial_id": trial_id,
+            "ray.experiment": setup.sweep_name, "tune.swept": ",".join(setup.keys)}
     run = client.create_run(setup.experiment_id, run_name=trial_name, tags=tags)
-    items = [Param(key, str(value)) for key, value in config.flat().items()]
+    params = training_params(config, steps, resolve_device(config.train.device).type, 1)
+    items = [Param(key, str(value)) for key, value in params.items()]
     for start in range(0, len(items), 100):
         client.log_batch(run.info.run_id, params=items[start:start + 100])
+    log_dataset(client, run.info.run_id, config.dataset.prepared_dir, "train", "training")
     client.log_dict(run.info.run_id, dict(sampled), "sampled.json")
     return run.info.run_id
 
@@ -183,6 +204,8 @@ def _run_trial(sampled: dict[str, Any], setup: TrialSetup, context, work_dir: Pa
     else:
         client.update_run(run_id, status="RUNNING")
     probe = build_probe(config, setup.judge_path)
+    monitor = SystemMetricsMonitor(run_id, tracking_uri=setup.tracking_uri, resume_logging=resume is not None)
+    monitor.start()  # system/* metrics, as mlflow.start_run(log_system_metrics=True) records for a training
     try:
         train(config, TrialReporter(client, run_id, probe, work_dir / "report"), resume)
     except SystemExit:  # the scheduler stopped the trial inside tune.report: Ray ends this process right away
@@ -190,4 +213,6 @@ def _run_trial(sampled: dict[str, Any], setup: TrialSetup, context, work_dir: Pa
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
+    finally:
+        monitor.finish()
     client.set_terminated(run_id, "FINISHED")

@@ -16,17 +16,23 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
-from dagan.config import VARIANTS, Config, ConfigError, config_from_dict, merge_overrides
+from dagan.config import VARIANTS, Config, ConfigError, config_from_dict
+from dagan.console import setup_logging
 from dagan.discriminator import build_discriminator
 from dagan.generate import add_generate_arguments, generate_dir, load_synthesizer
 from dagan.generator import build_generator
 from dagan.nn.spap import SpatialPyramidAttentivePooling
 from dagan.official.cli import add_official_commands, run_official_command
+from dagan.overrides import merge_overrides
 from dagan.presets import PRESETS, get_preset
+from dagan.results_page import PAGE_FILE
 from dagan.styles import style_edit
+
+DESCRIPTION = "Everyday commands of the DAGAN library: describe a preset's model, generate images from label maps."
 
 
 def count_parameters(module) -> int:
@@ -75,6 +81,7 @@ def describe(preset_name: str, variant: str = "B6", overrides: dict | None = Non
 
 def generate(args: argparse.Namespace) -> int:
     """``python -m dagan generate``: local checkpoints here, MLflow URIs through components.generate."""
+    setup_logging(args.log_level)
     try:
         if args.model.startswith(("models:/", "runs:/")):
             from components.generate import load_from_mlflow
@@ -88,16 +95,17 @@ def generate(args: argparse.Namespace) -> int:
                 raise ValueError("--style-image and --style-label go together (the reference photo and its label map)")
             edit = style_edit(synthesizer, args.style_image, args.style_label, args.style_classes)
         written = generate_dir(synthesizer, args.labels, args.out, args.instances, args.edges_from_labels,
-                               photos_dir=args.photos, style_edit=edit, overwrite=args.overwrite)
+                               photos_dir=args.photos, style_edit=edit, images_dir=args.images, limit=args.limit,
+                               overwrite=args.overwrite)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"wrote {len(written)} image(s) to {args.out}")
+    print(f"wrote {len(written)} image(s) and {Path(args.out) / PAGE_FILE} to {args.out}")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dagan", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m dagan", description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True)
     describe_cmd = commands.add_parser("describe", help="describe the model of a dataset preset")
     describe_cmd.add_argument("--preset", required=True, choices=sorted(PRESETS))

@@ -5,14 +5,14 @@ and wrong types are errors that name the key, the value and the file. Fields lef
 take the dataset preset's value (:mod:`dagan.presets`) when the config is resolved, so that
 ``dataset.name=cityscapes`` alone gives the official Cityscapes settings.
 
-Overrides use the syntax of ``dvc exp run -S``: ``section.key=value``, the value parsed as
-YAML (``train.lr_g=2e-4``, ``model.variant=B1``, ``model.use_sam=true``).
+Overrides use the grammar of ``dvc exp run -S`` (:mod:`dagan.overrides`): ``section.key=value``,
+the value parsed as YAML (``train.lr_g=2e-4``, ``model.variant=B1``, ``model.use_sam=true``),
+``+key=``, ``++key=``, ``~key`` and list items as ``key.0=``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
+from dagan.overrides import OverrideError, merge_overrides
 from dagan.presets import get_preset
 
 Variant = Literal["B1", "B2", "B3", "B4", "B5", "B6", "custom"]
@@ -192,7 +193,7 @@ class TrainConfig:
     checkpoint_every: int = 200  # steps
     keep_last: int = 3
     log_every: int = 10
-    sample_every: int = 200  # 0: no sample grids
+    sample_every: int = 100  # steps between sample grids (the official display_freq); 0: none
 
     def __post_init__(self) -> None:
         _at_least(self, "train", 1, "batch_size", hint=" (the global batch, split across processes)")
@@ -332,10 +333,6 @@ class Config:
         data["mlflow"]["tracking_uri"] = redact_uri(data["mlflow"]["tracking_uri"])
         return data
 
-    def flat(self) -> dict[str, Any]:
-        """Dotted key -> value, e.g. for MLflow params."""
-        return {f"{s}.{k}": v for s, sec in self.to_dict().items() for k, v in sec.items()}
-
     def resolved(self) -> Config:
         """Fill every ``null`` that a preset provides; check the attention knobs."""
         preset = get_preset(self.dataset.name)
@@ -442,42 +439,6 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"train.lr_g=2e-4"`` -> (["train", "lr_g"], 0.0002). The value is parsed as YAML."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key or "." not in key:
-        raise ConfigError(f"override {text!r} must look like section.key=value (e.g. train.lr_g=2e-4)")
-    value = yaml.safe_load(raw) if raw.strip() else None
-    if isinstance(value, str) and _looks_like_float(value):
-        value = float(value)  # YAML 1.1 reads "2e-4" as a string
-    return key.split("."), value
-
-
-def _looks_like_float(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return any(c in text.lower() for c in "e.") and text.strip().lower() not in {"nan", "inf", "-inf", "+inf"}
-
-
-def merge_overrides(data: dict[str, Any], overrides: typing.Iterable[str] | dict[str, Any]) -> dict[str, Any]:
-    """Apply dotted overrides (strings ``a.b=v`` or a dict ``{"a.b": v}``) to a nested dict copy."""
-    merged = json.loads(json.dumps(data))
-    items = (
-        [(k.split("."), v) for k, v in overrides.items()] if isinstance(overrides, dict)
-        else [parse_override(o) for o in overrides]
-    )
-    for path, value in items:
-        node = merged
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {'.'.join(path)}: {part} is not a section")
-        node[path[-1]] = value
-    return merged
-
-
 def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
     try:
         return _build(Config, data or {}, "")
@@ -498,7 +459,11 @@ def load_config(path: str | Path = "params.yaml", overrides: typing.Iterable[str
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the file holds a {type(data).__name__} ({str(data)[:60]!r}), not a mapping of "
                           "sections (dataset:, model:, train:, ...); see params.yaml for the layout")
-    config = config_from_dict(merge_overrides(data, overrides), str(path))
+    try:
+        merged = merge_overrides(data, overrides)
+    except OverrideError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    config = config_from_dict(merged, str(path))
     try:
         return config.resolved()
     except ConfigError as err:

@@ -26,6 +26,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, DistributedSampler
 
+from dagan.schedule import steps_per_epoch
+
 
 @dataclass(frozen=True)
 class DistributedContext:
@@ -173,7 +175,7 @@ class ResumableDistributedSampler(DistributedSampler):
         super().__init__(dataset, num_replicas=context.world_size, rank=context.rank,
                          shuffle=True, seed=seed, drop_last=True)
         self.batch_per_rank = per_rank_batch(global_batch, context.world_size)
-        self.steps_per_epoch = len(dataset) // global_batch
+        self.steps_per_epoch = steps_per_epoch(len(dataset), global_batch)
         if self.steps_per_epoch < 1:
             raise ValueError(
                 f"the training split has {len(dataset)} samples, fewer than one global batch "

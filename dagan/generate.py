@@ -30,11 +30,14 @@ from torch import nn
 
 from dagan.checkpoint import FORMAT_VERSION, load_checkpoint, load_generator
 from dagan.config import Config
+from dagan.console import add_log_level_arguments, progress
 from dagan.data.manifest import Manifest, read_manifest
 from dagan.generator import uses_style_image
 from dagan.labels import semantic_input
+from dagan.results_page import ASSET_DIR, ResultRow, write_page
 
 MAX_SIDE = 2048
+PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
 
 
 class InputError(ValueError):
@@ -244,51 +247,78 @@ def load_synthesizer(
     return Synthesizer(generator, layout, device)
 
 
+def _find_photo(images_dir: Path, stem: str, label_file: Path) -> Path:
+    for suffix in PHOTO_SUFFIXES:
+        if (images_dir / f"{stem}{suffix}").is_file():
+            return images_dir / f"{stem}{suffix}"
+    raise FileNotFoundError(f"{images_dir}: no real photo {stem}.png/.jpg for {label_file} (same file stem expected); "
+                            "leave out --images to generate without the real column")
+
+
+def _write_atomic(target: Path, data: bytes) -> None:
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(target)
+
+
 def generate_dir(
     synthesizer: Synthesizer, labels_dir: str | Path, out_dir: str | Path,
     instances_dir: str | Path | None = None, edges_from_labels: bool = False, *,
-    photos_dir: str | Path | None = None, style_edit=None, overwrite: bool = False,
+    photos_dir: str | Path | None = None, style_edit=None, images_dir: str | Path | None = None,
+    limit: int | None = None, overwrite: bool = False,
 ) -> list[Path]:
     """Generate one PNG in ``out_dir`` per ``*.png`` label map in ``labels_dir`` (same file names).
 
-    ``photos_dir`` (same file names, any image format PIL reads) gives a style-encoding generator
-    each scene's own styles; ``style_edit`` (:class:`dagan.styles.StyleEdit`) then replaces chosen
-    classes' styles. Every input is checked before anything is written, so bad input leaves no
-    partial output. ``out_dir`` is never an input folder, and files already there are replaced
-    only with ``overwrite``.
+    Takes the first ``limit`` label maps by name when given. ``photos_dir`` (same file names, any
+    image format PIL reads) gives a style-encoding generator each scene's own styles;
+    ``style_edit`` (:class:`dagan.styles.StyleEdit`) then replaces chosen classes' styles. Writes
+    ``out_dir/index.html`` with label | generated (| the real photo of ``images_dir``) side by side
+    (:mod:`dagan.results_page`). Every input is checked before anything is written, so bad input
+    leaves no partial output. ``out_dir`` is never an input folder, and files already there are
+    replaced only with ``overwrite``.
     """
     labels_dir, out_dir = Path(labels_dir), Path(out_dir)
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit {limit}: give a positive number of label maps (or leave it out for all)")
     files = sorted(labels_dir.glob("*.png")) if labels_dir.is_dir() else []
     if not files:
         raise FileNotFoundError(f"no *.png label maps in {labels_dir}; pass --labels DIR with label-id PNGs")
-    inputs = [labels_dir] + [Path(folder) for folder in (instances_dir, photos_dir) if folder]
-    _check_output_folder(out_dir, inputs, files, overwrite)
+    folders = [labels_dir] + [Path(folder) for folder in (instances_dir, photos_dir, images_dir) if folder]
+    _check_output_folder(out_dir, folders, files[:limit], overwrite)
     if (photos_dir is not None or style_edit is not None) and not synthesizer.uses_styles:
         raise InputError("--photos / --style-image: this model has no style codes (model.generator=dagan); they need "
                          "a style-encoding generator (model.generator=ca2sis)")
     inputs = []
-    for file in files:
+    for file in files[:limit]:
         label = decode_png(file.read_bytes(), str(file))
         instance = None
         if instances_dir is not None:
             instance_file = _companion(instances_dir, file, "instance map", any_suffix=False)
             instance = decode_png(instance_file.read_bytes(), str(instance_file))
+        photo = _find_photo(Path(images_dir), file.stem, file) if images_dir is not None else None
         synthesizer.check(label, str(file), instance, edges_from_labels)
         codes = None
         if photos_dir is not None or style_edit is not None:
-            photo = read_photo(_companion(photos_dir, file, "photo")) if photos_dir is not None else None
-            codes = synthesizer.style_codes(label, photo, what=str(file))
+            style = read_photo(_companion(photos_dir, file, "photo")) if photos_dir is not None else None
+            codes = synthesizer.style_codes(label, style, what=str(file))
             codes = style_edit.apply(codes) if style_edit is not None else codes
-        inputs.append((file, label, instance, codes))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for file, label, instance, codes in inputs:
+        inputs.append((file, label, instance, codes, photo))
+    assets = out_dir / ASSET_DIR
+    for folder in (out_dir, assets / "label", *([assets / "real"] if images_dir is not None else [])):
+        folder.mkdir(parents=True, exist_ok=True)
+    written, rows = [], []
+    for file, label, instance, codes, photo in progress(inputs, total=len(inputs), desc="generate", unit="image"):
         image = synthesizer(label, instance, edges_from_labels, what=str(file), style_codes=codes)
         target = out_dir / file.name
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_bytes(encode_png(image))
-        tmp.replace(target)
+        _write_atomic(target, encode_png(image))
+        _write_atomic(assets / "label" / file.name, encode_png(colorize(label, synthesizer.layout.class_colors)))
+        real = None
+        if photo is not None:
+            real = f"{ASSET_DIR}/real/{photo.name}"
+            _write_atomic(out_dir / real, photo.read_bytes())
         written.append(target)
+        rows.append(ResultRow(file.name, f"{ASSET_DIR}/label/{file.name}", file.name, real))
+    write_page(out_dir, rows, f"DAGAN results: {labels_dir}")
     return written
 
 
@@ -317,13 +347,18 @@ def _companion(directory: str | Path, label_file: Path, what: str, any_suffix: b
 def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of ``python -m dagan generate`` and ``python -m components.generate``."""
     parser.add_argument("--model", required=True,
-                        help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model or a checkpoint path")
+                        help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/dagan-generator or a "
+                             "checkpoint path")
     parser.add_argument("--labels", required=True, help="folder of label-id PNGs (single channel)")
-    parser.add_argument("--out", required=True, help="output folder (same file names, RGB PNG)")
+    parser.add_argument("--out", required=True, help="output folder: the images (same file names, RGB PNG) and "
+                                                     "index.html with label | generated (| real)")
     parser.add_argument("--instances", help="folder of instance-id PNGs with the same file names")
     parser.add_argument("--edges-from-labels", action="store_true",
                         help="models trained with instance maps: use class boundaries as instance edges")
     parser.add_argument("--manifest", help="prepared dataset folder giving the label layout of a training checkpoint")
+    parser.add_argument("--images", help="folder of the real photos (same file stems, .png/.jpg): a real column in "
+                                         "index.html")
+    parser.add_argument("--limit", type=int, metavar="N", help="only the first N label maps by file name")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace images already in --out (never allowed: --out being an input folder)")
     styles = parser.add_argument_group("styles (style-encoding generators: model.generator=ca2sis)")
@@ -333,3 +368,4 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     styles.add_argument("--style-label", help="the reference photo's label-id PNG (needed with --style-image)")
     styles.add_argument("--style-classes", help="comma-separated class ids or names that take the reference's style "
                                                 "(default: every class in the reference)")
+    add_log_level_arguments(parser)

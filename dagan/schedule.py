@@ -35,6 +35,17 @@ def lr_factor(step: int, steps_per_epoch: int, epochs: int, epochs_decay: int, s
     return max(0.0, 1.0 - (progress - epochs) / epochs_decay)
 
 
+def steps_per_epoch(num_samples: int, global_batch: int) -> int:
+    """Whole global batches in an epoch of ``num_samples`` (the last partial batch is dropped)."""
+    return num_samples // global_batch
+
+
+def total_steps(steps_in_epoch: int, epochs: int, epochs_decay: int, max_steps: int = 0) -> int:
+    """Optimiser updates of a run: every epoch's, or at most ``max_steps`` when > 0."""
+    total = (epochs + epochs_decay) * steps_in_epoch
+    return min(total, max_steps) if max_steps > 0 else total
+
+
 def set_learning_rate(optimizer, base_lr: float, factor: float) -> float:
     """Set every parameter group of ``optimizer`` to ``base_lr * factor``; return that value."""
     lr = base_lr * factor

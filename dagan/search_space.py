@@ -23,7 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dagan.config import ConfigError, config_from_dict, merge_overrides
+from dagan.config import ConfigError, config_from_dict
+from dagan.overrides import merge_overrides
 
 KINDS = {"loguniform": ("low", "high"), "uniform": ("low", "high"), "choice": ("values",)}
 # Keys every trial sets itself (components.tune): sweeping them would be overwritten or break resuming.

@@ -1,13 +1,17 @@
 """Pictures of the evaluation: sample grids and attention maps (paper Fig. 9).
 
-* :func:`sample_grid`: one row per sample, columns label map (colourised) | generated | real.
-* :func:`attention_figure`: one row per sample, columns label | generated | then the maps the
+* :func:`sample_grid`: one row per sample, columns layout (the colourised label map) |
+  generated | real, under a header that names them.
+* :func:`attention_figure`: one row per sample, columns layout | generated | then the maps the
   model has: SAM spatial attention map A_s | CAM channel weights delta (one cell per channel,
   dark = low) | SPAP gates of the generator, one per cascade step (how much the step takes from
   its new pyramid level; channel means) | SPAP gates of the discriminator's finest scale (on the
   generated image) | CA2SIS cross-attention of the finest layer: the class whose style each
   position takes most (in the class colours) and that weight (heat map).
+* :func:`bar_chart`: horizontal bars per class for a few series (per-class IoU of generated,
+  real and baseline images).
 
+Cells are enlarged to at least ``MIN_TILE`` pixels (nearest neighbour: label maps stay crisp).
 Everything returns uint8 RGB arrays (H, W, 3); writing them is the caller's business.
 """
 
@@ -16,17 +20,21 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
 
 from dagan.generate import colorize
 
 # A perceptually ordered dark-blue -> teal -> yellow ramp (anchor colours, linearly interpolated).
 HEAT_ANCHORS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=float)
 GAP = 2  # pixels between cells
+MIN_TILE = 128  # cells are enlarged to at least this many pixels high
+HEADER = 22  # pixels of the column titles
+SERIES_COLORS = [(31, 119, 180), (44, 160, 44), (255, 127, 14), (148, 103, 189)]
 
 
 def image_to_uint8(image: torch.Tensor) -> np.ndarray:
     """(3, H, W) in [-1, 1] -> (H, W, 3) uint8."""
-    return ((image.detach().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    return ((image.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
 
 
 def heatmap(values: np.ndarray) -> np.ndarray:
@@ -37,10 +45,33 @@ def heatmap(values: np.ndarray) -> np.ndarray:
     return (HEAT_ANCHORS[low] * (1 - fraction) + HEAT_ANCHORS[low + 1] * fraction).round().astype(np.uint8)
 
 
-def tile(rows: list[list[np.ndarray]]) -> np.ndarray:
-    """Arrange equally tall cells into a white-separated grid (cells of a column share a width)."""
-    widths = [max(row[c].shape[1] for row in rows) for c in range(len(rows[0]))]
+def _font(size: int = 14) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    return ImageFont.load_default(size=size)
+
+
+def enlarge(cell: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour upscaling by an integer factor."""
+    return cell if factor == 1 else np.kron(cell, np.ones((factor, factor, 1), dtype=cell.dtype))
+
+
+def header(widths: list[int], titles: list[str]) -> np.ndarray:
+    """A white band with each title centred over its column (columns separated by GAP)."""
+    image = Image.new("RGB", (sum(widths) + GAP * (len(widths) - 1), HEADER), (255, 255, 255))
+    draw, font, x = ImageDraw.Draw(image), _font(), 0
+    for title, width in zip(titles, widths, strict=True):
+        draw.text((x + width / 2, HEADER / 2), title, fill=(0, 0, 0), font=font, anchor="mm")
+        x += width + GAP
+    return np.asarray(image)
+
+
+def tile(rows: list[list[np.ndarray]], titles: list[str] | None = None) -> np.ndarray:
+    """Arrange equally tall cells into a white-separated grid (cells of a column share a width), enlarged
+    to at least MIN_TILE pixels, under a header of column ``titles`` when given."""
     height = max(cell.shape[0] for row in rows for cell in row)
+    factor = max(1, -(-MIN_TILE // height))
+    rows = [[enlarge(cell, factor) for cell in row] for row in rows]
+    height *= factor
+    widths = [max(row[c].shape[1] for row in rows) for c in range(len(rows[0]))]
     canvas = np.full((len(rows) * (height + GAP) - GAP, sum(widths) + GAP * (len(widths) - 1), 3), 255, np.uint8)
     for r, row in enumerate(rows):
         x = 0
@@ -48,18 +79,20 @@ def tile(rows: list[list[np.ndarray]]) -> np.ndarray:
             top = r * (height + GAP)
             canvas[top : top + cell.shape[0], x : x + cell.shape[1]] = cell
             x += width + GAP
-    return canvas
+    if titles is None:
+        return canvas
+    return np.concatenate([header(widths, titles), canvas])
 
 
 def sample_grid(
     labels: torch.Tensor, generated: torch.Tensor, real: torch.Tensor, colors: list[list[int]]
 ) -> np.ndarray:
-    """Rows of label (colourised) | generated | real for (B, H, W) labels and (B, 3, H, W) images."""
+    """Rows of layout (colourised) | generated | real for (B, H, W) labels and (B, 3, H, W) images, titled."""
     rows = [
         [colorize(label.cpu().numpy(), colors), image_to_uint8(fake), image_to_uint8(photo)]
         for label, fake, photo in zip(labels, generated, real, strict=True)
     ]
-    return tile(rows)
+    return tile(rows, ["layout", "generated", "real"])
 
 
 def channel_strip(weights: torch.Tensor, height: int) -> np.ndarray:
@@ -106,4 +139,40 @@ def attention_figure(
         if "ca2sis" in attention:
             row.extend(cross_attention_columns(attention["ca2sis"][index], colors))
         rows.append(row)
-    return tile(rows)
+    titles = ["layout", "generated", *(["SAM map"] if "sam" in attention else []),
+              *(["CAM weights"] if "cam" in attention else []),
+              *(f"SPAP G step {k + 1}" for k in range(attention["spap"].shape[1] if "spap" in attention else 0)),
+              *(f"SPAP D step {k + 1}" for k in range(attention["spap_d"].shape[1] if "spap_d" in attention else 0)),
+              *(["CA2SIS class", "CA2SIS weight"] if "ca2sis" in attention else [])]
+    return tile(rows, titles)
+
+
+def bar_chart(categories: list[str], series: dict[str, list[float | None]], title: str) -> np.ndarray:
+    """Horizontal bars in [0, 1]: one group per category, one bar per series (None: no bar, marked n/a)."""
+    font, bar, width = _font(12), 9, 300
+    label_width = max(60, *(int(font.getlength(name)) + 8 for name in categories))
+    group = bar * len(series) + 6
+    start = HEADER + 14  # the title, then the tick values
+    image = Image.new("RGB", (label_width + width + 60, start + group * len(categories) + HEADER), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((4, HEADER / 2), title, fill=(0, 0, 0), font=_font(), anchor="lm")
+    bottom = start + group * len(categories)
+    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):  # light grid lines with their values at the top
+        x = label_width + round(tick * width)
+        draw.line([x, start, x, bottom - 4], fill=(225, 225, 225))
+        draw.text((x, start - 2), f"{tick:g}", fill=(110, 110, 110), font=_font(9), anchor="mb")
+    for index, name in enumerate(categories):
+        top = start + index * group
+        draw.text((label_width - 4, top + group / 2), name, fill=(0, 0, 0), font=font, anchor="rm")
+        for offset, (values, color) in enumerate(zip(series.values(), SERIES_COLORS, strict=False)):
+            y, value = top + offset * bar, values[index]
+            if value is None:
+                draw.text((label_width + 2, y + bar / 2), "n/a", fill=(120, 120, 120), font=_font(9), anchor="lm")
+                continue
+            draw.rectangle([label_width, y, label_width + max(1, round(value * width)), y + bar - 2], fill=color)
+    legend_y, x = bottom + 4, label_width
+    for name, color in zip(series, SERIES_COLORS, strict=False):
+        draw.rectangle([x, legend_y + 3, x + 10, legend_y + 13], fill=color)
+        draw.text((x + 14, legend_y + 8), name, fill=(0, 0, 0), font=font, anchor="lm")
+        x += 24 + int(font.getlength(name))
+    return np.asarray(image)

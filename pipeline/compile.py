@@ -70,7 +70,8 @@ def compile_pipeline(settings: ClusterSettings, output: str | Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.compile",
+                                     description="Compile the Kubeflow pipeline to a YAML package (docs/KUBEFLOW.md).")
     parser.add_argument("--output", required=True, help="pipeline YAML to write")
     add_cluster_arguments(parser)
     args = parser.parse_args(argv)

@@ -16,6 +16,20 @@ from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
 
+def configure(overrides: list, dataset: str, raw_dir: str, variant: str, max_steps: int, epochs: int,
+              epochs_decay: int, batch_size: int, lambda_feat: float, lambda_vgg: float, num_nodes: int,
+              gpus_per_node: int, trainjob: bool, cluster_gpus: int) -> list:
+    """The run's config overrides: its typed fields that are set ("" and -1 keep the params file's value), then
+    the free-form overrides; refuses a node/GPU shape the compiled pipeline cannot run."""
+    from pipeline import steps
+
+    steps.check_shape(num_nodes, gpus_per_node, trainjob, cluster_gpus)
+    fields = {"dataset": dataset, "raw_dir": raw_dir, "variant": variant, "max_steps": max_steps, "epochs": epochs,
+              "epochs_decay": epochs_decay, "batch_size": batch_size, "lambda_feat": lambda_feat,
+              "lambda_vgg": lambda_vgg}
+    return steps.run_overrides(fields, overrides)
+
+
 def prepare(params_file: str, overrides: list, prepared: Output[Dataset], metrics: Output[Metrics]):
     """Raw data (the synthetic set is generated first) -> Parquet shards + manifest.json."""
     from pipeline import steps
@@ -40,7 +54,8 @@ def train(params_file: str, overrides: list, prepared: Input[Dataset], nproc: in
     from pipeline import steps
 
     work_dir = f"{work_root}/{job_id}/train" if work_root else ""
-    for name, value in steps.train(params_file, overrides, prepared.path, model.path, nproc, work_dir).items():
+    for name, value in steps.train(params_file, overrides, prepared.path, model.path, nproc, work_dir,
+                                   kfp_run_id=job_id).items():
         metrics.log_metric(name, value)
 
 
@@ -55,7 +70,7 @@ def train_distributed(params_file: str, overrides: list, prepared: Input[Dataset
         params_file, overrides, prepared.path, model.path, job_name=f"dagan-{job_id.replace('-', '')[:20]}",
         work_dir=f"{work_root}/{job_id}", image=image, num_nodes=num_nodes, gpus_per_node=gpus_per_node,
         resources=resources, shared_pvc=shared_pvc, shared_mount=shared_mount, secret_env=secret_env,
-        timeout_s=timeout_s)
+        timeout_s=timeout_s, kfp_run_id=job_id)
     for name, value in values.items():
         metrics.log_metric(name, value)
 
@@ -91,7 +106,7 @@ def register(params_file: str, overrides: list, prepared: Input[Dataset], model:
         file.write(steps.metrics_markdown("Registration", {}, notes))
 
 
-STEP_FUNCTIONS = (prepare, train_judge, train, train_distributed, evaluate, register)
+STEP_FUNCTIONS = (configure, prepare, train_judge, train, train_distributed, evaluate, register)
 
 
 def build_components(image: str) -> dict[str, dsl.component]:

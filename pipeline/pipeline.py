@@ -5,8 +5,10 @@ What a cluster provides is decided at compile time (:class:`ClusterSettings`): t
 train step's GPUs / CPU / memory / shared memory, retries, the names of the secrets that carry
 the MLflow tracking URI and the S3 credentials, an optional shared volume, and whether training
 runs in the train step's own pod or as a Kubeflow Trainer TrainJob over several nodes.
-What a run chooses is a pipeline parameter: the params file, config overrides (``-S`` syntax),
-and for a TrainJob the number of nodes and GPUs per node.
+What a run chooses is a typed pipeline parameter (the run form's fields): the params file, the
+dataset, the variant, the step and epoch counts, the batch size, the loss weights, the nodes and
+GPUs per node, and free-form config overrides (``-S`` grammar) as the escape hatch. The first step,
+``configure``, turns them into the overrides every later step applies.
 
 Caching, deliberately: prepare and train_judge are deterministic functions of the config, so a
 rerun with the same inputs reuses them; train, evaluate and register write to MLflow and the
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 
 from kfp import dsl
 from kfp import kubernetes as k8s
+from kfp.dsl.pipeline_channel import PipelineChannel
 
 from pipeline.components import build_components
 
@@ -85,16 +88,17 @@ def _with_shared_volume(task: dsl.PipelineTask, settings: ClusterSettings) -> ds
     return task
 
 
-def _with_gpus(task: dsl.PipelineTask, gpus: int, settings: ClusterSettings) -> dsl.PipelineTask:
-    if gpus:
+def _with_gpus(task: dsl.PipelineTask, gpus, settings: ClusterSettings) -> dsl.PipelineTask:
+    """``gpus`` GPUs (a number, or a run parameter) when the pipeline is compiled for GPUs; /dev/shm always."""
+    if settings.gpus > 0 and (isinstance(gpus, PipelineChannel) or gpus > 0):
         task.set_accelerator_type(GPU).set_accelerator_limit(gpus)
     k8s.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
                         size_limit=settings.shm_size)
     return task
 
 
-def _steps(ops: dict, settings: ClusterSettings, params_file, overrides, num_nodes=None, gpus_per_node=None) -> None:
-    """The DAG; ``num_nodes`` / ``gpus_per_node`` are the TrainJob's pipeline parameters (``--trainjob`` only)."""
+def _steps(ops: dict, settings: ClusterSettings, params_file, overrides, num_nodes, gpus_per_node) -> None:
+    """The DAG after configure: ``overrides`` is its output, ``num_nodes`` / ``gpus_per_node`` run parameters."""
     prepare = ops["prepare"](params_file=params_file, overrides=overrides)
     prepare.set_display_name("prepare").set_caching_options(True)
     prepare.set_cpu_request("2").set_cpu_limit("4").set_memory_request("8Gi").set_memory_limit("16Gi")
@@ -117,11 +121,11 @@ def _steps(ops: dict, settings: ClusterSettings, params_file, overrides, num_nod
         _with_shared_volume(train, settings)
     else:
         train = ops["train"](params_file=params_file, overrides=overrides, prepared=prepare.outputs["prepared"],
-                             nproc=settings.gpus, work_root=settings.work_root,
+                             nproc=gpus_per_node, work_root=settings.work_root,
                              job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         train.set_cpu_request(settings.cpu).set_cpu_limit(settings.cpu)
         train.set_memory_request(settings.memory).set_memory_limit(settings.memory)
-        _with_gpus(train, settings.gpus, settings)
+        _with_gpus(train, gpus_per_node, settings)
         _with_shared_volume(train, settings)
         _with_secrets(train, settings)
     train.set_display_name("train").set_caching_options(False)
@@ -145,18 +149,41 @@ def _steps(ops: dict, settings: ClusterSettings, params_file, overrides, num_nod
 def build_pipeline(settings: ClusterSettings = ClusterSettings()):  # noqa: B008 (frozen, immutable default)
     """The pipeline function for ``settings`` (compile it with kfp's Compiler or run it with kfp.local)."""
     ops = build_components(settings.image)
-    description = "DAGAN: prepare, judge, train, evaluate, register (gated)"
-
-    if settings.trainjob:
-        @dsl.pipeline(name=PIPELINE_NAME, description=description + "; training as a Kubeflow Trainer TrainJob")
-        def dagan_trainjob_pipeline(params_file: str = IMAGE_PARAMS, overrides: list = [],  # noqa: B006
-                                    num_nodes: int = 2, gpus_per_node: int = max(settings.gpus, 1)):
-            _steps(ops, settings, params_file, overrides, num_nodes, gpus_per_node)
-
-        return dagan_trainjob_pipeline
+    description = "DAGAN: prepare, judge, train, evaluate, register (gated)" + (
+        "; training as a Kubeflow Trainer TrainJob" if settings.trainjob else "")
+    default_nodes = 2 if settings.trainjob else 1
+    default_gpus = max(settings.gpus, 1) if settings.trainjob else settings.gpus
 
     @dsl.pipeline(name=PIPELINE_NAME, description=description)
-    def dagan_pipeline(params_file: str = IMAGE_PARAMS, overrides: list = []):  # noqa: B006 (a KFP default)
-        _steps(ops, settings, params_file, overrides)
+    def dagan_pipeline(params_file: str = IMAGE_PARAMS, dataset: str = "", raw_dir: str = "", variant: str = "",
+                       max_steps: int = -1, epochs: int = -1, epochs_decay: int = -1, batch_size: int = -1,
+                       lambda_feat: float = -1.0, lambda_vgg: float = -1.0,
+                       overrides: list = [],  # noqa: B006 (a KFP default)
+                       num_nodes: int = default_nodes, gpus_per_node: int = default_gpus):
+        """Run parameters (the run form's fields; "" and -1 keep the params file's value).
+
+        Args:
+            params_file: params file inside the image (default: the one baked in at /app/params.yaml).
+            dataset: dataset.name, e.g. cityscapes (then also raw_dir).
+            raw_dir: dataset.raw_dir, the raw dataset's folder (e.g. on the shared volume).
+            variant: model.variant, B1..B6 (paper Table 4).
+            max_steps: train.max_steps; 0 trains the whole schedule.
+            epochs: train.epochs (constant learning rate).
+            epochs_decay: train.epochs_decay (linear decay to zero).
+            batch_size: train.batch_size, the global batch.
+            lambda_feat: loss.lambda_feat, the feature-matching weight.
+            lambda_vgg: loss.lambda_vgg, the VGG19 perceptual weight (needs the VGG19 weights).
+            overrides: any other config values as KEY=VALUE strings (the -S grammar); they win over the fields.
+            num_nodes: training nodes; more than 1 needs a pipeline compiled with --trainjob.
+            gpus_per_node: GPUs of the train pod, or of each TrainJob node.
+        """
+        configure = ops["configure"](
+            overrides=overrides, dataset=dataset, raw_dir=raw_dir, variant=variant, max_steps=max_steps,
+            epochs=epochs, epochs_decay=epochs_decay, batch_size=batch_size, lambda_feat=lambda_feat,
+            lambda_vgg=lambda_vgg, num_nodes=num_nodes, gpus_per_node=gpus_per_node, trainjob=settings.trainjob,
+            cluster_gpus=settings.gpus)
+        configure.set_display_name("configure").set_caching_options(True)
+        configure.set_cpu_request("100m").set_memory_request("256Mi").set_memory_limit("1Gi")
+        _steps(ops, settings, params_file, configure.output, num_nodes, gpus_per_node)
 
     return dagan_pipeline

@@ -13,6 +13,7 @@ import base64
 import html
 import importlib
 import json
+import os
 import shlex
 import shutil
 import tempfile
@@ -20,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from components.tracking import KFP_RUN_ENV
 from dagan.checkpoint import FINAL_NAME, checkpoint_dir
 from dagan.config import load_config
 from pipeline.trainjob import DistributedTraining, SecretEnv, current_namespace, run_in_process, run_trainjob
@@ -39,6 +41,35 @@ def component_argv(params_file: str, overrides: Sequence[str], paths: Mapping[st
     for key, value in paths.items():
         argv += ["-S", f"{key}={value}"]
     return argv
+
+
+# The typed run parameters of the pipeline (the KFP run form's fields) and the config key each sets.
+# "" (text) and -1 (numbers) leave the params file's value.
+RUN_FIELDS = {"dataset": "dataset.name", "raw_dir": "dataset.raw_dir", "variant": "model.variant",
+              "max_steps": "train.max_steps", "epochs": "train.epochs", "epochs_decay": "train.epochs_decay",
+              "batch_size": "train.batch_size", "lambda_feat": "loss.lambda_feat", "lambda_vgg": "loss.lambda_vgg"}
+
+
+def run_overrides(fields: Mapping[str, Any], overrides: Sequence[str]) -> list[str]:
+    """``key=value`` for every typed run field that is set, then the free-form overrides (which win)."""
+    unknown = sorted(set(fields) - set(RUN_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown run field(s) {', '.join(unknown)}; known: {', '.join(RUN_FIELDS)}")
+    chosen = [f"{RUN_FIELDS[name]}={value}" for name, value in fields.items()
+              if not (value == "" or (isinstance(value, int | float) and not isinstance(value, bool) and value < 0))]
+    return chosen + [str(item) for item in overrides]
+
+
+def check_shape(num_nodes: int, gpus_per_node: int, trainjob: bool, cluster_gpus: int) -> None:
+    """Refuse a run shape the compiled pipeline cannot give (several nodes without a TrainJob, GPUs on a CPU build)."""
+    if num_nodes < 1 or gpus_per_node < 0:
+        raise ValueError(f"num_nodes must be >= 1 and gpus_per_node >= 0, got {num_nodes} and {gpus_per_node}")
+    if num_nodes > 1 and not trainjob:
+        raise ValueError(f"num_nodes={num_nodes}: training on several nodes needs the pipeline compiled with "
+                         "--trainjob --shared-pvc NAME (docs/KUBEFLOW.md)")
+    if gpus_per_node > 0 and cluster_gpus == 0:
+        raise ValueError(f"gpus_per_node={gpus_per_node} but the pipeline was compiled for CPU (--gpus 0); "
+                         "compile with --gpus N")
 
 
 def run_component(step: str, argv: Sequence[str]) -> None:
@@ -104,10 +135,17 @@ def export_training(train_dir: Path, model_dir: Path) -> None:
             shutil.copy2(path, model_dir / path.name)
 
 
+def tag_runs_with(kfp_run_id: str) -> None:
+    """MLflow runs this process (and its children) create get the tag ``kfp.run_id`` (components/tracking.py)."""
+    if kfp_run_id:
+        os.environ[KFP_RUN_ENV] = kfp_run_id
+
+
 def train(params_file: str, overrides: Sequence[str], prepared_dir: str, model_dir: str, nproc: int,
-          work_dir: str = "") -> dict[str, float]:
+          work_dir: str = "", kfp_run_id: str = "") -> dict[str, float]:
     """Train in this pod (torchrun over ``nproc`` GPUs when > 1). With ``work_dir`` (a shared volume)
     the checkpoints live there, so a retried step resumes; the result is copied into ``model_dir``."""
+    tag_runs_with(kfp_run_id)
     train_dir = Path(work_dir or model_dir)
     run_in_process(component_argv(params_file, overrides, {"dataset.prepared_dir": prepared_dir,
                                                            "train.out_dir": train_dir}), nproc)
@@ -120,8 +158,10 @@ def train(params_file: str, overrides: Sequence[str], prepared_dir: str, model_d
 def train_distributed(params_file: str, overrides: Sequence[str], prepared_dir: str, model_dir: str, *,
                       job_name: str, work_dir: str, image: str, num_nodes: int, gpus_per_node: int,
                       resources: Mapping[str, str], shared_pvc: str, shared_mount: str,
-                      secret_env: Sequence[Mapping[str, str]], timeout_s: float, api=None) -> dict[str, float]:
-    """Launch a TrainJob over ``num_nodes`` x ``gpus_per_node`` and wait; data and checkpoints on the shared volume."""
+                      secret_env: Sequence[Mapping[str, str]], timeout_s: float, kfp_run_id: str = "",
+                      api=None, logs_api=None) -> dict[str, float]:
+    """Launch a TrainJob over ``num_nodes`` x ``gpus_per_node`` and wait, printing its nodes' logs; data and
+    checkpoints on the shared volume."""
     if not work_dir.startswith(shared_mount.rstrip("/") + "/"):
         raise ValueError(f"work_dir {work_dir!r} must lie on the shared volume mounted at {shared_mount}")
     work = Path(work_dir)
@@ -140,8 +180,9 @@ def train_distributed(params_file: str, overrides: Sequence[str], prepared_dir: 
         cpu_per_node=resources["cpu"], memory_per_node=resources["memory"], shm_size=resources["shm"],
         shared_pvc=shared_pvc, shared_mount=shared_mount, namespace=current_namespace(),
         secret_env=tuple(SecretEnv(**item) for item in secret_env),
+        env=((KFP_RUN_ENV, kfp_run_id),) if kfp_run_id else (),
     )
-    run_trainjob(job, timeout_s=timeout_s, api=api)
+    run_trainjob(job, timeout_s=timeout_s, api=api, logs_api=logs_api)
     metrics = _finished_training(train_dir)
     export_training(train_dir, Path(model_dir))
     return numeric(metrics)

@@ -27,10 +27,13 @@ import yaml
 
 from pipeline.compile import add_cluster_arguments, compile_pipeline, settings_from
 from pipeline.pipeline import IMAGE_PARAMS, PIPELINE_NAME
+from pipeline.steps import check_shape
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.submit",
+                                     description="Upload the pipeline to Kubeflow Pipelines and start a run "
+                                                 "(docs/KUBEFLOW.md).")
     parser.add_argument("--host", required=True, help="Kubeflow Pipelines API endpoint")
     parser.add_argument("--namespace", default=None, help="profile namespace (multi-user Kubeflow)")
     parser.add_argument("--experiment", default="dagan", help="experiment (created when missing; default dagan)")
@@ -41,8 +44,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="params file inside the image (default %(default)s)")
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every step, e.g. -S train.lr_g=2e-4 (repeatable)")
-    parser.add_argument("--num-nodes", type=int, default=None, help="TrainJob nodes (pipelines compiled --trainjob)")
-    parser.add_argument("--gpus-per-node", type=int, default=None, help="TrainJob GPUs per node")
+    parser.add_argument("--num-nodes", type=int, default=None,
+                        help="training nodes (more than 1: pipelines compiled with --trainjob)")
+    parser.add_argument("--gpus-per-node", type=int, default=None,
+                        help="GPUs of the train pod or of each TrainJob node")
     parser.add_argument("--no-cache", action="store_true", help="run every step, ignoring cached results")
     parser.add_argument("--wait", action="store_true", help="wait for the run to finish; exit 1 unless it succeeded")
     parser.add_argument("--timeout", type=int, default=7 * 24 * 3600, help="seconds --wait waits (default a week)")
@@ -65,13 +70,24 @@ def run_arguments(args: argparse.Namespace) -> dict:
 
 
 def check_arguments(package: Path, arguments: dict) -> None:
-    """Refuse arguments the package does not take (e.g. --num-nodes for a pipeline compiled without --trainjob)."""
+    """Refuse arguments the package does not take, or a run shape it cannot train (pipeline.steps.check_shape)."""
     spec = next(yaml.safe_load_all(package.read_text()))
-    accepted = set(spec["root"].get("inputDefinitions", {}).get("parameters", {}))
-    unknown = sorted(set(arguments) - accepted)
+    parameters = spec["root"].get("inputDefinitions", {}).get("parameters", {})
+    unknown = sorted(set(arguments) - set(parameters))
     if unknown:
-        raise ValueError(f"{package} takes no parameter {', '.join(unknown)} (it takes {', '.join(sorted(accepted))}); "
-                         "--num-nodes and --gpus-per-node need a pipeline compiled with --trainjob")
+        raise ValueError(f"{package} takes no parameter {', '.join(unknown)} "
+                         f"(it takes {', '.join(sorted(parameters))})")
+    configure = spec["root"]["dag"]["tasks"].get("configure")
+    if configure is None:
+        return
+    constants = {name: value["runtimeValue"]["constant"] for name, value in configure["inputs"]["parameters"].items()
+                 if "runtimeValue" in value}
+
+    def chosen(name: str) -> int:
+        return int(arguments.get(name, parameters[name].get("defaultValue", 0)))
+
+    check_shape(chosen("num_nodes"), chosen("gpus_per_node"), bool(constants["trainjob"]),
+                int(constants["cluster_gpus"]))
 
 
 def _pipeline_version(client: kfp.Client, package: Path, name: str, namespace: str | None) -> tuple[str, str]:

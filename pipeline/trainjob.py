@@ -15,6 +15,12 @@ container trainer cannot set the command, secret-backed env or volumes (``env`` 
 strings, which would put credentials into the spec), and its function trainer ships a function's
 source instead of running our CLI. The spec below is plain data, so a test can check it exactly.
 
+torchrun runs with ``--max-restarts`` (default 3): a failed worker group restarts and, as every
+start of ``components.train`` does, resumes from the newest checkpoint in ``train.out_dir``;
+``components.train`` records its exception into torchrun's error file (``@record``), so the root
+cause of a failure is named in the log. While waiting, the launcher copies the nodes' logs into
+its own (:class:`pipeline.node_logs.NodeLogs`), so they appear in the Kubeflow step's log.
+
 The PyTorchJob (training-operator v1, ``kubeflow.org/v1``) alternative for clusters still on the
 training operator: :func:`pytorchjob_spec` (docs/KUBEFLOW.md).
 """
@@ -31,6 +37,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pipeline.node_logs import NodeLogs
 
 log = logging.getLogger("pipeline.trainjob")
 
@@ -77,11 +85,15 @@ class DistributedTraining:
     runtime: str = "torch-distributed"
     namespace: str = "kubeflow"
     labels: dict[str, str] = field(default_factory=dict)
+    env: tuple[tuple[str, str], ...] = ()  # plain (name, value) variables that are not secret, e.g. KFP_RUN_ID
+    max_restarts: int = 3  # torchrun restarts of a failed worker group; each resumes from the newest checkpoint
 
     def __post_init__(self) -> None:
         if self.num_nodes < 1 or self.gpus_per_node < 0:
             raise ValueError(f"TrainJob {self.name!r}: num_nodes must be >= 1 and gpus_per_node >= 0, got "
                              f"num_nodes={self.num_nodes}, gpus_per_node={self.gpus_per_node}")
+        if self.max_restarts < 0:
+            raise ValueError(f"TrainJob {self.name!r}: max_restarts must be >= 0, got {self.max_restarts}")
         if self.num_nodes > 1 and not self.shared_pvc:
             raise ValueError(f"TrainJob {self.name!r}: {self.num_nodes} nodes need a shared ReadWriteMany volume "
                              "for the data and checkpoints; pass shared_pvc (compile with --shared-pvc NAME)")
@@ -93,7 +105,12 @@ class DistributedTraining:
     def command(self) -> list[str]:
         """torchrun over all nodes; the rendezvous (rank, master) comes from the runtime's PET_* env."""
         return ["torchrun", "--nnodes", str(self.num_nodes), "--nproc_per_node", str(self.procs_per_node),
-                "-m", "components.train", *self.train_args]
+                "--max-restarts", str(self.max_restarts), "-m", "components.train", *self.train_args]
+
+    def env_vars(self) -> list[dict[str, Any]]:
+        """The containers' env: the plain variables, then the secret references."""
+        return [{"name": name, "value": value} for name, value in self.env] + \
+            [secret.to_env_var() for secret in self.secret_env]
 
     def resources(self) -> dict[str, dict[str, Any]]:
         amounts: dict[str, Any] = {"cpu": self.cpu_per_node, "memory": self.memory_per_node}
@@ -132,7 +149,7 @@ def trainjob_spec(job: DistributedTraining) -> dict[str, Any]:
                 "numNodes": job.num_nodes,
                 "numProcPerNode": job.procs_per_node,
                 "resourcesPerNode": job.resources(),
-                "env": [secret.to_env_var() for secret in job.secret_env],
+                "env": job.env_vars(),
             },
             "runtimePatches": [{
                 "manager": PATCH_MANAGER,
@@ -153,8 +170,8 @@ def pytorchjob_spec(job: DistributedTraining) -> dict[str, Any]:
     volumes, mounts = job.volumes()
     command = ["torchrun", "--nnodes", str(job.num_nodes), "--nproc_per_node", str(job.procs_per_node),
                "--node_rank", "$(RANK)", "--master_addr", "$(MASTER_ADDR)", "--master_port", "$(MASTER_PORT)",
-               "-m", "components.train", *job.train_args]
-    env = [secret.to_env_var() for secret in job.secret_env]
+               "--max-restarts", str(job.max_restarts), "-m", "components.train", *job.train_args]
+    env = job.env_vars()
     container = {"name": "pytorch", "image": job.image, "command": command, "env": env,
                  "resources": job.resources(), "volumeMounts": mounts, "securityContext": _security_context()}
 
@@ -182,15 +199,29 @@ def current_namespace(default: str = "kubeflow") -> str:
         return default
 
 
-def custom_objects_api():
-    """A CustomObjectsApi with the in-cluster service account, else the local kubeconfig."""
-    from kubernetes import client, config
+def _load_kube_config() -> None:
+    from kubernetes import config
 
     try:
         config.load_incluster_config()
     except config.ConfigException:
         config.load_kube_config()
+
+
+def custom_objects_api():
+    """A CustomObjectsApi with the in-cluster service account, else the local kubeconfig."""
+    from kubernetes import client
+
+    _load_kube_config()
     return client.CustomObjectsApi()
+
+
+def core_v1_api():
+    """A CoreV1Api (pods and their logs) with the same credentials as :func:`custom_objects_api`."""
+    from kubernetes import client
+
+    _load_kube_config()
+    return client.CoreV1Api()
 
 
 def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
@@ -218,11 +249,14 @@ def submit_trainjob(api, spec: dict[str, Any]) -> str:
 
 
 def wait_for_trainjob(api, name: str, namespace: str, timeout_s: float, poll_s: float = 30.0,
-                      clock=time.monotonic, sleep=time.sleep) -> dict[str, Any]:
-    """Poll until the TrainJob is Complete (returned) or Failed / past ``timeout_s`` (TrainJobError)."""
+                      clock=time.monotonic, sleep=time.sleep, logs: NodeLogs | None = None) -> dict[str, Any]:
+    """Poll until the TrainJob is Complete (returned) or Failed / past ``timeout_s`` (TrainJobError), copying the
+    nodes' new log lines at every poll when ``logs`` is given."""
     deadline = clock() + timeout_s
     while True:
         obj = api.get_namespaced_custom_object(TRAINER_GROUP, TRAINER_VERSION, namespace, TRAINJOB_PLURAL, name)
+        if logs is not None:
+            logs.pump()
         if _condition(obj, "Complete"):
             log.info("TrainJob %s/%s complete", namespace, name)
             return obj
@@ -236,11 +270,18 @@ def wait_for_trainjob(api, name: str, namespace: str, timeout_s: float, poll_s: 
         sleep(poll_s)
 
 
-def run_trainjob(job: DistributedTraining, timeout_s: float, poll_s: float = 30.0, api=None) -> dict[str, Any]:
-    """Submit the TrainJob for ``job`` and wait for it to complete."""
-    api = api or custom_objects_api()
+def run_trainjob(job: DistributedTraining, timeout_s: float, poll_s: float = 30.0, api=None,
+                 logs_api=None) -> dict[str, Any]:
+    """Submit the TrainJob for ``job`` and wait for it to complete, printing its nodes' logs.
+
+    ``api`` / ``logs_api``: a CustomObjectsApi and a CoreV1Api (default: the cluster's; with an
+    ``api`` given and no ``logs_api``, no logs are read).
+    """
+    if api is None:
+        api, logs_api = custom_objects_api(), logs_api or core_v1_api()
     name = submit_trainjob(api, trainjob_spec(job))
-    return wait_for_trainjob(api, name, job.namespace, timeout_s, poll_s)
+    logs = NodeLogs(logs_api, name, job.namespace, poll_s) if logs_api is not None else None
+    return wait_for_trainjob(api, name, job.namespace, timeout_s, poll_s, logs=logs)
 
 
 def run_in_process(train_args: Sequence[str], nproc: int = 1) -> None:
@@ -263,7 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import yaml
 
-    parser = argparse.ArgumentParser(description="print the distributed training job as YAML (kubectl apply -f -)")
+    parser = argparse.ArgumentParser(prog="python -m pipeline.trainjob",
+                                     description="Print the distributed training job as YAML (kubectl apply -f -).")
     parser.add_argument("--kind", choices=("trainjob", "pytorchjob"), default="trainjob")
     parser.add_argument("--name", required=True, help="job name (DNS-1123)")
     parser.add_argument("--namespace", default="kubeflow")

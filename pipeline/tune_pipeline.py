@@ -1,4 +1,4 @@
-"""The Kubeflow sweep pipeline: prepare -> train_judge -> tune (Ray Tune, issue 7; docs/TUNE.md).
+"""The Kubeflow sweep pipeline: prepare -> train_judge -> tune (Ray Tune; docs/TUNE.md).
 
     python -m pipeline.tune_pipeline --output dagan-tune.yaml --image REGISTRY/dagan:TAG [cluster flags]
 
@@ -31,7 +31,7 @@ PIPELINE_NAME = "dagan-tune"
 
 
 def tune(params_file: str, overrides: list, prepared: Input[Dataset], judge: Input[Model], ray_address: str,
-         storage: str, num_samples: int, resume: bool, sweep: Output[Artifact], metrics: Output[Metrics],
+         storage: str, num_samples: int, resume: bool, job_id: str, sweep: Output[Artifact], metrics: Output[Metrics],
          report: Output[Markdown]):
     """Sweep loss weights and attention variants with Ray Tune; the best params file is the ``sweep`` artifact."""
     import json
@@ -45,6 +45,7 @@ def tune(params_file: str, overrides: list, prepared: Input[Dataset], judge: Inp
     argv += ["--storage", storage] if storage else []
     argv += ["--num-samples", str(num_samples)] if num_samples > 0 else []
     argv += ["--resume"] if resume else []
+    steps.tag_runs_with(job_id)  # the sweep's parent run and its trials get the tag kfp.run_id
     steps.run_component("tune", argv)
     best = steps.read_json(os.path.join(sweep.path, "best.json"))
     metrics.log_metric(f"best_{best['metric']}", best["value"])
@@ -75,7 +76,7 @@ def build_tune_pipeline(settings: ClusterSettings = ClusterSettings()):  # noqa:
 
         sweep = tune_op(params_file=params_file, overrides=overrides, prepared=prepare.outputs["prepared"],
                         judge=judge.outputs["judge"], ray_address=ray_address, storage=storage,
-                        num_samples=num_samples, resume=resume)
+                        num_samples=num_samples, resume=resume, job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         sweep.set_display_name("tune").set_caching_options(False)
         sweep.set_cpu_request(settings.cpu).set_cpu_limit(settings.cpu)
         sweep.set_memory_request(settings.memory).set_memory_limit(settings.memory)
@@ -92,7 +93,10 @@ def compile_tune_pipeline(settings: ClusterSettings, output: str | Path) -> Path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.tune_pipeline",
+        description="Compile the Kubeflow sweep pipeline (prepare, train_judge, Ray Tune) to a YAML package "
+                    "(docs/TUNE.md).")
     parser.add_argument("--output", required=True, help="pipeline YAML to write")
     add_cluster_arguments(parser)
     args = parser.parse_args(argv)

@@ -105,16 +105,25 @@ def write_checkpoint(config: Config, path: Path, seed: int = 0) -> Path:
     return save_checkpoint(state, path)
 
 
-def start_training_run(config: Config) -> str:
-    """A finished MLflow run standing in for the training's, and its mlflow_run.json."""
+def start_training_run(config: Config, steps: int | None = None) -> str:
+    """A finished MLflow run standing in for the training's, and its mlflow_run.json.
+
+    With ``steps``: system metrics at steps 0..2, a final loss at ``steps`` and the training's
+    metrics.json saying it ran ``steps`` steps (as components.train writes them)."""
     import mlflow
 
     mlflow.set_tracking_uri(config.mlflow.tracking_uri)
     experiment = mlflow.set_experiment(config.mlflow.experiment)
-    with mlflow.start_run(experiment_id=experiment.experiment_id) as run:
+    with mlflow.start_run(experiment_id=experiment.experiment_id, run_name="B6-synthetic-stand-in") as run:
         mlflow.log_param("stand_in", "training")
+        if steps is not None:
+            for step in range(3):
+                mlflow.log_metric("system/cpu_utilization_percentage", 50.0 + step, step=step)
+            mlflow.log_metric("loss/g_total", 1.5, step=steps)
     out = Path(config.train.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if steps is not None:
+        (out / "metrics.json").write_text(json.dumps({"steps": steps, "total_steps": steps, "stopped_early": False}))
     (out / "mlflow_run.json").write_text(json.dumps({"run_id": run.info.run_id,
                                                      "experiment_id": experiment.experiment_id,
                                                      "tracking_uri": config.mlflow.tracking_uri}))
@@ -132,7 +141,7 @@ def registered_model(root: Path, metrics: dict | None = None, **sections: dict) 
     config = tiny_config(root, **sections)
     write_prepared(root / "prepared")
     write_checkpoint(config, root / "train" / "checkpoints" / "final.pt")
-    start_training_run(config)
+    start_training_run(config, steps=5)
     write_metrics(config, metrics or GOOD_METRICS)
     params = write_params(config, root)
     assert register(["--params", str(params)]) == 0

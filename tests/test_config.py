@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dagan.config import ConfigError, config_from_dict, load_config, parse_override, save_config
+from dagan.config import ConfigError, config_from_dict, load_config, save_config
+from dagan.overrides import OverrideError, merge_overrides, parse_override
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,8 +55,72 @@ def test_bad_values_name_the_key_and_the_file(override, message):
 
 
 def test_override_syntax_errors_say_how_to_write_it():
-    with pytest.raises(ConfigError, match=r"section\.key=value"):
+    with pytest.raises(OverrideError, match=r"section\.key=value"):
         parse_override("lr_g=1")
+
+
+FILE = {"train": {"lr_g": 1.0e-4, "max_steps": 0},
+        "tune": {"search_space": {"model": {"variant": {"type": "choice", "values": ["B1", "B6"]}}}}}
+
+
+@pytest.mark.parametrize(("override", "path", "expected"), [
+    ("train.lr_g=2e-4", ("train", "lr_g"), 2e-4),
+    ("train.seed=3", ("train", "seed"), 3),  # a schema key missing from the file: set, as params.yaml would
+    ("+train.seed=3", ("train", "seed"), 3),
+    ("++train.lr_g=0.5", ("train", "lr_g"), 0.5),
+    ("tune.search_space.model.variant.values.0=B2", ("tune", "search_space", "model", "variant", "values"),
+     ["B2", "B6"]),
+    ("tune.search_space.model.variant.values=[B3, B4]", ("tune", "search_space", "model", "variant", "values"),
+     ["B3", "B4"]),
+    ("train.out_dir='a, b'", ("train", "out_dir"), "a, b"),
+    ("train.out_dir=", ("train", "out_dir"), ""),
+    ("evaluate.checkpoint=null", ("evaluate", "checkpoint"), None),
+])
+def test_the_dvc_exp_run_grammar_sets_adds_and_indexes(override, path, expected):
+    merged = merge_overrides(FILE, [override])
+    node = merged
+    for part in path:
+        node = node[part]
+    assert node == expected
+    assert FILE["train"]["lr_g"] == 1.0e-4 and FILE["tune"]["search_space"]["model"]["variant"]["values"] == \
+        ["B1", "B6"], "the input is never modified"
+
+
+def test_tilde_removes_a_key_so_the_default_applies():
+    assert "max_steps" not in merge_overrides(FILE, ["~train.max_steps"])["train"]
+    assert "max_steps" not in merge_overrides(FILE, ["~train.max_steps=0"])["train"]
+    config = load_config(REPO / "params.yaml", ["~train.sample_every", "~model.ngf"])
+    assert config.train.sample_every == config_from_dict({}).train.sample_every
+    assert config.model.ngf == 16  # null in the file; removed: the default null, resolved from the preset
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("+train.lr_g=1", "train.lr_g is already in the params file; use train.lr_g=... or ++train.lr_g=..."),
+    ("~train.seed", "train.seed is not in the params file, nothing to remove"),
+    ("~train.max_steps=5", "train.max_steps is 0, not 5"),
+    ("model.variant=B1,B6", "a sweep over several values runs one experiment per value (dvc exp run --queue"),
+    ("loss.lambda_feat=choice(1, 10)", "Hydra functions such as choice(...) are not supported"),
+    ("train.out_dir=${paths.out}", "interpolations"),
+    ("params.yaml:train.lr_g=1", "the 'file:' prefix picks a params file in dvc exp run"),
+    ("tune.search_space.model.variant.values[0]=B1", "write list items as key.0=value"),
+    ("tune.search_space.model.variant.values.5=B1", "values.5 is not an item of a list of 2"),
+    ("+tune.search_space.model.variant.values.0=B1", "list items can be replaced"),
+    ("model/generator=spade", "config groups and packages"),
+    ("train.lr_g.x=1", "train.lr_g.x is inside a value that is not a section"),
+    ("train.lr_g", "must look like section.key=value"),
+])
+def test_the_rest_of_hydras_grammar_is_refused_with_what_to_do_instead(override, message):
+    with pytest.raises(OverrideError) as err:
+        merge_overrides(FILE, [override])
+    assert message in str(err.value) and override in str(err.value)
+
+
+def test_a_bad_override_through_a_component_is_one_line_naming_the_file(tmp_path, capsys):
+    from components.train import main
+
+    assert main(["--params", str(REPO / "params.yaml"), "-S", "+train.lr_g=1"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {REPO / 'params.yaml'}: override '+train.lr_g=1'") and error.count("\n") == 1
 
 
 def test_variant_and_custom_knobs_must_agree():
@@ -90,12 +155,6 @@ def test_config_is_frozen():
     config = load_config(REPO / "params.yaml")
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.train.lr_g = 1.0  # type: ignore[misc]
-
-
-def test_flat_params_are_dotted():
-    flat = load_config(REPO / "params.yaml").flat()
-    assert flat["train.lr_d"] == pytest.approx(4e-4)
-    assert flat["model.variant"] == "B6"
 
 
 def test_bare_off_is_the_string_choice_not_a_boolean():
@@ -143,7 +202,8 @@ def test_credentials_never_leave_the_config_object():
     config = load_config(REPO / "params.yaml", ["mlflow.tracking_uri=http://alice:pw@mlflow.example.com:5000"])
     assert config.mlflow.tracking_uri == "http://alice:pw@mlflow.example.com:5000"  # what the components use
     assert config.to_dict()["mlflow"]["tracking_uri"] == "http://mlflow.example.com:5000"
-    assert config.flat()["mlflow.tracking_uri"] == "http://mlflow.example.com:5000"
+
+
 def test_generator_and_discriminator_choices_and_attention_knobs():
     config = load_config(REPO / "params.yaml", ["model.generator=ccfpse", "model.discriminator=fpse"])
     assert (config.model.generator, config.model.discriminator) == ("ccfpse", "fpse")

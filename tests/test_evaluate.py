@@ -1,13 +1,13 @@
 """train_judge + evaluate on a tiny prepared dataset: metrics.json, figures, MLflow logging, FID unavailability."""
 
 import json
+from pathlib import Path
 
 import mlflow
 import pytest
 import torch
 from eval_fixtures import (
     NUM_CLASSES,
-    SIZE,
     start_training_run,
     tiny_config,
     write_checkpoint,
@@ -48,15 +48,37 @@ def test_train_judge_then_evaluate_writes_metrics_figures_and_logs_to_the_traini
     per_class = json.loads((tmp_path / "eval" / "per_class_iou.json").read_text())
     assert set(per_class) == {"generated", "real", "baseline"} and len(per_class["real"]) == NUM_CLASSES
     samples = Image.open(tmp_path / "eval" / "figures" / "samples.png")
-    assert samples.width > 3 * SIZE and samples.height > 3 * SIZE  # 3 rows of label | generated | real
-    assert Image.open(tmp_path / "eval" / "figures" / "attention.png").height > 2 * SIZE
+    # 3 rows of layout | generated | real, 32-pixel tiles enlarged 4x to 128, under a 22-pixel header of titles
+    assert samples.size == (3 * 128 + 2 * 2, 22 + 3 * 128 + 2 * 2)
+    assert Image.open(tmp_path / "eval" / "figures" / "attention.png").height == 22 + 2 * 128 + 2
+    assert Image.open(tmp_path / "eval" / "figures" / "per_class_iou.png").mode == "RGB"
+    table = (tmp_path / "eval" / "per_class_iou.csv").read_text().splitlines()
+    assert table[0] == "class,generated,real,baseline" and len(table) == 1 + NUM_CLASSES
+    assert table[1].startswith("class0,")
 
-    run = mlflow.MlflowClient(config.mlflow.tracking_uri).get_run(run_id)
+    client = mlflow.MlflowClient(config.mlflow.tracking_uri)
+    run = client.get_run(run_id)
     assert run.data.metrics["eval/judge_miou_generated"] == metrics["judge_miou_generated"]
-    assert "vgg16-397923af.pth" in run.data.tags["eval/lpips_unavailable"]
-    assert "no-inception.pth" in run.data.tags["eval/fid_unavailable"]
-    artifacts = {a.path for a in mlflow.MlflowClient(config.mlflow.tracking_uri).list_artifacts(run_id, "eval")}
-    assert {"eval/metrics.json", "eval/per_class_iou.json", "eval/figures"} <= artifacts
+    history = client.get_metric_history(run_id, "eval/judge_miou_generated")
+    assert [point.step for point in history] == [0]  # the stand-in training wrote no metrics.json: step 0
+    for name in ("fid", "lpips"):  # a short tag; the whole explanation is an artifact
+        tag = run.data.tags[f"eval/{name}_unavailable"]
+        assert len(tag) <= 120 and tag.endswith("(see eval/unavailable.txt)"), tag
+    assert "not found" in run.data.tags["eval/lpips_unavailable"]
+    assert run.data.tags["evaluated"] == "yes"
+    assert run.data.tags["mlflow.note.content"].startswith(" | evaluated: judge mIoU generated ")
+    explanation = client.download_artifacts(run_id, "eval/unavailable.txt", str(tmp_path / "download"))
+    assert "vgg16-397923af.pth" in Path(explanation).read_text() and "no-inception.pth" in Path(explanation).read_text()
+    artifacts = {a.path for a in client.list_artifacts(run_id, "eval")}
+    assert {"eval/metrics.json", "eval/per_class_iou.json", "eval/per_class_iou.csv", "eval/figures",
+            "eval/per_class_iou_table.json"} <= artifacts
+    logged = json.loads(Path(client.download_artifacts(run_id, "eval/per_class_iou_table.json",
+                                                       str(tmp_path / "download"))).read_text())
+    assert logged["columns"] == ["step", "class", "generated", "real", "baseline"]
+    assert len(logged["data"]) == NUM_CLASSES
+    assert "eval/per_class_iou_table.json" in run.data.tags["mlflow.loggedArtifacts"]  # the Evaluation view's table
+    contexts = [{tag.key: tag.value for tag in item.tags}["mlflow.data.context"] for item in run.inputs.dataset_inputs]
+    assert contexts == ["evaluation"]
 
 
 class FlatGenerator(torch.nn.Module):

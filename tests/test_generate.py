@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from eval_fixtures import SIZE, png, registered_model, tiny_config, write_checkpoint, write_prepared
+from eval_fixtures import COLORS, SIZE, png, registered_model, tiny_config, write_checkpoint, write_prepared
 from PIL import Image
 
 from dagan.__main__ import main as dagan_main
@@ -43,7 +43,38 @@ def test_generate_from_a_local_checkpoint(tmp_path, checkpoint, capsys):
     images = sorted(out.glob("*.png"))
     assert [p.name for p in images] == ["scene-0.png", "scene-1.png"]
     assert all(Image.open(p).mode == "RGB" and Image.open(p).size == (SIZE, SIZE) for p in images)
-    assert "wrote 2 image(s)" in capsys.readouterr().out
+    assert "wrote 2 image(s) and" in capsys.readouterr().out
+    page = (out / "index.html").read_text()
+    assert page.count("<tr>") == 3 and "<th>label</th><th>generated</th></tr>" in page  # header + 2 rows, no real
+    for name in ("scene-0.png", "scene-1.png"):
+        assert f'src="{name}"' in page and f'src="html/label/{name}"' in page
+        label_view = Image.open(out / "html" / "label" / name)
+        assert label_view.mode == "RGB" and label_view.getpixel((0, 0)) == tuple(COLORS[2])  # class 2's colour
+
+
+def test_generate_limit_and_real_photos_on_the_page(tmp_path, checkpoint):
+    labels = write_labels(tmp_path / "labels", sizes=(SIZE, SIZE, SIZE))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for index in range(3):
+        Image.new("RGB", (SIZE, SIZE), (9, 9, 9)).save(photos / f"scene-{index}.jpg")
+    out = tmp_path / "out"
+    assert dagan_main(["generate", "--model", str(checkpoint), "--labels", str(labels), "--out", str(out),
+                       "--edges-from-labels", "--images", str(photos), "--limit", "2", "-q"]) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["scene-0.png", "scene-1.png"]  # like test.py --how_many
+    page = (out / "index.html").read_text()
+    assert "<th>real</th>" in page and 'src="html/real/scene-1.jpg"' in page and "scene-2" not in page
+    assert (out / "html" / "real" / "scene-0.jpg").read_bytes() == (photos / "scene-0.jpg").read_bytes()
+
+
+def test_generate_refuses_a_missing_real_photo_and_a_bad_limit(tmp_path, checkpoint, capsys):
+    labels = write_labels(tmp_path / "labels")
+    out = tmp_path / "out"
+    base = ["generate", "--model", str(checkpoint), "--labels", str(labels), "--out", str(out), "--edges-from-labels"]
+    assert dagan_main([*base, "--images", str(tmp_path)]) == 2
+    assert "no real photo scene-0.png/.jpg" in capsys.readouterr().err and not out.exists()
+    assert dagan_main([*base, "--limit", "0"]) == 2
+    assert "--limit 0: give a positive number" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -103,11 +103,12 @@ def test_fine_tuning_starts_from_the_imported_weights(project):
     imported = root / "official" / "checkpoints" / "final.pt"
     out = root / "finetune"
     assert train(["--params", str(params), "-S", f"train.init_from={imported}", "-S", f"train.out_dir={out}",
-                  "-S", "train.max_steps=1", "-S", "train.lr_g=0.0"]) == 0
+                  "-S", "train.max_steps=1", "-S", "train.lr_g=1e-20"]) == 0
     before = load_checkpoint(imported)["generator"]
     after = load_checkpoint(out / "checkpoints" / "final.pt")["generator"]
     weights = [key for key in before if key.endswith(("weight_orig", "weight", "bias"))]
-    assert weights and all(torch.equal(before[key], after[key]) for key in weights)  # lr 0: still the imported G
+    # an Adam step moves a weight by about lr: with lr 1e-20 the generator is still the imported one
+    assert weights and all(torch.allclose(before[key], after[key], rtol=0, atol=1e-12) for key in weights)
 
 
 def test_init_from_a_checkpoint_of_another_layout_names_the_key_and_both_shapes(project, tmp_path, capsys):

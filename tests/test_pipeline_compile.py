@@ -1,5 +1,5 @@
-"""``python -m pipeline.compile``: the YAML carries the resources, retries, secrets, shared memory,
-caching and the registration gate the cluster needs (issue 6). kfp.local ignores the Kubernetes
+"""``python -m pipeline.compile``: the YAML carries the typed run parameters, resources, retries, secrets,
+shared memory, caching and the registration gate the cluster needs. kfp.local ignores the Kubernetes
 settings, so they are checked here, on the compiled package."""
 
 from __future__ import annotations
@@ -37,16 +37,43 @@ def all_tasks(spec: dict) -> dict[str, dict]:
 def test_the_dag_runs_the_steps_in_order_with_register_behind_the_gate(default_package):
     spec, _ = default_package
     root = spec["root"]["dag"]["tasks"]
-    assert set(root) == {"prepare", "train-judge", "train", "evaluate", "condition-1"}
-    assert root["train-judge"]["dependentTasks"] == ["prepare"]
-    assert root["train"]["dependentTasks"] == ["prepare"]
-    assert set(root["evaluate"]["dependentTasks"]) == {"prepare", "train-judge", "train"}
+    assert set(root) == {"configure", "prepare", "train-judge", "train", "evaluate", "condition-1"}
+    assert root["prepare"]["dependentTasks"] == ["configure"]
+    assert set(root["train-judge"]["dependentTasks"]) == {"configure", "prepare"}
+    assert set(root["train"]["dependentTasks"]) == {"configure", "prepare"}
+    assert set(root["evaluate"]["dependentTasks"]) == {"configure", "prepare", "train-judge", "train"}
+    assert root["train"]["inputs"]["parameters"]["overrides"]["taskOutputParameter"] == {
+        "outputParameterKey": "Output", "producerTask": "configure"}, "every step applies configure's overrides"
     gate = root["condition-1"]
     assert gate["taskInfo"]["name"] == "registration-gate"
     condition = "inputs.parameter_values['pipelinechannel--evaluate-Output'] == 'passed'"
     assert gate["triggerPolicy"]["condition"] == condition
     assert set(spec["components"]["comp-condition-1"]["dag"]["tasks"]) == {"register"}
-    assert set(spec["root"]["inputDefinitions"]["parameters"]) == {"params_file", "overrides"}
+
+
+def test_typed_run_parameters_give_the_run_form_its_fields(default_package):
+    spec, _ = default_package
+    parameters = spec["root"]["inputDefinitions"]["parameters"]
+    types = {name: value["parameterType"] for name, value in parameters.items()}
+    assert types == {"params_file": "STRING", "dataset": "STRING", "raw_dir": "STRING", "variant": "STRING",
+                     "max_steps": "NUMBER_INTEGER", "epochs": "NUMBER_INTEGER", "epochs_decay": "NUMBER_INTEGER",
+                     "batch_size": "NUMBER_INTEGER", "lambda_feat": "NUMBER_DOUBLE", "lambda_vgg": "NUMBER_DOUBLE",
+                     "overrides": "LIST", "num_nodes": "NUMBER_INTEGER", "gpus_per_node": "NUMBER_INTEGER"}
+    assert all(value.get("description") for value in parameters.values()), "the form explains every field"
+    assert parameters["gpus_per_node"]["defaultValue"] == 4 and parameters["num_nodes"]["defaultValue"] == 1
+    assert parameters["max_steps"]["defaultValue"] == -1 and parameters["dataset"]["defaultValue"] == ""
+    configure = spec["root"]["dag"]["tasks"]["configure"]["inputs"]["parameters"]
+    assert configure["variant"] == {"componentInputParameter": "variant"}
+    assert configure["trainjob"]["runtimeValue"]["constant"] is False
+
+
+def test_configure_turns_the_set_fields_into_overrides_before_the_free_form_ones():
+    from pipeline.steps import run_overrides
+
+    fields = {"dataset": "cityscapes", "raw_dir": "", "variant": "B1", "max_steps": 0, "epochs": -1,
+              "epochs_decay": -1, "batch_size": -1, "lambda_feat": 5.0, "lambda_vgg": -1.0}
+    assert run_overrides(fields, ["train.lr_g=2e-4"]) == [
+        "dataset.name=cityscapes", "model.variant=B1", "train.max_steps=0", "loss.lambda_feat=5.0", "train.lr_g=2e-4"]
 
 
 def test_typed_artifacts(default_package):
@@ -66,7 +93,8 @@ def test_typed_artifacts(default_package):
 def test_every_step_runs_in_the_project_image_without_installing_packages(default_package):
     spec, _ = default_package
     executors = spec["deploymentSpec"]["executors"]
-    assert set(executors) == {"exec-prepare", "exec-train-judge", "exec-train", "exec-evaluate", "exec-register"}
+    assert set(executors) == {"exec-configure", "exec-prepare", "exec-train-judge", "exec-train", "exec-evaluate",
+                              "exec-register"}
     for name, executor in executors.items():
         container = executor["container"]
         assert container["image"] == IMAGE, name
@@ -79,7 +107,6 @@ def test_train_step_resources_shm_and_retries(default_package):
     spec, platform = default_package
     resources = spec["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]
     assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
-    assert resources["accelerator"]["resourceCount"] == "4"
     assert resources["resourceCpuRequest"] == resources["resourceCpuLimit"] == "12"
     assert resources["resourceMemoryRequest"] == resources["resourceMemoryLimit"] == "96Gi"
     assert platform["exec-train"]["emptyDirMounts"] == [
@@ -87,7 +114,8 @@ def test_train_step_resources_shm_and_retries(default_package):
     retry = spec["root"]["dag"]["tasks"]["train"]["retryPolicy"]
     assert retry["maxRetryCount"] == 3 and retry["backoffDuration"] == "120s"
     train_inputs = spec["root"]["dag"]["tasks"]["train"]["inputs"]["parameters"]
-    assert train_inputs["nproc"]["runtimeValue"]["constant"] == 4  # torchrun over the pod's 4 GPUs
+    assert train_inputs["nproc"] == {"componentInputParameter": "gpus_per_node"}  # torchrun over the pod's GPUs
+    assert resources["accelerator"]["resourceCount"] == "{{$.inputs.parameters['pipelinechannel--gpus_per_node']}}"
     # the judge and evaluation get one GPU each; prepare and register none
     executors = spec["deploymentSpec"]["executors"]
     for name in ("exec-train-judge", "exec-evaluate"):
@@ -101,7 +129,8 @@ def test_caching_is_set_per_step(default_package):
     tasks = all_tasks(spec)
     cached = {name: task.get("cachingOptions", {}).get("enableCache", False) for name, task in tasks.items()
               if "componentRef" in task and not name.startswith("condition")}
-    assert cached == {"prepare": True, "train-judge": True, "train": False, "evaluate": False, "register": False}
+    assert cached == {"configure": True, "prepare": True, "train-judge": True, "train": False, "evaluate": False,
+                      "register": False}
 
 
 def test_secrets_reach_only_the_steps_that_talk_to_mlflow(default_package):
@@ -117,7 +146,7 @@ def test_secrets_reach_only_the_steps_that_talk_to_mlflow(default_package):
         assert env["AWS_ACCESS_KEY_ID"] == ("dagan-s3", False), executor
         assert env["AWS_SECRET_ACCESS_KEY"] == ("dagan-s3", False), executor
         assert env["MLFLOW_S3_ENDPOINT_URL"] == ("dagan-s3", True), executor
-    for executor in ("exec-prepare", "exec-train-judge"):
+    for executor in ("exec-configure", "exec-prepare", "exec-train-judge"):
         assert env_from_secrets(executor) == {}, executor
 
 
@@ -143,7 +172,8 @@ def test_trainjob_variant_launches_on_the_shared_volume(tmp_path):
     assert {item["env"] for item in secret_env} >= {"MLFLOW_TRACKING_URI", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
     assert all(set(item) == {"env", "secret", "key", "optional"} for item in secret_env), "references, never values"
     assert inputs["image"]["runtimeValue"]["constant"] == IMAGE
-    assert inputs["job_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+    assert inputs["job_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"  # also the MLflow tag kfp.run_id
+    assert inputs["gpus_per_node"] == {"componentInputParameter": "gpus_per_node"}
     assert root["train-distributed"]["retryPolicy"]["maxRetryCount"] == 2
 
 

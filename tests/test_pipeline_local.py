@@ -22,7 +22,7 @@ TINY = [
     "synthetic.num_train=16", "synthetic.num_val=8", "synthetic.size=32",
     "dataset.load_size=32", "dataset.crop_size=32", "dataset.aspect_ratio=1.0", "dataset.num_workers=0",
     "model.ngf=8", "model.ndf=8", "model.num_upsampling_layers=normal", "loss.lambda_vgg=0.0",
-    "train.batch_size=4", "train.epochs=1", "train.epochs_decay=0", "train.max_steps=2", "train.device=cpu",
+    "train.batch_size=4", "train.epochs=1", "train.epochs_decay=0", "train.device=cpu",
     "train.checkpoint_every=100", "train.sample_every=100", "train.log_every=1",
     "judge.epochs=1", "judge.width=8", "judge.batch_size=8", "judge.device=cpu",
     "evaluate.device=cpu", "evaluate.fid='off'", "evaluate.lpips='off'", "evaluate.download_weights=false",
@@ -45,14 +45,17 @@ def test_whole_pipeline_runs_locally_and_registers_the_model(tmp_path, monkeypat
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
 
     dagan_pipeline = build_pipeline(ClusterSettings(gpus=0))  # CPU: train in-process
-    dagan_pipeline(params_file=str(ROOT / "params.yaml"), overrides=TINY)
+    dagan_pipeline(params_file=str(ROOT / "params.yaml"), overrides=TINY, variant="B2", max_steps=2)  # typed fields
 
     client = MlflowClient(tracking_uri)
     version = client.get_model_version_by_alias("dagan-synthetic", "candidate")
     assert client.get_model_version_by_alias("dagan-synthetic", "champion").version == version.version
     training_run = client.get_run(version.run_id)
     assert training_run.data.params["model.ngf"] == "8"
-    assert training_run.data.params["train.max_steps"] == "2"
+    assert training_run.data.params["train.total_steps"] == "2"
+    assert training_run.data.params["model.variant"] == "B2" and training_run.data.params["model.use_sam"] == "True"
+    assert training_run.info.run_name.startswith("B2-synthetic-2steps-")
+    assert training_run.data.tags["kfp.run_id"], "the KFP run id on the MLflow run the pipeline created"
     assert "eval/judge_miou_generated" in training_run.data.metrics
     assert version.tags["gate_passed"] == "True"
 

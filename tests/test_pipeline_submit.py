@@ -111,12 +111,19 @@ def test_later_submits_add_a_version_and_can_skip_the_cache(client, tmp_path):
                              "gpus_per_node": 8}
 
 
-def test_trainjob_arguments_for_a_pipeline_without_trainjob_are_refused(client, tmp_path, capsys):
+def test_several_nodes_for_a_pipeline_without_trainjob_are_refused(client, tmp_path, capsys):
     package = tmp_path / "dagan.yaml"
     assert compile_cli.main(["--output", str(package)]) == 0
     assert submit.main(["--host", "http://kfp.test", "--package", str(package), "--num-nodes", "2"]) == 2
-    assert "takes no parameter num_nodes" in capsys.readouterr().err
-    assert client.instances == [], "refused before talking to the cluster"
+    assert "num_nodes=2: training on several nodes needs the pipeline compiled with --trainjob" in \
+        capsys.readouterr().err
+    assert submit.main(["--host", "http://kfp.test", "--package", str(package), "--gpus-per-node", "2"]) == 0
+    assert client.instances[0].calls[-1][1]["params"]["gpus_per_node"] == 2  # the train pod's GPUs, per run
+    cpu_package = tmp_path / "dagan-cpu.yaml"
+    assert compile_cli.main(["--output", str(cpu_package), "--gpus", "0"]) == 0
+    assert submit.main(["--host", "http://kfp.test", "--package", str(cpu_package), "--gpus-per-node", "1"]) == 2
+    assert "compiled for CPU (--gpus 0)" in capsys.readouterr().err
+    assert len(client.instances) == 1, "refused before talking to the cluster"
 
 
 @pytest.mark.parametrize(("state", "code"), [("SUCCEEDED", 0), ("FAILED", 1)])

@@ -1,11 +1,15 @@
 """The distributed training launch (pipeline/trainjob.py): the Kubeflow Trainer TrainJob spec for
 2 nodes x 4 GPUs, the PyTorchJob alternative, submit-and-wait against a fake Kubernetes API (the
 one thing mocked: there is no cluster here), and the launcher step end to end, where the fake API
-plays the cluster by running the spec's own command in-process on CPU (issue 6)."""
+plays the cluster by running the spec's own command in-process on CPU; the nodes' logs copied into the
+launcher's log; the KFP run id reaching the training's MLflow run."""
 
 from __future__ import annotations
 
 import json
+import runpy
+import sys
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -40,8 +44,8 @@ def test_trainjob_spec_for_two_nodes_of_four_gpus():
     assert trainer["image"] == IMAGE
     assert trainer["resourcesPerNode"]["limits"] == {"nvidia.com/gpu": 4, "cpu": "16", "memory": "128Gi"}
     assert trainer["resourcesPerNode"]["requests"] == trainer["resourcesPerNode"]["limits"]
-    assert trainer["command"] == ["torchrun", "--nnodes", "2", "--nproc_per_node", "4", "-m", "components.train",
-                                  *ARGS]
+    assert trainer["command"] == ["torchrun", "--nnodes", "2", "--nproc_per_node", "4", "--max-restarts", "3",
+                                  "-m", "components.train", *ARGS]
     assert trainer["env"] == [
         {"name": "MLFLOW_TRACKING_URI",
          "valueFrom": {"secretKeyRef": {"name": "dagan-mlflow", "key": "MLFLOW_TRACKING_URI"}}},
@@ -72,7 +76,34 @@ def test_pytorchjob_alternative_for_two_nodes_of_four_gpus():
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 4
     assert container["command"][:5] == ["torchrun", "--nnodes", "2", "--nproc_per_node", "4"]
     assert "$(RANK)" in container["command"] and container["command"][-len(ARGS):] == list(ARGS)
+    assert container["command"][container["command"].index("--max-restarts") + 1] == "3"
     assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+
+
+def test_plain_env_comes_before_the_secret_references_and_restarts_are_configurable():
+    job = two_by_four(env=(("KFP_RUN_ID", "run-123"),), max_restarts=0)
+    trainer = trainjob.trainjob_spec(job)["spec"]["trainer"]
+    assert trainer["env"][0] == {"name": "KFP_RUN_ID", "value": "run-123"}
+    assert all("valueFrom" in item for item in trainer["env"][1:]), "credentials only as secret references"
+    assert trainer["command"][trainer["command"].index("--max-restarts") + 1] == "0"
+    with pytest.raises(ValueError, match="max_restarts must be >= 0"):
+        two_by_four(max_restarts=-1)
+
+
+@pytest.mark.filterwarnings("ignore:'components.train' found in sys.modules")
+def test_an_uncaught_error_of_the_training_lands_in_torchruns_error_file(tmp_path, monkeypatch):
+    """``python -m components.train`` (what torchrun starts) records the exception (@record) for the summary."""
+    error_file = tmp_path / "error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+
+    def broken_load(args):
+        raise RuntimeError("boom in the training")
+
+    monkeypatch.setattr("components.cli.load", broken_load)
+    monkeypatch.setattr(sys, "argv", ["components.train", "-q"])
+    with pytest.raises(RuntimeError, match="boom in the training"):
+        runpy.run_module("components.train", run_name="__main__")
+    assert "boom in the training" in json.loads(error_file.read_text())["message"]["message"]
 
 
 def test_bad_shapes_are_refused():
@@ -106,6 +137,55 @@ class FakeCustomObjectsApi:
             self.run_job(self.created[0][4])
         status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
         return {"metadata": {"name": name, "namespace": namespace}, "status": status}
+
+
+class FakeCoreV1Api:
+    """Pods of the TrainJob and their logs (timestamped, as ``timestamps=True`` returns them); each read returns
+    the lines logged so far, so the reader must skip what it printed before."""
+
+    def __init__(self, logs: dict[str, list[str]], phases: dict[str, str] | None = None, forbidden: bool = False):
+        self.logs, self.phases, self.forbidden = logs, phases or {}, forbidden
+        self.reads: list[tuple[str, int | None]] = []
+        self.selectors: list[str] = []
+
+    def list_namespaced_pod(self, namespace, label_selector):
+        if self.forbidden:
+            raise ApiException(status=403, reason="Forbidden")
+        self.selectors.append(label_selector)
+        return SimpleNamespace(items=[SimpleNamespace(metadata=SimpleNamespace(name=name),
+                                                      status=SimpleNamespace(phase=self.phases.get(name, "Running")))
+                                      for name in self.logs])
+
+    def read_namespaced_pod_log(self, name, namespace, timestamps, since_seconds=None):
+        assert timestamps is True
+        self.reads.append((name, since_seconds))
+        return "".join(f"2026-01-01T00:00:0{i}.000000000Z {line}\n" for i, line in enumerate(self.logs[name]))
+
+
+def test_the_nodes_logs_reach_the_launchers_log_once_each(capsys):
+    core = FakeCoreV1Api({"dagan-abc-node-0-0": ["step 1/4"], "dagan-abc-node-0-1": ["rank 4 ready"]},
+                         phases={"dagan-abc-node-0-1": "Pending"})
+    api = FakeCustomObjectsApi([RUNNING, RUNNING, COMPLETE])
+
+    def progress(spec):  # the job logs more while it runs
+        core.logs["dagan-abc-node-0-0"].append("step 2/4")
+        core.phases["dagan-abc-node-0-1"] = "Running"
+
+    api.run_job = progress
+    trainjob.run_trainjob(two_by_four(), timeout_s=60, poll_s=0, api=api, logs_api=core)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == ["[dagan-abc-node-0-0] step 1/4", "[dagan-abc-node-0-0] step 2/4",
+                       "[dagan-abc-node-0-1] rank 4 ready"]
+    assert core.selectors[0] == "jobset.sigs.k8s.io/jobset-name=dagan-abc"
+    first_node = [since for name, since in core.reads if name == "dagan-abc-node-0-0"]
+    assert first_node[0] is None and all(since is not None for since in first_node[1:]), "then only recent lines"
+
+
+def test_without_permission_for_logs_the_launcher_says_so_once_and_waits_on(caplog):
+    api = FakeCustomObjectsApi([RUNNING, COMPLETE])
+    trainjob.run_trainjob(two_by_four(), timeout_s=60, poll_s=0, api=api, logs_api=FakeCoreV1Api({}, forbidden=True))
+    warnings = [record.message for record in caplog.records if "node logs" in record.message]
+    assert len(warnings) == 1 and "pods/log" in warnings[0] and api.polls == 2
 
 
 RUNNING = {"conditions": [{"type": "Created", "status": "True"}]}
@@ -181,10 +261,13 @@ def test_launcher_step_end_to_end_on_a_fake_cluster(tmp_path, monkeypatch):
 
     def cluster_runs(spec):
         command = spec["spec"]["trainer"]["command"]
-        assert command[:6] == ["torchrun", "--nnodes", "2", "--nproc_per_node", "4", "-m"]
+        assert command[:8] == ["torchrun", "--nnodes", "2", "--nproc_per_node", "4", "--max-restarts", "3", "-m"]
         from components import train
 
-        assert train.main(command[7:]) == 0
+        for item in spec["spec"]["trainer"]["env"]:  # the nodes' plain env (the secrets are references)
+            if "value" in item:
+                monkeypatch.setenv(item["name"], item["value"])
+        assert train.main(command[9:]) == 0
 
     api = FakeCustomObjectsApi([COMPLETE], run_job=cluster_runs)
     model_dir = tmp_path / "artifacts" / "model"
@@ -193,14 +276,18 @@ def test_launcher_step_end_to_end_on_a_fake_cluster(tmp_path, monkeypatch):
         work_dir=f"{shared}/run1", image=IMAGE, num_nodes=2, gpus_per_node=4,
         resources={"cpu": "16", "memory": "128Gi", "shm": "32Gi"}, shared_pvc="dagan-shared",
         shared_mount=str(shared), secret_env=[{"env": "MLFLOW_TRACKING_URI", "secret": "dagan-mlflow",
-                                               "key": "MLFLOW_TRACKING_URI"}], timeout_s=600, api=api)
+                                               "key": "MLFLOW_TRACKING_URI"}], timeout_s=600,
+        kfp_run_id="kfp-run-7", api=api)
     args = api.created[0][4]["spec"]["trainer"]["command"]
     assert f"dataset.prepared_dir={shared}/run1/data" in args and f"train.out_dir={shared}/run1/train" in args
     assert args.index("train.lr_g=2e-4") < args.index(f"train.out_dir={shared}/run1/train"), "user overrides first"
     assert (shared / "run1" / "data" / "manifest.json").is_file()
     assert (model_dir / "checkpoints" / "final.pt").is_file()
-    assert json.loads((model_dir / "mlflow_run.json").read_text())["run_id"]
+    run_id = json.loads((model_dir / "mlflow_run.json").read_text())["run_id"]
     assert metrics["steps"] == 2.0
+    from mlflow import MlflowClient
+
+    assert MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id).data.tags["kfp.run_id"] == "kfp-run-7"
 
 
 def test_launcher_step_refuses_a_work_dir_off_the_shared_volume(tmp_path):

@@ -18,14 +18,22 @@ def test_gate_needs_miou_ratio_and_fd_below_baseline():
     assert decide(GOOD_METRICS, GATE, None).promote
     low_miou = {**GOOD_METRICS, "judge_miou_generated": 0.3}  # 0.3 < 0.6 x 0.6
     decision = decide(low_miou, GATE, None)
-    assert not decision.gate_passed and not decision.promote and "0.3000 < 0.6 x real" in decision.reasons[0]
+    assert not decision.gate_passed and not decision.promote
+    assert decision.reasons[0] == "FAIL judge mIoU: generated 0.3000 must be >= 0.6 x real 0.6000 = 0.3600"
+    assert decide(GOOD_METRICS, GATE, None).reasons == [
+        "PASS judge mIoU: generated 0.5000 must be >= 0.6 x real 0.6000 = 0.3600",
+        "PASS judge Fréchet distance: generated 1.0000 must be < mean-colour baseline 4.0000",
+        "PASS no current champion to beat (judge_miou_generated = 0.5000)"]
     worse_fd = {**GOOD_METRICS, "fd_judge_generated": 5.0}
     assert not decide(worse_fd, GATE, None).gate_passed
+    assert decide(worse_fd, GATE, None).reasons[1].startswith("FAIL judge Fréchet distance: generated 5.0000 must be <")
     assert decide(worse_fd, RegisterConfig(gate_fd_beats_baseline=False), None).gate_passed
 
 
 def test_champion_must_be_beaten_in_the_configured_direction():
-    assert not decide(GOOD_METRICS, GATE, champion_value=0.5).promote  # a tie does not replace the champion
+    tie = decide(GOOD_METRICS, GATE, champion_value=0.5)
+    assert not tie.promote  # a tie does not replace the champion
+    assert tie.reasons[-1] == "FAIL beat the champion: judge_miou_generated 0.5000 must be > the champion's 0.5000"
     assert decide(GOOD_METRICS, GATE, champion_value=0.4).promote
     lower = RegisterConfig(metric="fd_judge_generated", greater_is_better=False)
     assert decide(GOOD_METRICS, lower, champion_value=2.0).promote
@@ -48,7 +56,19 @@ def test_registry_aliases_follow_the_gate_and_never_demote(tmp_path):
     assert aliases() == {"candidate": "1", "champion": "1"}
     assert record()["aliases"] == ["candidate", "champion"] and record()["gate_passed"]
     version = client.get_model_version(name, "1")
-    assert version.tags["champion_decision"] == "promoted" and version.tags["eval.judge_miou_generated"] == "0.5"
+    assert version.tags == {"variant": "B6", "gate_passed": "True", "champion_decision": "promoted",
+                            "source_run_id": version.run_id, "eval.judge_miou_generated": "0.5"}
+    lines = version.description.splitlines()
+    assert lines[0] == "DAGAN B6 (SAM + CAM-II) on synthetic, 5 training steps (run B6-synthetic-stand-in)."
+    assert "judge_miou_generated 0.5" in lines[2] and "fd_judge_baseline 4" in lines[2]
+    assert lines[4].startswith("Decision: promoted to champion (aliases: candidate, champion; gate PASS)")
+    assert [line[:6] for line in lines[5:]] == ["- PASS"] * 3
+    model_id = version.source.removeprefix("models:/")
+    model = mlflow.get_logged_model(model_id)
+    assert model.name == "dagan-generator" and model.source_run_id == version.run_id
+    assert mlflow.models.get_model_info(f"runs:/{version.run_id}/dagan-generator").model_id == model_id
+    logged = {metric.key: metric.step for metric in model.metrics}
+    assert logged == {"loss/g_total": 5}, "the final step's metrics, never the system metrics"
     info = mlflow.models.get_model_info(record()["model_uri"])
     assert info.signature.inputs.input_names() == ["label", "label_ids", "instance"]
     assert info.signature.params.params[0].name == "edges_from_labels"
@@ -58,8 +78,8 @@ def test_registry_aliases_follow_the_gate_and_never_demote(tmp_path):
     write_metrics(config, {**GOOD_METRICS, "judge_miou_generated": 0.9, "fd_judge_generated": 9.0})
     assert register(["--params", str(params)]) == 0  # v2: better mIoU but fails the fd gate
     assert aliases() == {"candidate": "2", "champion": "1"}
-    assert not record()["gate_passed"] and "fd_judge generated 9.0000 >= " in client.get_model_version(
-        name, "2").tags["decision_reasons"]
+    assert not record()["gate_passed"] and "FAIL judge Fréchet distance: generated 9.0000" in client.get_model_version(
+        name, "2").description
 
     write_metrics(config, {**GOOD_METRICS, "judge_miou_generated": 0.45})
     assert register(["--params", str(params)]) == 0  # v3: passes the gate, worse than the champion

@@ -106,9 +106,23 @@ def test_training_logs_to_mlflow_server_with_s3_artifacts_and_survives_sigterm(t
     client = mlflow.MlflowClient(tracking_uri=uri)
     run = client.get_run(run_info["run_id"])  # one run across the preemption
     assert run.info.status == "FINISHED"
-    assert run.data.params["model.ngf"] == "8" and run.data.params["train.max_steps"] == "400"
-    assert run.data.tags["variant"] == "B6" and len(run.data.tags["data_sha256"]) == 64
-    assert run.data.tags["git_commit"]
+    params = run.data.params
+    assert params["model.ngf"] == "8" and params["train.total_steps"] == "8"  # 4 steps per epoch x 2, not 400
+    assert params["model.use_sam"] == "True" and params["model.cam"] == "II"  # B6, resolved
+    assert params["train.device"] == "cpu" and params["train.processes"] == "1"
+    assert {key.split(".")[0] for key in params} == {"dataset", "model", "loss", "train"}
+    assert not {"train.max_steps", "train.out_dir", "mlflow.tracking_uri", "judge.width"} & set(params)
+    tags = run.data.tags
+    assert tags["tracking_uri"] == uri and tags["out_dir"] == str(out_dir) and tags["evaluated"] == "no"
+    assert tags["variant"] == "B6" and len(tags["data_sha256"]) == 64
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    assert tags["mlflow.source.git.commit"] == commit
+    assert run.info.run_name == f"B6-synthetic-8steps-{commit[:7]}"
+    assert tags["mlflow.note.content"].startswith("DAGAN B6 (SAM + CAM-II) on synthetic: 8 training images at 32x32")
+    (dataset_input,) = run.inputs.dataset_inputs
+    assert dataset_input.dataset.name == "synthetic" and dataset_input.dataset.digest == tags["data_sha256"][:12]
+    assert {tag.key: tag.value for tag in dataset_input.tags}["mlflow.data.context"] == "training"
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     history = client.get_metric_history(run.info.run_id, "loss/g_total")
     assert sorted({m.step for m in history}) == list(range(1, finish + 1))
     for key in ("loss/d_real", "loss/d_fake", "loss/g_feat", "lr/g", "lr/d", "perf/seconds_per_step",
@@ -116,11 +130,19 @@ def test_training_logs_to_mlflow_server_with_s3_artifacts_and_survives_sigterm(t
         assert key in run.data.metrics
     assert any(key.startswith("system/") for key in run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "samples"} <= artifacts
+    assert {"config.yaml", "samples", "images"} <= artifacts
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "samples")] == ["samples/latest.png"]
+    keyed = {a.path.split("+step+")[1].split("+")[0] for a in client.list_artifacts(run.info.run_id, "images")
+             if a.path.startswith("images/samples+step+") and a.path.endswith(".png")}
+    assert {"2", "4"} <= keyed  # log_image(key="samples", step=...)
+    losses = (out_dir / "losses.tsv").read_text().splitlines()
+    assert losses[0].startswith("step\tg_total\tg_gan") and [row.split("\t")[0] for row in losses[1:]] == \
+        [str(step) for step in range(1, finish + 1)]  # one row per logged step across the preemption
+    assert (out_dir / "samples" / "latest.png").is_file()
     config_file = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))
     assert yaml.safe_load(Path(config_file).read_text())["model"]["ngf"] == 8
     s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
                       region_name="us-east-1")
     keys = [obj["Key"] for obj in s3.list_objects_v2(Bucket=BUCKET)["Contents"]]
     assert any(key.endswith(f"{run.info.run_id}/artifacts/config.yaml") for key in keys)
-    assert any("/artifacts/samples/step-" in key and key.endswith(".png") for key in keys)
+    assert any(key.endswith(f"{run.info.run_id}/artifacts/samples/latest.png") for key in keys)

@@ -1,4 +1,4 @@
-"""Ray Tune sweeps (issue 7): a real 2-trial sweep on CPU against a real `mlflow server`, its trials stored on a
+"""Ray Tune sweeps: a real 2-trial sweep on CPU against a real `mlflow server`, its trials stored on a
 real S3 endpoint (moto), --resume; the checks that stop a bad sweep before Ray starts; the Kubeflow sweep pipeline."""
 
 import json
@@ -77,6 +77,7 @@ def test_two_trial_sweep_logs_parent_and_nested_runs_and_writes_the_best_params(
                NUM_CLASSES)  # an untrained tiny judge: the sweep needs its scores, not good ones
     url = mlflow_server.url()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # Ray's workers inherit it
 
     assert tune(["--params", str(params)]) == 0
     printed = capfd.readouterr()
@@ -90,6 +91,9 @@ def test_two_trial_sweep_logs_parent_and_nested_runs_and_writes_the_best_params(
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["tune.swept"] == "loss.lambda_feat,model.variant,model.generator"
     experiment = parent.info.experiment_id
+    assert client.get_experiment(experiment).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert parent.data.tags["mlflow.note.content"].startswith("Ray Tune sweep sweep: 2 trials")
+    assert parent.data.params["tune.max_steps"] == "4" and "model.variant" not in parent.data.params
     trials = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent_id}'")
     assert len(trials) == 2
     assert len({run.data.tags["ray.trial_id"] for run in trials}) == 2
@@ -98,7 +102,13 @@ def test_two_trial_sweep_logs_parent_and_nested_runs_and_writes_the_best_params(
         assert 1.0 <= float(run.data.params["loss.lambda_feat"]) <= 30.0
         assert run.data.params["model.variant"] in ("B1", "B6")
         assert run.data.params["model.generator"] == run.data.tags["generator"] in ("dagan", "ccfpse")
-        assert run.data.params["train.max_steps"] == "4"  # the sweep's step budget, not the params file's
+        assert run.data.params["train.total_steps"] == "4"  # the sweep's step budget, not the params file's
+        assert "train.max_steps" not in run.data.params and "judge.width" not in run.data.params
+        assert run.info.run_name.startswith("run_trial_"), "trials keep Ray's names"
+        assert run.data.tags["mlflow.note.content"].startswith("Ray Tune trial run_trial_")
+        assert run.data.tags["mlflow.source.git.commit"] == parent.data.tags["mlflow.source.git.commit"]
+        assert any(key.startswith("system/") for key in run.data.metrics), "trials record system metrics"
+        assert [item.dataset.name for item in run.inputs.dataset_inputs] == ["synthetic"]
         history = client.get_metric_history(run.info.run_id, "eval/judge_miou")
         assert [point.step for point in history][:1] == [2] and all(0 <= p.value <= 1 for p in history)
         assert any(key.startswith("loss/") for key in run.data.metrics)  # the training logger's losses

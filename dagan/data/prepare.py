@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import functools
 import logging
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from dagan.console import bars_enabled, progress
 from dagan.data.imaging import LabelSpec, prepare_pair
 from dagan.data.importers import import_dataset
 from dagan.data.manifest import MANIFEST_NAME, Manifest, write_manifest
@@ -36,8 +35,8 @@ def _map(fn: Callable, items: list, workers: int) -> Iterator:
 
 
 def _progress(items: Iterable, total: int, desc: str) -> Iterable:
-    if sys.stderr.isatty():
-        return tqdm(items, total=total, desc=desc, unit="pair")
+    if bars_enabled():
+        return progress(items, total=total, desc=desc, unit="pair")
     return _logged(items, total, desc)
 
 

@@ -9,7 +9,6 @@ Only rank 0 calls the logger.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,7 +17,8 @@ from typing import Protocol
 
 import numpy as np
 from torch import nn
-from tqdm import tqdm
+
+from dagan.console import progress_bar
 
 log = logging.getLogger("dagan.train")
 
@@ -87,7 +87,7 @@ class NullLogger:
 
 
 class Progress:
-    """A tqdm bar with losses and ETA on a terminal; plain log lines every N steps otherwise."""
+    """A progress bar with losses and ETA on a terminal (stderr); plain log lines every N steps otherwise."""
 
     def __init__(self, total: int, initial: int, log_every: int, enabled: bool = True):
         self.log_every = max(1, log_every)
@@ -96,8 +96,8 @@ class Progress:
         self.start_step = initial
         self.bar = None
         self.enabled = enabled
-        if enabled and sys.stdout.isatty():
-            self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+        if enabled:
+            self.bar = progress_bar(total, initial, desc="train", unit="step")
 
     def update(self, step: int, losses: Mapping[str, float]) -> None:
         if not self.enabled:

@@ -41,11 +41,14 @@ from dagan.finite import all_finite, describe_non_finite, module_tensors, non_fi
 from dagan.heap import reuse_freed_memory
 from dagan.labels import semantic_input
 from dagan.schedule import lr_factor, set_learning_rate
+from dagan.schedule import total_steps as planned_steps
 from dagan.train.callbacks import NullLogger, Progress, StartReport, StepReport, TrainingLogger, log
-from dagan.train.samples import palette, sample_grid
 from dagan.train.signals import StopSignals, ignore_stop_signals, stop_signals_blocked
 from dagan.train.state import TrainingState, build_state
 from dagan.train.steps import LossWeights, NonFiniteLossError, NonFiniteWeightsError, d_step, g_step
+from dagan.visualize import sample_grid
+
+SAMPLE_ROWS = 4  # rows of the training's sample grids
 
 
 @dataclass
@@ -113,9 +116,7 @@ def _train(config: Config, logger: TrainingLogger, resume: str | Path | None, co
                         num_workers=config.dataset.num_workers, pin_memory=device.type == "cuda",
                         generator=loader_generator, worker_init_fn=ignore_stop_signals)
     steps_per_epoch = sampler.steps_per_epoch
-    total_steps = (opts.epochs + opts.epochs_decay) * steps_per_epoch
-    if opts.max_steps > 0:
-        total_steps = min(total_steps, opts.max_steps)
+    total_steps = planned_steps(steps_per_epoch, opts.epochs, opts.epochs_decay, opts.max_steps)
 
     state = build_state(config, manifest.semantic_nc, context, manifest.num_label_channels)
     out_dir = Path(opts.out_dir)
@@ -124,7 +125,6 @@ def _train(config: Config, logger: TrainingLogger, resume: str | Path | None, co
     logger.on_start(StartReport(step, total_steps, resume_path, changes))
 
     weights = LossWeights.from_config(config.loss)
-    colors = palette(manifest.class_colors, manifest.num_label_channels)
     progress = Progress(total_steps, step, opts.log_every, enabled=context.is_main)
     metrics: dict[str, float] = {}
     interval_seconds, interval_steps, run_seconds, run_steps = 0.0, 0, 0.0, 0
@@ -188,7 +188,9 @@ def _train(config: Config, logger: TrainingLogger, resume: str | Path | None, co
                     })
                     interval_seconds, interval_steps = 0.0, 0
                 if context.is_main and opts.sample_every > 0 and step % opts.sample_every == 0:
-                    logger.log_images(step, "samples", sample_grid(batch["label"], fake, real, colors))
+                    rows = slice(0, SAMPLE_ROWS)
+                    logger.log_images(step, "samples", sample_grid(batch["label"][rows], fake[rows], real[rows],
+                                                                   manifest.class_colors))
                 stop = context.is_main and logger.should_stop(
                     StepReport(step, step // steps_per_epoch, total_steps, metrics, state.eval_generator))
                 flags = [float(signals.received is not None), float(stop)]

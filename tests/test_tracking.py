@@ -1,0 +1,70 @@
+"""How runs look in MLflow (components/tracking.py): resolved params, names, descriptions, the commit."""
+
+from __future__ import annotations
+
+import subprocess
+
+from train_fixtures import tiny_config, write_prepared
+
+from components import tracking
+from dagan.config import config_from_dict
+from dagan.data import read_manifest
+
+
+def test_params_describe_the_training_with_resolved_values(tmp_path):
+    config = tiny_config(write_prepared(tmp_path / "prepared", num_train=8), tmp_path / "out", max_steps=0)
+    params = tracking.training_params(config, steps=8, device="cpu", processes=2)
+    assert params["model.use_sam"] is True and params["model.cam"] == "II"  # B6, not None
+    assert params["train.total_steps"] == 8 and params["train.processes"] == 2 and params["train.device"] == "cpu"
+    assert params["dataset.crop_size"] == 32 and params["model.ngf"] == 8  # preset nulls resolved
+    assert not {"train.max_steps", "train.out_dir", "train.log_every", "dataset.prepared_dir"} & set(params)
+    assert {key.split(".")[0] for key in params} == {"dataset", "model", "loss", "train"}
+    custom = config_from_dict({"model": {"variant": "custom", "use_sam": False, "cam": "I"}}).resolved()
+    assert tracking.training_params(custom, 1, "cpu", 1)["model.cam"] == "I"
+
+
+def test_planned_steps_are_the_loops(tmp_path):
+    prepared = write_prepared(tmp_path / "prepared", num_train=9)  # 4 batches of 2 per epoch, 1 dropped
+    manifest = read_manifest(prepared)
+    assert tracking.planned_steps(tiny_config(prepared, tmp_path / "o"), manifest) == (1 + 1) * 4
+    assert tracking.planned_steps(tiny_config(prepared, tmp_path / "o", max_steps=3), manifest) == 3
+
+
+def test_run_name_and_description(tmp_path):
+    prepared = write_prepared(tmp_path / "prepared", num_train=8)
+    config = tiny_config(prepared, tmp_path / "out")
+    assert tracking.run_name(config, 8, "0123456789abcdef") == "B6-synthetic-8steps-0123456"
+    assert tracking.run_name(config, 8, None) == "B6-synthetic-8steps-nogit"
+    text = tracking.describe_run(config, 8, read_manifest(prepared), "0123456789abcdef")
+    assert text == ("DAGAN B6 (SAM + CAM-II) on synthetic: 8 training images at 32x32, 8 steps (1 + 1 decay epochs, "
+                    "global batch 2), lr G 0.0001 / D 0.0004, lambda feat 10 / vgg 0; commit 0123456")
+    assert "\n" not in text
+
+
+def test_commit_from_the_checkout_else_from_the_image(monkeypatch, tmp_path):
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                          cwd=tracking.__file__.rsplit("/", 2)[0]).stdout.strip()
+    assert tracking.git_commit() == head
+    monkeypatch.setenv("PATH", str(tmp_path))  # no git: the container image
+    monkeypatch.setenv(tracking.COMMIT_ENV, "feedbeef")
+    assert tracking.git_commit() == "feedbeef"
+    monkeypatch.setenv(tracking.COMMIT_ENV, "unknown")  # docker build without --build-arg GIT_COMMIT
+    assert tracking.git_commit() is None
+
+
+def test_kfp_run_tag_and_ui_links(monkeypatch):
+    monkeypatch.delenv(tracking.KFP_RUN_ENV, raising=False)
+    assert tracking.pipeline_tags() == {}
+    monkeypatch.setenv(tracking.KFP_RUN_ENV, "run-9")
+    assert tracking.pipeline_tags() == {"kfp.run_id": "run-9"}
+    assert tracking.run_url("http://127.0.0.1:5001/", "1", "abc") == "http://127.0.0.1:5001/#/experiments/1/runs/abc"
+    assert tracking.run_url("sqlite:///mlflow.db", "1", "abc") is None
+
+
+def test_evaluation_summary_replaces_an_earlier_one():
+    metrics = {"judge_miou_generated": 0.5, "judge_miou_real": 0.7, "judge_miou_baseline": 0.6,
+               "fd_judge_generated": 0.04, "fd_judge_baseline": 0.05}
+    once = tracking.evaluated_note("DAGAN B6 on synthetic", metrics)
+    assert once == ("DAGAN B6 on synthetic | evaluated: judge mIoU generated 0.500 (real 0.700, baseline 0.600), "
+                    "judge FD 0.0400 (baseline 0.0500)")
+    assert tracking.evaluated_note(once, {**metrics, "judge_miou_generated": 0.55}).count("evaluated:") == 1
