@@ -10,7 +10,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from dagan.config import Config, ConfigError, load_config
+from dagan.config import Config, ConfigError, add_override_argument, load_config
 
 log = logging.getLogger("components")
 
@@ -18,10 +18,7 @@ log = logging.getLogger("components")
 def make_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml", help="config file (default: params.yaml)")
-    parser.add_argument(
-        "-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a config value, e.g. -S train.lr_g=2e-4 (repeatable)",
-    )
+    add_override_argument(parser)
     return parser
 
 

@@ -11,6 +11,7 @@ YAML (``train.lr_g=2e-4``, ``model.variant=B1``, ``model.use_sam=true``).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import types
@@ -26,6 +27,10 @@ from dagan.presets import get_preset
 Variant = Literal["B1", "B2", "B3", "B4", "B5", "B6", "custom"]
 CamMode = Literal["off", "I", "II"]
 UpsamplingMode = Literal["normal", "more", "most"]
+StyleMode = Literal["off", "vae", "noise3d"]
+
+# model.z_dim when left null (docs/MULTIMODAL.md): SPADE's VAE latent, OASIS's 3D-noise channels.
+DEFAULT_Z_DIM = {"vae": 256, "noise3d": 64}
 
 # Paper Table 4: which attention modules each ablation variant uses.
 VARIANTS: dict[str, tuple[bool, str]] = {
@@ -78,6 +83,15 @@ class ModelConfig:
     init_gain: float = 0.02
     # false: as the official code on a GPU, where spectral-norm convolutions keep PyTorch's default init
     init_spectral_norm_weights: bool = True
+    style: StyleMode = "off"  # off: one image per label map | vae: SPADE's style encoder | noise3d: OASIS's noise
+    z_dim: int | None = None  # latent size of vae / noise3d; null: 256 (vae), 64 (noise3d); must stay null for off
+
+    def __post_init__(self) -> None:
+        if self.style == "off" and self.z_dim is not None:
+            raise ConfigError(f"model.z_dim={self.z_dim} is set but model.style=off has no latent; set model.style "
+                              "to vae or noise3d, or leave model.z_dim null")
+        if self.z_dim is not None and self.z_dim < 1:
+            raise ConfigError(f"model.z_dim={self.z_dim} must be >= 1 (or null for the style's default)")
 
     def attention(self) -> tuple[bool, str]:
         """(use_sam, cam_mode) for this model, from the variant or the custom knobs."""
@@ -100,6 +114,7 @@ class LossConfig:
     lambda_vgg: float = 10.0  # lambda_p; 0 turns the perceptual loss (and VGG19) off
     vgg_weights: str = "auto"  # a .pth file of torchvision's vgg19 ImageNet weights, or auto (torch cache)
     vgg_input: Literal["official", "imagenet"] = "official"  # VGG sees [-1, 1] images (official) or ImageNet-normalised
+    lambda_kld: float = 0.05  # KL term of the style encoder (model.style=vae only; SPADE's value)
 
 
 @dataclass(frozen=True)
@@ -162,11 +177,17 @@ class EvaluateConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_grid_samples: int = 8  # rows of the label | generated | real grid
     num_attention_samples: int = 4  # rows of the SAM / CAM figure
+    num_style_samples: int = 4  # multimodal models: K samples per label map for the diversity score and the grid
     fid: Literal["auto", "required", "off"] = "auto"  # auto: report when Inception weights exist, else why not
     fid_weights: str = "auto"  # torch-fidelity's Inception .pth, or auto: <torch hub dir>/checkpoints
     lpips: Literal["auto", "required", "off"] = "auto"  # auto: report when LPIPS weights exist, else why not
     download_weights: bool = True  # fetch missing FID/LPIPS weights into the torch hub cache when online
     out_dir: str = "outputs/eval"
+
+    def __post_init__(self) -> None:
+        if self.num_style_samples < 2:
+            raise ConfigError(f"evaluate.num_style_samples={self.num_style_samples} must be >= 2 (the diversity "
+                              "score is a mean distance between pairs of samples)")
 
 
 @dataclass(frozen=True)
@@ -248,7 +269,8 @@ class Config:
             "dataset": {"load_size": preset.load_size, "crop_size": preset.crop_size,
                         "aspect_ratio": preset.aspect_ratio},
             "model": {"ngf": preset.ngf, "ndf": preset.ndf,
-                      "num_upsampling_layers": preset.num_upsampling_layers},
+                      "num_upsampling_layers": preset.num_upsampling_layers,
+                      "z_dim": DEFAULT_Z_DIM.get(self.model.style)},
             "train": {"batch_size": preset.batch_size, "epochs": preset.epochs,
                       "epochs_decay": preset.epochs_decay, "lr_schedule": preset.lr_schedule},
         }
@@ -353,6 +375,14 @@ def merge_overrides(data: dict[str, Any], overrides: typing.Iterable[str] | dict
                 raise ConfigError(f"override {'.'.join(path)}: {part} is not a section")
         node[path[-1]] = value
     return merged
+
+
+def add_override_argument(parser: argparse.ArgumentParser) -> None:
+    """The repeatable ``-S section.key=value`` option of every command (into ``args.overrides``)."""
+    parser.add_argument(
+        "-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value, e.g. -S train.lr_g=2e-4 (repeatable)",
+    )
 
 
 def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:

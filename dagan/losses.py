@@ -5,6 +5,8 @@ L = lambda_cgan * L_cgan + lambda_f * L_f + lambda_p * L_p with
 * L_f: L1 feature matching over every intermediate discriminator feature (logits
   excluded), summed over layers and averaged over scales;
 * L_p: VGG19 perceptual L1 on relu1_1..relu5_1 with weights 1/32, 1/16, 1/8, 1/4, 1.
+With SPADE's style encoder (``model.style=vae``, docs/MULTIMODAL.md) one more term:
+* L_kld: KL divergence of the encoder's Gaussian from N(0, I), weighted by lambda_kld.
 The lambdas are applied by the caller (training step), not here.
 """
 
@@ -59,3 +61,13 @@ def perceptual_loss(
             f"got {len(fake_features)} fake, {len(real_features)} real feature maps and {len(weights)} weights"
         )
     return sum(w * F.l1_loss(f, r.detach()) for w, f, r in zip(weights, fake_features, real_features, strict=True))
+
+
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) = -1/2 sum(1 + logvar - mu^2 - exp(logvar)), in float32.
+
+    Summed over the batch and the latent dimensions, not averaged, as the official SPADE code does
+    (per GPU there, per process under DDP here), so its weight lambda_kld = 0.05 means the same.
+    """
+    mu, logvar = mu.float(), logvar.float()
+    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())

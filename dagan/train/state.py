@@ -11,7 +11,7 @@ official model; :meth:`TrainingState.initialise_from`).
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from dagan.checkpoint import FORMAT_VERSION, CheckpointError, rng_state
-from dagan.config import Config, TrainConfig
+from dagan.config import Config, ModelConfig, TrainConfig
 from dagan.discriminator import build_discriminator
 from dagan.distributed import DistributedContext, unwrap, wrap_ddp
 from dagan.ema import ExponentialMovingAverage
@@ -70,7 +70,8 @@ class TrainingState:
                 f"{source} holds model weights only (an imported or exported model), not a training state to resume; "
                 f"start a new run from it with -S train.init_from={source} and a train.out_dir without checkpoints"
             )
-        saved_model = checkpoint["config"]["model"]
+        # Keys a checkpoint predates (e.g. model.style) take their defaults, which reproduce the older model.
+        saved_model = {**asdict(ModelConfig()), **checkpoint["config"]["model"]}
         current_model = config.to_dict()["model"]
         differing = sorted(k for k in current_model if saved_model.get(k) != current_model[k])
         if differing or checkpoint["semantic_nc"] != semantic_nc:

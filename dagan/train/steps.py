@@ -10,6 +10,12 @@
   spectral-norm weights of the D(fake) pass without another power iteration, so this equals
   the concatenated pass).
 
+Multimodal generators (docs/MULTIMODAL.md) get their latent in both steps as the official code
+does: ``vae`` encodes the real photo and samples z from its posterior (and the G step adds
+lambda_kld * KL), ``noise3d`` draws z ~ N(0, I) per image. Both use torch's RNG, which
+checkpoints save, so a resumed run draws the same z. ``style=off`` calls the generator exactly
+as before.
+
 Both steps check that every loss is finite before back-propagating, so a NaN or Inf never
 reaches the weights; under DDP the checked values are averaged over ranks first, so every
 rank stops together. Returned losses are plain floats (one device sync per step).
@@ -25,7 +31,7 @@ from torch import nn
 
 from dagan.config import LossConfig
 from dagan.distributed import DistributedContext, all_ranks_sum, unwrap
-from dagan.losses import d_hinge_loss, feature_matching_loss, g_hinge_loss, perceptual_loss
+from dagan.losses import d_hinge_loss, feature_matching_loss, g_hinge_loss, kl_divergence, perceptual_loss
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -37,10 +43,11 @@ class LossWeights:
     gan: float = 1.0
     feat: float = 10.0
     vgg: float = 0.0
+    kld: float = 0.05  # used by model.style=vae only
 
     @classmethod
     def from_config(cls, loss: LossConfig) -> LossWeights:
-        return cls(gan=loss.lambda_gan, feat=loss.lambda_feat, vgg=loss.lambda_vgg)
+        return cls(gan=loss.lambda_gan, feat=loss.lambda_feat, vgg=loss.lambda_vgg, kld=loss.lambda_kld)
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,18 @@ def _split(outputs: list[list[torch.Tensor]], first: int) -> tuple[list[list[tor
     return head, tail
 
 
+def generate_training_fake(
+    generator: nn.Module, semantic: torch.Tensor, real: torch.Tensor
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """G's fake for a training step and, for ``vae``, the posterior (mu, logvar) of the real photo."""
+    network = unwrap(generator)
+    if network.style == "vae":
+        return generator(semantic, style_image=real)
+    if network.style == "noise3d":
+        return generator(semantic, torch.randn(semantic.shape[0], network.z_dim, device=semantic.device)), None
+    return generator(semantic), None
+
+
 def d_step(
     generator: nn.Module,
     discriminator: nn.Module,
@@ -102,7 +121,7 @@ def d_step(
     optimizer.zero_grad(set_to_none=True)
     with precision.autocast():
         with torch.no_grad():
-            fake = generator(semantic)
+            fake, _ = generate_training_fake(generator, semantic, real)
         inputs = torch.cat([torch.cat([semantic, fake.detach()], 1), torch.cat([semantic, real.to(fake.dtype)], 1)])
         fake_outputs, real_outputs = _split(discriminator(inputs), semantic.shape[0])
         loss_real, loss_fake = d_hinge_loss(real_outputs, fake_outputs)
@@ -134,7 +153,7 @@ def g_step(
     try:
         optimizer.zero_grad(set_to_none=True)
         with precision.autocast():
-            fake = generator(semantic)
+            fake, posterior = generate_training_fake(generator, semantic, real)
             fake_outputs = critic(torch.cat([semantic, fake], 1))
             with torch.no_grad(), _power_iteration_paused(critic):
                 real_outputs = critic(torch.cat([semantic, real.to(fake.dtype)], 1))
@@ -145,11 +164,15 @@ def g_step(
                 with torch.no_grad():
                     real_features = vgg(real)
                 losses["g_vgg"] = perceptual_loss(vgg(fake), real_features)
+            if posterior is not None:
+                losses["g_kld"] = kl_divergence(*posterior)
             total = weights.gan * losses["g_gan"]
             if "g_feat" in losses:
                 total = total + weights.feat * losses["g_feat"]
             if "g_vgg" in losses:
                 total = total + weights.vgg * losses["g_vgg"]
+            if "g_kld" in losses:
+                total = total + weights.kld * losses["g_kld"]
         losses["g_total"] = total
         values = _checked(losses, context)
         scaler.scale(total.float()).backward()
