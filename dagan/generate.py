@@ -4,7 +4,9 @@ A :class:`Synthesizer` wraps a generator with its label layout (class count, don
 instance maps) and checks every input before it reaches the network: integer ids in range,
 sides divisible by ``2**num_up``, at most ``MAX_SIDE`` pixels a side. Datasets with instance maps
 (Cityscapes, COCO-Stuff, the synthetic scenes) need an instance map per label map, or the
-explicit choice ``edges_from_labels`` (instance edges = class boundaries).
+explicit choice ``edges_from_labels`` (instance edges = class boundaries). Multimodal models
+(``model.style=vae|noise3d``) also take a seed and, for ``vae``, a style photo (:mod:`dagan.latent`);
+without either the output stays deterministic.
 
 :func:`export_generator` writes a slim generator checkpoint (weights, config, label layout)
 that :func:`dagan.checkpoint.load_generator` reads like a training checkpoint; it is what the
@@ -28,8 +30,10 @@ from dagan.config import Config
 from dagan.data.manifest import Manifest, read_manifest
 from dagan.generator import DAGANGenerator
 from dagan.labels import semantic_input
+from dagan.latent import check_seed, choose_latent, style_photo_tensor
 
 MAX_SIDE = 2048
+MAX_STYLE_SIDE = 8192  # style photos are resized to the model's image size; this only bounds memory
 
 
 class InputError(ValueError):
@@ -97,6 +101,19 @@ def decode_png(data: bytes, what: str) -> np.ndarray:
     return np.asarray(image).astype(np.int64)
 
 
+def decode_rgb(data: bytes, what: str) -> np.ndarray:
+    """Bytes of a photo in any format Pillow reads (PNG, JPEG, ...) -> (H, W, 3) uint8 RGB."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise InputError(f"{what}: not a readable image ({err}); send a PNG or JPEG photo") from None
+    if max(image.size) > MAX_STYLE_SIDE:
+        raise InputError(f"{what}: {image.size[0]}x{image.size[1]} pixels; style photos may be at most "
+                         f"{MAX_STYLE_SIDE} pixels a side: downscale it")
+    return np.asarray(image.convert("RGB"))
+
+
 def encode_png(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
@@ -107,8 +124,8 @@ class Synthesizer:
     """A generator with its label layout, checking inputs; call it with (H, W) integer label maps."""
 
     def __init__(self, generator: DAGANGenerator, layout: LabelLayout, device: str | torch.device = "cpu"):
-        if generator.fc.in_channels != layout.semantic_nc:
-            raise ValueError(f"generator takes {generator.fc.in_channels} input channels but the label layout "
+        if generator.semantic_nc != layout.semantic_nc:
+            raise ValueError(f"generator takes {generator.semantic_nc} input channels but the label layout "
                              f"gives {layout.semantic_nc}; the checkpoint and the manifest do not belong together")
         self.device = torch.device(device)
         self.generator = generator.to(self.device).eval()
@@ -129,6 +146,10 @@ class Synthesizer:
                 f"{what}: size {height}x{width} is not allowed; height and width must be multiples of "
                 f"{self.factor} (2**num_upsampling_layers) and at most {MAX_SIDE}: resize or crop the label map"
             )
+        fixed = self.generator.image_size
+        if fixed is not None and (height, width) != fixed:
+            raise InputError(f"{what}: size {height}x{width} is not allowed; this model.style=vae model makes "
+                             f"{fixed[0]}x{fixed[1]} images only (its training size): resize or crop the label map")
         high = self.layout.num_label_channels - 1
         if label.min() < 0 or label.max() > high:
             raise InputError(f"{what}: label ids span [{label.min()}, {label.max()}] but this model knows ids "
@@ -145,20 +166,38 @@ class Synthesizer:
                              f"map's {label.shape}")
         return label.astype(np.int64)
 
+    def latent(self, seed: int | None, style: np.ndarray | None, what: str) -> torch.Tensor | None:
+        """z for one image (:func:`dagan.latent.choose_latent`); ``style`` an (H, W, 3) uint8 photo."""
+        try:
+            if seed is not None:
+                seed = check_seed(seed)
+            style_image = None
+            if style is not None:
+                size = self.generator.image_size
+                if size is None:  # noise3d or off: choose_latent refuses a style photo with the reason
+                    size = tuple(np.asarray(style).shape[:2])
+                style_image = style_photo_tensor(np.asarray(style, dtype=np.uint8), size).to(self.device)
+            with torch.no_grad():
+                z = choose_latent(self.generator, seed, style_image)
+        except ValueError as err:
+            raise InputError(f"{what}: {err}") from None
+        return None if z is None else z.to(self.device)
+
     @torch.no_grad()
     def __call__(
         self, label: np.ndarray, instance: np.ndarray | None = None, edges_from_labels: bool = False,
-        what: str = "label map",
+        what: str = "label map", seed: int | None = None, style: np.ndarray | None = None,
     ) -> np.ndarray:
-        """(H, W) label ids -> (H, W, 3) uint8 RGB image."""
+        """(H, W) label ids -> (H, W, 3) uint8 RGB image; ``seed`` / ``style`` photo for multimodal models."""
         label = self.check(label, what, instance, edges_from_labels)
+        z = self.latent(seed, style, what)
         instance_tensor = None
         if self.layout.has_instance:
             source = label if instance is None else np.asarray(instance).astype(np.int64)
             instance_tensor = torch.from_numpy(source)[None].to(self.device)
         label_tensor = torch.from_numpy(label)[None].to(self.device)
         semantic = semantic_input(label_tensor, self.layout.num_label_channels, instance_tensor)
-        image = self.generator(semantic)[0]
+        image = self.generator(semantic, z)[0]
         return ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
@@ -185,18 +224,40 @@ def load_synthesizer(
     return Synthesizer(generator, layout, device)
 
 
+def sample_seeds(seed: int | None, num_samples: int) -> list[int | None]:
+    """The seeds of ``num_samples`` images per label map: [seed] for one (None: z = 0), else seed, seed+1, ..."""
+    if num_samples < 1:
+        raise InputError(f"--num-samples {num_samples}: must be >= 1")
+    if num_samples == 1:
+        return [seed]
+    first = 0 if seed is None else seed
+    return list(range(first, first + num_samples))
+
+
 def generate_dir(
     synthesizer: Synthesizer, labels_dir: str | Path, out_dir: str | Path,
     instances_dir: str | Path | None = None, edges_from_labels: bool = False,
+    style: str | Path | None = None, seed: int | None = None, num_samples: int = 1,
 ) -> list[Path]:
-    """Generate one PNG in ``out_dir`` per ``*.png`` label map in ``labels_dir`` (same file names).
+    """Generate PNGs in ``out_dir`` for every ``*.png`` label map in ``labels_dir``.
 
-    Every input is checked before anything is written, so bad input leaves no partial output.
+    One image per label map keeps its file name; with ``num_samples`` K > 1 they are named
+    ``<name>-seed<N>.png`` for the K seeds N = seed, seed+1, ... (seed 0 when not given). ``style``:
+    a photo whose style a ``vae`` model transfers onto every label map. Every input is checked
+    before anything is written, so bad input leaves no partial output.
     """
     labels_dir, out_dir = Path(labels_dir), Path(out_dir)
     files = sorted(labels_dir.glob("*.png")) if labels_dir.is_dir() else []
     if not files:
         raise FileNotFoundError(f"no *.png label maps in {labels_dir}; pass --labels DIR with label-id PNGs")
+    seeds = sample_seeds(seed, num_samples)
+    photo = None
+    if style is not None:
+        if not Path(style).is_file():
+            raise FileNotFoundError(f"--style {style}: no such file; pass a photo (PNG or JPEG)")
+        photo = decode_rgb(Path(style).read_bytes(), str(style))
+    for sample_seed in seeds:  # refuses seeds and styles a model cannot take, before anything is written
+        synthesizer.latent(sample_seed, photo, f"--style {style}" if style is not None else f"seed {sample_seed}")
     inputs = []
     for file in files:
         label = decode_png(file.read_bytes(), str(file))
@@ -211,12 +272,13 @@ def generate_dir(
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for file, label, instance in inputs:
-        image = synthesizer(label, instance, edges_from_labels, what=str(file))
-        target = out_dir / file.name
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_bytes(encode_png(image))
-        tmp.replace(target)
-        written.append(target)
+        for sample_seed in seeds:
+            image = synthesizer(label, instance, edges_from_labels, what=str(file), seed=sample_seed, style=photo)
+            target = out_dir / (file.name if len(seeds) == 1 else f"{file.stem}-seed{sample_seed}.png")
+            tmp = target.with_name(f".{target.name}.tmp")
+            tmp.write_bytes(encode_png(image))
+            tmp.replace(target)
+            written.append(target)
     return written
 
 
@@ -230,3 +292,8 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--edges-from-labels", action="store_true",
                         help="models trained with instance maps: use class boundaries as instance edges")
     parser.add_argument("--manifest", help="prepared dataset folder giving the label layout of a training checkpoint")
+    parser.add_argument("--style", metavar="IMAGE",
+                        help="model.style=vae models: a photo whose style is generated on every label map")
+    parser.add_argument("--seed", type=int, help="multimodal models: the latent's seed (default: z = 0, deterministic)")
+    parser.add_argument("--num-samples", type=int, default=1, metavar="K",
+                        help="multimodal models: K images per label map (seeds seed..seed+K-1, named NAME-seedN.png)")
