@@ -5,9 +5,11 @@
 Generates the ``evaluate.split`` images with the (EMA) generator and reports, beside the real
 images (the judge's ceiling) and the mean-colour baseline (the floor): judge mIoU, pixel
 accuracy and per-class IoU, the judge Fréchet distance, FID and LPIPS or the recorded reason
-they are unavailable (dagan/evaluation.py, paper section 4). Writes into ``evaluate.out_dir``:
-``metrics.json`` (DVC metrics), ``per_class_iou.json``, ``figures/samples.png`` (label |
-generated | real), ``figures/attention.png`` (SAM maps and CAM channel weights, paper Fig. 9;
+they are unavailable (dagan/evaluation.py, paper section 4), and for multimodal models
+(``model.style=vae|noise3d``) the diversity of ``evaluate.num_style_samples`` samples per label
+map. Writes into ``evaluate.out_dir``: ``metrics.json`` (DVC metrics), ``per_class_iou.json``,
+``figures/samples.png`` (label | generated | real; label | K samples | real for multimodal
+models), ``figures/attention.png`` (SAM maps and CAM channel weights, paper Fig. 9;
 only for variants with attention) and ``config.yaml``,
 and logs all of it into the training's MLflow run (``<train.out_dir>/mlflow_run.json``). The
 tracking URI is ``$MLFLOW_TRACKING_URI`` when set, else ``mlflow.tracking_uri``.
@@ -85,6 +87,7 @@ def _run(config: Config) -> int:
         class_names=manifest.class_names, mean_colors=mean_colors, device=device,
         inception=inception.to(device) if inception is not None else None,
         lpips=lpips.to(device) if lpips is not None else None, num_samples=config.evaluate.num_grid_samples,
+        num_style_samples=config.evaluate.num_style_samples,
     )
     figure = _attention(generator, config, manifest.num_label_channels, manifest.class_colors, device)
     metrics = {k: round(v, 6) for k, v in result.metrics.items()}
@@ -95,8 +98,9 @@ def _run(config: Config) -> int:
     write_json(out_dir / "per_class_iou.json", result.per_class_iou)
     figures = out_dir / "figures"
     figures.mkdir(exist_ok=True)
-    images = [save_png(sample_grid(result.samples["label"], result.samples["generated"], result.samples["real"],
-                                   manifest.class_colors), figures / "samples.png")]
+    generated = result.samples.get("multimodal", result.samples["generated"])  # K samples per label map
+    images = [save_png(sample_grid(result.samples["label"], generated, result.samples["real"], manifest.class_colors),
+                       figures / "samples.png")]
     if figure is not None:
         images.append(save_png(figure, figures / "attention.png"))
     save_config(config, out_dir / "config.yaml")
@@ -112,6 +116,10 @@ def _run(config: Config) -> int:
     log.info("judge mIoU generated %.4f / real %.4f / baseline %.4f; fd_judge generated %.4f vs baseline %.4f",
              metrics["judge_miou_generated"], metrics["judge_miou_real"], metrics["judge_miou_baseline"],
              metrics["fd_judge_generated"], metrics["fd_judge_baseline"])
+    if "diversity_judge" in metrics:
+        log.info("diversity of %d samples per label map: judge features %.4f, LPIPS %s",
+                 config.evaluate.num_style_samples, metrics["diversity_judge"],
+                 metrics.get("diversity_lpips", "unavailable"))
     return 0
 
 

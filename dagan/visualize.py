@@ -1,6 +1,7 @@
 """Pictures of the evaluation: sample grids and attention maps (paper Fig. 9).
 
-* :func:`sample_grid`: one row per sample, columns label map (colourised) | generated | real.
+* :func:`sample_grid`: one row per sample, columns label map (colourised) | generated | real
+  (| K generated samples | for multimodal models).
 * :func:`attention_figure`: one row per sample, columns label | generated | SAM spatial
   attention map A_s | CAM channel weights delta (one cell per channel, dark = low).
 
@@ -49,10 +50,16 @@ def tile(rows: list[list[np.ndarray]]) -> np.ndarray:
 def sample_grid(
     labels: torch.Tensor, generated: torch.Tensor, real: torch.Tensor, colors: list[list[int]]
 ) -> np.ndarray:
-    """Rows of label (colourised) | generated | real for (B, H, W) labels and (B, 3, H, W) images."""
+    """Rows of label (colourised) | generated | real for (B, H, W) labels and (B, 3, H, W) images.
+
+    ``generated`` (B, K, 3, H, W), K samples per label map of a multimodal model, gives rows of
+    label | sample 1 | ... | sample K | real.
+    """
+    if generated.dim() == 4:
+        generated = generated[:, None]
     rows = [
-        [colorize(label.cpu().numpy(), colors), image_to_uint8(fake), image_to_uint8(photo)]
-        for label, fake, photo in zip(labels, generated, real, strict=True)
+        [colorize(label.cpu().numpy(), colors), *map(image_to_uint8, fakes), image_to_uint8(photo)]
+        for label, fakes, photo in zip(labels, generated, real, strict=True)
     ]
     return tile(rows)
 

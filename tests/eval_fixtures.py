@@ -125,11 +125,14 @@ GOOD_METRICS = {"judge_miou_generated": 0.5, "judge_miou_real": 0.6, "fd_judge_g
                 "fd_judge_baseline": 4.0}
 
 
-def registered_model(root: Path, metrics: dict | None = None) -> tuple[Config, Path]:
-    """Prepared data, a checkpoint, a training run and eval metrics, then ``components.register``."""
+def registered_model(root: Path, metrics: dict | None = None, **sections: dict) -> tuple[Config, Path]:
+    """Prepared data, a checkpoint, a training run and eval metrics, then ``components.register``.
+
+    ``sections``: config overrides of :func:`tiny_config`, e.g. ``model={"style": "vae"}``.
+    """
     from components.register import main as register
 
-    config = tiny_config(root)
+    config = tiny_config(root, **sections)
     write_prepared(root / "prepared")
     write_checkpoint(config, root / "train" / "checkpoints" / "final.pt")
     start_training_run(config)
