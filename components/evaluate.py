@@ -87,7 +87,7 @@ def _run(config: Config) -> int:
         class_names=manifest.class_names, mean_colors=mean_colors, device=device,
         inception=inception.to(device) if inception is not None else None,
         lpips=lpips.to(device) if lpips is not None else None, num_samples=config.evaluate.num_grid_samples,
-        num_style_samples=config.evaluate.num_style_samples,
+        num_style_samples=config.evaluate.num_style_samples, style_latent=config.evaluate.style_latent,
     )
     figure = _attention(generator, config, manifest.num_label_channels, manifest.class_colors, device)
     metrics = {k: round(v, 6) for k, v in result.metrics.items()}

@@ -178,6 +178,7 @@ class EvaluateConfig:
     num_grid_samples: int = 8  # rows of the label | generated | real grid
     num_attention_samples: int = 4  # rows of the SAM / CAM figure
     num_style_samples: int = 4  # multimodal models: K samples per label map for the diversity score and the grid
+    style_latent: Literal["mean", "real_photo"] = "mean"  # scored images: z = 0 | vae: real photo style (official)
     fid: Literal["auto", "required", "off"] = "auto"  # auto: report when Inception weights exist, else why not
     fid_weights: str = "auto"  # torch-fidelity's Inception .pth, or auto: <torch hub dir>/checkpoints
     lpips: Literal["auto", "required", "off"] = "auto"  # auto: report when LPIPS weights exist, else why not

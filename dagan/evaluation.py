@@ -8,12 +8,10 @@ the real images: the judge Fréchet distance (``fd_judge``, in the judge's featu
 (standard Inception features) and LPIPS when those networks are passed in. Networks with side
 effects (judge, Inception, LPIPS) are arguments; nothing is loaded here.
 
-The main images of a multimodal generator (``model.style=vae|noise3d``) use z = 0, the prior's
-mean, so their scores are deterministic. Its diversity is measured on K more samples of every
-label map, z ~ N(0, I) from a fixed seed: ``diversity_judge`` is the mean distance (L2) between
-the judge features of two samples of the same label map, over all K(K-1)/2 pairs and all label
-maps, and ``diversity_lpips`` the mean LPIPS between them (the LPIPS diversity of BicycleGAN,
-CC-FPSE and OASIS) when LPIPS is passed in. Higher means more varied images; 0 means one image.
+The scored images of a multimodal generator (``model.style=vae|noise3d``) use z = 0, the prior's
+mean, so the scores are deterministic; ``style_latent="real_photo"`` scores a ``vae`` model as
+the official test script does instead (z sampled from each real photo's encoded style, with a
+fixed seed). Its diversity on K more samples per label map comes from :mod:`dagan.diversity`.
 """
 
 from __future__ import annotations
@@ -25,9 +23,9 @@ import torch
 from torch import nn
 
 from dagan.baseline import paint_mean_colors
+from dagan.diversity import DiversityMeter, is_multimodal, real_photo_latent
 from dagan.judge import evaluated_target
 from dagan.labels import semantic_input
-from dagan.latent import seeded_normal
 from dagan.metrics import confusion_matrix, frechet_distance, mean_iou, per_class_iou, pixel_accuracy
 
 SOURCES = ("generated", "real", "baseline")
@@ -39,23 +37,6 @@ class Evaluation:
     per_class_iou: dict[str, dict[str, float | None]]  # source -> class name -> IoU (None: class absent)
     # first images: label, generated, real, and for multimodal models "multimodal" (N, K, 3, H, W)
     samples: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-def is_multimodal(generator: nn.Module) -> bool:
-    return getattr(generator, "style", "off") != "off"
-
-
-def _pairwise_mean(samples: list[torch.Tensor], distance: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
-    """Per label map, the mean distance over every pair of its K samples: (B,) from K tensors (B, ...)."""
-    pairs = [distance(samples[i], samples[j]) for i in range(len(samples)) for j in range(i + 1, len(samples))]
-    return torch.stack(pairs).mean(dim=0)
-
-
-def _multimodal_samples(generator: nn.Module, semantic: torch.Tensor, num_samples: int, seed: int) -> torch.Tensor:
-    """(B, K, 3, H, W): K images per label map, z ~ N(0, I) drawn from ``seed`` (the same on every device)."""
-    batch = semantic.shape[0]
-    z = seeded_normal(seed, (num_samples, batch, generator.z_dim)).to(semantic.device)
-    return torch.stack([generator(semantic, z[k]) for k in range(num_samples)], dim=1)
 
 
 @torch.no_grad()
@@ -73,17 +54,23 @@ def evaluate_generator(
     lpips: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     num_samples: int = 8,
     num_style_samples: int = 4,
-    style_seed: int = 0,
+    style_latent: str = "mean",
+    seed: int = 0,
 ) -> Evaluation:
     """Score generated, real and baseline images of ``batches`` (dicts: label, image, [instance]).
 
-    ``num_samples``: images kept for the sample grid; ``num_style_samples`` K and ``style_seed``:
-    the samples of a multimodal generator's diversity score (ignored for ``style=off``).
+    ``num_samples``: images kept for the sample grid. Multimodal generators only (ignored for
+    ``style=off``): ``num_style_samples`` K per label map for the diversity score, ``style_latent``
+    ``mean`` (z = 0) or ``real_photo`` (vae: the real photo's sampled style), ``seed`` of their noise.
     """
-    multimodal = is_multimodal(generator)
-    if multimodal and num_style_samples < 2:
-        raise ValueError(f"the diversity score needs at least 2 samples per label map, got {num_style_samples}")
-    diversity: dict[str, list[torch.Tensor]] = {"judge": [], "lpips": []}
+    diversity = None
+    if is_multimodal(generator):
+        diversity = DiversityMeter(generator, judge, lpips, num_style_samples, seed)
+    if style_latent not in ("mean", "real_photo"):
+        raise ValueError(f"style_latent must be 'mean' or 'real_photo', got {style_latent!r}")
+    if style_latent == "real_photo" and getattr(generator, "style", "off") != "vae":
+        raise ValueError("evaluate.style_latent=real_photo needs a model trained with model.style=vae "
+                         "(it encodes the real photos); use evaluate.style_latent=mean")
     generator.eval()
     judge.eval()
     matrices: dict[str, torch.Tensor] = {}
@@ -97,8 +84,9 @@ def evaluate_generator(
         real = batch["image"].to(device)
         instance = batch["instance"].to(device) if "instance" in batch else None
         semantic = semantic_input(label, num_label_channels, instance)
+        z = real_photo_latent(generator, real, seed + batch_index) if style_latent == "real_photo" else None
         images = {
-            "generated": generator(semantic),
+            "generated": generator(semantic) if z is None else generator(semantic, z),
             "real": real,
             "baseline": paint_mean_colors(label, mean_colors.to(device)),
         }
@@ -115,14 +103,8 @@ def evaluate_generator(
         take = max(num_samples - count, 0)
         for name, tensor in (("label", label), ("generated", images["generated"]), ("real", real)):
             kept[name].append(tensor[:take].cpu())
-        if multimodal:
-            variants = _multimodal_samples(generator, semantic, num_style_samples, style_seed + batch_index)
-            samples = list(variants.unbind(1))
-            features = [judge.features(image) for image in samples]
-            diversity["judge"].append(_pairwise_mean(features, lambda a, b: (a - b).norm(dim=1)).cpu())
-            if lpips is not None:
-                diversity["lpips"].append(_pairwise_mean(samples, lpips).cpu())
-            kept.setdefault("multimodal", []).append(variants[:take].cpu())
+        if diversity is not None:
+            diversity.add(semantic, take)
         count += label.shape[0]
     if count == 0:
         raise ValueError("the evaluation split yielded no batch")
@@ -146,8 +128,8 @@ def evaluate_generator(
             )
         if lpips is not None:
             metrics[f"lpips_{source}"] = float(torch.cat(lpips_values[source]).mean())
-    for name, values in diversity.items():
-        if values:
-            metrics[f"diversity_{name}"] = float(torch.cat(values).mean())
     samples = {name: torch.cat(tensors) for name, tensors in kept.items()}
+    if diversity is not None:
+        metrics.update(diversity.metrics())
+        samples["multimodal"] = diversity.samples()
     return Evaluation(metrics, per_class, samples)

@@ -18,6 +18,7 @@ from PIL import Image
 
 from dagan.evaluation import evaluate_generator
 from dagan.judge import SegmentationNet
+from dagan.labels import semantic_input
 
 
 def test_train_judge_then_evaluate_writes_metrics_figures_and_logs_to_the_training_run(tmp_path, monkeypatch):
@@ -110,11 +111,11 @@ def test_diversity_of_a_multimodal_generator_with_injected_networks():
         pairs.append(a.shape[0])
         return (a - b).abs().mean(dim=(1, 2, 3))
 
-    def run(generator):
+    def run(generator, **options):
         return evaluate_generator(
             generator.eval(), judge, batches, num_classes=NUM_CLASSES, num_label_channels=NUM_CLASSES,
             class_names=[f"c{i}" for i in range(NUM_CLASSES)], mean_colors=torch.zeros(NUM_CLASSES + 1, 3),
-            device=torch.device("cpu"), lpips=lpips, num_samples=3, num_style_samples=3,
+            device=torch.device("cpu"), lpips=lpips, num_samples=3, num_style_samples=3, **options,
         )
 
     noise = DAGANGenerator(NUM_CLASSES, ngf=4, style="noise3d", z_dim=4)
@@ -127,6 +128,29 @@ def test_diversity_of_a_multimodal_generator_with_injected_networks():
     assert result.metrics == run(noise).metrics  # the samples come from a fixed seed
     plain = run(FlatGenerator())
     assert "diversity_judge" not in plain.metrics and "multimodal" not in plain.samples
+    with pytest.raises(ValueError, match="style_latent=real_photo needs a model trained with model.style=vae"):
+        run(noise, style_latent="real_photo")
+
+
+def test_real_photo_latent_scores_a_vae_model_as_the_official_test_script():
+    from dagan.generator import DAGANGenerator
+
+    torch.manual_seed(0)
+    vae = DAGANGenerator(NUM_CLASSES, ngf=4, style="vae", z_dim=4, start_size=(1, 1)).eval()
+    with torch.no_grad():
+        vae.fc.weight.mul_(100)
+        vae.encoder.fc_var.bias.fill_(2.0)  # a wide posterior: its samples differ visibly from z = 0
+    judge = SegmentationNet(3, NUM_CLASSES, width=4, levels=2)
+    batch = {"label": torch.randint(0, NUM_CLASSES, (2, 32, 32)), "image": torch.rand(2, 3, 32, 32) * 2 - 1}
+    scored = {}
+    for latent in ("mean", "real_photo"):
+        scored[latent] = evaluate_generator(
+            vae, judge, [batch], num_classes=NUM_CLASSES, num_label_channels=NUM_CLASSES,
+            class_names=[f"c{i}" for i in range(NUM_CLASSES)], mean_colors=torch.zeros(NUM_CLASSES + 1, 3),
+            device=torch.device("cpu"), num_samples=2, style_latent=latent,
+        ).samples["generated"]
+    assert torch.equal(scored["mean"], vae(semantic_input(batch["label"], NUM_CLASSES)))
+    assert (scored["mean"] - scored["real_photo"]).abs().mean() > 1e-4
 
 
 def test_evaluate_logs_the_diversity_of_a_vae_model_and_grids_k_samples(tmp_path, monkeypatch):
