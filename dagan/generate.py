@@ -103,14 +103,18 @@ def decode_png(data: bytes, what: str) -> np.ndarray:
 
 def decode_rgb(data: bytes, what: str) -> np.ndarray:
     """Bytes of a photo in any format Pillow reads (PNG, JPEG, ...) -> (H, W, 3) uint8 RGB."""
+    unreadable = f"{what}: not a readable image ({{}}); send a PNG or JPEG photo"
     try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise InputError(f"{what}: not a readable image ({err}); send a PNG or JPEG photo") from None
+        image = Image.open(io.BytesIO(data))  # reads the header only: the size is checked before decoding
+    except (OSError, ValueError, SyntaxError) as err:
+        raise InputError(unreadable.format(err)) from None
     if max(image.size) > MAX_STYLE_SIDE:
         raise InputError(f"{what}: {image.size[0]}x{image.size[1]} pixels; style photos may be at most "
                          f"{MAX_STYLE_SIDE} pixels a side: downscale it")
+    try:
+        image.load()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise InputError(unreadable.format(err)) from None
     return np.asarray(image.convert("RGB"))
 
 
