@@ -5,12 +5,14 @@
 Generates the ``evaluate.split`` images with the (EMA) generator and reports, beside the real
 images (the judge's ceiling) and the mean-colour baseline (the floor): judge mIoU, pixel
 accuracy and per-class IoU, the judge Fréchet distance, FID and LPIPS or the recorded reason
-they are unavailable (dagan/evaluation.py, paper section 4). Writes into ``evaluate.out_dir``:
-``metrics.json`` (DVC metrics), ``per_class_iou.json`` and ``per_class_iou.csv`` (a DVC bar plot),
-``unavailable.txt`` (why FID/LPIPS are missing), ``config.yaml`` and ``figures/``:
-``samples.png`` (layout | generated | real), ``per_class_iou.png`` (bars) and ``attention.png``
-(the attention maps the model has: SAM maps and CAM channel weights, paper Fig. 9; SPAP gates of
-G and D; CA2SIS's cross-attention). All of it goes into the training's MLflow run
+they are unavailable (dagan/evaluation.py, paper section 4), and for multimodal models
+(``model.style=vae|noise3d``) the diversity of ``evaluate.num_style_samples`` samples per label
+map. Writes into ``evaluate.out_dir``: ``metrics.json`` (DVC metrics), ``per_class_iou.json`` and
+``per_class_iou.csv`` (a DVC bar plot), ``unavailable.txt`` (why FID/LPIPS are missing),
+``config.yaml`` and ``figures/``: ``samples.png`` (layout | generated | real; layout | K samples
+| real for multimodal models), ``per_class_iou.png`` (bars) and ``attention.png`` (the attention
+maps the model has: SAM maps and CAM channel weights, paper Fig. 9; SPAP gates of G and D;
+CA2SIS's cross-attention). All of it goes into the training's MLflow run
 (``<train.out_dir>/mlflow_run.json``) at the training's last step: ``eval/*`` metrics, short
 ``eval/<metric>_unavailable`` tags, the per-class IoU table (``mlflow.log_table``), the
 validation split as a dataset input. The tracking URI is ``$MLFLOW_TRACKING_URI`` when set, else
@@ -116,6 +118,7 @@ def _evaluate(config: Config, device: torch.device):
         inception=inception.to(device) if inception is not None else None,
         lpips=lpips.to(device) if lpips is not None else None, num_samples=config.evaluate.num_grid_samples,
         style_from=config.evaluate.style_from,
+        num_style_samples=config.evaluate.num_style_samples, style_latent=config.evaluate.style_latent,
     )
     figure = _attention(generator, discriminator, config, manifest.num_label_channels, manifest.class_colors, device)
     unavailable = {name: reason for name, reason in (("fid", fid_reason), ("lpips", lpips_reason)) if reason}
@@ -155,7 +158,8 @@ def _write_outputs(config: Config, out_dir: Path, result, figure, unavailable: d
                or "FID and LPIPS were computed.\n")
     save_config(config, out_dir / "config.yaml")
     figures = out_dir / FIGURES_DIR
-    files = [write_png(figures / "samples.png", sample_grid(result.samples["label"], result.samples["generated"],
+    generated = result.samples.get("multimodal", result.samples["generated"])  # K samples per label map
+    files = [write_png(figures / "samples.png", sample_grid(result.samples["label"], generated,
                                                            result.samples["real"], manifest.class_colors)),
              write_png(figures / "per_class_iou.png", bar_chart(
                  [row["class"] for row in rows], {source: [row[source] for row in rows] for source in SOURCES},
@@ -196,6 +200,10 @@ def _run(config: Config) -> int:
     log.info("judge mIoU generated %.4f / real %.4f / baseline %.4f; fd_judge generated %.4f vs baseline %.4f",
              metrics["judge_miou_generated"], metrics["judge_miou_real"], metrics["judge_miou_baseline"],
              metrics["fd_judge_generated"], metrics["fd_judge_baseline"])
+    if "diversity_judge" in metrics:
+        log.info("diversity of %d samples per label map: judge features %.4f, LPIPS %s",
+                 config.evaluate.num_style_samples, metrics["diversity_judge"],
+                 metrics.get("diversity_lpips", "unavailable"))
     return 0
 
 

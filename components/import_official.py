@@ -1,7 +1,8 @@
 """``python -m components.import_official``: an official DAGAN/SPADE model as a model of this pipeline.
 
     python -m components.import_official --generator latest_net_G.pth [--discriminator latest_net_D.pth]
-        [--variant B6|B1] [--params FILE] -S dataset.name=cityscapes -S train.out_dir=outputs/official-cityscapes
+        [--encoder latest_net_E.pth] [--variant B6|B1] [--params FILE]
+        -S dataset.name=cityscapes -S train.out_dir=outputs/official-cityscapes
 
 Imports the checkpoint for the preset ``dataset.name`` (dagan.official.convert; image sizes from
 ``dataset.load_size`` / ``crop_size`` / ``aspect_ratio``) into
@@ -42,13 +43,15 @@ def origin_tags(origin: dict) -> dict[str, str]:
     return tags
 
 
-def _run(config: Config, generator: str, discriminator: str | None, variant: str | None) -> int:
+def _run(config: Config, generator: str, discriminator: str | None, variant: str | None,
+         encoder: str | None = None) -> int:
     out_dir = Path(config.train.out_dir)
     folder = checkpoint_dir(out_dir)
     if folder.is_dir() and any(folder.glob("*.pt")):
         raise FileExistsError(f"{folder} already holds checkpoints; import into a new -S train.out_dir")
     sizes = {key: getattr(config.dataset, key) for key in ("load_size", "crop_size", "aspect_ratio")}
-    checkpoint = import_official(generator, config.dataset.name, variant, discriminator, {"dataset": sizes})
+    checkpoint = import_official(generator, config.dataset.name, variant, discriminator, {"dataset": sizes},
+                                 encoder)
     model_config = config_from_dict(checkpoint["config"], "imported checkpoint")
     path = write_imported(checkpoint, folder / FINAL_NAME)
     save_config(model_config, out_dir / "config.yaml")
@@ -73,9 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser("components.import_official", DESCRIPTION)
     parser.add_argument("--generator", required=True, help="the official latest_net_G.pth")
     parser.add_argument("--discriminator", help="the official latest_net_D.pth (kept for fine-tuning)")
+    parser.add_argument("--encoder", help="a VAE model's latest_net_E.pth (default: found beside --generator)")
     parser.add_argument("--variant", choices=("B6", "B1"), help="B6 = DAGAN, B1 = SPADE (default: from the file)")
     args = parser.parse_args(argv)
-    return run_main(args, lambda: _run(load(args), args.generator, args.discriminator, args.variant))
+    return run_main(args, lambda: _run(load(args), args.generator, args.discriminator, args.variant, args.encoder))
 
 
 if __name__ == "__main__":

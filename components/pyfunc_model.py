@@ -12,7 +12,14 @@ Input: a DataFrame, one row per label map, with exactly one of
   ``label``      PNG bytes of a single-channel label-id map (base64 in JSON requests), or
   ``label_ids``  the label ids as a nested list (rows of integers),
 and, for models trained with instance maps, ``instance`` (16-bit PNG bytes) or the param
-``edges_from_labels=true``. Output: a DataFrame with ``image``, RGB PNG bytes (base64 in JSON).
+``edges_from_labels=true``. Multimodal models (``model.style=vae|noise3d``, docs/MULTIMODAL.md)
+take two more optional columns: ``style``, the bytes of a photo (PNG or JPEG) whose style a
+``vae`` model transfers onto the row's label map, and ``seed``, an integer >= 0 that picks the
+latent (different seeds, different images; the same seed, the same image). Rows without them get
+z = 0 (or the style photo's mean): the output stays deterministic. MLflow's input schema allows
+no missing values in a binary or integer column, so when only some rows of a request have them,
+the others send an empty ``style`` ("" in JSON, b"" in a DataFrame) and a ``seed`` of -1.
+Output: a DataFrame with ``image``, RGB PNG bytes (base64 in JSON).
 
 The environment variable ``DAGAN_DEVICE`` (auto | cpu | cuda | cuda:N; default auto: the GPU
 when PyTorch sees one) chooses where the generator runs; ``cuda`` without a GPU is an error.
@@ -41,7 +48,7 @@ from PIL import Image
 
 from dagan.config import RegisterConfig
 from dagan.distributed import resolve_device
-from dagan.generate import InputError, check_pixels, decode_png, encode_png, load_synthesizer
+from dagan.generate import InputError, check_pixels, decode_png, decode_rgb, encode_png, load_synthesizer
 
 DEVICE_VARIABLE = "DAGAN_DEVICE"
 
@@ -50,6 +57,8 @@ SIGNATURE = ModelSignature(
         ColSpec(DataType.binary, "label", required=False),
         ColSpec(Array(Array(DataType.long)), "label_ids", required=False),
         ColSpec(DataType.binary, "instance", required=False),
+        ColSpec(DataType.binary, "style", required=False),
+        ColSpec(DataType.long, "seed", required=False),
     ]),
     outputs=Schema([ColSpec(DataType.binary, "image")]),
     params=ParamSchema([ParamSpec("edges_from_labels", DataType.boolean, False)]),
@@ -71,6 +80,20 @@ def _size(png, ids, what: str) -> tuple[int, int]:
         return height, width
     rows = list(ids) if not isinstance(ids, str) else []
     return len(rows), len(rows[0]) if rows and hasattr(rows[0], "__len__") else 0
+
+
+NO_SEED = -1  # a row's seed meaning "none" (JSON requests cannot send null in an integer column)
+
+
+def _seed(value, what: str) -> int | None:
+    """The row's seed: None when absent or NO_SEED; integers (pandas may hand them over as whole floats) as int."""
+    if _missing(value):
+        return None
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InputError(f"{what} 'seed': {value!r} is not an integer; send a whole number such as 7")
+    return None if int(value) == NO_SEED else int(value)
 
 
 class DAGANImageModel(mlflow.pyfunc.PythonModel):
@@ -128,7 +151,10 @@ class DAGANImageModel(mlflow.pyfunc.PythonModel):
             instance = row.get("instance")
             instance = None if _missing(instance) else decode_png(bytes(instance), f"{what} 'instance'",
                                                                   self.max_image_pixels)
-            images.append(encode_png(self.synthesizer(label, instance, edges_from_labels, what=what)))
+            style = row.get("style")
+            style = None if _missing(style) or len(style) == 0 else decode_rgb(bytes(style), f"{what} 'style'")
+            images.append(encode_png(self.synthesizer(label, instance, edges_from_labels, what=what,
+                                                      seed=_seed(row.get("seed"), what), style=style)))
         return pd.DataFrame({"image": images})
 
 

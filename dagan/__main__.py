@@ -1,11 +1,13 @@
 """``python -m dagan``: small everyday commands of the library.
 
-* ``describe --preset NAME [--variant B6] [--generator ccfpse|ca2sis] [-S model.spap=both ...] [--json]``:
+* ``describe --preset NAME [--variant B6] [--generator ccfpse|ca2sis] [-S key=value ...] [--json]``:
   the model built for a dataset preset (official settings, ngf from the preset) with its parameter
-  counts; ``-S section.key=value`` overrides the config as in every component.
-* ``generate --model URI --labels DIR --out DIR``: label maps -> images. ``URI`` is a local
-  checkpoint (read here) or an MLflow ``models:/`` / ``runs:/`` URI (handed to
-  ``components.generate``, imported only then: the library itself never imports mlflow).
+  counts; ``-S section.key=value`` overrides the config as in every component. ``generator_params``
+  leaves out a style encoder (``encoder_params``), as the official code counts its networks.
+* ``generate --model URI --labels DIR --out DIR [--style IMAGE] [--seed N] [--num-samples K]``:
+  label maps -> images. ``URI`` is a local checkpoint (read here) or an MLflow ``models:/`` /
+  ``runs:/`` URI (handed to ``components.generate``, imported only then: the library itself
+  never imports mlflow).
 * ``import-official``, ``export-official``, ``verify-official``: the official DAGAN / SPADE
   checkpoints and reference outputs (:mod:`dagan.official.cli`, docs/OFFICIAL.md).
 """
@@ -51,7 +53,10 @@ def describe(preset_name: str, variant: str = "B6", overrides: dict | None = Non
             f"preset {preset_name!r} takes its classes from a prepared manifest; describe a named dataset"
         )
     data = {"dataset": {"name": preset_name}, "model": {"variant": variant, **(overrides or {})}}
-    config: Config = config_from_dict(merge_overrides(data, settings), "describe").resolved()
+    data = merge_overrides(data, settings)
+    if data["dataset"]["name"] != preset_name:
+        raise ConfigError(f"describe --preset {preset_name}: set the dataset with --preset, not -S dataset.name")
+    config: Config = config_from_dict(data, "describe").resolved()
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
         generator = build_generator(config, preset.semantic_nc)
         discriminator = build_discriminator(config, preset.semantic_nc)
@@ -62,7 +67,7 @@ def describe(preset_name: str, variant: str = "B6", overrides: dict | None = Non
     if model.generator == "dagan":  # the variant and attention knobs apply to DAGAN only
         use_sam, cam = model.attention()
         info.update(variant=model.variant, num_upsampling_layers=model.num_upsampling_layers, use_sam=use_sam,
-                    cam=cam, cam_sources=model.cam_sources)
+                    cam=cam, cam_sources=model.cam_sources, style=model.style, z_dim=model.z_dim)
     elif model.generator == "ccfpse":
         info.update(num_upsampling_layers=model.num_upsampling_layers)
     else:
@@ -74,8 +79,10 @@ def describe(preset_name: str, variant: str = "B6", overrides: dict | None = Non
                   if isinstance(m, SpatialPyramidAttentivePooling)]
     if spap_units:
         info["spap_params"] = sum(count_parameters(unit) for unit in spap_units)
-    info.update(generator_params=count_parameters(generator), discriminator_params=count_parameters(discriminator),
-                image_size=[width, height])
+    encoder = getattr(generator, "encoder", None)  # SPADE's style encoder (model.style=vae)
+    encoder_params = count_parameters(encoder) if encoder is not None else 0
+    info.update(generator_params=count_parameters(generator) - encoder_params, encoder_params=encoder_params,
+                discriminator_params=count_parameters(discriminator), image_size=[width, height])
     return info
 
 
@@ -96,7 +103,8 @@ def generate(args: argparse.Namespace) -> int:
             edit = style_edit(synthesizer, args.style_image, args.style_label, args.style_classes)
         written = generate_dir(synthesizer, args.labels, args.out, args.instances, args.edges_from_labels,
                                photos_dir=args.photos, style_edit=edit, images_dir=args.images, limit=args.limit,
-                               overwrite=args.overwrite)
+                               overwrite=args.overwrite, style=args.style, seed=args.seed,
+                               num_samples=args.num_samples)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

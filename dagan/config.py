@@ -33,6 +33,10 @@ DiscriminatorKind = Literal["multiscale", "fpse"]
 SpapPlacement = Literal["off", "generator", "discriminator", "both"]
 SpapOrder = Literal["coarse_to_fine", "fine_to_coarse"]
 CA2SIS_SIZE_MULTIPLE = 64  # the CA2SIS style encoder halves the photo six times
+StyleMode = Literal["off", "vae", "noise3d"]
+
+# model.z_dim when left null (docs/MULTIMODAL.md): SPADE's VAE latent, OASIS's 3D-noise channels.
+DEFAULT_Z_DIM = {"vae": 256, "noise3d": 64}
 
 # Doublings from the generator's start size to the image (SPADE's "normal" / "more" / "most").
 NUM_UP = {"normal": 5, "more": 6, "most": 7}
@@ -128,6 +132,9 @@ class ModelConfig:
     ca2sis_exclude_background: bool = False  # CA2SIS: the mask embedder skips class 0 (official --exclude_bg)
     ca2sis_mapping_network: bool = True  # CA2SIS: build the official noise-to-style network (untrained here)
 
+    style: StyleMode = "off"  # off: one image per label map | vae: SPADE's style encoder | noise3d: OASIS's noise
+    z_dim: int | None = None  # latent size of vae / noise3d; null: 256 (vae), 64 (noise3d); must stay null for off
+
     def spap_in(self, network: Literal["generator", "discriminator"]) -> bool:
         """Whether ``network`` gets a SPAP unit."""
         return self.spap in (network, "both")
@@ -136,6 +143,14 @@ class ModelConfig:
         _at_least(self, "model", 1, "ngf", "ndf", "num_discriminators", "n_layers_d")
         _check(self.sam_kernel_size % 2 == 1 and self.sam_kernel_size > 0, "model.sam_kernel_size",
                self.sam_kernel_size, "must be odd and >= 1 (the SAM convolution keeps the map size)")
+        if self.style == "off" and self.z_dim is not None:
+            raise ConfigError(f"model.z_dim={self.z_dim} is set but model.style=off has no latent; set model.style "
+                              "to vae or noise3d, or leave model.z_dim null")
+        if self.z_dim is not None and self.z_dim < 1:
+            raise ConfigError(f"model.z_dim={self.z_dim} must be >= 1 (or null for the style's default)")
+        if self.style != "off" and self.generator != "dagan":
+            raise ConfigError(f"model.style={self.style} is built into the DAGAN generator; model.generator="
+                              f"{self.generator} has its own styles (or none): set model.style=off")
 
     def labels(self) -> dict[str, str]:
         """Short labels of the model for run tags: generator, discriminator, variant ("-" when not DAGAN), spap."""
@@ -169,6 +184,7 @@ class LossConfig:
     lambda_att: float = 1.0  # CA2SIS attention loss L_att (official weight with --att_loss: 1); only for ca2sis
     vgg_weights: str = "auto"  # a .pth file of torchvision's vgg19 ImageNet weights, or auto (torch cache)
     vgg_input: Literal["official", "imagenet"] = "official"  # VGG sees [-1, 1] images (official) or ImageNet-normalised
+    lambda_kld: float = 0.05  # KL term of the style encoder (model.style=vae only; SPADE's value)
 
 
 @dataclass(frozen=True)
@@ -246,6 +262,8 @@ class EvaluateConfig:
     num_grid_samples: int = 8  # rows of the label | generated | real grid
     num_attention_samples: int = 4  # rows of the attention figure (SAM, CAM, SPAP, CA2SIS cross-attention)
     style_from: Literal["photo", "class_mean"] = "photo"  # ca2sis styles: each scene's photo | the class means
+    num_style_samples: int = 4  # multimodal models: K samples per label map for the diversity score and the grid
+    style_latent: Literal["mean", "real_photo"] = "mean"  # scored images: z = 0 | vae: real photo style (official)
     fid: Literal["auto", "required", "off"] = "auto"  # auto: report when Inception weights exist, else why not
     fid_weights: str = "auto"  # torch-fidelity's Inception .pth, or auto: <torch hub dir>/checkpoints
     lpips: Literal["auto", "required", "off"] = "auto"  # auto: report when LPIPS weights exist, else why not
@@ -254,6 +272,9 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         _at_least(self, "evaluate", 1, "batch_size", "num_grid_samples", "num_attention_samples")
+        if self.num_style_samples < 2:
+            raise ConfigError(f"evaluate.num_style_samples={self.num_style_samples} must be >= 2 (the diversity "
+                              "score is a mean distance between pairs of samples)")
 
 
 @dataclass(frozen=True)
@@ -347,7 +368,8 @@ class Config:
             "dataset": {"load_size": preset.load_size, "crop_size": preset.crop_size,
                         "aspect_ratio": preset.aspect_ratio},
             "model": {"ngf": preset.ngf, "ndf": preset.ndf,
-                      "num_upsampling_layers": preset.num_upsampling_layers},
+                      "num_upsampling_layers": preset.num_upsampling_layers,
+                      "z_dim": DEFAULT_Z_DIM.get(self.model.style)},
             "train": {"batch_size": preset.batch_size, "epochs": preset.epochs,
                       "epochs_decay": preset.epochs_decay, "lr_schedule": preset.lr_schedule},
         }

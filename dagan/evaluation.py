@@ -11,6 +11,11 @@ effects (judge, Inception, LPIPS) are arguments; nothing is loaded here.
 A style-encoding generator (CA2SIS) takes each scene's styles from its photo (``style_from="photo"``,
 the CA2SIS paper's reconstruction protocol) or from its class-mean styles (``"class_mean"``, no photo
 seen); DAGAN ignores the photo.
+
+The scored images of a multimodal generator (``model.style=vae|noise3d``) use z = 0, the prior's
+mean, so the scores are deterministic; ``style_latent="real_photo"`` scores a ``vae`` model as
+the official test script does instead (z sampled from each real photo's encoded style, with a
+fixed seed). Its diversity on K more samples per label map comes from :mod:`dagan.diversity`.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import torch
 from torch import nn
 
 from dagan.baseline import paint_mean_colors
+from dagan.diversity import DiversityMeter, is_multimodal, real_photo_latent
 from dagan.generator import run_generator
 from dagan.judge import evaluated_target
 from dagan.labels import semantic_input
@@ -42,7 +48,8 @@ def style_photo(photo: torch.Tensor, style_from: str) -> torch.Tensor | None:
 class Evaluation:
     metrics: dict[str, float]  # flat name -> value (DVC/MLflow metrics)
     per_class_iou: dict[str, dict[str, float | None]]  # source -> class name -> IoU (None: class absent)
-    samples: dict[str, torch.Tensor] = field(default_factory=dict)  # first images: label, generated, real
+    # first images: label, generated, real, and for multimodal models "multimodal" (N, K, 3, H, W)
+    samples: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @torch.no_grad()
@@ -60,8 +67,24 @@ def evaluate_generator(
     lpips: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     num_samples: int = 8,
     style_from: str = "photo",
+    num_style_samples: int = 4,
+    style_latent: str = "mean",
+    seed: int = 0,
 ) -> Evaluation:
-    """Score generated, real and baseline images of ``batches`` (dicts: label, image, [instance])."""
+    """Score generated, real and baseline images of ``batches`` (dicts: label, image, [instance]).
+
+    ``num_samples``: images kept for the sample grid. Multimodal generators only (ignored for
+    ``style=off``): ``num_style_samples`` K per label map for the diversity score, ``style_latent``
+    ``mean`` (z = 0) or ``real_photo`` (vae: the real photo's sampled style), ``seed`` of their noise.
+    """
+    diversity = None
+    if is_multimodal(generator):
+        diversity = DiversityMeter(generator, judge, lpips, num_style_samples, seed)
+    if style_latent not in ("mean", "real_photo"):
+        raise ValueError(f"style_latent must be 'mean' or 'real_photo', got {style_latent!r}")
+    if style_latent == "real_photo" and getattr(generator, "style", "off") != "vae":
+        raise ValueError("evaluate.style_latent=real_photo needs a model trained with model.style=vae "
+                         "(it encodes the real photos); use evaluate.style_latent=mean")
     generator.eval()
     judge.eval()
     matrices: dict[str, torch.Tensor] = {}
@@ -70,13 +93,15 @@ def evaluate_generator(
     lpips_values: dict[str, list[torch.Tensor]] = {"generated": [], "baseline": []}
     kept: dict[str, list[torch.Tensor]] = {"label": [], "generated": [], "real": []}
     count = 0
-    for batch in batches:
+    for batch_index, batch in enumerate(batches):
         label = batch["label"].to(device)
         real = batch["image"].to(device)
         instance = batch["instance"].to(device) if "instance" in batch else None
+        semantic = semantic_input(label, num_label_channels, instance)
+        z = real_photo_latent(generator, real, seed + batch_index) if style_latent == "real_photo" else None
         images = {
-            "generated": run_generator(generator, semantic_input(label, num_label_channels, instance),
-                                       style_photo(real, style_from)),
+            "generated": (run_generator(generator, semantic, style_photo(real, style_from)) if z is None
+                          else generator(semantic, z)),
             "real": real,
             "baseline": paint_mean_colors(label, mean_colors.to(device)),
         }
@@ -93,6 +118,8 @@ def evaluate_generator(
         take = max(num_samples - count, 0)
         for name, tensor in (("label", label), ("generated", images["generated"]), ("real", real)):
             kept[name].append(tensor[:take].cpu())
+        if diversity is not None:
+            diversity.add(semantic, take)
         count += label.shape[0]
     if count == 0:
         raise ValueError("the evaluation split yielded no batch")
@@ -117,4 +144,7 @@ def evaluate_generator(
         if lpips is not None:
             metrics[f"lpips_{source}"] = float(torch.cat(lpips_values[source]).mean())
     samples = {name: torch.cat(tensors) for name, tensors in kept.items()}
+    if diversity is not None:
+        metrics.update(diversity.metrics())
+        samples["multimodal"] = diversity.samples()
     return Evaluation(metrics, per_class, samples)

@@ -4,7 +4,9 @@ A :class:`Synthesizer` wraps a generator with its label layout (class count, don
 instance maps) and checks every input before it reaches the network: integer ids in range,
 sides divisible by ``2**num_up``, at most ``MAX_SIDE`` pixels a side. Datasets with instance maps
 (Cityscapes, COCO-Stuff, the synthetic scenes) need an instance map per label map, or the
-explicit choice ``edges_from_labels`` (instance edges = class boundaries).
+explicit choice ``edges_from_labels`` (instance edges = class boundaries). Multimodal models
+(``model.style=vae|noise3d``) also take a seed and, for ``vae``, a style photo (:mod:`dagan.latent`);
+without either the output stays deterministic.
 
 :func:`export_generator` writes a slim generator checkpoint (weights, config, label layout)
 that :func:`dagan.checkpoint.load_generator` reads like a training checkpoint; it is what the
@@ -34,9 +36,11 @@ from dagan.console import add_log_level_arguments, progress
 from dagan.data.manifest import Manifest, read_manifest
 from dagan.generator import uses_style_image
 from dagan.labels import semantic_input
+from dagan.latent import check_seed, choose_latent, style_photo_tensor
 from dagan.results_page import ASSET_DIR, ResultRow, write_page
 
 MAX_SIDE = 2048
+MAX_STYLE_SIDE = 8192  # style photos are resized to the model's image size; this only bounds memory
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
 
 
@@ -121,13 +125,26 @@ def check_pixels(height: int, width: int, what: str, max_pixels: int | None = No
                          f"pixels per label map{f' ({limit_name})' if limit_name else ''}; send a smaller label map")
 
 
-def read_photo(path: str | Path) -> np.ndarray:
-    """An image file -> (H, W, 3) uint8 RGB."""
+def decode_rgb(data: bytes, what: str) -> np.ndarray:
+    """Bytes of a photo in any format Pillow reads (PNG, JPEG, ...) -> (H, W, 3) uint8 RGB."""
+    unreadable = f"{what}: not a readable image ({{}}); send a PNG or JPEG photo"
     try:
-        with Image.open(path) as image:
-            return np.array(image.convert("RGB"))
-    except (OSError, ValueError) as err:
-        raise InputError(f"{path}: not a readable image ({err}); pass a PNG or JPEG photo") from None
+        image = Image.open(io.BytesIO(data))  # reads the header only: the size is checked before decoding
+    except (OSError, ValueError, SyntaxError) as err:
+        raise InputError(unreadable.format(err)) from None
+    if max(image.size) > MAX_STYLE_SIDE:
+        raise InputError(f"{what}: {image.size[0]}x{image.size[1]} pixels; style photos may be at most "
+                         f"{MAX_STYLE_SIDE} pixels a side: downscale it")
+    try:
+        image.load()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise InputError(unreadable.format(err)) from None
+    return np.asarray(image.convert("RGB"))
+
+
+def read_photo(path: str | Path) -> np.ndarray:
+    """An image file -> (H, W, 3) uint8 RGB (its size checked from the header before decoding)."""
+    return decode_rgb(Path(path).read_bytes(), str(path))
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -182,6 +199,23 @@ class Synthesizer:
                              f"map's {label.shape}")
         return label.astype(np.int64)
 
+    def latent(self, seed: int | None, style: np.ndarray | None, what: str) -> torch.Tensor | None:
+        """z for one image (:func:`dagan.latent.choose_latent`); ``style`` an (H, W, 3) uint8 photo."""
+        try:
+            if seed is not None:
+                seed = check_seed(seed)
+            style_image = None
+            if style is not None:
+                size = getattr(self.generator, "image_size", None)
+                if size is None:  # noise3d or off: choose_latent refuses a style photo with the reason
+                    size = tuple(np.asarray(style).shape[:2])
+                style_image = style_photo_tensor(np.asarray(style, dtype=np.uint8), size).to(self.device)
+            with torch.no_grad():
+                z = choose_latent(self.generator, seed, style_image)
+        except ValueError as err:
+            raise InputError(f"{what}: {err}") from None
+        return None if z is None else z.to(self.device)
+
     @torch.no_grad()
     def style_codes(self, label: np.ndarray, photo: np.ndarray | None = None, what: str = "label map") -> torch.Tensor:
         """Per-class style codes (1, C, D) of the scene ``label``: from ``photo`` ((H, W, 3) uint8 of the
@@ -204,23 +238,28 @@ class Synthesizer:
     @torch.no_grad()
     def __call__(
         self, label: np.ndarray, instance: np.ndarray | None = None, edges_from_labels: bool = False,
-        what: str = "label map", style_codes: torch.Tensor | None = None,
+        what: str = "label map", style_codes: torch.Tensor | None = None, seed: int | None = None,
+        style: np.ndarray | None = None,
     ) -> np.ndarray:
-        """(H, W) label ids -> (H, W, 3) uint8 RGB image; ``style_codes`` (from :meth:`style_codes`) set
-        a style-encoding generator's per-class styles (else its class means)."""
+        """(H, W) label ids -> (H, W, 3) uint8 RGB image. ``style_codes`` (from :meth:`style_codes`) set
+        a style-encoding generator's per-class styles (else its class means); ``seed`` / ``style`` photo
+        choose the latent of a multimodal model (:meth:`latent`)."""
         label = self.check(label, what, instance, edges_from_labels)
+        z = self.latent(seed, style, what)
         instance_tensor = None
         if self.layout.has_instance:
             source = label if instance is None else np.asarray(instance).astype(np.int64)
             instance_tensor = torch.from_numpy(source)[None].to(self.device)
         label_tensor = torch.from_numpy(label)[None].to(self.device)
         semantic = semantic_input(label_tensor, self.layout.num_label_channels, instance_tensor)
-        if style_codes is None:
-            image = self.generator(semantic)[0]
-        elif not self.uses_styles:
-            raise InputError(f"{what}: this model has no style codes (model.generator=dagan)")
-        else:
+        if style_codes is not None:
+            if not self.uses_styles:
+                raise InputError(f"{what}: this model has no style codes (model.generator=dagan)")
             image = self.generator(semantic, style_codes=style_codes)[0]
+        elif z is not None:
+            image = self.generator(semantic, z)[0]
+        else:
+            image = self.generator(semantic)[0]
         return ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
@@ -261,18 +300,32 @@ def _write_atomic(target: Path, data: bytes) -> None:
     tmp.replace(target)
 
 
+def sample_seeds(seed: int | None, num_samples: int) -> list[int | None]:
+    """The seeds of ``num_samples`` images per label map: [seed] for one (None: z = 0), else seed, seed+1, ..."""
+    if num_samples < 1:
+        raise InputError(f"--num-samples {num_samples}: must be >= 1")
+    if num_samples == 1:
+        return [seed]
+    first = 0 if seed is None else seed
+    return list(range(first, first + num_samples))
+
+
 def generate_dir(
     synthesizer: Synthesizer, labels_dir: str | Path, out_dir: str | Path,
     instances_dir: str | Path | None = None, edges_from_labels: bool = False, *,
     photos_dir: str | Path | None = None, style_edit=None, images_dir: str | Path | None = None,
-    limit: int | None = None, overwrite: bool = False,
+    limit: int | None = None, overwrite: bool = False, style: str | Path | None = None, seed: int | None = None,
+    num_samples: int = 1,
 ) -> list[Path]:
-    """Generate one PNG in ``out_dir`` per ``*.png`` label map in ``labels_dir`` (same file names).
+    """Generate PNGs in ``out_dir`` for every ``*.png`` label map in ``labels_dir``.
 
     Takes the first ``limit`` label maps by name when given. ``photos_dir`` (same file names, any
     image format PIL reads) gives a style-encoding generator each scene's own styles;
-    ``style_edit`` (:class:`dagan.styles.StyleEdit`) then replaces chosen classes' styles. Writes
-    ``out_dir/index.html`` with label | generated (| the real photo of ``images_dir``) side by side
+    ``style_edit`` (:class:`dagan.styles.StyleEdit`) then replaces chosen classes' styles. One image
+    per label map keeps its file name; with ``num_samples`` K > 1 they are named
+    ``<name>-seed<N>.png`` for the K seeds N = seed, seed+1, ... (seed 0 when not given). ``style``:
+    a photo whose style a ``vae`` model transfers onto every label map. Writes ``out_dir/index.html``
+    with label | generated (| the real photo of ``images_dir``) side by side
     (:mod:`dagan.results_page`). Every input is checked before anything is written, so bad input
     leaves no partial output. ``out_dir`` is never an input folder, and files already there are
     replaced only with ``overwrite``.
@@ -283,11 +336,20 @@ def generate_dir(
     files = sorted(labels_dir.glob("*.png")) if labels_dir.is_dir() else []
     if not files:
         raise FileNotFoundError(f"no *.png label maps in {labels_dir}; pass --labels DIR with label-id PNGs")
+    seeds = sample_seeds(seed, num_samples)
     folders = [labels_dir] + [Path(folder) for folder in (instances_dir, photos_dir, images_dir) if folder]
-    _check_output_folder(out_dir, folders, files[:limit], overwrite)
+    names = [_output_name(file, sample_seed, len(seeds)) for file in files[:limit] for sample_seed in seeds]
+    _check_output_folder(out_dir, folders, names, overwrite)
     if (photos_dir is not None or style_edit is not None) and not synthesizer.uses_styles:
         raise InputError("--photos / --style-image: this model has no style codes (model.generator=dagan); they need "
                          "a style-encoding generator (model.generator=ca2sis)")
+    style_photo = None
+    if style is not None:
+        if not Path(style).is_file():
+            raise FileNotFoundError(f"--style {style}: no such file; pass a photo (PNG or JPEG)")
+        style_photo = decode_rgb(Path(style).read_bytes(), str(style))
+    for sample_seed in seeds:  # refuses seeds and styles a model cannot take, before anything is written
+        synthesizer.latent(sample_seed, style_photo, f"--style {style}" if style is not None else f"seed {sample_seed}")
     inputs = []
     for file in files[:limit]:
         label = decode_png(file.read_bytes(), str(file))
@@ -299,8 +361,8 @@ def generate_dir(
         synthesizer.check(label, str(file), instance, edges_from_labels)
         codes = None
         if photos_dir is not None or style_edit is not None:
-            style = read_photo(_companion(photos_dir, file, "photo")) if photos_dir is not None else None
-            codes = synthesizer.style_codes(label, style, what=str(file))
+            scene_style = read_photo(_companion(photos_dir, file, "photo")) if photos_dir is not None else None
+            codes = synthesizer.style_codes(label, scene_style, what=str(file))
             codes = style_edit.apply(codes) if style_edit is not None else codes
         inputs.append((file, label, instance, codes, photo))
     assets = out_dir / ASSET_DIR
@@ -308,27 +370,34 @@ def generate_dir(
         folder.mkdir(parents=True, exist_ok=True)
     written, rows = [], []
     for file, label, instance, codes, photo in progress(inputs, total=len(inputs), desc="generate", unit="image"):
-        image = synthesizer(label, instance, edges_from_labels, what=str(file), style_codes=codes)
-        target = out_dir / file.name
-        _write_atomic(target, encode_png(image))
         _write_atomic(assets / "label" / file.name, encode_png(colorize(label, synthesizer.layout.class_colors)))
         real = None
         if photo is not None:
             real = f"{ASSET_DIR}/real/{photo.name}"
             _write_atomic(out_dir / real, photo.read_bytes())
-        written.append(target)
-        rows.append(ResultRow(file.name, f"{ASSET_DIR}/label/{file.name}", file.name, real))
+        for sample_seed in seeds:
+            image = synthesizer(label, instance, edges_from_labels, what=str(file), style_codes=codes,
+                                seed=sample_seed, style=style_photo)
+            target = out_dir / _output_name(file, sample_seed, len(seeds))
+            _write_atomic(target, encode_png(image))
+            written.append(target)
+            rows.append(ResultRow(target.name, f"{ASSET_DIR}/label/{file.name}", target.name, real))
     write_page(out_dir, rows, f"DAGAN results: {labels_dir}")
     return written
 
 
-def _check_output_folder(out_dir: Path, inputs: list[Path], files: list[Path], overwrite: bool) -> None:
+def _output_name(label_file: Path, seed: int | None, num_seeds: int) -> str:
+    """The label map's file name for one image per map, else ``<stem>-seed<N>.png``."""
+    return label_file.name if num_seeds == 1 else f"{label_file.stem}-seed{seed}.png"
+
+
+def _check_output_folder(out_dir: Path, inputs: list[Path], names: list[str], overwrite: bool) -> None:
     """Refuse to write into an input folder, or over existing files unless ``overwrite``."""
     for folder in inputs:
         if out_dir.resolve() == folder.resolve():
             raise InputError(f"--out {out_dir} is the input folder {folder}: the images would replace its maps; "
                              "choose another output folder")
-    existing = [out_dir / f.name for f in files if (out_dir / f.name).exists()]
+    existing = [out_dir / name for name in names if (out_dir / name).exists()]
     if existing and not overwrite:
         raise InputError(f"{out_dir} already holds {len(existing)} of the output files (e.g. {existing[0]}); choose "
                          "an empty output folder, or pass --overwrite to replace them")
@@ -368,4 +437,9 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     styles.add_argument("--style-label", help="the reference photo's label-id PNG (needed with --style-image)")
     styles.add_argument("--style-classes", help="comma-separated class ids or names that take the reference's style "
                                                 "(default: every class in the reference)")
+    parser.add_argument("--style", metavar="IMAGE",
+                        help="model.style=vae models: a photo whose style is generated on every label map")
+    parser.add_argument("--seed", type=int, help="multimodal models: the latent's seed (default: z = 0, deterministic)")
+    parser.add_argument("--num-samples", type=int, default=1, metavar="K",
+                        help="multimodal models: K images per label map (seeds seed..seed+K-1, named NAME-seedN.png)")
     add_log_level_arguments(parser)

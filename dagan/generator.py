@@ -10,11 +10,23 @@ tanh) sees F_s + F_c with both modules, the one module's output with one, F with
 Works at any ngf, any of normal/more/most, and any input size divisible by 2**num_up.
 
 Optionally a SPAP unit (:mod:`dagan.nn.spap`, model.spap) refines F before SAM, CAM and the head.
-:func:`build_generator` builds this generator or, with ``model.generator=ca2sis``, the
-cross-attention generator of :mod:`dagan.ca2sis`.
+:func:`build_generator` builds this generator or, with ``model.generator=ccfpse`` / ``ca2sis``,
+CC-FPSE's generator (:mod:`dagan.ccfpse_generator`) or the cross-attention generator of
+:mod:`dagan.ca2sis`.
+
+Multimodal synthesis (``style``, docs/MULTIMODAL.md) takes a latent z of ``z_dim`` per image:
+* ``vae`` (SPADE, section 3.3): ``fc`` is a linear map z -> 16 ngf x sh x sw (one fixed start
+  size, hence one image size, as in the official code), and the style encoder
+  (:class:`dagan.nn.style.StyleEncoder`) is the submodule ``encoder``, so that EMA, DDP, G's
+  optimiser and checkpoints carry it with the generator;
+* ``noise3d`` (OASIS): z broadcast over the image and concatenated in front of the label map,
+  for ``fc`` and every SPADE (which then see semantic_nc + z_dim channels).
+Without a z the generator uses z = 0, the prior's mean: the output stays deterministic.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -28,10 +40,13 @@ from dagan.init import init_weights
 from dagan.nn.attention import ChannelAttention, SpatialAttention
 from dagan.nn.spade import SPADEResBlock
 from dagan.nn.spap import SpatialPyramidAttentivePooling
+from dagan.nn.style import StyleEncoder, reparameterize
+
+STYLES = ("off", "vae", "noise3d")
 
 
 class DAGANGenerator(nn.Module):
-    uses_style_image = False  # DAGAN draws no style from a photo (dagan.ca2sis does)
+    uses_style_image = False  # DAGAN takes no per-class styles from a photo (dagan.ca2sis does)
 
     def __init__(
         self,
@@ -43,7 +58,11 @@ class DAGANGenerator(nn.Module):
         cam_mode: str = "II",
         cam_sources: str = "official",
         spap_order: str | None = None,
+        style: str = "off",
+        z_dim: int = 256,
+        start_size: tuple[int, int] | None = None,
     ):
+        """``start_size`` (sh, sw): the 16 ngf map that ``fc`` makes from z; ``vae`` only."""
         super().__init__()
         if num_upsampling_layers not in NUM_UP:
             raise ValueError(f"num_upsampling_layers must be one of {list(NUM_UP)}, got {num_upsampling_layers!r}")
@@ -51,17 +70,30 @@ class DAGANGenerator(nn.Module):
             raise ValueError(f"ngf must be an even number >= 2, got {ngf}")
         if cam_sources not in ("official", "all"):
             raise ValueError(f"cam_sources must be 'official' or 'all', got {cam_sources!r}")
+        if style not in STYLES:
+            raise ValueError(f"style must be one of {list(STYLES)}, got {style!r}")
+        if style == "vae" and start_size is None:
+            raise ValueError("style='vae' needs start_size (sh, sw): fc maps z to a 16 ngf x sh x sw map")
+        self.style = style
+        self.z_dim = z_dim if style != "off" else 0
+        self.start_size = tuple(start_size) if style == "vae" else None
+        self.ngf = ngf
         self.num_up = NUM_UP[num_upsampling_layers]
         self.most = num_upsampling_layers == "most"
         self.extra_middle_up = num_upsampling_layers in ("more", "most")
 
-        self.fc = nn.Conv2d(semantic_nc, 16 * ngf, 3, padding=1)
-        self.head_0 = SPADEResBlock(16 * ngf, 16 * ngf, semantic_nc)
-        self.G_middle_0 = SPADEResBlock(16 * ngf, 16 * ngf, semantic_nc)
-        self.G_middle_1 = SPADEResBlock(16 * ngf, 16 * ngf, semantic_nc)
+        self.semantic_nc = semantic_nc
+        label_nc = semantic_nc + (z_dim if style == "noise3d" else 0)  # what fc and every SPADE see
+        if style == "vae":
+            self.fc = nn.Linear(z_dim, 16 * ngf * self.start_size[0] * self.start_size[1])
+        else:
+            self.fc = nn.Conv2d(label_nc, 16 * ngf, 3, padding=1)
+        self.head_0 = SPADEResBlock(16 * ngf, 16 * ngf, label_nc)
+        self.G_middle_0 = SPADEResBlock(16 * ngf, 16 * ngf, label_nc)
+        self.G_middle_1 = SPADEResBlock(16 * ngf, 16 * ngf, label_nc)
         widths = [16 * ngf, 8 * ngf, 4 * ngf, 2 * ngf, ngf] + ([ngf // 2] if self.most else [])
         self.up_blocks = nn.ModuleList(
-            SPADEResBlock(fin, fout, semantic_nc) for fin, fout in zip(widths[:-1], widths[1:], strict=True)
+            SPADEResBlock(fin, fout, label_nc) for fin, fout in zip(widths[:-1], widths[1:], strict=True)
         )
         out_channels = widths[-1]
         self.spap = SpatialPyramidAttentivePooling(out_channels, spap_order) if spap_order else None
@@ -73,37 +105,63 @@ class DAGANGenerator(nn.Module):
             sources = earlier[-1:] if cam_sources == "official" else earlier
             self.cam = ChannelAttention(out_channels, sources, cam_mode)
         self.conv_img = nn.Conv2d(out_channels, 3, 3, padding=1)
+        # Registered last: the layers above are created (and initialised) as without a style encoder.
+        self.encoder = StyleEncoder(ngf, z_dim) if style == "vae" else None
 
     @property
-    def semantic_nc(self) -> int:
-        return self.fc.in_channels
+    def image_size(self) -> tuple[int, int] | None:
+        """(H, W) of the only image size a ``vae`` generator makes; None: any size divisible by 2**num_up."""
+        if self.start_size is None:
+            return None
+        return self.start_size[0] * 2**self.num_up, self.start_size[1] * 2**self.num_up
 
     def size_error(self, height: int, width: int) -> str | None:
         """Why a label map of this size cannot be generated (None: it can)."""
         factor = 2**self.num_up
         if height % factor or width % factor:
             return f"height and width must be multiples of {factor} (2**{self.num_up} for this num_upsampling_layers)"
+        if self.image_size is not None and (height, width) != self.image_size:
+            return (f"this model.style=vae generator makes {self.image_size[0]}x{self.image_size[1]} images only "
+                    f"(its first layer maps z to a fixed {self.start_size[0]}x{self.start_size[1]} map)")
         return None
 
-    def _backbone(self, label_map: torch.Tensor) -> list[torch.Tensor]:
+    def _latent(self, label_map: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor | None:
+        """z checked, or zeros (the prior's mean) when None; None for a generator without style."""
+        if self.style == "off":
+            if z is not None:
+                raise ValueError("this generator has model.style=off and takes no latent z")
+            return None
+        batch = label_map.shape[0]
+        if z is None:
+            return label_map.new_zeros(batch, self.z_dim)
+        if z.shape != (batch, self.z_dim):
+            raise ValueError(f"z must have shape ({batch}, {self.z_dim}) for this batch, got {tuple(z.shape)}")
+        return z.to(label_map.dtype)
+
+    def _first_map(self, z: torch.Tensor | None, label_at: Callable[[tuple[int, int]], torch.Tensor],
+                   size: tuple[int, int]) -> torch.Tensor:
+        """The 16 ngf map head_0 starts from: fc of z (vae) or of the conditioning map at the start size."""
+        factor = 2**self.num_up
+        start = (size[0] // factor, size[1] // factor)
+        if self.style == "vae":
+            return self.fc(z).view(-1, 16 * self.ngf, *start)
+        return self.fc(label_at(start))
+
+    def _backbone(self, label_map: torch.Tensor, z: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Return the output of every backbone block (head_0, G_middle_0, G_middle_1, up_*)."""
         height, width = label_map.shape[2:]
         if (reason := self.size_error(height, width)) is not None:
             raise ValueError(f"label map size {height}x{width}: {reason}; resize or crop it")
-        # The label map resized (nearest) once per resolution, shared by every SPADE there.
-        resized = {(height, width): label_map}
-
-        def label_at(size: tuple[int, int]) -> torch.Tensor:
-            if size not in resized:
-                resized[size] = F.interpolate(label_map, size=size, mode="nearest")
-            return resized[size]
+        z = self._latent(label_map, z)
+        size = tuple(label_map.shape[2:])
+        if self.style == "noise3d":  # OASIS: z broadcast over the image, in front of the label channels
+            label_map = torch.cat([z[:, :, None, None].expand(-1, -1, *size), label_map], 1)
+        label_at = resizer(label_map)
 
         def run(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
             return block(x, label_at(tuple(x.shape[2:])))
 
-        factor = 2**self.num_up
-        x = self.fc(label_at((height // factor, width // factor)))
-        outputs = [run(self.head_0, x)]
+        outputs = [run(self.head_0, self._first_map(z, label_at, size))]
         x = F.interpolate(outputs[-1], scale_factor=2, mode="nearest")
         outputs.append(run(self.G_middle_0, x))
         x = outputs[-1]
@@ -116,14 +174,25 @@ class DAGANGenerator(nn.Module):
         return outputs
 
     def forward(
-        self, label_map: torch.Tensor, return_attention: bool = False
-    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        self, label_map: torch.Tensor, z: torch.Tensor | None = None, style_image: torch.Tensor | None = None,
+        return_attention: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]] | tuple[torch.Tensor, tuple]:
         """label_map: (B, semantic_nc, H, W) semantic input -> image (B, 3, H, W) in [-1, 1].
 
-        With ``return_attention`` also returns {"sam": A_s (B,1,H,W), "cam": delta (B,C,1,1),
-        "spap": SPAP gates (B,K-1,H,W)} for the modules that exist (paper Fig. 9).
+        ``z`` (B, z_dim): the latent of a multimodal generator (None: zeros). ``style_image``
+        (B, 3, H, W), ``vae`` only, for training: encoded inside this forward (so DDP sees the
+        encoder), z = mu + sigma * eps (SPADE's reparameterisation, torch's RNG); then returns
+        ``(image, (mu, logvar))`` for the KL term. With ``return_attention`` returns
+        ``(image, {"sam": A_s (B,1,H,W), "cam": delta (B,C,1,1), "spap": SPAP gates (B,K-1,H,W)})``
+        for the modules that exist (paper Fig. 9).
         """
-        outputs = self._backbone(label_map)
+        posterior = None
+        if style_image is not None:
+            if self.encoder is None or z is not None or return_attention:
+                raise ValueError("style_image needs a model.style=vae generator, without z or return_attention")
+            posterior = self.encoder(style_image)
+            z = reparameterize(*posterior)
+        outputs = self._backbone(label_map, z)
         attention: dict[str, torch.Tensor] = {}
         if self.spap is not None:
             outputs[-1], attention["spap"] = self.spap(outputs[-1])
@@ -138,16 +207,43 @@ class DAGANGenerator(nn.Module):
             branches.append(channel)
         combined = sum(branches[1:], branches[0]) if branches else feature
         image = torch.tanh(self.conv_img(F.leaky_relu(combined, 0.2)))
+        if posterior is not None:
+            return image, posterior
         return (image, attention) if return_attention else image
+
+    def encode(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, logvar) of the style of ``image`` (B, 3, H, W) in [-1, 1]; ``vae`` generators only."""
+        if self.encoder is None:
+            raise ValueError(f"this generator has model.style={self.style} and no style encoder; "
+                             "style images need a model trained with model.style=vae")
+        return self.encoder(image)
+
+
+def resizer(label_map: torch.Tensor) -> Callable[[tuple[int, int]], torch.Tensor]:
+    """size -> ``label_map`` resized (nearest) to it, computed once per size and shared by every SPADE there."""
+    resized = {tuple(label_map.shape[2:]): label_map}
+
+    def label_at(size: tuple[int, int]) -> torch.Tensor:
+        if size not in resized:
+            resized[size] = F.interpolate(label_map, size=size, mode="nearest")
+        return resized[size]
+
+    return label_at
+
+
+def latent_map_size(config: Config) -> tuple[int, int]:
+    """(sh, sw) of the training image size: sw = crop_size / 2**num_up, sh = round(sw / aspect_ratio)."""
+    width = config.dataset.crop_size // 2 ** NUM_UP[config.model.num_upsampling_layers]
+    return round(width / config.dataset.aspect_ratio), width
 
 
 def build_generator(config: Config, semantic_nc: int, num_label_channels: int | None = None) -> nn.Module:
     """Translate the (resolved) config into the ``model.generator`` network with initialised weights.
 
     Every generator maps a (B, semantic_nc, H, W) label input to a (B, 3, H, W) image in [-1, 1],
-    takes ``return_attention`` (its attention maps, or {}), and has ``semantic_nc`` and ``num_up``.
-    ``num_label_channels`` (one-hot class channels, without the instance edge) matters only to
-    generators that read classes apart (ca2sis); None takes it from the dataset preset.
+    takes ``return_attention`` (its attention maps, or {}), and has ``semantic_nc``, ``num_up`` and
+    ``size_error``. ``num_label_channels`` (one-hot class channels, without the instance edge)
+    matters only to generators that read classes apart (ca2sis); None takes it from the preset.
     """
     if config.model.generator == "ca2sis":
         return build_ca2sis_generator(config, semantic_nc, num_label_channels)
@@ -166,13 +262,16 @@ def build_generator(config: Config, semantic_nc: int, num_label_channels: int | 
         cam_mode=cam_mode,
         cam_sources=config.model.cam_sources,
         spap_order=config.model.spap_order if config.model.spap_in("generator") else None,
+        style=config.model.style,
+        z_dim=config.model.z_dim or 0,
+        start_size=latent_map_size(config) if config.model.style == "vae" else None,
     )
     init_weights(generator, config.model.init_gain, config.model.init_spectral_norm_weights)
     return generator
 
 
 def uses_style_image(generator: nn.Module) -> bool:
-    """Whether ``generator`` (DDP-wrapped or not) takes its styles from a photo (CA2SIS; not DAGAN)."""
+    """Whether ``generator`` (DDP-wrapped or not) takes per-class styles from a photo (CA2SIS; not DAGAN)."""
     return getattr(unwrap(generator), "uses_style_image", False)
 
 

@@ -9,6 +9,8 @@ L = lambda_cgan * L_cgan + lambda_f * L_f + lambda_p * L_p with
 * L_p: VGG19 perceptual L1 on relu1_1..relu5_1 with weights 1/32, 1/16, 1/8, 1/4, 1.
 CA2SIS (dagan/ca2sis.py) adds
 * L_att: its cross-attention logits aligned with the class masks (:func:`attention_alignment_loss`).
+With SPADE's style encoder (``model.style=vae``, docs/MULTIMODAL.md) one more term:
+* L_kld: KL divergence of the encoder's Gaussian from N(0, I), weighted by lambda_kld.
 The lambdas are applied by the caller (training step), not here.
 """
 
@@ -90,3 +92,13 @@ def attention_alignment_loss(logits: list[torch.Tensor], semantic: torch.Tensor)
         per_class = F.binary_cross_entropy_with_logits(layer.float(), target, reduction="none")
         total = total + per_class.mean(dim=(0, 2, 3)).mean()
     return total / len(logits)
+
+
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) = -1/2 sum(1 + logvar - mu^2 - exp(logvar)), in float32.
+
+    Summed over the batch and the latent dimensions, not averaged, as the official SPADE code does
+    (per GPU there, per process under DDP here), so its weight lambda_kld = 0.05 means the same.
+    """
+    mu, logvar = mu.float(), logvar.float()
+    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())

@@ -1,7 +1,8 @@
 """Pictures of the evaluation: sample grids and attention maps (paper Fig. 9).
 
 * :func:`sample_grid`: one row per sample, columns layout (the colourised label map) |
-  generated | real, under a header that names them.
+  generated | real (| K generated samples | for multimodal models), under a header that names
+  them.
 * :func:`attention_figure`: one row per sample, columns layout | generated | then the maps the
   model has: SAM spatial attention map A_s | CAM channel weights delta (one cell per channel,
   dark = low) | SPAP gates of the generator, one per cascade step (how much the step takes from
@@ -87,12 +88,20 @@ def tile(rows: list[list[np.ndarray]], titles: list[str] | None = None) -> np.nd
 def sample_grid(
     labels: torch.Tensor, generated: torch.Tensor, real: torch.Tensor, colors: list[list[int]]
 ) -> np.ndarray:
-    """Rows of layout (colourised) | generated | real for (B, H, W) labels and (B, 3, H, W) images, titled."""
+    """Rows of layout (colourised) | generated | real for (B, H, W) labels and (B, 3, H, W) images, titled.
+
+    ``generated`` (B, K, 3, H, W), K samples per label map of a multimodal model, gives rows of
+    layout | sample 1 | ... | sample K | real.
+    """
+    if generated.dim() == 4:
+        generated = generated[:, None]
     rows = [
-        [colorize(label.cpu().numpy(), colors), image_to_uint8(fake), image_to_uint8(photo)]
-        for label, fake, photo in zip(labels, generated, real, strict=True)
+        [colorize(label.cpu().numpy(), colors), *map(image_to_uint8, fakes), image_to_uint8(photo)]
+        for label, fakes, photo in zip(labels, generated, real, strict=True)
     ]
-    return tile(rows, ["layout", "generated", "real"])
+    samples = generated.shape[1]
+    titles = ["generated"] if samples == 1 else [f"sample {k + 1}" for k in range(samples)]
+    return tile(rows, ["layout", *titles, "real"])
 
 
 def channel_strip(weights: torch.Tensor, height: int) -> np.ndarray:

@@ -135,7 +135,10 @@ GOOD_METRICS = {"judge_miou_generated": 0.5, "judge_miou_real": 0.6, "fd_judge_g
 
 
 def registered_model(root: Path, metrics: dict | None = None, **sections: dict) -> tuple[Config, Path]:
-    """Prepared data, a checkpoint, a training run and eval metrics, then ``components.register``."""
+    """Prepared data, a checkpoint, a training run and eval metrics, then ``components.register``.
+
+    ``sections``: config overrides of :func:`tiny_config`, e.g. ``model={"style": "vae"}``.
+    """
     from components.register import main as register
 
     config = tiny_config(root, **sections)

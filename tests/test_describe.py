@@ -84,4 +84,42 @@ def test_generator_and_discriminator_are_independent_choices(capsys):
     info = json.loads(capsys.readouterr().out)
     assert (info["generator_params"], info["discriminator_params"]) == (119_966_979, 5_601_410)
     assert main(["describe", "--preset", "cityscapes", "-S", "model.generator=gaugan"]) == 2
-    assert "'gaugan' is not one of: dagan, ccfpse" in capsys.readouterr().err
+    assert "'gaugan' is not one of: dagan, ccfpse, ca2sis" in capsys.readouterr().err
+
+
+# With SPADE's style encoder (model.style=vae), measured from the official code with --use_vae:
+# preset: (G B6, G B1) without the encoder; the encoder has 10,463,424 parameters for every dataset.
+OFFICIAL_VAE = {
+    "cityscapes": (101_222_805, 101_136_579),
+    "ade20k": (112_028_821, 111_942_595),
+    "coco_stuff": (112_713_109, 112_626_883),
+}
+OFFICIAL_ENCODER = 10_463_424
+
+
+@pytest.mark.parametrize("preset", sorted(OFFICIAL_VAE))
+def test_vae_counts_match_the_official_models(preset, capsys):
+    for variant, expected in zip(("B6", "B1"), OFFICIAL_VAE[preset], strict=True):
+        assert main(["describe", "--preset", preset, "--variant", variant, "-S", "model.style=vae", "--json"]) == 0
+        info = json.loads(capsys.readouterr().out)
+        assert (info["generator_params"], info["encoder_params"]) == (expected, OFFICIAL_ENCODER), variant
+        assert (info["style"], info["z_dim"], info["discriminator_params"]) == ("vae", 256, OFFICIAL[preset][3])
+
+
+@pytest.mark.parametrize("preset", ["celebamask_hq", "facades"])
+def test_the_encoder_does_not_depend_on_the_dataset(preset):
+    assert describe(preset, "B6", settings=["model.style=vae"])["encoder_params"] == OFFICIAL_ENCODER
+
+
+def test_describe_takes_overrides_like_every_command(capsys):
+    off = describe("synthetic", "B6")
+    assert (off["style"], off["z_dim"], off["encoder_params"]) == ("off", None, 0)
+    noise = describe("synthetic", "B6", settings=["model.style=noise3d", "model.z_dim=16"])
+    # fc (-> 16 ngf = 256) and every SPADE's shared conv (-> 128) take z_dim = 16 more input channels, 3x3
+    spades = 3 * 2 + 4 * 3  # head_0, G_middle_0/1: 2 SPADEs each; up_0..up_3: 3 each (learned shortcut)
+    assert noise["generator_params"] - off["generator_params"] == 16 * 9 * (256 + spades * 128)
+    assert main(["describe", "--preset", "synthetic", "-S", "model.style=vae", "-S", "model.ngf=8", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["ngf"], info["style"], info["z_dim"]) == (8, "vae", 256) and info["encoder_params"] > 0
+    assert main(["describe", "--preset", "synthetic", "-S", "model.stlye=vae"]) == 2
+    assert "unknown key(s) stlye" in capsys.readouterr().err

@@ -18,6 +18,7 @@ from PIL import Image
 
 from dagan.evaluation import evaluate_generator
 from dagan.judge import SegmentationNet
+from dagan.labels import semantic_input
 
 
 def test_train_judge_then_evaluate_writes_metrics_figures_and_logs_to_the_training_run(tmp_path, monkeypatch):
@@ -117,3 +118,78 @@ def test_fid_and_lpips_code_path_with_injected_networks():
     assert 0 < metrics["lpips_generated"] < 2 and metrics["lpips_baseline"] > 0
     assert len(calls) == 4  # generated and baseline, two batches
     assert result.samples["generated"].shape == (5, 3, 16, 16) and result.samples["label"].shape == (5, 16, 16)
+
+
+def test_diversity_of_a_multimodal_generator_with_injected_networks():
+    from dagan.generator import DAGANGenerator
+
+    torch.manual_seed(0)
+    judge = SegmentationNet(3, NUM_CLASSES, width=4, levels=2)
+    labels = torch.randint(0, NUM_CLASSES, (4, 32, 32))
+    batches = [{"label": labels[i:i + 2], "image": torch.rand(2, 3, 32, 32) * 2 - 1} for i in (0, 2)]
+    pairs = []
+
+    def lpips(a, b):
+        pairs.append(a.shape[0])
+        return (a - b).abs().mean(dim=(1, 2, 3))
+
+    def run(generator, **options):
+        return evaluate_generator(
+            generator.eval(), judge, batches, num_classes=NUM_CLASSES, num_label_channels=NUM_CLASSES,
+            class_names=[f"c{i}" for i in range(NUM_CLASSES)], mean_colors=torch.zeros(NUM_CLASSES + 1, 3),
+            device=torch.device("cpu"), lpips=lpips, num_samples=3, num_style_samples=3, **options,
+        )
+
+    noise = DAGANGenerator(NUM_CLASSES, ngf=4, style="noise3d", z_dim=4)
+    with torch.no_grad():  # a visible effect of z on the untrained network's images
+        noise.fc.weight.mul_(100)
+    result = run(noise)
+    assert result.metrics["diversity_judge"] > 0 and result.metrics["diversity_lpips"] > 0
+    assert pairs.count(2) == 2 * 2 + 2 * 3  # LPIPS of generated/baseline per batch + 3 pairs of 3 samples
+    assert result.samples["multimodal"].shape == (3, 3, 3, 32, 32)
+    assert result.metrics == run(noise).metrics  # the samples come from a fixed seed
+    plain = run(FlatGenerator())
+    assert "diversity_judge" not in plain.metrics and "multimodal" not in plain.samples
+    with pytest.raises(ValueError, match="style_latent=real_photo needs a model trained with model.style=vae"):
+        run(noise, style_latent="real_photo")
+
+
+def test_real_photo_latent_scores_a_vae_model_as_the_official_test_script():
+    from dagan.generator import DAGANGenerator
+
+    torch.manual_seed(0)
+    vae = DAGANGenerator(NUM_CLASSES, ngf=4, style="vae", z_dim=4, start_size=(1, 1)).eval()
+    with torch.no_grad():
+        vae.fc.weight.mul_(100)
+        vae.encoder.fc_var.bias.fill_(2.0)  # a wide posterior: its samples differ visibly from z = 0
+    judge = SegmentationNet(3, NUM_CLASSES, width=4, levels=2)
+    batch = {"label": torch.randint(0, NUM_CLASSES, (2, 32, 32)), "image": torch.rand(2, 3, 32, 32) * 2 - 1}
+    scored = {}
+    for latent in ("mean", "real_photo"):
+        scored[latent] = evaluate_generator(
+            vae, judge, [batch], num_classes=NUM_CLASSES, num_label_channels=NUM_CLASSES,
+            class_names=[f"c{i}" for i in range(NUM_CLASSES)], mean_colors=torch.zeros(NUM_CLASSES + 1, 3),
+            device=torch.device("cpu"), num_samples=2, style_latent=latent,
+        ).samples["generated"]
+    assert torch.equal(scored["mean"], vae(semantic_input(batch["label"], NUM_CLASSES)))
+    assert (scored["mean"] - scored["real_photo"]).abs().mean() > 1e-4
+
+
+def test_evaluate_logs_the_diversity_of_a_vae_model_and_grids_k_samples(tmp_path, monkeypatch):
+    from components.evaluate import main as evaluate
+    from dagan.judge import save_judge
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    config = tiny_config(tmp_path, model={"style": "vae", "z_dim": 8}, evaluate={"fid": "off", "num_style_samples": 3})
+    write_prepared(tmp_path / "prepared", {"train": 4, "val": 4})
+    write_checkpoint(config, tmp_path / "train" / "checkpoints" / "final.pt")
+    save_judge(tmp_path / "judge" / "judge.pt", SegmentationNet(3, NUM_CLASSES, 8, 2), config, NUM_CLASSES)
+    run_id = start_training_run(config)
+    assert evaluate(["--params", str(write_params(config, tmp_path))]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["diversity_judge"] > 0 and "diversity_lpips" not in metrics and "lpips" in metrics["unavailable"]
+    run = mlflow.MlflowClient(config.mlflow.tracking_uri).get_run(run_id)
+    assert run.data.metrics["eval/diversity_judge"] == metrics["diversity_judge"]
+    grid = Image.open(tmp_path / "eval" / "figures" / "samples.png")
+    # 3 rows of layout | 3 samples | real: 32-pixel tiles enlarged to 128, 2-pixel gaps, a 22-pixel header
+    assert grid.size == (5 * 128 + 4 * 2, 22 + 3 * 128 + 2 * 2)

@@ -169,3 +169,58 @@ def test_an_imported_official_model_generates_from_label_pngs(tmp_path):
         image = generator(reference.semantic())[0]
     expected = ((image.clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 0).numpy()
     assert generated.shape == (128, 256, 3) and np.abs(generated - expected).max() <= 1
+
+
+def _vae_checkpoint(z_dim: int = 16) -> dict:
+    """A project checkpoint of a SPADE (B1) Cityscapes model with the style encoder at ngf 4."""
+    config = official_config("cityscapes", "B1", 4, {"model": {"style": "vae", "z_dim": z_dim}})
+    torch.manual_seed(0)
+    generator = build_generator(config, 36)
+    return {"config": config.to_dict(), "semantic_nc": 36, "generator": generator.state_dict(), "ema": None}
+
+
+def test_a_vae_model_exports_its_encoder_as_net_e_and_imports_it_back(tmp_path, capsys):
+    from test_multimodal import OFFICIAL_ENCODER_KEYS
+
+    checkpoint = _vae_checkpoint()
+    states = official_state_dicts(checkpoint)
+    assert list(states["encoder"]) == OFFICIAL_ENCODER_KEYS  # the official ConvEncoder's keys, in its order
+    assert not any(key.startswith("encoder") for key in states["generator"])
+    assert states["generator"]["fc.weight"].shape == (16 * 4 * 4 * 8, 16)  # linear z -> 16 ngf x 4 x 8
+    official = tmp_path / "official"
+    official.mkdir()
+    for role, name in (("generator", "latest_net_G.pth"), ("encoder", "latest_net_E.pth")):
+        torch.save(states[role], official / name)
+    imported = tmp_path / "imported.pt"
+    assert dagan_main(["import-official", "--generator", str(official / "latest_net_G.pth"), "--preset",
+                       "cityscapes", "--out", str(imported)]) == 0  # the encoder is found beside the generator
+    assert "with its style encoder" in capsys.readouterr().out
+    state = load_checkpoint(imported)
+    assert (state["config"]["model"]["style"], state["config"]["model"]["z_dim"]) == ("vae", 16)
+    assert state["origin"]["files"]["encoder"]["name"] == "latest_net_E.pth"
+    assert list(state["generator"]) == list(checkpoint["generator"])
+    assert all(torch.equal(state["generator"][k], v) for k, v in checkpoint["generator"].items())
+    assert dagan_main(["export-official", "--checkpoint", str(imported), "--out", str(tmp_path / "export")]) == 0
+    exported = torch.load(tmp_path / "export" / "latest_net_E.pth", weights_only=True)
+    assert list(exported) == OFFICIAL_ENCODER_KEYS
+    assert all(torch.equal(exported[key], states["encoder"][key]) for key in OFFICIAL_ENCODER_KEYS)
+
+
+def test_import_asks_for_the_encoder_of_a_vae_generator_and_refuses_one_without(tmp_path, capsys):
+    states = official_state_dicts(_vae_checkpoint())
+    torch.save(states["generator"], tmp_path / "latest_net_G.pth")
+    code = dagan_main(["import-official", "--generator", str(tmp_path / "latest_net_G.pth"), "--preset",
+                       "cityscapes", "--out", str(tmp_path / "x.pt")])
+    assert code == 2 and "pass --encoder latest_net_E.pth" in capsys.readouterr().err
+    broken = dict(states["encoder"])
+    broken["layer6.0.weight_orig"] = broken.pop("layer6.0.weight_orig")[:, :8]
+    torch.save(broken, tmp_path / "broken_E.pth")
+    code = dagan_main(["import-official", "--generator", str(tmp_path / "latest_net_G.pth"), "--encoder",
+                       str(tmp_path / "broken_E.pth"), "--preset", "cityscapes", "--out", str(tmp_path / "x.pt")])
+    assert code == 2 and "layer6.0.weight_orig" in capsys.readouterr().err
+    (tmp_path / "plain").mkdir()
+    plain = _official_files(tmp_path / "plain", reference_named("spade-cityscapes"), with_discriminator=False)
+    code = dagan_main(["import-official", "--generator", str(plain["generator"]), "--encoder",
+                       str(tmp_path / "broken_E.pth"), "--preset", "cityscapes", "--out", str(tmp_path / "x.pt")])
+    assert code == 2 and "not a VAE generator" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()

@@ -70,7 +70,7 @@ def test_registry_aliases_follow_the_gate_and_never_demote(tmp_path):
     logged = {metric.key: metric.step for metric in model.metrics}
     assert logged == {"loss/g_total": 5}, "the final step's metrics, never the system metrics"
     info = mlflow.models.get_model_info(record()["model_uri"])
-    assert info.signature.inputs.input_names() == ["label", "label_ids", "instance"]
+    assert info.signature.inputs.input_names() == ["label", "label_ids", "instance", "style", "seed"]
     assert info.signature.params.params[0].name == "edges_from_labels"
     assert info.saved_input_example_info is not None
     assert version.run_id == json.loads((tmp_path / "train" / "mlflow_run.json").read_text())["run_id"]

@@ -34,17 +34,15 @@ def post(url: str, body: dict) -> tuple[int, dict]:
         return err.code, json.loads(err.read())
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve")
-    config, _ = registered_model(root)
+def serve(root: Path, tracking_uri: str):
+    """``mlflow models serve`` of models:/dagan-synthetic@champion in ``root``: yields its URL, stops it after."""
     port = free_port()
     mlflow_cli = Path(sys.executable).with_name("mlflow")
     command = [str(mlflow_cli) if mlflow_cli.exists() else shutil.which("mlflow"), "models", "serve",
                "-m", "models:/dagan-synthetic@champion", "--env-manager", "local", "-h", "127.0.0.1",
                "-p", str(port), "--workers", "1"]
     log = (root / "serve.log").open("w")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": config.mlflow.tracking_uri,
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # the venv's uvicorn
     process = subprocess.Popen(command, env=env,
                                stdout=log, stderr=subprocess.STDOUT, cwd=root)
@@ -69,6 +67,13 @@ def server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    config, _ = registered_model(root)
+    yield from serve(root, config.mlflow.tracking_uri)
 
 
 def label_png(size: int = SIZE, top_class: int = 3) -> str:
@@ -148,3 +153,87 @@ def test_the_pixel_limits_come_from_the_register_config(tmp_path, monkeypatch):
     with pytest.raises(MlflowException, match="64x64 = 4096 pixels, more than the limit of 1024"):
         model.predict(pd.DataFrame({"label": [png(np.zeros((64, 64), np.uint8))]}),
                       params={"edges_from_labels": True})
+
+
+VAE = {"style": "vae", "z_dim": 8}
+
+
+@pytest.fixture(scope="module")
+def vae_registry(tmp_path_factory):
+    """A registered model.style=vae model (untrained weights; the pyfunc's plumbing is what is tested here)."""
+    root = tmp_path_factory.mktemp("serve-vae")
+    config, _ = registered_model(root, model=VAE)
+    return root, config
+
+
+@pytest.fixture(scope="module")
+def vae_server(vae_registry):
+    root, config = vae_registry
+    yield from serve(root, config.mlflow.tracking_uri)
+
+
+def style_jpeg(color=(200, 40, 40)) -> str:
+    photo = np.zeros((40, 56, 3), np.uint8)
+    photo[:, :28] = color
+    buffer = io.BytesIO()
+    Image.fromarray(photo).save(buffer, format="JPEG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def decoded(answer: dict) -> list[np.ndarray]:
+    return [np.asarray(Image.open(io.BytesIO(base64.b64decode(row["image"])))) for row in answer["predictions"]]
+
+
+def test_served_vae_model_takes_a_style_photo_and_a_seed_per_row(vae_server, vae_registry):
+    from dagan.generate import load_synthesizer
+
+    # rows without a style send "" and rows without a seed -1: JSON input cannot carry nulls there
+    rows = [[label_png(), "", -1], [label_png(), style_jpeg(), -1], [label_png(), style_jpeg(), 4],
+            [label_png(), "", 4], [label_png(), "", 4], [label_png(), "", 5]]
+    body = {"dataframe_split": {"columns": ["label", "style", "seed"], "data": rows},
+            "params": {"edges_from_labels": True}}
+    status, answer = post(f"{vae_server}/invocations", body)
+    assert status == 200, answer
+    images = decoded(answer)
+    # the served images are exactly what the registered generator makes for each row's latent
+    root, config = vae_registry
+    synthesizer = load_synthesizer(root / "train" / "checkpoints" / "final.pt", manifest_dir=root / "prepared")
+    label = np.asarray(Image.open(io.BytesIO(base64.b64decode(label_png())))).astype(np.int64)
+    photo = np.asarray(Image.open(io.BytesIO(base64.b64decode(style_jpeg()))).convert("RGB"))
+    for image, (_, style, seed) in zip(images, rows, strict=True):
+        expected = synthesizer(label, edges_from_labels=True, seed=None if seed < 0 else seed,
+                               style=photo if style else None)
+        assert np.array_equal(image, expected)
+    assert np.array_equal(images[3], images[4])  # the same seed, the same image
+    assert np.array_equal(images[0], synthesizer(label, edges_from_labels=True))  # no seed, no style: z = 0
+
+
+def test_served_vae_model_refuses_bad_styles_and_seeds(vae_server):
+    broken = base64.b64encode(b"not a photo").decode()
+    for style, seed, message in ((broken, -1, "row 0 'style': not a readable image"),
+                                 ("", -3, "seed -3 must be an integer in [0,")):
+        body = {"dataframe_records": [{"label": label_png(), "style": style, "seed": seed}],
+                "params": {"edges_from_labels": True}}
+        status, answer = post(f"{vae_server}/invocations", body)
+        assert status == 400 and message in answer["message"], answer
+
+
+def test_the_deterministic_model_refuses_a_seed_over_http(server):
+    body = {"dataframe_records": [{"label": label_png(), "seed": 1}], "params": {"edges_from_labels": True}}
+    status, answer = post(f"{server}/invocations", body)
+    assert status == 400 and "model.style=off" in answer["message"]
+
+
+def test_pyfunc_in_process_takes_style_and_seed_columns(vae_registry):
+    import mlflow
+    import pandas as pd
+
+    _, config = vae_registry
+    mlflow.set_tracking_uri(config.mlflow.tracking_uri)
+    model = mlflow.pyfunc.load_model("models:/dagan-synthetic@champion")
+    frame = pd.DataFrame({"label": [base64.b64decode(label_png())] * 4,
+                          "style": [b"", base64.b64decode(style_jpeg()), b"", b""], "seed": [-1, -1, 9, 9]})
+    result = model.predict(frame, params={"edges_from_labels": True})
+    images = [np.asarray(Image.open(io.BytesIO(b))) for b in result["image"]]
+    assert len(images) == 4 and all(image.shape == (SIZE, SIZE, 3) for image in images)
+    assert np.array_equal(images[2], images[3])

@@ -1,9 +1,10 @@
 """``python -m dagan import-official | export-official | verify-official`` (docs/OFFICIAL.md).
 
-* ``import-official --generator latest_net_G.pth [--discriminator latest_net_D.pth] --preset NAME
-  [--variant B6|B1] --out FILE``: an official DAGAN / SPADE checkpoint -> a project checkpoint.
+* ``import-official --generator latest_net_G.pth [--discriminator latest_net_D.pth] [--encoder
+  latest_net_E.pth] --preset NAME [--variant B6|B1] --out FILE``: an official DAGAN / SPADE checkpoint
+  -> a project checkpoint (a ``--use_vae`` model's encoder is found beside the generator by default).
 * ``export-official --checkpoint FILE --out DIR``: the reverse, ``DIR/latest_net_G.pth`` (and
-  ``latest_net_D.pth``), for the official ``test.py``.
+  ``latest_net_E.pth``, ``latest_net_D.pth``), for the official ``test.py``.
 * ``verify-official DIR``: run our model on a reference folder of the official code and print one
   JSON object with the largest differences per array and per loss; exit 0 only when all are
   within the documented tolerances.
@@ -32,6 +33,7 @@ def add_official_commands(commands: argparse._SubParsersAction) -> None:
     importer = commands.add_parser("import-official", help="official DAGAN/SPADE checkpoint -> project checkpoint")
     importer.add_argument("--generator", required=True, help="the official latest_net_G.pth (or <epoch>_net_G.pth)")
     importer.add_argument("--discriminator", help="the official latest_net_D.pth, to fine-tune with it")
+    importer.add_argument("--encoder", help="a VAE model's latest_net_E.pth (default: found beside --generator)")
     importer.add_argument("--preset", required=True, choices=named, help="the dataset the model was trained on")
     importer.add_argument("--variant", choices=("B6", "B1"),
                           help="B6 = DAGAN, B1 = SPADE/GauGAN (default: read from the file)")
@@ -49,10 +51,12 @@ def run_official_command(args: argparse.Namespace) -> int:
     """Run one of the three subcommands; user errors are one line on stderr and exit code 2."""
     try:
         if args.command == "import-official":
-            checkpoint = import_official(args.generator, args.preset, args.variant, args.discriminator)
+            checkpoint = import_official(args.generator, args.preset, args.variant, args.discriminator,
+                                         encoder_path=args.encoder)
             path = write_imported(checkpoint, args.out)
             origin = checkpoint["origin"]
             print(f"wrote {path}: official {origin['code']} {args.preset} as variant {origin['variant']}"
+                  f"{' with its style encoder' if 'encoder' in origin['files'] else ''}"
                   f"{' with its discriminator' if checkpoint['discriminator'] is not None else ''}")
             return 0
         if args.command == "export-official":

@@ -11,6 +11,11 @@
   --name DIR.name --which_epoch latest``). Only the architectures the official code has can be
   exported: B1 at any ngf, B6 at ngf 64 with the official CAM (one earlier scale) and a 3x3 SAM.
 
+Models with SPADE's style encoder (official ``--use_vae``, ``model.style=vae``): the generator file
+has a linear ``fc`` (z -> 16 ngf x sh x sw); the importer then reads the encoder file too, given or
+found beside the generator (``latest_net_G.pth`` -> ``latest_net_E.pth``), into ``generator.encoder``,
+and the exporter writes ``<epoch>_net_E.pth`` beside ``_net_G.pth``.
+
 Key map and order: :mod:`dagan.official.layout`. Loads are ``weights_only``.
 """
 
@@ -30,12 +35,12 @@ from dagan.data.classes import class_table
 from dagan.discriminator import build_discriminator
 from dagan.generate import LabelLayout
 from dagan.generator import build_generator
-from dagan.official.layout import LayoutError, check_layout, key_map, strip_data_parallel
+from dagan.official.layout import ENCODER_PREFIX, LayoutError, check_layout, key_map, strip_data_parallel
 from dagan.presets import get_preset
 
 OFFICIAL_CODE = {"B6": "DAGAN", "B1": "SPADE"}
 OFFICIAL_NGF = 64  # the official DAGAN attention modules hard-code 128 -> 64 channels
-FILE_NAMES = {"generator": "net_G", "discriminator": "net_D"}
+FILE_NAMES = {"generator": "net_G", "discriminator": "net_D", "encoder": "net_E"}
 
 
 def official_config(preset: str, variant: str, ngf: int = OFFICIAL_NGF, overrides: dict | None = None) -> Config:
@@ -70,17 +75,40 @@ def load_official_state(path: str | Path, what: str) -> dict[str, torch.Tensor]:
     return strip_data_parallel(state)
 
 
-def _load_into(module: nn.Module, state: dict[str, torch.Tensor], role: str, what: str) -> nn.Module:
+def _renamed_in(module: nn.Module, state: dict[str, torch.Tensor], role: str, what: str) -> dict[str, torch.Tensor]:
+    """The official ``state`` checked against ``module``'s layout, under our names and in our dtypes."""
     pairs = key_map(module, role)
     check_layout(state, pairs, what)
     dtypes = {key: value.dtype for key, value in module.state_dict().items()}
-    module.load_state_dict({pair.ours: state[pair.official].to(dtypes[pair.ours]) for pair in pairs})
+    return {pair.ours: state[pair.official].to(dtypes[pair.ours]) for pair in pairs}
+
+
+def _load_into(module: nn.Module, state: dict[str, torch.Tensor], role: str, what: str) -> nn.Module:
+    module.load_state_dict(_renamed_in(module, state, role, what))
     return module
 
 
-def import_generator(state: dict[str, torch.Tensor], config: Config, semantic_nc: int, what: str = "generator"):
-    """Our generator (eval mode) holding the official generator ``state``."""
-    return _load_into(build_generator(config, semantic_nc), state, "generator", what).eval()
+def import_generator(state: dict[str, torch.Tensor], config: Config, semantic_nc: int, what: str = "generator",
+                     encoder_state: dict[str, torch.Tensor] | None = None, encoder_what: str = "encoder"):
+    """Our generator (eval mode) holding the official generator ``state`` (and, for ``model.style=vae``,
+    the official encoder's ``encoder_state``)."""
+    generator = build_generator(config, semantic_nc)
+    weights = _renamed_in(generator, state, "generator", what)
+    if generator.encoder is not None:
+        if encoder_state is None:
+            raise LayoutError(f"{what} is a VAE generator (--use_vae): pass its encoder, latest_net_E.pth")
+        encoder = _renamed_in(generator.encoder, encoder_state, "encoder", encoder_what)
+        weights.update({ENCODER_PREFIX + key: value for key, value in encoder.items()})
+    generator.load_state_dict(weights)
+    return generator.eval()
+
+
+def encoder_beside(generator_path: Path) -> Path | None:
+    """``<epoch>_net_E.pth`` next to ``<epoch>_net_G.pth``, when it exists."""
+    if "_net_G" not in generator_path.name:
+        return None
+    candidate = generator_path.with_name(generator_path.name.replace("_net_G", "_net_E"))
+    return candidate if candidate.is_file() else None
 
 
 def import_discriminator(state: dict[str, torch.Tensor], config: Config, semantic_nc: int,
@@ -97,19 +125,42 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _vae_overrides(generator_state: dict[str, torch.Tensor], encoder_path: Path | None, where: str) -> dict:
+    """{"model": {"style": "vae", "z_dim": ...}} for a VAE generator (linear fc), else {}; checks --encoder."""
+    if generator_state["fc.weight"].dim() != 2:
+        if encoder_path is not None:
+            raise LayoutError(f"{where}: not a VAE generator (its fc is a convolution), so it has no encoder; "
+                              f"drop the encoder file {encoder_path}")
+        return {}
+    if encoder_path is None:
+        raise LayoutError(f"{where} is a VAE generator (--use_vae, fc is linear) and no encoder file was given "
+                          "or found beside it; pass --encoder latest_net_E.pth")
+    return {"model": {"style": "vae", "z_dim": generator_state["fc.weight"].shape[1]}}
+
+
 def import_official(generator_path: str | Path, preset: str, variant: str | None = None,
-                    discriminator_path: str | Path | None = None, overrides: dict | None = None) -> dict[str, Any]:
-    """Official checkpoint file(s) -> a project checkpoint dict (see :func:`write_imported`)."""
+                    discriminator_path: str | Path | None = None, overrides: dict | None = None,
+                    encoder_path: str | Path | None = None) -> dict[str, Any]:
+    """Official checkpoint file(s) -> a project checkpoint dict (see :func:`write_imported`).
+
+    A VAE generator (``--use_vae``) needs its encoder: ``encoder_path``, or ``<epoch>_net_E.pth`` beside it."""
     generator_state = load_official_state(generator_path, "generator checkpoint")
     detected = "B6" if "conv_64.weight" in generator_state else "B1"
     variant = variant or detected
-    if "fc.weight" not in generator_state:
-        raise LayoutError(f"generator checkpoint {generator_path}: no key fc.weight; not an official DAGAN/SPADE "
-                          "generator (a VAE generator needs its encoder, which this importer does not read yet)")
-    ngf = generator_state["fc.weight"].shape[0] // 16
+    where = f"generator checkpoint {generator_path}"
+    if "fc.weight" not in generator_state or "head_0.conv_0.weight_orig" not in generator_state:
+        raise LayoutError(f"{where}: no key fc.weight / head_0.conv_0.weight_orig; not an official DAGAN/SPADE "
+                          "generator")
+    ngf = generator_state["head_0.conv_0.weight_orig"].shape[0] // 16
+    encoder_path = Path(encoder_path) if encoder_path is not None else encoder_beside(Path(generator_path))
+    vae = _vae_overrides(generator_state, encoder_path, where)
+    overrides = overrides or {}
+    overrides = {**overrides, "model": {**overrides.get("model", {}), **vae.get("model", {})}}
     config = official_config(preset, variant, ngf, overrides)
     semantic_nc = get_preset(preset).semantic_nc
-    generator = import_generator(generator_state, config, semantic_nc, f"generator checkpoint {generator_path}")
+    encoder_state = load_official_state(encoder_path, "encoder checkpoint") if vae else None
+    generator = import_generator(generator_state, config, semantic_nc, where, encoder_state,
+                                 f"encoder checkpoint {encoder_path}")
     discriminator = None
     if discriminator_path is not None:
         state = load_official_state(discriminator_path, "discriminator checkpoint")
@@ -118,6 +169,8 @@ def import_official(generator_path: str | Path, preset: str, variant: str | None
     files = {"generator": Path(generator_path)}
     if discriminator_path is not None:
         files["discriminator"] = Path(discriminator_path)
+    if vae:
+        files["encoder"] = encoder_path
     origin = {"kind": "official", "code": OFFICIAL_CODE[variant], "preset": preset, "variant": variant,
               "files": {role: {"name": path.name, "sha256": _sha256(path)} for role, path in files.items()}}
     return {
@@ -138,6 +191,9 @@ def write_imported(checkpoint: dict[str, Any], out: str | Path) -> Path:
 def _exportable(config: Config) -> str:
     """The official code ("DAGAN"/"SPADE") that runs this model, or a ConfigError saying why none does."""
     model = config.model
+    if model.style == "noise3d":
+        raise ConfigError("model.style=noise3d (OASIS's 3D noise) has no counterpart in the official DAGAN/SPADE "
+                          "code: only style off or vae (--use_vae) can be exported")
     if (model.generator, model.discriminator) != ("dagan", "multiscale"):
         raise ConfigError(f"model.generator={model.generator}, model.discriminator={model.discriminator}: only "
                           "DAGAN / SPADE models (generator dagan, discriminator multiscale) can be exported")
@@ -162,7 +218,8 @@ def _exportable(config: Config) -> str:
 
 
 def official_state_dicts(checkpoint: dict[str, Any], use_ema: bool = False) -> dict[str, dict[str, torch.Tensor]]:
-    """{"generator": ..., ["discriminator": ...]} official state dicts of a project checkpoint, in official order."""
+    """{"generator": ..., ["encoder": ...], ["discriminator": ...]} official state dicts of a project checkpoint,
+    in official order."""
     config = config_from_dict(checkpoint["config"], "checkpoint config")
     _exportable(config)
     weights = checkpoint["ema"] if use_ema and checkpoint.get("ema") is not None else checkpoint["generator"]
@@ -170,6 +227,10 @@ def official_state_dicts(checkpoint: dict[str, Any], use_ema: bool = False) -> d
         generator = build_generator(config, checkpoint["semantic_nc"])
         discriminator = build_discriminator(config, checkpoint["semantic_nc"])
     result = {"generator": _renamed(weights, key_map(generator, "generator"))}
+    if generator.encoder is not None:
+        encoder = {key.removeprefix(ENCODER_PREFIX): value for key, value in weights.items()
+                   if key.startswith(ENCODER_PREFIX)}
+        result["encoder"] = _renamed(encoder, key_map(generator.encoder, "encoder"))
     if checkpoint.get("discriminator") is not None:
         result["discriminator"] = _renamed(checkpoint["discriminator"], key_map(discriminator, "discriminator"))
     return result
@@ -181,7 +242,8 @@ def _renamed(state: dict[str, torch.Tensor], pairs) -> dict[str, torch.Tensor]:
 
 def export_official(checkpoint_path: str | Path, out_dir: str | Path, use_ema: bool = False,
                     epoch: str = "latest") -> list[Path]:
-    """Write ``<out_dir>/<epoch>_net_G.pth`` (and ``_net_D.pth`` when the checkpoint has D); return the paths."""
+    """Write ``<out_dir>/<epoch>_net_G.pth`` (and ``_net_E.pth`` for a vae, ``_net_D.pth`` when the checkpoint
+    has D); return the paths."""
     states = official_state_dicts(load_checkpoint(checkpoint_path), use_ema)
     out_dir = Path(out_dir)
     targets = {role: out_dir / f"{epoch}_{FILE_NAMES[role]}.pth" for role in states}

@@ -15,7 +15,14 @@ official                               this project
 ``discriminator_N.modelL.0.*``         ``scales.N.layers.L.0.*`` (first and last layer)
 everything else (``fc``, ``head_0``,   the same name
 ``G_middle_*``, ``conv_img``)
+encoder (``latest_net_E.pth``, ``*``)  ``encoder.*`` (the generator's submodule,
+                                       ``model.style=vae``; dagan/nn/style.py)
 =====================================  =======================================
+
+With SPADE's style encoder (``--use_vae``, ``model.style=vae``) the official generator's ``fc`` is a
+linear map from z, and the encoder is a network of its own (``netE``) whose keys (``layer1.0.weight_orig``
+.. ``fc_var.bias``) equal those of our ``generator.encoder`` without the ``encoder.`` prefix; the
+generator's key map leaves the encoder out, :func:`key_map` with role "encoder" maps it.
 
 :func:`key_map` pairs every key of a model with its official name, in the official order
 (the order of the official modules' registration: blocks before the image head, the image head
@@ -41,6 +48,7 @@ BLOCK_ORDER = ("conv_0", "conv_1", "conv_s", "norm_0", "norm_1", "norm_s")
 GENERATOR_RENAMES = (("cam.fuse.", "conv_64."), ("cam.reduce.", "cab.conv1."), ("cam.expand.", "cab.conv2."),
                      ("sam.conv.", "spatialAtt.conv."))
 SPECTRAL_SUFFIXES = ("weight_orig", "weight_u", "weight_v")
+ENCODER_PREFIX = "encoder."  # the style encoder inside our generator: its own file (netE) in the official code
 
 
 class LayoutError(ValueError):
@@ -84,10 +92,13 @@ class KeyPair:
 
 
 def key_map(module: nn.Module, role: str) -> list[KeyPair]:
-    """Every state-dict key of our ``module`` ("generator" or "discriminator") with its official name and
-    shape, in the official order."""
-    rename = {"generator": official_generator_key, "discriminator": official_discriminator_key}[role]
-    pairs = [KeyPair(rename(key), key, tuple(value.shape)) for key, value in module.state_dict().items()]
+    """Every state-dict key of our ``module`` ("generator", "discriminator", or "encoder": a generator's
+    ``encoder``) with its official name and shape, in the official order. A generator's own map leaves
+    its style encoder out (the official code keeps it in another file)."""
+    rename = {"generator": official_generator_key, "discriminator": official_discriminator_key,
+              "encoder": lambda key: key}[role]
+    pairs = [KeyPair(rename(key), key, tuple(value.shape)) for key, value in module.state_dict().items()
+             if not (role == "generator" and key.startswith(ENCODER_PREFIX))]
     if role == "generator":  # a stable sort: the order inside a convolution or a norm is already the official one
         pairs.sort(key=lambda pair: _generator_rank(pair.official))
     return pairs

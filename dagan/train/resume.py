@@ -28,7 +28,7 @@ from dagan.config import Config
 
 MUST_MATCH: dict[str, tuple[str, ...] | None] = {  # section -> keys (None: the whole section)
     "model": None,
-    "loss": ("lambda_gan", "lambda_feat", "lambda_vgg", "lambda_att", "vgg_input"),
+    "loss": ("lambda_gan", "lambda_feat", "lambda_vgg", "lambda_att", "lambda_kld", "vgg_input"),
     "dataset": ("name", "load_size", "crop_size", "aspect_ratio", "flip"),
     "train": ("batch_size", "lr_schedule", "lr_g", "lr_d", "beta1", "beta2", "seed", "amp", "ema_decay"),
 }

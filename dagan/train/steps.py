@@ -16,11 +16,16 @@ a discriminator is called as ``D(semantic, image)`` and returns a
 :class:`~dagan.losses.DiscriminatorOutput` (score maps and feature-matching groups), which the
 loss functions take as it is.
 
-A style-encoding generator (CA2SIS) receives the real photo as its ``style_image``
-(:func:`dagan.generator.run_generator`). Both steps check that every loss
-is finite before back-propagating, so a NaN or Inf never reaches the weights; under DDP the
-checked values are averaged over ranks first, so every rank stops together. Returned losses
-are plain floats (one device sync per step).
+:func:`generate_training_fake` calls the generator as each kind needs: a style-encoding generator
+(CA2SIS) receives the real photo as its ``style_image``; multimodal DAGAN generators
+(docs/MULTIMODAL.md) get their latent in both steps as the official code does: ``vae`` encodes
+the real photo and samples z from its posterior (and the G step adds lambda_kld * KL),
+``noise3d`` draws z ~ N(0, I) per image. Both use torch's RNG, which checkpoints save, so a
+resumed run draws the same z. ``style=off`` calls the generator exactly as before.
+
+Both steps check that every loss is finite before back-propagating, so a NaN or Inf never
+reaches the weights; under DDP the checked values are averaged over ranks first, so every
+rank stops together. Returned losses are plain floats (one device sync per step).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from dagan.losses import (
     d_hinge_loss,
     feature_matching_loss,
     g_hinge_loss,
+    kl_divergence,
     perceptual_loss,
 )
 
@@ -61,10 +67,12 @@ class LossWeights:
     feat: float = 10.0
     vgg: float = 0.0
     att: float = 0.0  # CA2SIS attention loss; only generators that return cross-attention logits use it
+    kld: float = 0.05  # used by model.style=vae only
 
     @classmethod
     def from_config(cls, loss: LossConfig) -> LossWeights:
-        return cls(gan=loss.lambda_gan, feat=loss.lambda_feat, vgg=loss.lambda_vgg, att=loss.lambda_att)
+        return cls(gan=loss.lambda_gan, feat=loss.lambda_feat, vgg=loss.lambda_vgg, att=loss.lambda_att,
+                   kld=loss.lambda_kld)
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,24 @@ def _power_iteration_paused(module: nn.Module):
             layer.training = True
 
 
+def generate_training_fake(
+    generator: nn.Module, semantic: torch.Tensor, real: torch.Tensor, cross_attention: bool = False
+) -> tuple[torch.Tensor, dict]:
+    """G's fake for a training step and what its extra loss terms need: ``{"posterior": (mu, logvar)}``
+    of the real photo for ``vae``; ``{"ca2sis": logits}`` of a style-encoding generator with
+    ``cross_attention``; else {}."""
+    network = unwrap(generator)
+    style = getattr(network, "style", "off")
+    if style == "vae":
+        fake, posterior = generator(semantic, style_image=real)
+        return fake, {"posterior": posterior}
+    if style == "noise3d":
+        return generator(semantic, torch.randn(semantic.shape[0], network.z_dim, device=semantic.device)), {}
+    if cross_attention and uses_style_image(generator):
+        return run_generator(generator, semantic, real, return_attention=True)
+    return run_generator(generator, semantic, real), {}
+
+
 def d_step(
     generator: nn.Module,
     discriminator: nn.Module,
@@ -120,7 +146,7 @@ def d_step(
     optimizer.zero_grad(set_to_none=True)
     with precision.autocast():
         with torch.no_grad():
-            fake = run_generator(generator, semantic, real)
+            fake, _ = generate_training_fake(generator, semantic, real)
         outputs = discriminator(torch.cat([semantic, semantic]), torch.cat([fake.detach(), real.to(fake.dtype)]))
         fake_outputs, real_outputs = outputs.split(semantic.shape[0])
         loss_real, loss_fake = d_hinge_loss(real_outputs, fake_outputs)
@@ -152,11 +178,7 @@ def g_step(
     try:
         optimizer.zero_grad(set_to_none=True)
         with precision.autocast():
-            attention = {}
-            if weights.att > 0 and uses_style_image(generator):
-                fake, attention = run_generator(generator, semantic, real, return_attention=True)
-            else:
-                fake = run_generator(generator, semantic, real)
+            fake, extras = generate_training_fake(generator, semantic, real, cross_attention=weights.att > 0)
             fake_outputs = critic(semantic, fake)
             with torch.no_grad(), _power_iteration_paused(critic):
                 real_outputs = critic(semantic, real.to(fake.dtype))
@@ -167,8 +189,10 @@ def g_step(
                 with torch.no_grad():
                     real_features = vgg(real)
                 losses["g_vgg"] = perceptual_loss(vgg(fake), real_features)
-            if "ca2sis" in attention:
-                losses["g_att"] = attention_alignment_loss(attention["ca2sis"], semantic)
+            if "ca2sis" in extras:
+                losses["g_att"] = attention_alignment_loss(extras["ca2sis"], semantic)
+            if "posterior" in extras:
+                losses["g_kld"] = kl_divergence(*extras["posterior"])
             total = weights.gan * losses["g_gan"]
             if "g_feat" in losses:
                 total = total + weights.feat * losses["g_feat"]
@@ -176,6 +200,8 @@ def g_step(
                 total = total + weights.vgg * losses["g_vgg"]
             if "g_att" in losses:
                 total = total + weights.att * losses["g_att"]
+            if "g_kld" in losses:
+                total = total + weights.kld * losses["g_kld"]
         losses["g_total"] = total
         values = _checked(losses, context)
         scaler.scale(total.float()).backward()
