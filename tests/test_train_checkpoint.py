@@ -110,7 +110,7 @@ PAUSING_RUN = textwrap.dedent("""
 
 
 def test_resume_after_sigkill_reproduces_the_uninterrupted_run(prepared, tmp_path):
-    overrides = {"max_steps": 7, "checkpoint_every": 3, "ema_decay": 0.5}
+    overrides = {"max_steps": 7, "checkpoint_every": 3, "ema_decay": 0.9, "ema_rampup": 0.5}
     train(tiny_config(prepared, tmp_path / "straight", **overrides))
 
     import json

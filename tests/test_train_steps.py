@@ -128,3 +128,21 @@ def test_ema_tracks_the_average_and_copies_buffers():
     assert not any(p.requires_grad for p in ema.module.parameters())
     with pytest.raises(ValueError, match="ema_decay"):
         ExponentialMovingAverage(network, decay=1.0)
+
+
+def test_ema_ramp_up_caps_the_half_life_at_a_fraction_of_the_steps_done():
+    network = torch.nn.Linear(2, 2)
+    ema = ExponentialMovingAverage(network, decay=0.999, rampup=0.05)
+    assert ema.beta(1) < 1e-5  # half-life 0.05 steps: the first update copies the weights
+    assert ema.beta(1000) == pytest.approx(0.5 ** (1 / 50))  # half-life 50 steps after 1000
+    assert ema.beta(10**6) == 0.999  # the decay caps it
+    assert ExponentialMovingAverage(network, decay=0.999).beta(1) == 0.999  # no ramp-up: the decay throughout
+    start = network.weight.detach().clone()
+    with torch.no_grad():
+        network.weight.add_(1.0)
+    ema.update(network, step=1000)
+    assert torch.allclose(ema.module.weight, start + 1 - ema.beta(1000))
+    with pytest.raises(ValueError, match="step"):
+        ema.update(network)
+    with pytest.raises(ValueError, match="ema_rampup"):
+        ExponentialMovingAverage(network, decay=0.9, rampup=-1.0)

@@ -162,7 +162,7 @@ def _train(config: Config, logger: TrainingLogger, resume: str | Path | None, co
                             "learning rates (train.lr_g / train.lr_d) or use train.amp=off"
                         ) from None
                     if state.ema is not None:
-                        state.ema.update(unwrap(state.generator))
+                        state.ema.update(unwrap(state.generator), step + 1)
                     step += 1
                     seconds = time.perf_counter() - started
                     interval_seconds, interval_steps = interval_seconds + seconds, interval_steps + 1
