@@ -121,6 +121,7 @@ class TrainConfig:
     ema_decay: float = 0.0  # > 0 keeps an EMA generator
     init_from: str | None = None  # checkpoint (trained or imported official) whose G (and D) weights start a new run
     ema_rampup: float = 0.0  # > 0: the EMA's half-life is at most this x the steps so far (dagan/ema.py); 0: off
+    ema_bn_batches: int = 0  # > 0: EMA's batch-norm statistics recomputed on this many train batches per checkpoint
     out_dir: str = "outputs/train"
     checkpoint_every: int = 200  # steps
     keep_last: int = 3

@@ -10,11 +10,19 @@ average's half-life is at most ``rampup`` times the number of updates so far (St
 decay 0.999 (half-life 693 steps) and no ramp-up, 36% of the average after 1000 steps is still
 the initial weights; with ``rampup`` 0.05 the half-life is 50 steps there. The ramp depends
 only on the step, so a resumed run averages exactly as an uninterrupted one.
+
+Batch norm: the buffers copied from the trained network are its running statistics, which
+describe the trained network's activations, not the average's. :meth:`recalibrate_batch_norm`
+recomputes them from the average's own activations on a few batches (OASIS recomputes the
+statistics of its EMA generator the same way before evaluating it); the training loop does it
+before every checkpoint (``train.ema_bn_batches``). The next update copies the trained network's
+buffers again, so this never changes the training itself.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -53,6 +61,28 @@ class ExponentialMovingAverage:
             average.lerp_(current.detach(), 1.0 - beta)
         for average, current in zip(self.module.buffers(), network.buffers(), strict=True):
             average.copy_(current)
+
+    @torch.no_grad()
+    def recalibrate_batch_norm(self, inputs: Iterable[torch.Tensor]) -> int:
+        """Recompute the running statistics of every batch norm of the average from its forward
+        passes (train mode, cumulative average) over ``inputs``; returns the number of batches."""
+        norms = [m for m in self.module.modules()
+                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        momenta = [norm.momentum for norm in norms]
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # cumulative moving average: every batch counts the same
+        self.module.train()
+        count = 0
+        try:
+            for batch in inputs:
+                self.module(batch)
+                count += 1
+        finally:
+            for norm, momentum in zip(norms, momenta, strict=True):
+                norm.momentum = momentum
+            self.module.eval()
+        return count
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.module.state_dict()

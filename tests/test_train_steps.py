@@ -146,3 +146,19 @@ def test_ema_ramp_up_caps_the_half_life_at_a_fraction_of_the_steps_done():
         ema.update(network)
     with pytest.raises(ValueError, match="ema_rampup"):
         ExponentialMovingAverage(network, decay=0.9, rampup=-1.0)
+
+
+def test_ema_batch_norm_recalibration_uses_the_averages_own_activations():
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    ema = ExponentialMovingAverage(network, decay=0.5)
+    with torch.no_grad():
+        network[0].weight.mul_(3.0)
+        network[1].running_mean.fill_(7.0)
+    ema.update(network)  # copies the trained network's statistics: not those of the average's weights
+    batches = [torch.randn(5, 3) for _ in range(3)]
+    assert ema.recalibrate_batch_norm(batches) == 3
+    features = ema.module[0](torch.cat(batches)).detach()
+    assert torch.allclose(ema.module[1].running_mean, features.mean(0), atol=1e-6)
+    assert ema.module[1].momentum == 0.1 and not ema.module.training
+    assert ema.module[1].num_batches_tracked == 3

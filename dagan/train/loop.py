@@ -16,6 +16,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from dagan.checkpoint import (
     step_path,
 )
 from dagan.config import Config
-from dagan.data import PairedDataset, read_manifest
+from dagan.data import Manifest, PairedDataset, read_manifest
 from dagan.distributed import DistributedContext, ResumableDistributedSampler, all_ranks_sum, setup, teardown, unwrap
 from dagan.heap import reuse_freed_memory
 from dagan.labels import semantic_input
@@ -188,7 +189,7 @@ def _train(config: Config, logger: TrainingLogger, resume: str | Path | None, co
                         flags = all_ranks_sum(torch.tensor(flags, device=device), context).tolist()
                     stopped_early = sum(flags) > 0 and step < total_steps
                     if step < total_steps and (stopped_early or step % opts.checkpoint_every == 0):
-                        last_checkpoint = _write(state, config, manifest.semantic_nc, step, steps_per_epoch,
+                        last_checkpoint = _write(state, config, manifest, step, steps_per_epoch,
                                                  step_path(out_dir, step), context, logger)
                         if context.is_main:
                             prune_checkpoints(out_dir, opts.keep_last)
@@ -200,17 +201,30 @@ def _train(config: Config, logger: TrainingLogger, resume: str | Path | None, co
                         break
             final = checkpoint_dir(out_dir) / FINAL_NAME
             if not stopped_early and (run_steps > 0 or not final.is_file()):
-                last_checkpoint = _write(state, config, manifest.semantic_nc, step, steps_per_epoch, final,
+                last_checkpoint = _write(state, config, manifest, step, steps_per_epoch, final,
                                          context, logger)
         finally:
             progress.close()
     return TrainResult(step, total_steps, metrics, last_checkpoint, stopped_early, resume_path)
 
 
-def _write(state: TrainingState, config: Config, semantic_nc: int, step: int, steps_per_epoch: int, path: Path,
+def _calibration_inputs(config: Config, manifest: Manifest, device: torch.device) -> Iterator[torch.Tensor]:
+    """The semantic inputs of the first ``train.ema_bn_batches`` training batches, in order, not augmented."""
+    dataset = PairedDataset(config.dataset.prepared_dir, "train", crop_size=config.dataset.crop_size,
+                            aspect_ratio=config.dataset.aspect_ratio, train=False, flip=False)
+    loader = DataLoader(dataset, batch_size=config.train.batch_size, shuffle=False, num_workers=0)
+    for _, batch in zip(range(config.train.ema_bn_batches), loader, strict=False):
+        instance = batch["instance"].to(device) if manifest.has_instance else None
+        semantic = semantic_input(batch["label"].to(device), manifest.num_label_channels, instance)
+        yield semantic.contiguous(memory_format=torch.channels_last) if config.train.channels_last else semantic
+
+
+def _write(state: TrainingState, config: Config, manifest: Manifest, step: int, steps_per_epoch: int, path: Path,
            context: DistributedContext, logger: TrainingLogger) -> Path:
-    """Rank 0 writes the checkpoint atomically; every rank returns its path."""
+    """Rank 0 writes the checkpoint atomically (recalibrating the EMA's batch norm first); all return its path."""
     if context.is_main:
-        save_checkpoint(state.to_checkpoint(config, semantic_nc, step, step // steps_per_epoch), path)
+        if state.ema is not None and config.train.ema_bn_batches > 0:
+            state.ema.recalibrate_batch_norm(_calibration_inputs(config, manifest, context.device))
+        save_checkpoint(state.to_checkpoint(config, manifest.semantic_nc, step, step // steps_per_epoch), path)
         logger.on_checkpoint(step, path)
     return path
