@@ -197,7 +197,8 @@ class TuneConfig:
 
     # section -> key -> {type: loguniform | uniform (low, high) | choice (values)}; validated by dagan.search_space
     search_space: dict[str, dict[str, dict[str, Any]]] = field(default_factory=_default_search_space)
-    metric: Literal["judge_miou", "fd_judge"] = "judge_miou"  # judge mIoU (maximised) | judge Fréchet dist. (minimised)
+    # fd_judge (judge Fréchet distance, minimised; separates learning from flat painting) | judge_miou (maximised)
+    metric: Literal["judge_miou", "fd_judge"] = "fd_judge"
     num_samples: int = 8  # trials
     max_steps: int = 2000  # training steps per trial (its train.max_steps)
     eval_every: int = 200  # steps between judge evaluations = Tune reports = trial checkpoints
