@@ -82,11 +82,12 @@ def colour_bar(low: float, high: float, height: int, width: int = 56) -> np.ndar
 
 
 def channel_chart(weights: torch.Tensor, height: int, width: int = 200) -> np.ndarray:
-    """CAM's channel weights delta (C,) in [0, 1] as a bar chart: one bar per channel, y axis 0..1."""
+    """CAM's channel weights delta (C,) in [0, 1] as a bar chart: one bar per channel, y axis 0..1, their range
+    written top right."""
     values = weights.detach().float().cpu().numpy().reshape(-1)
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
-    left, right, top, bottom = 28, width - 4, 6, height - 16
+    left, right, top, bottom = 28, width - 4, 18, height - 16
     for level in (0.0, 0.5, 1.0):
         y = bottom - level * (bottom - top)
         draw.line([(left, y), (right, y)], fill=(210, 210, 210) if level else "black")
@@ -98,6 +99,7 @@ def channel_chart(weights: torch.Tensor, height: int, width: int = 200) -> np.nd
                        fill=(59, 82, 139))
     draw.text((left, bottom + 2), "0", fill="black", font=_font(10), anchor="lt")
     draw.text((right, bottom + 2), f"channel {values.size - 1}", fill="black", font=_font(10), anchor="rt")
+    draw.text((right, 0), f"{values.min():.3f} - {values.max():.3f}", fill="black", font=_font(10), anchor="rt")
     return np.asarray(canvas)
 
 
