@@ -18,6 +18,7 @@ from dagan.generate import colorize
 # A perceptually ordered dark-blue -> teal -> yellow ramp (anchor colours, linearly interpolated).
 HEAT_ANCHORS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=float)
 GAP = 2  # pixels between cells
+MIN_CELL = 128  # small images are enlarged (nearest neighbour) to at least this height in the figures
 
 
 def image_to_uint8(image: torch.Tensor) -> np.ndarray:
@@ -51,12 +52,20 @@ def tile(rows: list[list[np.ndarray]]) -> np.ndarray:
 def sample_grid(
     labels: torch.Tensor, generated: torch.Tensor, real: torch.Tensor, colors: list[list[int]]
 ) -> np.ndarray:
-    """Rows of label (colourised) | generated | real for (B, H, W) labels and (B, 3, H, W) images."""
+    """Column titles, then rows of label (colourised) | generated | real for (B, H, W) labels and (B, 3, H, W)
+    images, enlarged (nearest) to at least MIN_CELL pixels tall."""
+    factor = _enlargement(labels.shape[-2])
     rows = [
-        [colorize(label.cpu().numpy(), colors), image_to_uint8(fake), image_to_uint8(photo)]
+        [_upscale(cell, factor) for cell in (colorize(label.cpu().numpy(), colors), image_to_uint8(fake),
+                                             image_to_uint8(photo))]
         for label, fake, photo in zip(labels, generated, real, strict=True)
     ]
-    return tile(rows)
+    return tile([_header(["label", "generated", "real"], [cell.shape[1] for cell in rows[0]]), *rows])
+
+
+def _enlargement(height: int) -> int:
+    """The integer factor that makes an image of ``height`` pixels at least MIN_CELL tall."""
+    return max(1, -(-MIN_CELL // height))
 
 
 def _font(size: int) -> ImageFont.ImageFont:
@@ -117,10 +126,10 @@ def attention_figure(
 ) -> np.ndarray:
     """Rows of label | generated | SAM map A_s with its colour scale | CAM channel weights delta (bar chart).
 
-    Images are enlarged (nearest) to at least 128 pixels tall. The SAM maps share one colour
+    Images are enlarged (nearest) to at least MIN_CELL pixels tall. The SAM maps share one colour
     scale, the range of A_s over the samples shown; CAM's bars share the axis 0..1.
     """
-    factor = max(1, -(-128 // labels.shape[-2]))
+    factor = _enlargement(labels.shape[-2])
     height = labels.shape[-2] * factor
     sam = attention["sam"][:, 0].detach().float().cpu().numpy() if "sam" in attention else None
     low, high = (float(sam.min()), float(sam.max())) if sam is not None else (0.0, 1.0)

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from dagan.visualize import HEAT_ANCHORS, attention_figure, channel_chart, colour_bar
+from dagan.visualize import HEAT_ANCHORS, attention_figure, channel_chart, colour_bar, sample_grid
 
 BAR = np.array([59, 82, 139], dtype=np.uint8)
 
@@ -47,3 +47,13 @@ def test_attention_figure_has_a_header_and_a_row_per_sample_with_every_module():
     assert (first_sam == HEAT_ANCHORS[0]).all() and (second_sam == HEAT_ANCHORS[-1]).all()  # the shared scale
     without_cam = attention_figure(labels, generated, {"sam": sam}, [[0, 0, 0]])
     assert without_cam.shape[1] < figure.shape[1] - 150
+
+
+def test_sample_grid_enlarges_small_images_under_column_titles():
+    labels = torch.zeros(2, 32, 32, dtype=torch.long)
+    generated = torch.full((2, 3, 32, 32), 1.0)  # white
+    real = torch.full((2, 3, 32, 32), -1.0)  # black
+    grid = sample_grid(labels, generated, real, [[10, 20, 30]])
+    assert grid.shape == (18 + 2 * (128 + 2), 3 * 128 + 2 * 2, 3)
+    row = grid[18 + 2 : 18 + 2 + 128]
+    assert (row[:, :128] == [10, 20, 30]).all() and (row[:, 130:258] == 255).all() and (row[:, 260:] == 0).all()
