@@ -59,7 +59,7 @@ class DatasetConfig:
 class SyntheticConfig:
     seed: int = 0
     num_train: int = 256
-    num_val: int = 32
+    num_val: int = 128  # a Fréchet distance in the judge's 64-d features needs well over 64 images
     size: int = 64  # square scenes of size x size pixels
 
 
@@ -202,7 +202,7 @@ class TuneConfig:
     num_samples: int = 8  # trials
     max_steps: int = 2000  # training steps per trial (its train.max_steps)
     eval_every: int = 200  # steps between judge evaluations = Tune reports = trial checkpoints
-    eval_batches: int = 2  # validation batches (evaluate.batch_size images each) per evaluation
+    eval_batches: int = 8  # validation batches (evaluate.batch_size images each) per evaluation
     grace_period: int = 400  # ASHA: steps a trial runs before it can be stopped
     reduction_factor: int = 2  # ASHA: 1/reduction_factor of the trials go on at each rung
     cpus_per_trial: float = 2.0
