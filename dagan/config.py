@@ -103,7 +103,7 @@ class DatasetConfig:
 class SyntheticConfig:
     seed: int = 0
     num_train: int = 256
-    num_val: int = 32
+    num_val: int = 128  # a Fréchet distance in the judge's 64-d features needs well over 64 images
     size: int = 64  # square scenes of size x size pixels
 
 
@@ -205,6 +205,8 @@ class TrainConfig:
     heap_reuse: bool = True  # keep freed memory in the heap (glibc mallopt; dagan/heap.py): ~20% faster steps
     ema_decay: float = 0.0  # > 0 keeps an EMA generator
     init_from: str | None = None  # checkpoint (trained or imported official) whose G (and D) weights start a new run
+    ema_rampup: float = 0.0  # > 0: the EMA's half-life is at most this x the steps so far (dagan/ema.py); 0: off
+    ema_bn_batches: int = 0  # > 0: EMA's batch-norm statistics recomputed on this many train batches per checkpoint
     out_dir: str = "outputs/train"
     checkpoint_every: int = 200  # steps
     keep_last: int = 3
@@ -310,11 +312,12 @@ class TuneConfig:
 
     # section -> key -> {type: loguniform | uniform (low, high) | choice (values)}; validated by dagan.search_space
     search_space: dict[str, dict[str, dict[str, Any]]] = field(default_factory=_default_search_space)
-    metric: Literal["judge_miou", "fd_judge"] = "judge_miou"  # judge mIoU (maximised) | judge Fréchet dist. (minimised)
+    # fd_judge (judge Fréchet distance, minimised; separates learning from flat painting) | judge_miou (maximised)
+    metric: Literal["judge_miou", "fd_judge"] = "fd_judge"
     num_samples: int = 8  # trials
     max_steps: int = 2000  # training steps per trial (its train.max_steps)
     eval_every: int = 200  # steps between judge evaluations = Tune reports = trial checkpoints
-    eval_batches: int = 2  # validation batches (evaluate.batch_size images each) per evaluation
+    eval_batches: int = 8  # validation batches (evaluate.batch_size images each) per evaluation
     grace_period: int = 400  # ASHA: steps a trial runs before it can be stopped
     reduction_factor: int = 2  # ASHA: 1/reduction_factor of the trials go on at each rung
     cpus_per_trial: float = 2.0

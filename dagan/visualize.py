@@ -4,11 +4,12 @@
   generated | real (| K generated samples | for multimodal models), under a header that names
   them.
 * :func:`attention_figure`: one row per sample, columns layout | generated | then the maps the
-  model has: SAM spatial attention map A_s | CAM channel weights delta (one cell per channel,
-  dark = low) | SPAP gates of the generator, one per cascade step (how much the step takes from
-  its new pyramid level; channel means) | SPAP gates of the discriminator's finest scale (on the
-  generated image) | CA2SIS cross-attention of the finest layer: the class whose style each
-  position takes most (in the class colours) and that weight (heat map).
+  model has: SAM's spatial attention map A_s with its colour scale (shared by the samples) |
+  CAM's channel weights delta as a bar chart | SPAP gates of the generator, one per cascade
+  step (how much the step takes from its new pyramid level; channel means) | SPAP gates of the
+  discriminator's finest scale (on the generated image) | CA2SIS cross-attention of the finest
+  layer: the class whose style each position takes most (in the class colours) and that weight
+  (heat map).
 * :func:`bar_chart`: horizontal bars per class for a few series (per-class IoU of generated,
   real and baseline images).
 
@@ -104,16 +105,39 @@ def sample_grid(
     return tile(rows, ["layout", *titles, "real"])
 
 
-def channel_strip(weights: torch.Tensor, height: int) -> np.ndarray:
-    """CAM weights delta (C,) in [0, 1] -> a near-square block of C cells, row-major, ``height`` tall."""
+def colour_bar(low: float, high: float, height: int, width: int = 56) -> np.ndarray:
+    """A vertical HEAT_ANCHORS ramp from ``low`` (bottom) to ``high`` (top), ticks labelled, ``height`` tall."""
+    canvas = Image.new("RGB", (width, height), "white")
+    ramp = heatmap(np.linspace(1, 0, height - 12)[:, None].repeat(12, axis=1))
+    canvas.paste(Image.fromarray(ramp), (2, 6))
+    draw = ImageDraw.Draw(canvas)
+    for fraction in (0.0, 0.5, 1.0):
+        y = 6 + round((1 - fraction) * (height - 13))
+        draw.line([(14, y), (17, y)], fill="black")
+        draw.text((19, y), f"{low + fraction * (high - low):.2f}", fill="black", font=_font(10), anchor="lm")
+    return np.asarray(canvas)
+
+
+def channel_chart(weights: torch.Tensor, height: int, width: int = 200) -> np.ndarray:
+    """CAM's channel weights delta (C,) in [0, 1] as a bar chart: one bar per channel, y axis 0..1, their range
+    written top right."""
     values = weights.detach().float().cpu().numpy().reshape(-1)
-    columns = int(np.ceil(np.sqrt(values.size)))
-    grid = np.full(columns * columns, np.nan)
-    grid[: values.size] = values
-    cells = heatmap(np.nan_to_num(grid.reshape(columns, columns), nan=0.0))
-    cells[np.isnan(grid.reshape(columns, columns))] = 255
-    cell = max(height // columns, 1)
-    return np.kron(cells, np.ones((cell, cell, 1), dtype=np.uint8))
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    left, right, top, bottom = 28, width - 4, 18, height - 16
+    for level in (0.0, 0.5, 1.0):
+        y = bottom - level * (bottom - top)
+        draw.line([(left, y), (right, y)], fill=(210, 210, 210) if level else "black")
+        draw.text((left - 3, y), f"{level:g}", fill="black", font=_font(10), anchor="rm")
+    step = (right - left) / max(values.size, 1)
+    for index, value in enumerate(np.clip(values, 0, 1)):
+        x0 = left + index * step
+        draw.rectangle([x0 + step * 0.15, bottom - value * (bottom - top), x0 + step * 0.85, bottom],
+                       fill=(59, 82, 139))
+    draw.text((left, bottom + 2), "0", fill="black", font=_font(10), anchor="lt")
+    draw.text((right, bottom + 2), f"channel {values.size - 1}", fill="black", font=_font(10), anchor="rt")
+    draw.text((right, 0), f"{values.min():.3f} - {values.max():.3f}", fill="black", font=_font(10), anchor="rt")
+    return np.asarray(canvas)
 
 
 def _heat_columns(maps: torch.Tensor, size: tuple[int, int]) -> list[np.ndarray]:
@@ -132,24 +156,36 @@ def cross_attention_columns(logits: torch.Tensor, colors: list[list[int]]) -> li
 def attention_figure(
     labels: torch.Tensor, generated: torch.Tensor, attention: dict[str, torch.Tensor], colors: list[list[int]]
 ) -> np.ndarray:
-    """Rows of label | generated | SAM map | CAM weights | SPAP gates (G, D) | CA2SIS cross-attention
-    (the columns of the maps that exist; see the module docstring)."""
+    """Rows of layout | generated | SAM map with its colour scale | CAM weights (bar chart) | SPAP gates
+    (G, D) | CA2SIS cross-attention (the columns of the maps that exist; see the module docstring).
+
+    Images are enlarged (nearest) to at least MIN_TILE pixels tall. The SAM maps share one colour
+    scale, the range of A_s over the samples shown; CAM's bars share the axis 0..1.
+    """
+    factor = max(1, -(-MIN_TILE // labels.shape[-2]))
+    height = labels.shape[-2] * factor
+    sam = attention["sam"][:, 0].detach().float().cpu().numpy() if "sam" in attention else None
+    low, high = (float(sam.min()), float(sam.max())) if sam is not None else (0.0, 1.0)
+    span = max(high - low, 1e-6)
     rows = []
     for index, label in enumerate(labels):
         size = tuple(label.shape)
         row = [colorize(label.cpu().numpy(), colors), image_to_uint8(generated[index])]
-        if "sam" in attention:
-            row.append(heatmap(attention["sam"][index, 0].detach().float().cpu().numpy()))
-        if "cam" in attention:
-            row.append(channel_strip(attention["cam"][index], label.shape[0]))
+        if sam is not None:
+            row.append(heatmap((sam[index] - low) / span))
         for key in ("spap", "spap_d"):
             if key in attention:
                 row.extend(_heat_columns(attention[key][index], size))
         if "ca2sis" in attention:
             row.extend(cross_attention_columns(attention["ca2sis"][index], colors))
+        row = [enlarge(cell, factor) for cell in row]
+        if sam is not None:
+            row.insert(3, colour_bar(low, high, height))
+        if "cam" in attention:
+            row.insert(4 if sam is not None else 2, channel_chart(attention["cam"][index], height))
         rows.append(row)
-    titles = ["layout", "generated", *(["SAM map"] if "sam" in attention else []),
-              *(["CAM weights"] if "cam" in attention else []),
+    titles = ["layout", "generated", *(["SAM map A_s", "scale"] if sam is not None else []),
+              *(["CAM weights delta per channel"] if "cam" in attention else []),
               *(f"SPAP G step {k + 1}" for k in range(attention["spap"].shape[1] if "spap" in attention else 0)),
               *(f"SPAP D step {k + 1}" for k in range(attention["spap_d"].shape[1] if "spap_d" in attention else 0)),
               *(["CA2SIS class", "CA2SIS weight"] if "ca2sis" in attention else [])]

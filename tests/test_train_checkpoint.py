@@ -110,7 +110,7 @@ PAUSING_RUN = textwrap.dedent("""
 
 
 def test_resume_after_sigkill_reproduces_the_uninterrupted_run(prepared, tmp_path):
-    overrides = {"max_steps": 7, "checkpoint_every": 3, "ema_decay": 0.5}
+    overrides = {"max_steps": 7, "checkpoint_every": 3, "ema_decay": 0.9, "ema_rampup": 0.5, "ema_bn_batches": 2}
     train(tiny_config(prepared, tmp_path / "straight", **overrides))
 
     import json
@@ -131,6 +131,8 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(prepared, tmp_pat
     straight = load_checkpoint(tmp_path / "straight" / "checkpoints" / "final.pt")
     resumed = load_checkpoint(folder / "final.pt")
     _assert_same_training_state(straight, resumed)
+    statistics = [key for key in straight["ema"] if key.endswith("running_mean")]
+    assert statistics and not any(torch.equal(straight["ema"][k], straight["generator"][k]) for k in statistics)
 
 
 def test_non_finite_loss_names_the_step_and_keeps_the_last_good_checkpoint(prepared, tmp_path, monkeypatch):

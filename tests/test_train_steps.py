@@ -152,3 +152,37 @@ def test_steps_work_for_every_generator_and_discriminator(tmp_path, generator_ki
     assert all(p.grad is not None for p in generator.parameters() if p.requires_grad)
     losses = d_step(generator, discriminator, opt_d, semantic, real, scaler)
     assert set(losses) == {"d_real", "d_fake"} and all(v >= 0 for v in losses.values())
+
+
+def test_ema_ramp_up_caps_the_half_life_at_a_fraction_of_the_steps_done():
+    network = torch.nn.Linear(2, 2)
+    ema = ExponentialMovingAverage(network, decay=0.999, rampup=0.05)
+    assert ema.beta(1) < 1e-5  # half-life 0.05 steps: the first update copies the weights
+    assert ema.beta(1000) == pytest.approx(0.5 ** (1 / 50))  # half-life 50 steps after 1000
+    assert ema.beta(10**6) == 0.999  # the decay caps it
+    assert ExponentialMovingAverage(network, decay=0.999).beta(1) == 0.999  # no ramp-up: the decay throughout
+    start = network.weight.detach().clone()
+    with torch.no_grad():
+        network.weight.add_(1.0)
+    ema.update(network, step=1000)
+    assert torch.allclose(ema.module.weight, start + 1 - ema.beta(1000))
+    with pytest.raises(ValueError, match="step"):
+        ema.update(network)
+    with pytest.raises(ValueError, match="ema_rampup"):
+        ExponentialMovingAverage(network, decay=0.9, rampup=-1.0)
+
+
+def test_ema_batch_norm_recalibration_uses_the_averages_own_activations():
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    ema = ExponentialMovingAverage(network, decay=0.5)
+    with torch.no_grad():
+        network[0].weight.mul_(3.0)
+        network[1].running_mean.fill_(7.0)
+    ema.update(network)  # copies the trained network's statistics: not those of the average's weights
+    batches = [torch.randn(5, 3) for _ in range(3)]
+    assert ema.recalibrate_batch_norm(batches) == 3
+    features = ema.module[0](torch.cat(batches)).detach()
+    assert torch.allclose(ema.module[1].running_mean, features.mean(0), atol=1e-6)
+    assert ema.module[1].momentum == 0.1 and not ema.module.training
+    assert ema.module[1].num_batches_tracked == 3

@@ -114,13 +114,13 @@ def test_two_trial_sweep_logs_parent_and_nested_runs_and_writes_the_best_params(
         assert any(key.startswith("loss/") for key in run.data.metrics)  # the training logger's losses
 
     best = json.loads((tmp_path / "tune" / "best.json").read_text())
-    scores = {run.data.tags["ray.trial_id"]: client.get_metric_history(run.info.run_id, "eval/judge_miou")[-1].value
-              for run in trials}
-    assert best["metric"] == "judge_miou" and best["value"] == pytest.approx(max(scores.values()))
+    scores = {run.data.tags["ray.trial_id"]: client.get_metric_history(run.info.run_id, "eval/fd_judge")[-1].value
+              for run in trials}  # the default metric: the judge Fréchet distance, minimised
+    assert best["metric"] == "fd_judge" and best["value"] == pytest.approx(min(scores.values()))
     best_run = client.get_run(best["mlflow_run_id"])
     assert best_run.data.tags["ray.trial_id"] == best["trial_id"]
     parent = client.get_run(parent_id)
-    assert parent.data.metrics["best_judge_miou"] == pytest.approx(best["value"])
+    assert parent.data.metrics["best_fd_judge"] == pytest.approx(best["value"])
     assert parent.data.metrics["num_trials"] == 2
     assert parent.data.tags["best.model.variant"] == best_run.data.params["model.variant"]
 

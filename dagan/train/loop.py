@@ -16,6 +16,7 @@ written, so the last checkpoint named as good is good.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,10 @@ from dagan.checkpoint import (
     step_path,
 )
 from dagan.config import Config
-from dagan.data import PairedDataset, read_manifest
+from dagan.data import Manifest, PairedDataset, read_manifest
 from dagan.distributed import DistributedContext, ResumableDistributedSampler, all_ranks_sum, setup, teardown, unwrap
 from dagan.finite import all_finite, describe_non_finite, module_tensors, non_finite_tensors
+from dagan.generator import run_generator
 from dagan.heap import reuse_freed_memory
 from dagan.labels import semantic_input
 from dagan.schedule import lr_factor, set_learning_rate
@@ -170,7 +172,7 @@ def _train(config: Config, logger: TrainingLogger, resume: str | Path | None, co
                         f"{_losses(g_losses, d_losses)}); no checkpoint holds them; last good checkpoint: "
                         f"{last_checkpoint or 'none was written yet'}. {_ADVICE}")
                 if state.ema is not None:
-                    state.ema.update(unwrap(state.generator))
+                    state.ema.update(unwrap(state.generator), step + 1)
                 step += 1
                 seconds = time.perf_counter() - started
                 interval_seconds, interval_steps = interval_seconds + seconds, interval_steps + 1
@@ -199,7 +201,7 @@ def _train(config: Config, logger: TrainingLogger, resume: str | Path | None, co
                 stopped_early = sum(flags) > 0 and step < total_steps
                 stop_reason = signals.received or ("should_stop" if flags[1] > 0 else "signal (another rank)")
                 if step < total_steps and (stopped_early or step % opts.checkpoint_every == 0):
-                    last_checkpoint = _write(state, config, manifest.semantic_nc, step, steps_per_epoch,
+                    last_checkpoint = _write(state, config, manifest, step, steps_per_epoch,
                                              step_path(out_dir, step), context, logger)
                     if context.is_main:
                         prune_checkpoints(out_dir, opts.keep_last)
@@ -210,7 +212,7 @@ def _train(config: Config, logger: TrainingLogger, resume: str | Path | None, co
                     break
         final = checkpoint_dir(out_dir) / FINAL_NAME
         if not stopped_early and (run_steps > 0 or not final.is_file()):
-            last_checkpoint = _write(state, config, manifest.semantic_nc, step, steps_per_epoch, final,
+            last_checkpoint = _write(state, config, manifest, step, steps_per_epoch, final,
                                      context, logger)
     finally:
         progress.close()
@@ -225,11 +227,31 @@ def _losses(*parts: dict[str, float]) -> str:
     return ", ".join(f"{name}={value:.4g}" for part in parts for name, value in part.items())
 
 
-def _write(state: TrainingState, config: Config, semantic_nc: int, step: int, steps_per_epoch: int, path: Path,
+def _calibration_inputs(config: Config, manifest: Manifest,
+                        device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(semantic input, photo) of the first ``train.ema_bn_batches`` training batches, in order, not augmented
+    (the photo is the style image of a style-encoding generator)."""
+    dataset = PairedDataset(config.dataset.prepared_dir, "train", crop_size=config.dataset.crop_size,
+                            aspect_ratio=config.dataset.aspect_ratio, train=False, flip=False)
+    loader = DataLoader(dataset, batch_size=config.train.batch_size, shuffle=False, num_workers=0)
+    for _, batch in zip(range(config.train.ema_bn_batches), loader, strict=False):
+        instance = batch["instance"].to(device) if manifest.has_instance else None
+        semantic = semantic_input(batch["label"].to(device), manifest.num_label_channels, instance)
+        photo = batch["image"].to(device)
+        if config.train.channels_last:
+            semantic, photo = (t.contiguous(memory_format=torch.channels_last) for t in (semantic, photo))
+        yield semantic, photo
+
+
+def _write(state: TrainingState, config: Config, manifest: Manifest, step: int, steps_per_epoch: int, path: Path,
            context: DistributedContext, logger: TrainingLogger) -> Path:
-    """Rank 0 writes the checkpoint atomically (never one with NaN/Inf weights); every rank returns its path."""
+    """Rank 0 writes the checkpoint atomically (recalibrating the EMA's batch norm first; never one with NaN/Inf
+    weights); every rank returns its path."""
     if context.is_main:
-        checkpoint = state.to_checkpoint(config, semantic_nc, step, step // steps_per_epoch)
+        if state.ema is not None and config.train.ema_bn_batches > 0:
+            state.ema.recalibrate_batch_norm(_calibration_inputs(config, manifest, context.device),
+                                             lambda module, batch: run_generator(module, *batch))
+        checkpoint = state.to_checkpoint(config, manifest.semantic_nc, step, step // steps_per_epoch)
         bad = {**non_finite_tensors(checkpoint["generator"], "generator."),
                **non_finite_tensors(checkpoint["discriminator"], "discriminator."),
                **non_finite_tensors(checkpoint["ema"] or {}, "ema.")}
