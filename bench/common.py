@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmarks (issue 8): the machine, timing, isolated runs, tables, JSON.
+"""Shared pieces of the benchmarks (docs/PERFORMANCE.md): the machine, timing, isolated runs, tables, JSON.
 
 Every configuration runs in a fresh Python process (:func:`run_isolated`), so its peak
 resident memory (``ru_maxrss``) is its own and one configuration's warm caches or

@@ -36,7 +36,7 @@ from bench.common import (
     write_json,
 )
 
-# (height, width) the paper trains at (DESIGN.md section 1; Cityscapes 512x256, "more").
+# (height, width) the paper trains at (docs/MODEL.md, "Per-dataset settings"; Cityscapes 512x256, "more").
 PAPER_RESOLUTIONS = {
     "cityscapes": (256, 512),
     "ade20k": (256, 256),

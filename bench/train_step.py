@@ -28,7 +28,7 @@ from bench import common
 from bench.common import RESULTS_DIR, load_average, machine, print_table, run_isolated, stats, write_json
 
 # The official implementation (DAGAN on SPADE's code), measured on this machine type with 2
-# threads, 256x128 Cityscapes layout, ngf 64, batch 1, randomly initialised VGG19 (issue 8).
+# threads, 256x128 Cityscapes layout, ngf 64, batch 1, randomly initialised VGG19 (docs/PERFORMANCE.md).
 OFFICIAL_SECONDS = {"B6": 3.9, "B1": 3.6}
 OFFICIAL_GENERATOR_FORWARD_BACKWARD = 1.9
 TARGET_FRACTION_OF_OFFICIAL = 0.75
@@ -159,7 +159,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Targets of issue 8 per mode: B6 within 5% of B1; B6 at most 0.75x the official time."""
+    """The speed targets per mode: B6 within 5% of B1; B6 at most 0.75x the official time."""
     summary = {}
     for mode in dict.fromkeys(f"{row['mode']}/{row['allocator']}" for row in rows):
         times = {row["variant"]: row["iteration_s"]["median"] for row in rows

@@ -1,4 +1,4 @@
-"""Training checkpoints: one atomic dict with the whole training state (DESIGN.md section 3).
+"""Training checkpoints: one atomic dict with the whole training state.
 
 Contents (docs/ARCHITECTURE.md, "Training outputs"): ``format_version``, ``config`` (the
 resolved config as a plain dict), ``semantic_nc``, ``num_label_channels``, ``generator``, ``discriminator``, ``ema``

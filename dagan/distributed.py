@@ -2,7 +2,7 @@
 
 * ``torchrun`` sets ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``; :func:`setup` joins the
   process group with nccl on GPUs and gloo on CPUs.
-* Batch norm statistics are synchronised across ranks (SyncBatchNorm, DESIGN.md section 3).
+* Batch norm statistics are synchronised across ranks (SyncBatchNorm; docs/MODEL.md, "Backbone").
   torch's SyncBatchNorm only runs on accelerators, so on CPU (gloo) :class:`GlooSyncBatchNorm`
   does the same with a differentiable all-reduce.
 * DDP wraps with ``broadcast_buffers=False``: every rank updates its own BN statistics and

@@ -1,6 +1,6 @@
 """The DAGAN generator: SPADE backbone B + SAM + CAM, summed, then the image head (Fig. 2).
 
-Backbone (DESIGN.md section 1): ``fc`` embeds the label map at (H, W) / 2**num_up, then
+Backbone (docs/MODEL.md, "Backbone"): ``fc`` embeds the label map at (H, W) / 2**num_up, then
 head_0, G_middle_0, G_middle_1 (16 ngf), up_0..up_3 (8, 4, 2, 1 ngf) and, with "most",
 up_4 (ngf / 2), with nearest x2 upsampling in between (5, 6 or 7 doublings in all).
 

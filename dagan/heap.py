@@ -1,4 +1,4 @@
-"""Keep freed memory in the process heap (issue 8; docs/PERFORMANCE.md, "Allocator").
+"""Keep freed memory in the process heap (docs/PERFORMANCE.md, "Allocators").
 
 glibc hands every freed block above its mmap threshold (32 MiB at most) straight back to the
 kernel. A training step frees and re-allocates the same large activations and weight copies

@@ -1,6 +1,6 @@
 """Label maps -> the generator's semantic input (one-hot + don't care + instance edges).
 
-The semantic input has ``semantic_nc`` channels (DESIGN.md section 1): one per class, one
+The semantic input has ``semantic_nc`` channels (docs/MODEL.md, "Semantic input"): one per class, one
 more for "don't care" where the dataset has one (label id ``num_classes``), and one more for
 instance edges where the dataset has instance maps. A pixel is an instance edge where its
 instance id differs from one of its 4-neighbours.

@@ -1,7 +1,7 @@
 """Dataset presets: the label layout and the official training settings per dataset.
 
 The numbers follow the paper (section 4, "Datasets" and "Implementation details") and the
-official per-dataset settings recorded in DESIGN.md section 1. A preset supplies the defaults
+official code's per-dataset settings (docs/MODEL.md, "Per-dataset settings"). A preset supplies the defaults
 for every config field left ``null`` in ``params.yaml`` (see :mod:`dagan.config`).
 """
 

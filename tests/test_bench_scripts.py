@@ -35,7 +35,7 @@ def test_model_names_pick_generator_and_discriminator():
             common.model_settings(bad)
 
 
-def test_summary_checks_both_targets_of_issue_8():
+def test_summary_checks_the_attention_overhead_and_the_official_time_targets():
     rows = [{"variant": "B1", "mode": "fp32", "allocator": "system", "iteration_s": {"median": 2.0}},
             {"variant": "B6", "mode": "fp32", "allocator": "system", "iteration_s": {"median": 2.2}}]
     summary = train_step.summarise(rows)["fp32/system"]

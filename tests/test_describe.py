@@ -1,4 +1,4 @@
-"""Parameter counts equal the official models' (DESIGN.md section 1) for every preset."""
+"""Parameter counts equal the official models' (docs/MODEL.md, "Parameter counts") for every preset."""
 
 import json
 

@@ -1,6 +1,6 @@
-"""Every speed-up of issue 8 keeps the numerics: each fast path against the straightforward one.
+"""Every speed-up (docs/PERFORMANCE.md) keeps the numerics: each fast path against the straightforward one.
 
-The straightforward paths are written out here from the model facts (DESIGN.md section 1):
+The straightforward paths are written out here from the model facts (docs/MODEL.md):
 SPADE as BN(x) * (1 + gamma) + beta with the label map resized in every SPADE; torch's own
 spectral norm; the G step with fake and real through D in one concatenated batch. Fast and
 straightforward paths start from identical copies (deepcopy), so BatchNorm running stats and
@@ -353,7 +353,7 @@ def test_bf16_autocast_stays_near_float32(kind):
 @pytest.mark.parametrize("device", ["cpu", CUDA])
 def test_training_uses_fused_adam_which_equals_the_per_parameter_loop(device):
     """build_state's Adam is the fused kernel (on CPU too); its update equals the for-loop Adam's
-    (DESIGN.md settings: beta1 0, beta2 0.9, TTUR) up to float32 rounding."""
+    (docs/MODEL.md, "Optimiser and schedule": beta1 0, beta2 0.9, TTUR) up to float32 rounding."""
     from dagan.config import config_from_dict
     from dagan.distributed import setup
     from dagan.train.state import build_state

@@ -1,6 +1,6 @@
 """The whole Kubeflow pipeline run locally with kfp.local's SubprocessRunner on tiny synthetic data:
 prepare -> train_judge -> train -> evaluate -> register, each step its real component, ending with a
-model version in the MLflow registry (a sqlite store in tmp_path) (issue 6)."""
+model version in the MLflow registry (a sqlite store in tmp_path)."""
 
 from __future__ import annotations
 

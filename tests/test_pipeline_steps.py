@@ -1,5 +1,5 @@
 """pipeline/steps.py, the component bodies: artifact paths become config overrides after the user's,
-failures name the command, metrics and reports are built from the step's files (issue 6)."""
+failures name the command, metrics and reports are built from the step's files."""
 
 from __future__ import annotations
 

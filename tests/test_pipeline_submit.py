@@ -1,5 +1,5 @@
 """``python -m pipeline.submit`` against a fake kfp.Client (no Kubeflow cluster here): the package is
-uploaded as a pipeline version and run with the -S overrides as the run's parameters (issue 6)."""
+uploaded as a pipeline version and run with the -S overrides as the run's parameters (docs/KUBEFLOW.md)."""
 
 from __future__ import annotations
 

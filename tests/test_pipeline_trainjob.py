@@ -251,7 +251,7 @@ def test_launcher_step_end_to_end_on_a_fake_cluster(tmp_path, monkeypatch):
     import dagan.data
 
     if not hasattr(dagan.data, "PairedDataset"):
-        pytest.skip("training needs dagan.data.PairedDataset (issue 3), which has not landed yet")
+        pytest.skip("training needs dagan.data.PairedDataset, which has not landed yet")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     prepared = write_prepared(tmp_path / "prepared", num_train=4)
     params = tmp_path / "params.yaml"

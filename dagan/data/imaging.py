@@ -1,7 +1,7 @@
 """Reading, checking, resizing and PNG-encoding one raw sample (label, optional instance, photo).
 
-Preparation resizes every sample to the dataset's load size (DESIGN.md section 1, official
-settings): the shorter side becomes ``load_size`` keeping the aspect, or for presets with an
+Preparation resizes every sample to the dataset's load size (docs/MODEL.md, "Per-dataset
+settings"): the shorter side becomes ``load_size`` keeping the aspect, or for presets with an
 aspect ratio other than 1 (Cityscapes: 2) the width becomes ``load_size`` and the height
 ``load_size / aspect_ratio``. Photos are resized bicubic; label and instance maps nearest,
 with the same pixel grid so that they stay aligned.

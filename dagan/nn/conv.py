@@ -1,7 +1,7 @@
-"""A 3x3 convolution that runs as one matrix multiply on small feature maps (issue 8).
+"""A 3x3 convolution that runs as one matrix multiply on small feature maps (docs/PERFORMANCE.md).
 
 The generator's first blocks convolve 1024 channels at 2x4 to 8x16 pixels (Cityscapes layout,
-DESIGN.md section 1). There the convolution library spends its time reordering the
+docs/MODEL.md, "Backbone"). There the convolution library spends its time reordering the
 1024x1024x3x3 weight and its gradient, not multiplying: measured on the benchmark CPU
 (2 threads, bf16 autocast, channels_last), forward + backward of one such conv takes 38 ms at
 2x4 and 52 ms at 8x16, against 19 ms and 35 ms as unfold + one GEMM. From 16x32 on the

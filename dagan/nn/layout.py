@@ -1,4 +1,4 @@
-"""A conv weight's memory read as a matrix, in whichever layout it has (issue 8).
+"""A conv weight's memory read as a matrix, in whichever layout it has (docs/PERFORMANCE.md).
 
 A (out, in, kh, kw) weight is either contiguous, memory order (out, in, kh, kw), or
 channels_last, memory order (out, kh, kw, in). :func:`weight_matrix` views that memory as an

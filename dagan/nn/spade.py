@@ -2,7 +2,7 @@
 
 The backbone of the paper (section 3, Fig. 2) is the SPADE generator [31]: every block
 normalises its features with parameter-free batch norm and re-modulates them with a
-per-pixel scale and shift predicted from the label map. Layout facts: DESIGN.md section 1.
+per-pixel scale and shift predicted from the label map. Layout facts: docs/MODEL.md, "Backbone".
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class SPADE(nn.Module):
     converted to SyncBatchNorm by :func:`torch.nn.SyncBatchNorm.convert_sync_batchnorm`.
 
     A label map that already has the feature size is used as it is (the generator resizes
-    it once per resolution, issue 8).
+    it once per resolution, for speed).
     """
 
     def __init__(self, norm_nc: int, label_nc: int, hidden: int = SPADE_HIDDEN):

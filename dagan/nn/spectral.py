@@ -2,7 +2,7 @@
 
 :func:`spectral_norm` is :func:`torch.nn.utils.spectral_norm` — the same ``weight_orig``
 parameter, ``weight_u`` / ``weight_v`` buffers, state_dict hooks and power iteration (one step
-per training-mode forward, none in eval mode) — with three changes for speed (issue 8):
+per training-mode forward, none in eval mode) — with three changes for speed (docs/PERFORMANCE.md):
 
 * the gradient of W / sigma, sigma = u^T W v with u, v held constant, is computed in one fused
   expression, dW = G / sigma - <G, W> / sigma^2 * u v^T (one pass over the weight on CPUs),

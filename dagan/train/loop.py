@@ -1,4 +1,4 @@
-"""The training loop: one function for a single process and for torchrun DDP (DESIGN.md s. 3).
+"""The training loop: one function for a single process and for torchrun DDP.
 
 Per step: learning rates from the schedule, one G update (D frozen), one D update, the EMA
 update, then (rank 0 only) logging, sample grids and checkpoints. A run resumes from the

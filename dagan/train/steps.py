@@ -1,4 +1,4 @@
-"""One discriminator update and one generator update (paper Eq. 10, DESIGN.md section 1).
+"""One discriminator update and one generator update (paper Eq. 10; docs/MODEL.md, "Losses").
 
 * :func:`d_step`: hinge loss on D(real) and D(G(s)) with the fake computed without
   gradients; fake and real pass through D in one concatenated batch (one D forward).
