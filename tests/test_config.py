@@ -172,6 +172,8 @@ def test_bare_off_is_the_string_choice_not_a_boolean():
         ("train.checkpoint_every=0", "train.checkpoint_every=0 must be >= 1 (steps)"),
         ("train.log_every=0", "train.log_every=0 must be >= 1 (steps)"),
         ("train.max_steps=-1", "train.max_steps=-1 must be >= 0 (0: the whole schedule)"),
+        ("train.ema_rampup=-0.1", "train.ema_rampup=-0.1 must be >= 0"),
+        ("train.ema_bn_batches=-1", "train.ema_bn_batches=-1 must be >= 0"),
         ("train.lr_g=0", "train.lr_g=0.0 must be > 0"),
         ("train.beta2=1", "train.beta2=1.0 must be in [0, 1)"),
         ("dataset.crop_size=0", "dataset.crop_size=0 must be >= 1"),
