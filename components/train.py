@@ -9,8 +9,9 @@ error naming the keys). ``--force-new-run`` moves the previous run's files aside
 ``<out_dir>.superseded-<time>/`` and starts afresh. Nothing reaches MLflow or ``train.out_dir``
 before the config, the data and the checkpoint are checked. Writes into ``train.out_dir``:
 ``checkpoints/``, ``config.yaml``, ``metrics.json``, ``mlflow_run.json`` and the DVC plots files
-``losses.tsv`` and ``samples/latest.png`` (docs/ARCHITECTURE.md, "Training outputs"). The tracking URI is ``$MLFLOW_TRACKING_URI`` when set, else
-``mlflow.tracking_uri``; its credentials never reach a param, file or log line.
+``losses.tsv`` and ``samples/latest.png`` (docs/ARCHITECTURE.md, "Training outputs"). The
+tracking URI is ``$MLFLOW_TRACKING_URI`` when set, else ``mlflow.tracking_uri``; its credentials
+never reach a param, file or log line.
 SIGTERM writes a checkpoint and exits 0, SIGINT (Ctrl-C) writes one and exits 130; a NaN/Inf
 loss or weight exits 1 naming the step and the last good checkpoint.
 """
