@@ -5,8 +5,9 @@ Shared by components.train (one run per training), the sweep's parent run and it
 
 * the experiment is marked as model development (tag ``mlflow.experimentKind``), so the UI opens
   on its runs, not on the GenAI overview;
-* a run is named ``<variant>-<dataset>-<steps>steps-<short commit>`` and described in one line
-  (``mlflow.note.content``, the run page's description);
+* a run is named ``<model>-<dataset>-<steps>steps-<short commit>`` (``<model>``: :func:`model_label`,
+  e.g. ``B6``, ``ccfpse+fpse``, ``B1+spap-both``) and described in one line (``mlflow.note.content``,
+  the run page's description, which names the model as :func:`model_phrase` does);
 * params describe the training with resolved values: the variant's real SAM/CAM, the preset's
   sizes, the real total steps, the device and the process count; where things are written
   (``train.out_dir``) and tracked (the tracking URI, credentials removed) are tags;
@@ -106,7 +107,7 @@ def run_name(config: Config, steps: int, commit: str | None) -> str:
     return f"{model_label(config)}-{config.dataset.name}-{steps}steps-{(commit or 'nogit')[:7]}"
 
 
-def _model_phrase(config: Config) -> str:
+def model_phrase(config: Config) -> str:
     """E.g. "DAGAN B6 (SAM + CAM-II)", "CC-FPSE generator + fpse discriminator"."""
     model = config.model
     if model.generator == "dagan":
@@ -124,7 +125,7 @@ def describe_run(config: Config, steps: int, manifest: Manifest, commit: str | N
     """The one-line description of a training run."""
     train = config.train
     height, _ = config.image_size()
-    return (f"{_model_phrase(config)} on {config.dataset.name}: "
+    return (f"{model_phrase(config)} on {config.dataset.name}: "
             f"{manifest.splits.get('train', 0)} training images at {config.dataset.crop_size}x{height}, "
             f"{steps} steps ({train.epochs} + {train.epochs_decay} decay epochs, global batch {train.batch_size}), "
             f"lr G {train.lr_g:g} / D {train.lr_d:g}, lambda feat {config.loss.lambda_feat:g} / vgg "
