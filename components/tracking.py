@@ -6,7 +6,7 @@ Shared by components.train (one run per training), the sweep's parent run and it
 * the experiment is marked as model development (tag ``mlflow.experimentKind``), so the UI opens
   on its runs, not on the GenAI overview;
 * a run is named ``<model>-<dataset>-<steps>steps-<short commit>`` (``<model>``: :func:`model_label`,
-  e.g. ``B6``, ``ccfpse+fpse``, ``B1+spap-both``) and described in one line (``mlflow.note.content``,
+  e.g. ``B6``, ``B6+vae``, ``ccfpse+fpse``, ``B1+spap-both``) and described in one line (``mlflow.note.content``,
   the run page's description, which names the model as :func:`model_phrase` does);
 * params describe the training with resolved values: the variant's real SAM/CAM, the preset's
   sizes, the real total steps, the device and the process count; where things are written
@@ -52,6 +52,7 @@ TRAIN_RUN_KEYS = ("out_dir", "checkpoint_every", "keep_last", "log_every", "samp
                   "max_steps", "device")
 DATASET_KEYS = ("name", "load_size", "crop_size", "aspect_ratio", "flip")
 CAM_NAMES = {"off": "no CAM", "I": "CAM-I", "II": "CAM-II"}
+STYLE_PHRASES = {"off": "", "vae": " + style encoder", "noise3d": " + 3D noise"}  # model.style (docs/MULTIMODAL.md)
 
 
 def git_commit() -> str | None:
@@ -96,9 +97,11 @@ def training_params(config: Config, steps: int, device: str, processes: int) -> 
 
 
 def model_label(config: Config) -> str:
-    """The model in a few characters: the DAGAN variant or the generator, then a non-default D and SPAP."""
+    """The model in a few characters: the DAGAN variant (with its latent, model.style) or the generator, then a
+    non-default D and SPAP."""
     model = config.model
     label = model.variant if model.generator == "dagan" else model.generator
+    label += f"+{model.style}" if model.style != "off" else ""
     label += f"+{model.discriminator}" if model.discriminator != "multiscale" else ""
     return label + (f"+spap-{model.spap}" if model.spap != "off" else "")
 
@@ -113,7 +116,7 @@ def model_phrase(config: Config) -> str:
     if model.generator == "dagan":
         use_sam, cam = model.attention()
         modules = " + ".join([*(["SAM"] if use_sam else []), *([CAM_NAMES[cam]] if cam != "off" else [])]) or "SPADE"
-        phrase = f"DAGAN {model.variant} ({modules})"
+        phrase = f"DAGAN {model.variant} ({modules})" + STYLE_PHRASES[model.style]
     else:
         phrase = {"ccfpse": "CC-FPSE", "ca2sis": "CA2SIS"}[model.generator] + " generator"
     if model.discriminator != "multiscale":
