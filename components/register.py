@@ -9,8 +9,9 @@ new version always gets the alias ``candidate``. It gets ``champion`` only when 
 (judge mIoU on generated images >= ``gate_miou_ratio`` x judge mIoU on real images; fd_judge below
 the mean-colour baseline's when ``gate_fd_beats_baseline``) AND it beats the current champion on
 ``register.metric``. A champion is never demoted or replaced by a worse version. The version's
-description states the variant, the steps, the key metrics, the decision and every check as PASS
-or FAIL; its tags are few (variant, gate_passed, champion_decision, source_run_id and
+description states the model (as the training run's description names it), the steps, the key
+metrics, the decision and every check as PASS or FAIL; its tags are few (variant: the model label of
+the run name, e.g. ``B6`` or ``ccfpse+fpse``; gate_passed, champion_decision, source_run_id and
 ``eval.<register.metric>``); ``<register.out_dir>/registration.json`` records the same.
 """
 
@@ -41,6 +42,7 @@ from components.outputs import (
     write_json,
 )
 from components.pyfunc_model import SIGNATURE
+from components.tracking import model_label, model_phrase
 from dagan.checkpoint import load_checkpoint, load_generator
 from dagan.config import Config, RegisterConfig
 from dagan.data.manifest import read_manifest
@@ -117,12 +119,10 @@ def decide(metrics: dict, gate: RegisterConfig, champion_value: float | None, so
 def version_description(config: Config, steps: int, run_name: str, metrics: dict, decision: Decision,
                         aliases: list[str]) -> str:
     """The model version's description (Markdown): what was trained, the key metrics, the decision and its checks."""
-    use_sam, cam = config.model.attention()
-    modules = " + ".join([*(["SAM"] if use_sam else []), *([f"CAM-{cam}"] if cam != "off" else [])]) or "SPADE"
     numbers = ", ".join(f"{key} {metrics[key]:.4g}" for key in KEY_METRICS if isinstance(metrics.get(key), int | float))
     verdict = "promoted to champion" if decision.promote else "candidate only"
     return "\n".join([
-        f"DAGAN {config.model.variant} ({modules}) on {config.dataset.name}, {steps} training steps "
+        f"{model_phrase(config)} on {config.dataset.name}, {steps} training steps "
         f"(run {run_name}).", "", f"Eval: {numbers}.", "",
         f"Decision: {verdict} (aliases: {', '.join(aliases)}; gate {'PASS' if decision.gate_passed else 'FAIL'}).",
         *[f"- {reason}" for reason in decision.reasons]])
@@ -199,7 +199,7 @@ def _run(config: Config) -> int:
         client.set_registered_model_alias(name, "champion", version)
     aliases = ["candidate"] + (["champion"] if decision.promote else [])
     ranking = metrics.get(config.register.metric)
-    tags = {"variant": train_config.model.variant, "gate_passed": str(decision.gate_passed),
+    tags = {"variant": model_label(train_config), "gate_passed": str(decision.gate_passed),
             "champion_decision": "promoted" if decision.promote else "not promoted", "source_run_id": run_id,
             **({f"eval.{config.register.metric}": str(ranking)} if isinstance(ranking, int | float) else {}),
             **(origin_tags(origin) if origin else {})}

@@ -5,8 +5,9 @@ Shared by components.train (one run per training), the sweep's parent run and it
 
 * the experiment is marked as model development (tag ``mlflow.experimentKind``), so the UI opens
   on its runs, not on the GenAI overview;
-* a run is named ``<variant>-<dataset>-<steps>steps-<short commit>`` and described in one line
-  (``mlflow.note.content``, the run page's description);
+* a run is named ``<model>-<dataset>-<steps>steps-<short commit>`` (``<model>``: :func:`model_label`,
+  e.g. ``B6``, ``B6+vae``, ``ccfpse+fpse``, ``B1+spap-both``) and described in one line (``mlflow.note.content``,
+  the run page's description, which names the model as :func:`model_phrase` does);
 * params describe the training with resolved values: the variant's real SAM/CAM, the preset's
   sizes, the real total steps, the device and the process count; where things are written
   (``train.out_dir``) and tracked (the tracking URI, credentials removed) are tags;
@@ -51,6 +52,7 @@ TRAIN_RUN_KEYS = ("out_dir", "checkpoint_every", "keep_last", "log_every", "samp
                   "max_steps", "device")
 DATASET_KEYS = ("name", "load_size", "crop_size", "aspect_ratio", "flip")
 CAM_NAMES = {"off": "no CAM", "I": "CAM-I", "II": "CAM-II"}
+STYLE_PHRASES = {"off": "", "vae": " + style encoder", "noise3d": " + 3D noise"}  # model.style (docs/MULTIMODAL.md)
 
 
 def git_commit() -> str | None:
@@ -95,9 +97,11 @@ def training_params(config: Config, steps: int, device: str, processes: int) -> 
 
 
 def model_label(config: Config) -> str:
-    """The model in a few characters: the DAGAN variant or the generator, then a non-default D and SPAP."""
+    """The model in a few characters: the DAGAN variant (with its latent, model.style) or the generator, then a
+    non-default D and SPAP."""
     model = config.model
     label = model.variant if model.generator == "dagan" else model.generator
+    label += f"+{model.style}" if model.style != "off" else ""
     label += f"+{model.discriminator}" if model.discriminator != "multiscale" else ""
     return label + (f"+spap-{model.spap}" if model.spap != "off" else "")
 
@@ -106,13 +110,13 @@ def run_name(config: Config, steps: int, commit: str | None) -> str:
     return f"{model_label(config)}-{config.dataset.name}-{steps}steps-{(commit or 'nogit')[:7]}"
 
 
-def _model_phrase(config: Config) -> str:
+def model_phrase(config: Config) -> str:
     """E.g. "DAGAN B6 (SAM + CAM-II)", "CC-FPSE generator + fpse discriminator"."""
     model = config.model
     if model.generator == "dagan":
         use_sam, cam = model.attention()
         modules = " + ".join([*(["SAM"] if use_sam else []), *([CAM_NAMES[cam]] if cam != "off" else [])]) or "SPADE"
-        phrase = f"DAGAN {model.variant} ({modules})"
+        phrase = f"DAGAN {model.variant} ({modules})" + STYLE_PHRASES[model.style]
     else:
         phrase = {"ccfpse": "CC-FPSE", "ca2sis": "CA2SIS"}[model.generator] + " generator"
     if model.discriminator != "multiscale":
@@ -124,7 +128,7 @@ def describe_run(config: Config, steps: int, manifest: Manifest, commit: str | N
     """The one-line description of a training run."""
     train = config.train
     height, _ = config.image_size()
-    return (f"{_model_phrase(config)} on {config.dataset.name}: "
+    return (f"{model_phrase(config)} on {config.dataset.name}: "
             f"{manifest.splits.get('train', 0)} training images at {config.dataset.crop_size}x{height}, "
             f"{steps} steps ({train.epochs} + {train.epochs_decay} decay epochs, global batch {train.batch_size}), "
             f"lr G {train.lr_g:g} / D {train.lr_d:g}, lambda feat {config.loss.lambda_feat:g} / vgg "

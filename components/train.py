@@ -8,9 +8,10 @@ Resumes from the newest checkpoint in ``train.out_dir`` (continuing the same MLf
 error naming the keys). ``--force-new-run`` moves the previous run's files aside to
 ``<out_dir>.superseded-<time>/`` and starts afresh. Nothing reaches MLflow or ``train.out_dir``
 before the config, the data and the checkpoint are checked. Writes into ``train.out_dir``:
-``checkpoints/``, ``config.yaml``, ``metrics.json`` and ``mlflow_run.json`` (docs/ARCHITECTURE.md,
-"Training outputs"). The tracking URI is ``$MLFLOW_TRACKING_URI`` when set, else
-``mlflow.tracking_uri``; its credentials never reach a param, file or log line.
+``checkpoints/``, ``config.yaml``, ``metrics.json``, ``mlflow_run.json`` and the DVC plots files
+``losses.tsv`` and ``samples/latest.png`` (docs/ARCHITECTURE.md, "Training outputs"). The
+tracking URI is ``$MLFLOW_TRACKING_URI`` when set, else ``mlflow.tracking_uri``; its credentials
+never reach a param, file or log line.
 SIGTERM writes a checkpoint and exits 0, SIGINT (Ctrl-C) writes one and exits 130; a NaN/Inf
 loss or weight exits 1 naming the step and the last good checkpoint.
 """
@@ -219,8 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--resume", metavar="PATH",
                         help="checkpoint to resume from (default: the newest in train.out_dir, if any)")
     parser.add_argument("--force-new-run", action="store_true",
-                        help="start a new run in train.out_dir: the previous run's checkpoints, config.yaml, "
-                             "metrics.json and mlflow_run.json move to <out_dir>.superseded-<time>/")
+                        help="start a new run in train.out_dir: the previous run's " + ", ".join(RUN_FILES) +
+                             " move to <out_dir>.superseded-<time>/ (nothing is deleted)")
     args = parser.parse_args(argv)
     return run_main(args, lambda: _run(load(args), args.resume, args.force_new_run))
 

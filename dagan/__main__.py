@@ -125,7 +125,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                               help="override a config value, e.g. -S model.spap=both -S dataset.crop_size=256 "
                                    "(repeatable)")
     describe_cmd.add_argument("--json", action="store_true", help="print one JSON object")
-    add_generate_arguments(commands.add_parser("generate", help="turn label-map PNGs into images"))
+    add_generate_arguments(commands.add_parser(
+        "generate", help="turn label-map PNGs into images",
+        description="Turn label-map PNGs into images with a checkpoint or an MLflow model (models:/NAME@ALIAS): one "
+                    "image per label map (same file name) and index.html with label | generated (| real) side by "
+                    "side, as the official test.py writes. Refuses to write into an input folder, and replaces "
+                    "existing outputs only with --overwrite."))
     add_official_commands(commands)
     args = parser.parse_args(argv)
     if args.command == "generate":

@@ -216,7 +216,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _at_least(self, "train", 1, "batch_size", hint=" (the global batch, split across processes)")
         _at_least(self, "train", 1, "checkpoint_every", "log_every", hint=" (steps)")
-        _at_least(self, "train", 0, "epochs", "epochs_decay", "keep_last", "sample_every")
+        _at_least(self, "train", 0, "epochs", "epochs_decay", "keep_last", "sample_every", "ema_rampup",
+                  "ema_bn_batches")
         _at_least(self, "train", 0, "max_steps", hint=" (0: the whole schedule)")
         for name in ("lr_g", "lr_d"):
             _check(getattr(self, name) > 0, f"train.{name}", getattr(self, name), "must be > 0")

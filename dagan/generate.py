@@ -37,7 +37,7 @@ from dagan.data.manifest import Manifest, read_manifest
 from dagan.generator import uses_style_image
 from dagan.labels import semantic_input
 from dagan.latent import check_seed, choose_latent, style_photo_tensor
-from dagan.results_page import ASSET_DIR, ResultRow, write_page
+from dagan.results_page import ASSET_DIR, PAGE_FILE, ResultRow, write_page
 
 MAX_SIDE = 2048
 MAX_STYLE_SIDE = 8192  # style photos are resized to the model's image size; this only bounds memory
@@ -339,6 +339,7 @@ def generate_dir(
     seeds = sample_seeds(seed, num_samples)
     folders = [labels_dir] + [Path(folder) for folder in (instances_dir, photos_dir, images_dir) if folder]
     names = [_output_name(file, sample_seed, len(seeds)) for file in files[:limit] for sample_seed in seeds]
+    names += [PAGE_FILE, *(f"{ASSET_DIR}/label/{file.name}" for file in files[:limit])]  # the results page
     _check_output_folder(out_dir, folders, names, overwrite)
     if (photos_dir is not None or style_edit is not None) and not synthesizer.uses_styles:
         raise InputError("--photos / --style-image: this model has no style codes (model.generator=dagan); they need "
@@ -392,11 +393,13 @@ def _output_name(label_file: Path, seed: int | None, num_seeds: int) -> str:
 
 
 def _check_output_folder(out_dir: Path, inputs: list[Path], names: list[str], overwrite: bool) -> None:
-    """Refuse to write into an input folder, or over existing files unless ``overwrite``."""
+    """Refuse to write into an input folder (the output folder or the results page's picture folders), or
+    over existing files (images, ``index.html``, the page's pictures) unless ``overwrite``."""
+    written = {out_dir.resolve(), *((out_dir / ASSET_DIR / kind).resolve() for kind in ("label", "real"))}
     for folder in inputs:
-        if out_dir.resolve() == folder.resolve():
-            raise InputError(f"--out {out_dir} is the input folder {folder}: the images would replace its maps; "
-                             "choose another output folder")
+        if folder.resolve() in written:
+            raise InputError(f"--out {out_dir} would write into the input folder {folder}: the images would replace "
+                             "its files; choose another output folder")
     existing = [out_dir / name for name in names if (out_dir / name).exists()]
     if existing and not overwrite:
         raise InputError(f"{out_dir} already holds {len(existing)} of the output files (e.g. {existing[0]}); choose "

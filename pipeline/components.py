@@ -16,17 +16,17 @@ from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
 
-def configure(overrides: list, dataset: str, raw_dir: str, variant: str, max_steps: int, epochs: int,
-              epochs_decay: int, batch_size: int, lambda_feat: float, lambda_vgg: float, num_nodes: int,
-              gpus_per_node: int, trainjob: bool, cluster_gpus: int) -> list:
+def configure(overrides: list, dataset: str, raw_dir: str, generator: str, discriminator: str, variant: str,
+              max_steps: int, epochs: int, epochs_decay: int, batch_size: int, lambda_feat: float, lambda_vgg: float,
+              num_nodes: int, gpus_per_node: int, trainjob: bool, cluster_gpus: int) -> list:
     """The run's config overrides: its typed fields that are set ("" and -1 keep the params file's value), then
     the free-form overrides; refuses a node/GPU shape the compiled pipeline cannot run."""
     from pipeline import steps
 
     steps.check_shape(num_nodes, gpus_per_node, trainjob, cluster_gpus)
-    fields = {"dataset": dataset, "raw_dir": raw_dir, "variant": variant, "max_steps": max_steps, "epochs": epochs,
-              "epochs_decay": epochs_decay, "batch_size": batch_size, "lambda_feat": lambda_feat,
-              "lambda_vgg": lambda_vgg}
+    fields = {"dataset": dataset, "raw_dir": raw_dir, "generator": generator, "discriminator": discriminator,
+              "variant": variant, "max_steps": max_steps, "epochs": epochs, "epochs_decay": epochs_decay,
+              "batch_size": batch_size, "lambda_feat": lambda_feat, "lambda_vgg": lambda_vgg}
     return steps.run_overrides(fields, overrides)
 
 

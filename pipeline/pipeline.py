@@ -6,9 +6,10 @@ train step's GPUs / CPU / memory / shared memory, retries, the names of the secr
 the MLflow tracking URI and the S3 credentials, an optional shared volume, and whether training
 runs in the train step's own pod or as a Kubeflow Trainer TrainJob over several nodes.
 What a run chooses is a typed pipeline parameter (the run form's fields): the params file, the
-dataset, the variant, the step and epoch counts, the batch size, the loss weights, the nodes and
-GPUs per node, and free-form config overrides (``-S`` grammar) as the escape hatch. The first step,
-``configure``, turns them into the overrides every later step applies.
+dataset, the generator and discriminator families, the variant, the step and epoch counts, the
+batch size, the loss weights, the nodes and GPUs per node, and free-form config overrides (``-S``
+grammar) as the escape hatch. The first step, ``configure``, turns them into the overrides every
+later step applies.
 
 Caching, deliberately: prepare and train_judge are deterministic functions of the config, so a
 rerun with the same inputs reuses them; train, evaluate and register write to MLflow and the
@@ -155,9 +156,10 @@ def build_pipeline(settings: ClusterSettings = ClusterSettings()):  # noqa: B008
     default_gpus = max(settings.gpus, 1) if settings.trainjob else settings.gpus
 
     @dsl.pipeline(name=PIPELINE_NAME, description=description)
-    def dagan_pipeline(params_file: str = IMAGE_PARAMS, dataset: str = "", raw_dir: str = "", variant: str = "",
-                       max_steps: int = -1, epochs: int = -1, epochs_decay: int = -1, batch_size: int = -1,
-                       lambda_feat: float = -1.0, lambda_vgg: float = -1.0,
+    def dagan_pipeline(params_file: str = IMAGE_PARAMS, dataset: str = "", raw_dir: str = "", generator: str = "",
+                       discriminator: str = "", variant: str = "", max_steps: int = -1, epochs: int = -1,
+                       epochs_decay: int = -1, batch_size: int = -1, lambda_feat: float = -1.0,
+                       lambda_vgg: float = -1.0,
                        overrides: list = [],  # noqa: B006 (a KFP default)
                        num_nodes: int = default_nodes, gpus_per_node: int = default_gpus):
         """Run parameters (the run form's fields; "" and -1 keep the params file's value).
@@ -166,7 +168,9 @@ def build_pipeline(settings: ClusterSettings = ClusterSettings()):  # noqa: B008
             params_file: params file inside the image (default: the one baked in at /app/params.yaml).
             dataset: dataset.name, e.g. cityscapes (then also raw_dir).
             raw_dir: dataset.raw_dir, the raw dataset's folder (e.g. on the shared volume).
-            variant: model.variant, B1..B6 (paper Table 4).
+            generator: model.generator: dagan (SPADE + SAM/CAM), ccfpse (CC-FPSE) or ca2sis (CA2SIS).
+            discriminator: model.discriminator: multiscale (PatchGAN) or fpse (CC-FPSE's feature pyramid).
+            variant: model.variant, B1..B6 (paper Table 4; the dagan generator only).
             max_steps: train.max_steps; 0 trains the whole schedule.
             epochs: train.epochs (constant learning rate).
             epochs_decay: train.epochs_decay (linear decay to zero).
@@ -178,7 +182,8 @@ def build_pipeline(settings: ClusterSettings = ClusterSettings()):  # noqa: B008
             gpus_per_node: GPUs of the train pod, or of each TrainJob node.
         """
         configure = ops["configure"](
-            overrides=overrides, dataset=dataset, raw_dir=raw_dir, variant=variant, max_steps=max_steps,
+            overrides=overrides, dataset=dataset, raw_dir=raw_dir, generator=generator, discriminator=discriminator,
+            variant=variant, max_steps=max_steps,
             epochs=epochs, epochs_decay=epochs_decay, batch_size=batch_size, lambda_feat=lambda_feat,
             lambda_vgg=lambda_vgg, num_nodes=num_nodes, gpus_per_node=gpus_per_node, trainjob=settings.trainjob,
             cluster_gpus=settings.gpus)

@@ -45,9 +45,10 @@ def component_argv(params_file: str, overrides: Sequence[str], paths: Mapping[st
 
 # The typed run parameters of the pipeline (the KFP run form's fields) and the config key each sets.
 # "" (text) and -1 (numbers) leave the params file's value.
-RUN_FIELDS = {"dataset": "dataset.name", "raw_dir": "dataset.raw_dir", "variant": "model.variant",
-              "max_steps": "train.max_steps", "epochs": "train.epochs", "epochs_decay": "train.epochs_decay",
-              "batch_size": "train.batch_size", "lambda_feat": "loss.lambda_feat", "lambda_vgg": "loss.lambda_vgg"}
+RUN_FIELDS = {"dataset": "dataset.name", "raw_dir": "dataset.raw_dir", "generator": "model.generator",
+              "discriminator": "model.discriminator", "variant": "model.variant", "max_steps": "train.max_steps",
+              "epochs": "train.epochs", "epochs_decay": "train.epochs_decay", "batch_size": "train.batch_size",
+              "lambda_feat": "loss.lambda_feat", "lambda_vgg": "loss.lambda_vgg"}
 
 
 def run_overrides(fields: Mapping[str, Any], overrides: Sequence[str]) -> list[str]:

@@ -47,6 +47,11 @@ def test_pipeline_tools_name_their_real_command(module, capsys):
 def test_library_cli_help_is_plain(capsys):
     text = help_text("dagan.__main__", capsys)
     assert text.startswith("usage: python -m dagan ") and not RAW_MARKUP.search(text)
+    with pytest.raises(SystemExit):
+        importlib.import_module("dagan.__main__").main(["generate", "--help"])
+    text = capsys.readouterr().out
+    assert text.startswith("usage: python -m dagan generate ") and not RAW_MARKUP.search(text)
+    assert "index.html" in text.split("options:")[0] and "--overwrite" in text and "-q, --quiet" in text
 
 
 def test_help_through_python_dash_m_shows_the_module_not_the_file():

@@ -1,6 +1,7 @@
 """Config loading: types, unknown keys, overrides, preset resolution."""
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -172,6 +173,8 @@ def test_bare_off_is_the_string_choice_not_a_boolean():
         ("train.checkpoint_every=0", "train.checkpoint_every=0 must be >= 1 (steps)"),
         ("train.log_every=0", "train.log_every=0 must be >= 1 (steps)"),
         ("train.max_steps=-1", "train.max_steps=-1 must be >= 0 (0: the whole schedule)"),
+        ("train.ema_rampup=-0.1", "train.ema_rampup=-0.1 must be >= 0"),
+        ("train.ema_bn_batches=-1", "train.ema_bn_batches=-1 must be >= 0"),
         ("train.lr_g=0", "train.lr_g=0.0 must be > 0"),
         ("train.beta2=1", "train.beta2=1.0 must be in [0, 1)"),
         ("dataset.crop_size=0", "dataset.crop_size=0 must be >= 1"),
@@ -212,3 +215,22 @@ def test_generator_and_discriminator_choices_and_attention_knobs():
         load_config(REPO / "params.yaml", ["model.generator=ccfpse", "model.variant=custom", "model.use_sam=true"])
     with pytest.raises(ConfigError, match="'patch' is not one of: multiscale, fpse"):
         load_config(REPO / "params.yaml", ["model.discriminator=patch"])
+
+
+def test_from_official_maps_every_official_option_to_keys_that_exist():
+    """docs/FROM_OFFICIAL.md: each official option has a row, and every config key it names is a real one."""
+    from dagan.config import Config
+
+    text = (REPO / "docs" / "FROM_OFFICIAL.md").read_text()
+    options = ("--dataset_mode", "--label_dir", "--image_dir", "--label_nc", "--no_instance",
+               "--contain_dontcare_label", "--niter", "--niter_decay", "--batchSize", "--gpu_ids", "--name",
+               "--which_epoch", "--continue_train", "--how_many", "--results_dir", "--use_vae", "--z_dim",
+               "--no_vgg_loss", "--lambda_feat", "--lambda_kld", "--netG", "--netD")
+    assert not [option for option in options if f"| `{option}" not in text and f", `{option}" not in text]
+    assert "planned" not in text
+    config = Config()
+    fields = {section.name: {f.name for f in dataclasses.fields(getattr(config, section.name))}
+              for section in dataclasses.fields(config)}
+    named = re.findall(r"`(?:-S )?(" + "|".join(fields) + r")\.([a-z_0-9]+)", text)
+    unknown = [f"{section}.{key}" for section, key in named if key not in fields[section] and key != "py"]  # train.py
+    assert named and not unknown, unknown

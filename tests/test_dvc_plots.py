@@ -4,6 +4,7 @@ own writers (the loss table, the per-class IoU table, PNG figures) at the paths 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -34,11 +35,20 @@ def test_loss_table_rows_and_a_resumed_run_dropping_rows_past_its_checkpoint(tmp
     for step in (10, 20, 30):
         table.append(step, {"g_gan": 1.0, "g_feat": 0.5, "g_total": 6.0, "d_real": 0.9, "d_fake": 0.8})
     resumed = LossTable(path)  # the run resumed from its checkpoint at step 20: step 30 is logged again
-    resumed.append(30, {"g_gan": 2.0, "g_feat": 0.5, "g_total": 7.0, "d_real": 0.9, "d_fake": 0.8})
+    resumed.append(30, {"g_gan": 2.0, "g_feat": 0.5, "g_total": 7.0, "d_real": 0.9, "d_fake": 0.8, "g_kld": 0.25})
     lines = path.read_text().splitlines()
     assert lines[0].split("\t") == ["step", *LOSS_COLUMNS]
     assert [line.split("\t")[0] for line in lines[1:]] == ["10", "20", "30"]
-    assert lines[-1].split("\t") == ["30", "7", "2", "0.5", "", "0.9", "0.8"]  # g_vgg off: empty
+    assert lines[-1].split("\t") == ["30", "7", "2", "0.5", "", "", "0.25", "0.9", "0.8"]  # g_vgg, g_att off: empty
+
+
+def test_every_loss_of_every_model_family_is_a_column():
+    """CA2SIS's attention loss and the style encoder's KL term reach losses.tsv (and the DVC plot) too."""
+    source = (REPO / "dagan" / "train" / "steps.py").read_text()
+    returned = set(re.findall(r'losses\["([gd]_[a-z]+)"\]', source)) | {"d_real", "d_fake"}
+    assert returned <= set(LOSS_COLUMNS), returned - set(LOSS_COLUMNS)
+    plotted = yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"][1]["training losses"]["y"]
+    assert list(plotted.values()) == [list(LOSS_COLUMNS)]
 
 
 def test_dvc_plots_show_renders_every_plot_of_dvc_yaml(tmp_path):

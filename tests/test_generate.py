@@ -103,8 +103,14 @@ def test_generate_never_writes_over_its_input_and_replaces_outputs_only_with_ove
     for flags in ([], ["--overwrite"]):
         assert dagan_main(["generate", "--model", str(checkpoint), "--labels", str(labels), "--out", str(labels),
                            "--edges-from-labels", *flags]) == 2
-        assert "is the input folder" in capsys.readouterr().err
+        assert "would write into the input folder" in capsys.readouterr().err
         assert {p.name: p.read_bytes() for p in labels.iterdir()} == before  # the label maps are untouched
+    page_labels = write_labels(tmp_path / "page" / "html" / "label")  # where the page puts its coloured maps
+    before = {p.name: p.read_bytes() for p in page_labels.iterdir()}
+    assert dagan_main(["generate", "--model", str(checkpoint), "--labels", str(page_labels), "--out",
+                       str(tmp_path / "page"), "--edges-from-labels", "--overwrite"]) == 2
+    assert "would write into the input folder" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in page_labels.iterdir()} == before
 
     out = tmp_path / "out"
     out.mkdir()
@@ -117,6 +123,14 @@ def test_generate_never_writes_over_its_input_and_replaces_outputs_only_with_ove
     assert dagan_main(["generate", "--model", str(checkpoint), "--labels", str(labels), "--out", str(out),
                        "--edges-from-labels", "--overwrite"]) == 0
     assert Image.open(out / "scene-1.png").mode == "RGB"
+
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    (pages / "index.html").write_text("the user's own page")  # no image clashes, but the page would be replaced
+    assert dagan_main(["generate", "--model", str(checkpoint), "--labels", str(labels), "--out", str(pages),
+                       "--edges-from-labels"]) == 2
+    assert "already holds 1 of the output files" in capsys.readouterr().err
+    assert (pages / "index.html").read_text() == "the user's own page" and not (pages / "scene-0.png").exists()
 
 
 def test_a_file_that_is_not_a_checkpoint_is_named_and_never_loaded_unsafely(tmp_path, capsys):

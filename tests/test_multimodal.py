@@ -249,8 +249,10 @@ def test_generate_cli_style_transfer_seeds_and_samples(trained_vae, tmp_path, ca
     photo = np.asarray(Image.open(style).convert("RGB"))
     assert np.array_equal(styled, synthesizer(label_map(), edges_from_labels=True, style=photo))
     assert dagan_main([*common, "--out", str(tmp_path / "many"), "--seed", "7", "--num-samples", "3"]) == 0
-    names = sorted(p.name for p in (tmp_path / "many").iterdir())
+    names = sorted(p.name for p in (tmp_path / "many").glob("*.png"))  # beside index.html and its html/ pictures
     assert names == ["scene-seed7.png", "scene-seed8.png", "scene-seed9.png"]
+    page = (tmp_path / "many" / "index.html").read_text()
+    assert all(f'src="{name}"' in page for name in names)  # one row per sample on the results page
     seed8 = np.asarray(Image.open(tmp_path / "many" / "scene-seed8.png"))
     assert np.array_equal(seed8, synthesizer(label_map(), edges_from_labels=True, seed=8))
     assert "wrote 3 image(s)" in capsys.readouterr().out

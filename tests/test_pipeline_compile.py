@@ -55,7 +55,8 @@ def test_typed_run_parameters_give_the_run_form_its_fields(default_package):
     spec, _ = default_package
     parameters = spec["root"]["inputDefinitions"]["parameters"]
     types = {name: value["parameterType"] for name, value in parameters.items()}
-    assert types == {"params_file": "STRING", "dataset": "STRING", "raw_dir": "STRING", "variant": "STRING",
+    assert types == {"params_file": "STRING", "dataset": "STRING", "raw_dir": "STRING", "generator": "STRING",
+                     "discriminator": "STRING", "variant": "STRING",
                      "max_steps": "NUMBER_INTEGER", "epochs": "NUMBER_INTEGER", "epochs_decay": "NUMBER_INTEGER",
                      "batch_size": "NUMBER_INTEGER", "lambda_feat": "NUMBER_DOUBLE", "lambda_vgg": "NUMBER_DOUBLE",
                      "overrides": "LIST", "num_nodes": "NUMBER_INTEGER", "gpus_per_node": "NUMBER_INTEGER"}
@@ -64,16 +65,19 @@ def test_typed_run_parameters_give_the_run_form_its_fields(default_package):
     assert parameters["max_steps"]["defaultValue"] == -1 and parameters["dataset"]["defaultValue"] == ""
     configure = spec["root"]["dag"]["tasks"]["configure"]["inputs"]["parameters"]
     assert configure["variant"] == {"componentInputParameter": "variant"}
+    assert configure["generator"] == {"componentInputParameter": "generator"}
     assert configure["trainjob"]["runtimeValue"]["constant"] is False
 
 
 def test_configure_turns_the_set_fields_into_overrides_before_the_free_form_ones():
     from pipeline.steps import run_overrides
 
-    fields = {"dataset": "cityscapes", "raw_dir": "", "variant": "B1", "max_steps": 0, "epochs": -1,
-              "epochs_decay": -1, "batch_size": -1, "lambda_feat": 5.0, "lambda_vgg": -1.0}
+    fields = {"dataset": "cityscapes", "raw_dir": "", "generator": "", "discriminator": "fpse", "variant": "B1",
+              "max_steps": 0, "epochs": -1, "epochs_decay": -1, "batch_size": -1, "lambda_feat": 5.0,
+              "lambda_vgg": -1.0}
     assert run_overrides(fields, ["train.lr_g=2e-4"]) == [
-        "dataset.name=cityscapes", "model.variant=B1", "train.max_steps=0", "loss.lambda_feat=5.0", "train.lr_g=2e-4"]
+        "dataset.name=cityscapes", "model.discriminator=fpse", "model.variant=B1", "train.max_steps=0",
+        "loss.lambda_feat=5.0", "train.lr_g=2e-4"]
 
 
 def test_typed_artifacts(default_package):

@@ -7,9 +7,9 @@ import pytest
 from eval_fixtures import GOOD_METRICS, registered_model, write_metrics
 from mlflow.tracking import MlflowClient
 
-from components.register import decide
+from components.register import decide, version_description
 from components.register import main as register
-from dagan.config import RegisterConfig
+from dagan.config import RegisterConfig, config_from_dict
 
 GATE = RegisterConfig(gate_miou_ratio=0.6, metric="judge_miou_generated")
 
@@ -40,6 +40,17 @@ def test_champion_must_be_beaten_in_the_configured_direction():
     assert not decide(GOOD_METRICS, lower, champion_value=0.5).promote
     with pytest.raises(ValueError, match="'fid_generated' is missing"):
         decide(GOOD_METRICS, RegisterConfig(metric="fid_generated"), None)
+
+
+def test_the_version_description_names_the_generator_family():
+    """A CC-FPSE or CA2SIS version is not described as a DAGAN variant (the run's own description names it too)."""
+    decision = decide(GOOD_METRICS, GATE, None)
+    for model, first in (({"generator": "ccfpse", "discriminator": "fpse"}, "CC-FPSE generator + fpse discriminator"),
+                         ({"generator": "ca2sis"}, "CA2SIS generator"),
+                         ({"variant": "B1", "spap": "both"}, "DAGAN B1 (SPADE) + SPAP in both")):
+        config = config_from_dict({"model": model}).resolved()
+        text = version_description(config, 5, "run-name", GOOD_METRICS, decision, ["candidate"])
+        assert text.splitlines()[0] == f"{first} on synthetic, 5 training steps (run run-name).", text
 
 
 def test_registry_aliases_follow_the_gate_and_never_demote(tmp_path):

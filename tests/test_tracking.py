@@ -39,6 +39,11 @@ def test_run_name_and_description(tmp_path):
     assert text == ("DAGAN B6 (SAM + CAM-II) on synthetic: 8 training images at 32x32, 8 steps (1 + 1 decay epochs, "
                     "global batch 2), lr G 0.0001 / D 0.0004, lambda feat 10 / vgg 0; commit 0123456")
     assert "\n" not in text
+    vae = config_from_dict({"model": {"style": "vae", "spap": "both"}}).resolved()  # runs that differ, named apart
+    assert tracking.run_name(vae, 8, None) == "B6+vae+spap-both-synthetic-8steps-nogit"
+    assert tracking.model_phrase(vae) == "DAGAN B6 (SAM + CAM-II) + style encoder + SPAP in both"
+    fpse = config_from_dict({"model": {"generator": "ccfpse", "discriminator": "fpse"}}).resolved()
+    assert tracking.run_name(fpse, 8, None) == "ccfpse+fpse-synthetic-8steps-nogit"
 
 
 def test_commit_from_the_checkout_else_from_the_image(monkeypatch, tmp_path):

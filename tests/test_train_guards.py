@@ -144,9 +144,10 @@ def test_a_changed_config_is_not_resumed_and_force_new_run_sets_the_old_run_asid
     config_yaml = (cli.out_dir / "config.yaml").read_text()
     capsys.readouterr()
 
-    assert cli("-S", "train.lr_g=0.001", "-S", "loss.lambda_feat=5") == 2
+    assert cli("-S", "train.lr_g=0.001", "-S", "loss.lambda_feat=5", "-S", "train.ema_rampup=0.5") == 2
     error = capsys.readouterr().err
     assert "train.lr_g: 0.0001 -> 0.001" in error and "loss.lambda_feat: 10.0 -> 5.0" in error
+    assert "train.ema_rampup: 0.0 -> 0.5" in error  # it decides what the EMA generator computes
     assert "another train.out_dir" in error and "--force-new-run" in error
     assert (cli.out_dir / "config.yaml").read_text() == config_yaml  # nothing touched
     assert [(run.info.run_id, run.info.status) for run in cli.runs()] == [(first_run, "FINISHED")]
@@ -161,6 +162,11 @@ def test_a_changed_config_is_not_resumed_and_force_new_run_sets_the_old_run_asid
     aside = sorted(cli.out_dir.parent.glob("out.superseded-*"))
     assert len(aside) == 1 and load_checkpoint(aside[0] / "checkpoints" / "final.pt")["step"] == 3
     assert json.loads((aside[0] / "mlflow_run.json").read_text())["run_id"] == first_run
+    old_losses = (aside[0] / "losses.tsv").read_text().splitlines()  # the DVC plots files go with their run
+    assert [row.split("\t")[0] for row in old_losses[1:]] == ["1", "2", "3"]
+    assert (aside[0] / "samples" / "latest.png").is_file()
+    new_losses = (cli.out_dir / "losses.tsv").read_text().splitlines()
+    assert [row.split("\t")[0] for row in new_losses[1:]] == ["1", "2"]
     assert cli.run_id() != first_run
     assert load_checkpoint(cli.out_dir / "checkpoints" / "final.pt")["config"]["train"]["lr_g"] == 0.001
     assert sorted(run.info.status for run in cli.runs()) == ["FINISHED", "FINISHED"]

@@ -5,11 +5,12 @@ would silently mix two runs (and keep logging into the first run's MLflow run), 
 
 * must match: every ``model`` key; ``loss.lambda_*`` and ``loss.vgg_input``; ``dataset``
   ``name``, ``load_size``, ``crop_size``, ``aspect_ratio``, ``flip``; ``train`` ``batch_size``,
-  ``lr_schedule``, ``lr_g``, ``lr_d``, ``beta1``, ``beta2``, ``seed``, ``amp``, ``ema_decay``:
-  what is computed, step by step;
+  ``lr_schedule``, ``lr_g``, ``lr_d``, ``beta1``, ``beta2``, ``seed``, ``amp``, ``ema_decay``,
+  ``ema_rampup``: what is computed, step by step;
 * may change, and the change is logged (and tagged on the MLflow run): ``train.max_steps``,
   ``train.epochs``, ``train.epochs_decay``, to extend or shorten the schedule;
-* free: everything else (device, ``channels_last``, ``heap_reuse``, ``num_workers``, the log,
+* free: everything else (device, ``channels_last``, ``heap_reuse``, ``num_workers``,
+  ``ema_bn_batches`` (the EMA's batch-norm statistics at checkpoints only), the log,
   sample and checkpoint intervals, ``keep_last``, paths, ``train.init_from`` (read by new runs
   only), and the ``mlflow``, ``judge``, ``evaluate``, ``register``, ``tune`` sections).
 
@@ -30,7 +31,8 @@ MUST_MATCH: dict[str, tuple[str, ...] | None] = {  # section -> keys (None: the 
     "model": None,
     "loss": ("lambda_gan", "lambda_feat", "lambda_vgg", "lambda_att", "lambda_kld", "vgg_input"),
     "dataset": ("name", "load_size", "crop_size", "aspect_ratio", "flip"),
-    "train": ("batch_size", "lr_schedule", "lr_g", "lr_d", "beta1", "beta2", "seed", "amp", "ema_decay"),
+    "train": ("batch_size", "lr_schedule", "lr_g", "lr_d", "beta1", "beta2", "seed", "amp", "ema_decay",
+              "ema_rampup"),
 }
 MAY_CHANGE = {"train": ("max_steps", "epochs", "epochs_decay")}
 
