@@ -15,6 +15,7 @@ written, so the last checkpoint named as good is good.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -109,6 +110,7 @@ def _train(config: Config, logger: TrainingLogger, resume: str | Path | None, co
     opts = config.train
     device = context.device
     manifest = read_manifest(config.dataset.prepared_dir)
+    _calibration_dataset.cache_clear()  # built once per run, at the first checkpoint
     dataset = PairedDataset(config.dataset.prepared_dir, "train", crop_size=config.dataset.crop_size,
                             aspect_ratio=config.dataset.aspect_ratio, train=True, flip=config.dataset.flip,
                             seed=opts.seed)
@@ -227,12 +229,19 @@ def _losses(*parts: dict[str, float]) -> str:
     return ", ".join(f"{name}={value:.4g}" for part in parts for name, value in part.items())
 
 
+@functools.lru_cache(maxsize=1)
+def _calibration_dataset(prepared_dir: str, crop_size: int, aspect_ratio: float) -> PairedDataset:
+    """The training split without augmentation, built (and its shards hashed) once, not at every checkpoint."""
+    return PairedDataset(prepared_dir, "train", crop_size=crop_size, aspect_ratio=aspect_ratio, train=False,
+                         flip=False)
+
+
 def _calibration_inputs(config: Config, manifest: Manifest,
                         device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(semantic input, photo) of the first ``train.ema_bn_batches`` training batches, in order, not augmented
     (the photo is the style image of a style-encoding generator)."""
-    dataset = PairedDataset(config.dataset.prepared_dir, "train", crop_size=config.dataset.crop_size,
-                            aspect_ratio=config.dataset.aspect_ratio, train=False, flip=False)
+    dataset = _calibration_dataset(str(config.dataset.prepared_dir), config.dataset.crop_size,
+                                   config.dataset.aspect_ratio)
     loader = DataLoader(dataset, batch_size=config.train.batch_size, shuffle=False, num_workers=0)
     for _, batch in zip(range(config.train.ema_bn_batches), loader, strict=False):
         instance = batch["instance"].to(device) if manifest.has_instance else None
