@@ -24,7 +24,8 @@ JUDGE_FILE = "judge.pt"
 RUN_FILE = "mlflow_run.json"
 TRAIN_METRICS_FILE = "metrics.json"  # in train.out_dir
 LOSSES_FILE = "losses.tsv"  # in train.out_dir: step + losses every train.log_every steps (dvc plots)
-LOSS_COLUMNS = ("g_total", "g_gan", "g_feat", "g_vgg", "d_real", "d_fake")
+# g_att: CA2SIS attention loss (model.generator=ca2sis), g_kld: KL term (model.style=vae); empty when off
+LOSS_COLUMNS = ("g_total", "g_gan", "g_feat", "g_vgg", "g_att", "g_kld", "d_real", "d_fake")
 SAMPLES_DIR = "samples"  # in train.out_dir: latest.png, the newest sample grid (a dvc image plot)
 LATEST_SAMPLES = "latest.png"
 PER_CLASS_IOU_TABLE = "per_class_iou.csv"  # in evaluate.out_dir: class, generated, real, baseline (dvc plots)

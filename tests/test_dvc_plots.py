@@ -38,7 +38,11 @@ def test_loss_table_rows_and_a_resumed_run_dropping_rows_past_its_checkpoint(tmp
     lines = path.read_text().splitlines()
     assert lines[0].split("\t") == ["step", *LOSS_COLUMNS]
     assert [line.split("\t")[0] for line in lines[1:]] == ["10", "20", "30"]
-    assert lines[-1].split("\t") == ["30", "7", "2", "0.5", "", "0.9", "0.8"]  # g_vgg off: empty
+    assert lines[-1].split("\t") == ["30", "7", "2", "0.5", "", "", "", "0.9", "0.8"]  # g_vgg, g_att, g_kld off
+    resumed.append(40, {"g_gan": 2.0, "g_feat": 0.5, "g_kld": 0.25, "g_att": 0.125, "g_total": 7.0, "d_real": 0.9,
+                        "d_fake": 0.8})  # CA2SIS's attention loss and the KL term of a vae have their columns
+    row = dict(zip(["step", *LOSS_COLUMNS], path.read_text().splitlines()[-1].split("\t"), strict=True))
+    assert (row["g_att"], row["g_kld"], row["g_vgg"]) == ("0.125", "0.25", "")
 
 
 def test_dvc_plots_show_renders_every_plot_of_dvc_yaml(tmp_path):
