@@ -33,6 +33,7 @@ DiscriminatorKind = Literal["multiscale", "fpse"]
 SpapPlacement = Literal["off", "generator", "discriminator", "both"]
 SpapOrder = Literal["coarse_to_fine", "fine_to_coarse"]
 CA2SIS_SIZE_MULTIPLE = 64  # the CA2SIS style encoder halves the photo six times
+FPSE_SIZE_MULTIPLE = 32  # the FPSE discriminator halves the image five times; it needs at least two of these a side
 StyleMode = Literal["off", "vae", "noise3d"]
 
 # model.z_dim when left null (docs/MULTIMODAL.md): SPADE's VAE latent, OASIS's 3D-noise channels.
@@ -385,7 +386,7 @@ class Config:
         resolved = dataclasses.replace(self, **sections)
         _check(resolved.train.epochs + resolved.train.epochs_decay >= 1, "train.epochs + train.epochs_decay",
                resolved.train.epochs + resolved.train.epochs_decay, "must be >= 1: there is nothing to train")
-        resolved.check_generator_size()
+        resolved.check_image_size()
         return resolved
 
     def image_size(self) -> tuple[int, int]:
@@ -393,12 +394,19 @@ class Config:
         crop, aspect = self.dataset.crop_size, self.dataset.aspect_ratio
         return round(crop / aspect), crop
 
-    def check_generator_size(self) -> None:
-        """CA2SIS is built for one image size whose sides are multiples of 64 (its style encoder)."""
-        if self.model.generator != "ca2sis":
-            return
+    def check_image_size(self) -> None:
+        """CA2SIS is built for one image size whose sides are multiples of 64 (its style encoder); the FPSE
+        discriminator needs sides that are multiples of 32 and at least 64 (so a sweep refuses it up front)."""
         height, width = self.image_size()
-        if height % CA2SIS_SIZE_MULTIPLE or width % CA2SIS_SIZE_MULTIPLE:
+        if self.model.discriminator == "fpse" and (height % FPSE_SIZE_MULTIPLE or width % FPSE_SIZE_MULTIPLE
+                                                   or min(height, width) < 2 * FPSE_SIZE_MULTIPLE):
+            raise ConfigError(
+                f"model.discriminator=fpse needs image sides that are multiples of {FPSE_SIZE_MULTIPLE} and at least "
+                f"{2 * FPSE_SIZE_MULTIPLE}, got {height}x{width} (dataset.crop_size={self.dataset.crop_size}, "
+                f"dataset.aspect_ratio={self.dataset.aspect_ratio}); set dataset.crop_size accordingly or use "
+                "model.discriminator=multiscale"
+            )
+        if self.model.generator == "ca2sis" and (height % CA2SIS_SIZE_MULTIPLE or width % CA2SIS_SIZE_MULTIPLE):
             raise ConfigError(
                 f"model.generator=ca2sis needs image sides that are multiples of {CA2SIS_SIZE_MULTIPLE}, got "
                 f"{height}x{width} (dataset.crop_size={self.dataset.crop_size}, dataset.aspect_ratio="
