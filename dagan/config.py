@@ -150,8 +150,10 @@ class ModelConfig:
         if self.z_dim is not None and self.z_dim < 1:
             raise ConfigError(f"model.z_dim={self.z_dim} must be >= 1 (or null for the style's default)")
         if self.style != "off" and self.generator != "dagan":
-            raise ConfigError(f"model.style={self.style} is built into the DAGAN generator; model.generator="
-                              f"{self.generator} has its own styles (or none): set model.style=off")
+            own = ("has per-class styles of its own (generate --photos / --style-image)" if self.generator == "ca2sis"
+                   else "is not wired to a latent (docs/CCFPSE.md)")
+            raise ConfigError(f"model.style={self.style} is built into the DAGAN generator only; model.generator="
+                              f"{self.generator} {own}: set model.style=off, or model.generator=dagan")
 
     def labels(self) -> dict[str, str]:
         """Short labels of the model for run tags: generator, discriminator, variant ("-" when not DAGAN), spap."""

@@ -165,6 +165,12 @@ def test_config_defaults_and_errors():
         config_from_dict({"model": {"style": "gaussian"}})
     with pytest.raises(ConfigError, match="num_style_samples=1 must be >= 2"):
         config_from_dict({"evaluate": {"num_style_samples": 1}})
+    refusals = (("ccfpse", "is not wired to a latent"), ("ca2sis", "has per-class styles of its own"))
+    for generator_kind, reason in refusals:
+        with pytest.raises(ConfigError, match=f"DAGAN generator only; model.generator={generator_kind} {reason}"):
+            config_from_dict({"model": {"style": "vae", "generator": generator_kind}})
+    with pytest.raises(ConfigError, match="model.style=noise3d is built into the DAGAN generator only"):
+        config_from_dict({"model": {"style": "noise3d", "generator": "ccfpse"}})
 
 
 @pytest.fixture(scope="module")
