@@ -113,4 +113,8 @@ def test_config_checks_the_spap_keys():
         _config(spap="everywhere")
     with pytest.raises(ConfigError, match="use model.spap=discriminator"):
         config_from_dict({"model": {"generator": "ca2sis", "spap": "both"}}, "test").resolved()
+    with pytest.raises(ConfigError, match="model.generator=ccfpse; use model.spap=discriminator"):
+        config_from_dict({"model": {"generator": "ccfpse", "spap": "generator"}}, "test").resolved()
+    with pytest.raises(ConfigError, match="model.discriminator=fpse; use model.spap=generator"):
+        config_from_dict({"model": {"discriminator": "fpse", "spap": "discriminator"}}, "test").resolved()
     assert _config(spap="both").model.spap_in("generator") and _config(spap="both").model.spap_in("discriminator")
