@@ -4,10 +4,11 @@
   the model built for a dataset preset (official settings, ngf from the preset) with its parameter
   counts; ``-S section.key=value`` overrides the config as in every component. ``generator_params``
   leaves out a style encoder (``encoder_params``), as the official code counts its networks.
-* ``generate --model URI --labels DIR --out DIR [--style IMAGE] [--seed N] [--num-samples K]``:
-  label maps -> images. ``URI`` is a local checkpoint (read here) or an MLflow ``models:/`` /
-  ``runs:/`` URI (handed to ``components.generate``, imported only then: the library itself
-  never imports mlflow).
+* ``generate --model URI --labels DIR --out DIR [--style IMAGE] [--seed N] [--num-samples K]``
+  ``[--photos DIR] [--style-image IMAGE --style-label PNG [--style-classes LIST]]``: label maps ->
+  images (the latent of a ``model.style=vae|noise3d`` model; the per-class styles of a CA2SIS
+  model). ``URI`` is a local checkpoint (read here) or an MLflow ``models:/`` / ``runs:/`` URI
+  (handed to ``components.generate``, imported only then: the library itself never imports mlflow).
 * ``import-official``, ``export-official``, ``verify-official``: the official DAGAN / SPADE
   checkpoints and reference outputs (:mod:`dagan.official.cli`, docs/OFFICIAL.md).
 """

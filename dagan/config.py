@@ -33,6 +33,7 @@ DiscriminatorKind = Literal["multiscale", "fpse"]
 SpapPlacement = Literal["off", "generator", "discriminator", "both"]
 SpapOrder = Literal["coarse_to_fine", "fine_to_coarse"]
 CA2SIS_SIZE_MULTIPLE = 64  # the CA2SIS style encoder halves the photo six times
+FPSE_SIZE_MULTIPLE = 32  # the FPSE discriminator halves the image five times; it needs at least two of these a side
 StyleMode = Literal["off", "vae", "noise3d"]
 
 # model.z_dim when left null (docs/MULTIMODAL.md): SPADE's VAE latent, OASIS's 3D-noise channels.
@@ -149,8 +150,10 @@ class ModelConfig:
         if self.z_dim is not None and self.z_dim < 1:
             raise ConfigError(f"model.z_dim={self.z_dim} must be >= 1 (or null for the style's default)")
         if self.style != "off" and self.generator != "dagan":
-            raise ConfigError(f"model.style={self.style} is built into the DAGAN generator; model.generator="
-                              f"{self.generator} has its own styles (or none): set model.style=off")
+            own = ("has per-class styles of its own (generate --photos / --style-image)" if self.generator == "ca2sis"
+                   else "is not wired to a latent (docs/CCFPSE.md)")
+            raise ConfigError(f"model.style={self.style} is built into the DAGAN generator only; model.generator="
+                              f"{self.generator} {own}: set model.style=off, or model.generator=dagan")
 
     def labels(self) -> dict[str, str]:
         """Short labels of the model for run tags: generator, discriminator, variant ("-" when not DAGAN), spap."""
@@ -386,7 +389,7 @@ class Config:
         resolved = dataclasses.replace(self, **sections)
         _check(resolved.train.epochs + resolved.train.epochs_decay >= 1, "train.epochs + train.epochs_decay",
                resolved.train.epochs + resolved.train.epochs_decay, "must be >= 1: there is nothing to train")
-        resolved.check_generator_size()
+        resolved.check_image_size()
         return resolved
 
     def image_size(self) -> tuple[int, int]:
@@ -394,12 +397,19 @@ class Config:
         crop, aspect = self.dataset.crop_size, self.dataset.aspect_ratio
         return round(crop / aspect), crop
 
-    def check_generator_size(self) -> None:
-        """CA2SIS is built for one image size whose sides are multiples of 64 (its style encoder)."""
-        if self.model.generator != "ca2sis":
-            return
+    def check_image_size(self) -> None:
+        """CA2SIS is built for one image size whose sides are multiples of 64 (its style encoder); the FPSE
+        discriminator needs sides that are multiples of 32 and at least 64 (so a sweep refuses it up front)."""
         height, width = self.image_size()
-        if height % CA2SIS_SIZE_MULTIPLE or width % CA2SIS_SIZE_MULTIPLE:
+        if self.model.discriminator == "fpse" and (height % FPSE_SIZE_MULTIPLE or width % FPSE_SIZE_MULTIPLE
+                                                   or min(height, width) < 2 * FPSE_SIZE_MULTIPLE):
+            raise ConfigError(
+                f"model.discriminator=fpse needs image sides that are multiples of {FPSE_SIZE_MULTIPLE} and at least "
+                f"{2 * FPSE_SIZE_MULTIPLE}, got {height}x{width} (dataset.crop_size={self.dataset.crop_size}, "
+                f"dataset.aspect_ratio={self.dataset.aspect_ratio}); set dataset.crop_size accordingly or use "
+                "model.discriminator=multiscale"
+            )
+        if self.model.generator == "ca2sis" and (height % CA2SIS_SIZE_MULTIPLE or width % CA2SIS_SIZE_MULTIPLE):
             raise ConfigError(
                 f"model.generator=ca2sis needs image sides that are multiples of {CA2SIS_SIZE_MULTIPLE}, got "
                 f"{height}x{width} (dataset.crop_size={self.dataset.crop_size}, dataset.aspect_ratio="

@@ -24,10 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dagan.config import FPSE_SIZE_MULTIPLE
 from dagan.losses import DiscriminatorOutput
 from dagan.nn.spectral import spectral_norm
 
-NUM_LEVELS = 5  # stride-2 encoder levels: 1/2 .. 1/32
+NUM_LEVELS = 5  # stride-2 encoder levels: 1/2 .. 1/32 (FPSE_SIZE_MULTIPLE = 2**NUM_LEVELS)
 SCORED_LEVELS = 3  # levels 1/4, 1/8, 1/16 give score maps
 
 
@@ -58,7 +59,7 @@ class FPSEDiscriminator(nn.Module):
         """semantic (B, semantic_nc, H, W), image (B, 3, H, W) -> score maps at 1/4, 1/8, 1/16 and the
         encoder features at 1/4 .. 1/32 (one feature-matching group each)."""
         height, width = image.shape[2:]
-        factor = 2**NUM_LEVELS
+        factor = FPSE_SIZE_MULTIPLE
         if height % factor or width % factor or min(height, width) < 2 * factor:
             raise ValueError(f"image size {height}x{width}: the FPSE discriminator needs sides that are multiples "
                              f"of {factor} and at least {2 * factor} (five stride-2 levels with instance norm)")

@@ -215,6 +215,12 @@ def test_generator_and_discriminator_choices_and_attention_knobs():
         load_config(REPO / "params.yaml", ["model.generator=ccfpse", "model.variant=custom", "model.use_sam=true"])
     with pytest.raises(ConfigError, match="'patch' is not one of: multiscale, fpse"):
         load_config(REPO / "params.yaml", ["model.discriminator=patch"])
+    # the FPSE discriminator's size rule is checked with the config, so a sweep or a run stops before it starts
+    with pytest.raises(ConfigError, match="model.discriminator=fpse needs image sides that are multiples of 32 and "
+                                          "at least 64, got 48x48"):
+        load_config(REPO / "params.yaml", ["model.discriminator=fpse", "dataset.crop_size=48"])
+    with pytest.raises(ConfigError, match="at least 64, got 32x64"):
+        load_config(REPO / "params.yaml", ["model.discriminator=fpse", "dataset.aspect_ratio=2.0"])
 
 
 def test_from_official_maps_every_official_option_to_keys_that_exist():

@@ -99,6 +99,28 @@ def test_without_a_latent_the_output_is_z_zero_and_deterministic():
             assert torch.equal(g(x), g(x, torch.zeros(2, Z_DIM)))
 
 
+@pytest.mark.parametrize("style", ["vae", "noise3d"])
+def test_ema_batch_norm_recalibration_draws_the_latent_as_training_does(style):
+    from dagan.ema import ExponentialMovingAverage
+    from dagan.generator import run_generator
+    from dagan.train.steps import calibration_fake
+
+    def recalibrated(forward):
+        ema = ExponentialMovingAverage(generator(style), decay=0.5)
+        batch = (semantic(), torch.rand(2, 3, SIZE, SIZE) * 2 - 1, 3)
+        rng = torch.get_rng_state()
+        ema.recalibrate_batch_norm([batch], forward)
+        return ema.module.head_0.norm_0.param_free_norm.running_var, torch.equal(torch.get_rng_state(), rng)
+
+    variance, rng_kept = recalibrated(lambda module, batch: calibration_fake(module, *batch))
+    assert rng_kept  # seeded noise: a checkpoint's recalibration draws nothing from torch's RNG (exact resumes)
+    assert torch.equal(variance, recalibrated(lambda module, batch: calibration_fake(module, *batch))[0])
+    at_zero, _ = recalibrated(lambda module, batch: run_generator(module, batch[0]))
+    assert variance.mean() > 1e-3 and not torch.allclose(variance, at_zero)
+    if style == "vae":  # z = 0 gives every image the same start map fc(0): a variance of 0, saturated images
+        assert float(at_zero.max()) == 0.0
+
+
 def test_latent_and_size_errors():
     off = generator("off")
     with pytest.raises(ValueError, match="model.style=off and takes no latent"):
@@ -143,6 +165,12 @@ def test_config_defaults_and_errors():
         config_from_dict({"model": {"style": "gaussian"}})
     with pytest.raises(ConfigError, match="num_style_samples=1 must be >= 2"):
         config_from_dict({"evaluate": {"num_style_samples": 1}})
+    refusals = (("ccfpse", "is not wired to a latent"), ("ca2sis", "has per-class styles of its own"))
+    for generator_kind, reason in refusals:
+        with pytest.raises(ConfigError, match=f"DAGAN generator only; model.generator={generator_kind} {reason}"):
+            config_from_dict({"model": {"style": "vae", "generator": generator_kind}})
+    with pytest.raises(ConfigError, match="model.style=noise3d is built into the DAGAN generator only"):
+        config_from_dict({"model": {"style": "noise3d", "generator": "ccfpse"}})
 
 
 @pytest.fixture(scope="module")

@@ -150,6 +150,10 @@ def test_export_refuses_a_model_the_official_code_cannot_run(tmp_path, capsys):
     ccfpse = official_config("cityscapes", "B1", overrides={"model": {"generator": "ccfpse"}})
     with pytest.raises(ValueError, match="only DAGAN / SPADE models"):
         official_state_dicts({"config": ccfpse.to_dict(), "semantic_nc": 36, "generator": {}, "ema": None})
+    for spap in ("generator", "discriminator"):
+        with_spap = official_config("cityscapes", "B1", ngf=4, overrides={"model": {"spap": spap}})
+        with pytest.raises(ValueError, match=f"model.spap={spap}: the official DAGAN/SPADE code has no SPAP"):
+            official_state_dicts({"config": with_spap.to_dict(), "semantic_nc": 36, "generator": {}, "ema": None})
 
 
 def test_an_imported_official_model_generates_from_label_pngs(tmp_path):

@@ -113,4 +113,19 @@ def test_config_checks_the_spap_keys():
         _config(spap="everywhere")
     with pytest.raises(ConfigError, match="use model.spap=discriminator"):
         config_from_dict({"model": {"generator": "ca2sis", "spap": "both"}}, "test").resolved()
+    with pytest.raises(ConfigError, match="model.generator=ccfpse; use model.spap=discriminator"):
+        config_from_dict({"model": {"generator": "ccfpse", "spap": "generator"}}, "test").resolved()
+    with pytest.raises(ConfigError, match="model.discriminator=fpse; use model.spap=generator"):
+        config_from_dict({"model": {"discriminator": "fpse", "spap": "discriminator"}}, "test").resolved()
     assert _config(spap="both").model.spap_in("generator") and _config(spap="both").model.spap_in("discriminator")
+
+
+def test_describe_counts_spap_on_the_cityscapes_preset():
+    """docs/ATTENTION.md's numbers: one unit in G (ngf 64), one per discriminator scale (ndf 64): 42 C^2 + 7 C each."""
+    from dagan.__main__ import describe
+
+    info = describe("cityscapes", settings=["model.spap=both"])
+    assert spap_parameter_count(64) == 172_480
+    assert (info["generator_params"], info["discriminator_params"]) == (93_134_229 + 172_480, 5_601_410 + 2 * 172_480)
+    assert (info["generator_params"], info["discriminator_params"], info["spap_params"]) == (
+        93_306_709, 5_946_370, 3 * 172_480)

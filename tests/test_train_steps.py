@@ -135,10 +135,11 @@ def test_ema_tracks_the_average_and_copies_buffers():
                          [("dagan", "fpse"), ("ccfpse", "multiscale"), ("ccfpse", "fpse")])
 def test_steps_work_for_every_generator_and_discriminator(tmp_path, generator_kind, discriminator_kind):
     torch.manual_seed(0)
-    config = config_from_dict({**tiny_settings(tmp_path, tmp_path / "out"),
-                               "model": {"ngf": 8, "ndf": 8, "num_upsampling_layers": "normal",
-                                         "generator": generator_kind, "discriminator": discriminator_kind}},
-                              "tiny").resolved()
+    settings = tiny_settings(tmp_path, tmp_path / "out")
+    settings["dataset"].update(load_size=64, crop_size=64)  # the FPSE discriminator needs sides of at least 64
+    config = config_from_dict({**settings, "model": {"ngf": 8, "ndf": 8, "num_upsampling_layers": "normal",
+                                                     "generator": generator_kind,
+                                                     "discriminator": discriminator_kind}}, "tiny").resolved()
     generator, discriminator = build_generator(config, SEMANTIC_NC), build_discriminator(config, SEMANTIC_NC)
     semantic = semantic_input(torch.randint(0, NUM_CLASSES, (2, 64, 64)), NUM_CLASSES, torch.randint(0, 3, (2, 64, 64)))
     real = torch.rand(2, 3, 64, 64) * 2 - 1

@@ -38,9 +38,9 @@ def add_official_commands(commands: argparse._SubParsersAction) -> None:
     importer.add_argument("--variant", choices=("B6", "B1"),
                           help="B6 = DAGAN, B1 = SPADE/GauGAN (default: read from the file)")
     importer.add_argument("--out", required=True, help="the project checkpoint to write (never overwritten)")
-    exporter = commands.add_parser("export-official", help="project checkpoint -> official latest_net_G/D.pth")
+    exporter = commands.add_parser("export-official", help="project checkpoint -> official latest_net_G/E/D.pth")
     exporter.add_argument("--checkpoint", required=True, help="a training, imported or exported checkpoint")
-    exporter.add_argument("--out", required=True, help="folder for <epoch>_net_G.pth (and _net_D.pth)")
+    exporter.add_argument("--out", required=True, help="folder for <epoch>_net_G.pth (and _net_E.pth, _net_D.pth)")
     exporter.add_argument("--epoch", default="latest", help="the official --which_epoch name (default: latest)")
     exporter.add_argument("--use-ema", action="store_true", help="export the EMA generator when there is one")
     verifier = commands.add_parser("verify-official", help="compare our model with an official reference folder")

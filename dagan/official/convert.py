@@ -197,6 +197,9 @@ def _exportable(config: Config) -> str:
     if (model.generator, model.discriminator) != ("dagan", "multiscale"):
         raise ConfigError(f"model.generator={model.generator}, model.discriminator={model.discriminator}: only "
                           "DAGAN / SPADE models (generator dagan, discriminator multiscale) can be exported")
+    if model.spap != "off":
+        raise ConfigError(f"model.spap={model.spap}: the official DAGAN/SPADE code has no SPAP units; only models "
+                          "with model.spap=off can be exported")
     use_sam, cam = model.attention()
     if (use_sam, cam) == (False, "off"):
         return "SPADE"

@@ -40,7 +40,6 @@ from dagan.config import Config
 from dagan.data import Manifest, PairedDataset, read_manifest
 from dagan.distributed import DistributedContext, ResumableDistributedSampler, all_ranks_sum, setup, teardown, unwrap
 from dagan.finite import all_finite, describe_non_finite, module_tensors, non_finite_tensors
-from dagan.generator import run_generator
 from dagan.heap import reuse_freed_memory
 from dagan.labels import semantic_input
 from dagan.schedule import lr_factor, set_learning_rate
@@ -48,7 +47,14 @@ from dagan.schedule import total_steps as planned_steps
 from dagan.train.callbacks import NullLogger, Progress, StartReport, StepReport, TrainingLogger, log
 from dagan.train.signals import StopSignals, ignore_stop_signals, stop_signals_blocked
 from dagan.train.state import TrainingState, build_state
-from dagan.train.steps import LossWeights, NonFiniteLossError, NonFiniteWeightsError, d_step, g_step
+from dagan.train.steps import (
+    LossWeights,
+    NonFiniteLossError,
+    NonFiniteWeightsError,
+    calibration_fake,
+    d_step,
+    g_step,
+)
 from dagan.visualize import sample_grid
 
 SAMPLE_ROWS = 4  # rows of the training's sample grids
@@ -237,19 +243,20 @@ def _calibration_dataset(prepared_dir: str, crop_size: int, aspect_ratio: float)
 
 
 def _calibration_inputs(config: Config, manifest: Manifest,
-                        device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(semantic input, photo) of the first ``train.ema_bn_batches`` training batches, in order, not augmented
-    (the photo is the style image of a style-encoding generator)."""
+                        device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """(semantic input, photo, noise seed) of the first ``train.ema_bn_batches`` training batches, in order, not
+    augmented (the photo is the style image of a style-encoding generator and the posterior of a ``vae``; the seed
+    draws a multimodal generator's noise: :func:`dagan.train.steps.calibration_fake`)."""
     dataset = _calibration_dataset(str(config.dataset.prepared_dir), config.dataset.crop_size,
                                    config.dataset.aspect_ratio)
     loader = DataLoader(dataset, batch_size=config.train.batch_size, shuffle=False, num_workers=0)
-    for _, batch in zip(range(config.train.ema_bn_batches), loader, strict=False):
+    for index, batch in zip(range(config.train.ema_bn_batches), loader, strict=False):
         instance = batch["instance"].to(device) if manifest.has_instance else None
         semantic = semantic_input(batch["label"].to(device), manifest.num_label_channels, instance)
         photo = batch["image"].to(device)
         if config.train.channels_last:
             semantic, photo = (t.contiguous(memory_format=torch.channels_last) for t in (semantic, photo))
-        yield semantic, photo
+        yield semantic, photo, config.train.seed + index
 
 
 def _write(state: TrainingState, config: Config, manifest: Manifest, step: int, steps_per_epoch: int, path: Path,
@@ -259,7 +266,7 @@ def _write(state: TrainingState, config: Config, manifest: Manifest, step: int, 
     if context.is_main:
         if state.ema is not None and config.train.ema_bn_batches > 0:
             state.ema.recalibrate_batch_norm(_calibration_inputs(config, manifest, context.device),
-                                             lambda module, batch: run_generator(module, *batch))
+                                             lambda module, batch: calibration_fake(module, *batch))
         checkpoint = state.to_checkpoint(config, manifest.semantic_nc, step, step // steps_per_epoch)
         bad = {**non_finite_tensors(checkpoint["generator"], "generator."),
                **non_finite_tensors(checkpoint["discriminator"], "discriminator."),

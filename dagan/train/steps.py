@@ -22,6 +22,8 @@ loss functions take as it is.
 the real photo and samples z from its posterior (and the G step adds lambda_kld * KL),
 ``noise3d`` draws z ~ N(0, I) per image. Both use torch's RNG, which checkpoints save, so a
 resumed run draws the same z. ``style=off`` calls the generator exactly as before.
+:func:`calibration_fake` draws the same kinds of z for the EMA's batch-norm recalibration, from a
+seeded generator of its own (:mod:`dagan.ema`).
 
 Both steps check that every loss is finite before back-propagating, so a NaN or Inf never
 reaches the weights; under DDP the checked values are averaged over ranks first, so every
@@ -39,6 +41,7 @@ from torch import nn
 from dagan.config import LossConfig
 from dagan.distributed import DistributedContext, all_ranks_sum, unwrap
 from dagan.generator import run_generator, uses_style_image
+from dagan.latent import seeded_normal
 from dagan.losses import (
     attention_alignment_loss,
     d_hinge_loss,
@@ -47,6 +50,7 @@ from dagan.losses import (
     kl_divergence,
     perceptual_loss,
 )
+from dagan.nn.style import reparameterize
 
 
 class NonFiniteError(FloatingPointError):
@@ -130,6 +134,23 @@ def generate_training_fake(
     if cross_attention and uses_style_image(generator):
         return run_generator(generator, semantic, real, return_attention=True)
     return run_generator(generator, semantic, real), {}
+
+
+def calibration_fake(generator: nn.Module, semantic: torch.Tensor, real: torch.Tensor, seed: int) -> torch.Tensor:
+    """G's image in the batch-norm recalibration of an EMA generator (:meth:`dagan.ema.ExponentialMovingAverage.
+    recalibrate_batch_norm`): a multimodal generator gets its latent as in training (``vae``: sampled from the real
+    photo's posterior, ``noise3d``: N(0, I)), not z = 0, whose statistics are not the training's (with ``vae``,
+    fc(0) is the same map for every image, so its batch norms would divide by a variance of 0). The noise comes
+    from a CPU generator seeded with ``seed`` (:func:`dagan.latent.seeded_normal`), so a checkpoint's
+    recalibration draws nothing from torch's RNG and a resumed run stays exact."""
+    style = getattr(generator, "style", "off")
+    if style == "off":
+        return run_generator(generator, semantic, real)
+    noise = seeded_normal(seed, (semantic.shape[0], generator.z_dim)).to(semantic.device)
+    if style == "vae":
+        mu, logvar = generator.encode(real)
+        noise = reparameterize(mu, logvar, noise.to(mu.dtype))
+    return generator(semantic, noise)
 
 
 def d_step(
