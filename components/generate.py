@@ -3,9 +3,10 @@
     python -m components.generate --model URI --labels DIR --out DIR [--instances DIR] [--edges-from-labels]
 
 ``URI`` is a registry URI (``models:/dagan-synthetic@champion``, ``models:/dagan-synthetic/3``),
-a run URI (``runs:/<run id>/dagan-generator``) or a local checkpoint path. ``python -m dagan generate``
-takes the same arguments and hands MLflow URIs to this module (the library never imports
-mlflow). The tracking URI is ``$MLFLOW_TRACKING_URI`` when set.
+a run URI (``runs:/<run id>/dagan-generator``) or a local checkpoint path. It takes every argument of
+``python -m dagan generate`` (the library's command, which reads local checkpoints only: the
+library never imports mlflow) and runs the same code with a loader that also resolves model URIs.
+The tracking URI is ``$MLFLOW_TRACKING_URI`` when set.
 """
 
 from __future__ import annotations
@@ -15,15 +16,10 @@ import sys
 from collections.abc import Sequence
 
 from dagan.__main__ import generate as run_generate
-from dagan.generate import Synthesizer, add_generate_arguments
+from dagan.generate import MODEL_URI_SCHEMES, Synthesizer, add_generate_arguments, load_synthesizer
 
-MLFLOW_SCHEMES = ("models:/", "runs:/")
 DESCRIPTION = ("Turn label-map PNGs into images with a model from the MLflow registry (models:/NAME@ALIAS), a run "
                "(runs:/RUN_ID/dagan-generator) or a local checkpoint; writes index.html beside the images.")
-
-
-def is_mlflow_uri(uri: str) -> bool:
-    return uri.startswith(MLFLOW_SCHEMES)
 
 
 def load_from_mlflow(uri: str) -> Synthesizer:
@@ -46,10 +42,18 @@ def load_from_mlflow(uri: str) -> Synthesizer:
     return synthesizer
 
 
+def load_model(model: str, manifest_dir: str | None) -> Synthesizer:
+    """An MLflow model URI through MLflow, anything else as a local checkpoint."""
+    if model.startswith(MODEL_URI_SCHEMES):
+        return load_from_mlflow(model)
+    return load_synthesizer(model, manifest_dir=manifest_dir)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m components.generate", description=DESCRIPTION)
-    add_generate_arguments(parser)
-    return run_generate(parser.parse_args(argv))
+    add_generate_arguments(parser, model_help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/dagan-generator "
+                                              "or a checkpoint path")
+    return run_generate(parser.parse_args(argv), load_model)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import version as package_version
 from pathlib import Path
 
@@ -59,12 +59,31 @@ KEY_METRICS = ("judge_miou_generated", "judge_miou_real", "judge_miou_baseline",
                "fd_judge_generated", "fd_judge_baseline", "fid_generated", "lpips_generated")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Decision:
+    """The registration verdict: the quality gate's checks and the comparison with the champion.
+
+    Every check is one line, ``PASS ...`` or ``FAIL ...`` with the rule it checks.
+    """
+
     gate_passed: bool
+    gate_checks: tuple[str, ...]  # one line per gate rule (judge mIoU, judge Fréchet distance)
     beats_champion: bool
-    promote: bool
-    reasons: list[str] = field(default_factory=list)
+    champion_check: str  # the comparison with the current champion (or why there is none to beat)
+
+    @property
+    def promote(self) -> bool:
+        return self.gate_passed and self.beats_champion
+
+    @property
+    def reasons(self) -> list[str]:
+        """Every check: the gate's, then the champion's."""
+        return [*self.gate_checks, self.champion_check]
+
+    def record(self) -> dict:
+        """The decision's fields of registration.json."""
+        return {"gate_passed": self.gate_passed, "beats_champion": self.beats_champion, "promote": self.promote,
+                "reasons": self.reasons}
 
 
 def pyfunc_model_arguments(exported_generator: Path, limits: RegisterConfig) -> dict:
@@ -87,33 +106,40 @@ def _check(passed: bool, text: str) -> str:
     return f"{'PASS' if passed else 'FAIL'} {text}"
 
 
-def decide(metrics: dict, gate: RegisterConfig, champion_value: float | None, source: str = "metrics") -> Decision:
-    """The registration decision for a version with ``metrics`` against a champion's metric value.
+def decide(metrics: dict, gate: RegisterConfig, champion_value: float | None, source: str = "metrics",
+           champion_note: str | None = None) -> Decision:
+    """The registration verdict for a version with ``metrics`` against the current champion.
 
-    ``champion_value`` None means there is no champion (or it lacks the metric: see reasons).
-    Each reason is one check, written ``PASS ...`` or ``FAIL ...`` with the rule it checks.
+    ``champion_value``: the champion's value of ``gate.metric``, None when there is no champion.
+    ``champion_note``: why a champion cannot be compared with (it lacks the metric); it is then
+    kept, and the version is not promoted whatever its metrics.
     """
-    reasons = []
+    gate_passed, gate_checks = _gate(metrics, gate, source)
+    value = _metric(metrics, gate.metric, source)
+    if champion_note:
+        beats, champion_check = False, f"FAIL {champion_note}: cannot compare, champion kept"
+    elif champion_value is None:
+        beats, champion_check = True, _check(True, f"no current champion to beat ({gate.metric} = {value:.4f})")
+    else:
+        beats = value > champion_value if gate.greater_is_better else value < champion_value
+        champion_check = _check(beats, f"beat the champion: {gate.metric} {value:.4f} must be "
+                                       f"{'>' if gate.greater_is_better else '<'} the champion's {champion_value:.4f}")
+    return Decision(gate_passed, gate_checks, beats, champion_check)
+
+
+def _gate(metrics: dict, gate: RegisterConfig, source: str) -> tuple[bool, tuple[str, ...]]:
+    """The quality gate: (passed, one check per rule)."""
     generated = _metric(metrics, "judge_miou_generated", source)
     real = _metric(metrics, "judge_miou_real", source)
     passed = generated >= gate.gate_miou_ratio * real
-    reasons.append(_check(passed, f"judge mIoU: generated {generated:.4f} must be >= {gate.gate_miou_ratio} x real "
-                                  f"{real:.4f} = {gate.gate_miou_ratio * real:.4f}"))
+    checks = [_check(passed, f"judge mIoU: generated {generated:.4f} must be >= {gate.gate_miou_ratio} x real "
+                             f"{real:.4f} = {gate.gate_miou_ratio * real:.4f}")]
     if gate.gate_fd_beats_baseline:
         fd, fd_base = _metric(metrics, "fd_judge_generated", source), _metric(metrics, "fd_judge_baseline", source)
-        fd_ok = fd < fd_base
-        passed = passed and fd_ok
-        reasons.append(_check(fd_ok, f"judge Fréchet distance: generated {fd:.4f} must be < mean-colour baseline "
-                                     f"{fd_base:.4f}"))
-    value = _metric(metrics, gate.metric, source)
-    if champion_value is None:
-        beats = True
-        reasons.append(_check(True, f"no current champion to beat ({gate.metric} = {value:.4f})"))
-    else:
-        beats = value > champion_value if gate.greater_is_better else value < champion_value
-        reasons.append(_check(beats, f"beat the champion: {gate.metric} {value:.4f} must be "
-                                     f"{'>' if gate.greater_is_better else '<'} the champion's {champion_value:.4f}"))
-    return Decision(passed, beats, passed and beats, reasons)
+        passed = passed and fd < fd_base
+        checks.append(_check(fd < fd_base, f"judge Fréchet distance: generated {fd:.4f} must be < mean-colour "
+                                           f"baseline {fd_base:.4f}"))
+    return passed, tuple(checks)
 
 
 def version_description(config: Config, steps: int, run_name: str, metrics: dict, decision: Decision,
@@ -133,14 +159,17 @@ def model_name(config: Config) -> str:
 
 
 def current_champion(client: MlflowClient, name: str, metric: str) -> tuple[str | None, float | None, str | None]:
-    """(version, its value of ``metric``, a note) of the version holding alias ``champion``."""
+    """(version, its value of ``metric``, a note) of the version holding alias ``champion``.
+
+    The note says why the champion cannot be compared with (its value is then None).
+    """
     try:
         champion = client.get_model_version_by_alias(name, "champion")
     except MlflowException:
         return None, None, None
     raw = champion.tags.get(f"eval.{metric}")
     if raw is None:
-        return str(champion.version), float("nan"), f"champion v{champion.version} has no tag eval.{metric}"
+        return str(champion.version), None, f"champion v{champion.version} has no tag eval.{metric}"
     return str(champion.version), float(raw), None
 
 
@@ -169,18 +198,6 @@ def _log_model(config: Config, run_id: str, name: str):
     return info, train_config
 
 
-def _decide(client: MlflowClient, config: Config, name: str, metrics: dict, source: str) -> tuple[Decision, str]:
-    """The decision against the current champion, and that champion's version (or None)."""
-    champion_version, champion_value, note = current_champion(client, name, config.register.metric)
-    if note:  # a champion we cannot compare with is kept
-        decision = decide(metrics, config.register, None, source)
-        decision.beats_champion, decision.promote = False, False
-        decision.reasons[-1] = f"FAIL {note}: cannot compare, champion kept"
-    else:
-        decision = decide(metrics, config.register, champion_value, source)
-    return decision, champion_version
-
-
 def _run(config: Config) -> int:
     out_dir = Path(config.register.out_dir)
     metrics_file = Path(config.evaluate.out_dir) / "metrics.json"
@@ -193,7 +210,8 @@ def _run(config: Config) -> int:
     info, train_config = _log_model(config, run_id, name)
     origin = load_checkpoint(checkpoint_path(config)).get("origin")  # imported official models say where from
     version = str(info.registered_model_version)
-    decision, champion_version = _decide(client, config, name, metrics, str(metrics_file))
+    champion_version, champion_value, champion_note = current_champion(client, name, config.register.metric)
+    decision = decide(metrics, config.register, champion_value, str(metrics_file), champion_note)
     client.set_registered_model_alias(name, "candidate", version)
     if decision.promote:
         client.set_registered_model_alias(name, "champion", version)
@@ -208,7 +226,7 @@ def _run(config: Config) -> int:
     client.update_model_version(name, version, description=version_description(
         train_config, training_step(config), client.get_run(run_id).info.run_name, metrics, decision, aliases))
     record = {"model_name": name, "version": version, "model_uri": f"models:/{name}/{version}", "aliases": aliases,
-              "previous_champion": champion_version, "metric": config.register.metric, **asdict(decision)}
+              "previous_champion": champion_version, "metric": config.register.metric, **decision.record()}
     write_json(out_dir / "registration.json", record)
     log.info("registered %s version %s (%s): %s", name, version, ", ".join(aliases), "; ".join(decision.reasons))
     return 0

@@ -4,11 +4,13 @@
   the model built for a dataset preset (official settings, ngf from the preset) with its parameter
   counts; ``-S section.key=value`` overrides the config as in every component. ``generator_params``
   leaves out a style encoder (``encoder_params``), as the official code counts its networks.
-* ``generate --model URI --labels DIR --out DIR [--style IMAGE] [--seed N] [--num-samples K]``
+* ``generate --model CHECKPOINT --labels DIR --out DIR [--style IMAGE] [--seed N] [--num-samples K]``
   ``[--photos DIR] [--style-image IMAGE --style-label PNG [--style-classes LIST]]``: label maps ->
   images (the latent of a ``model.style=vae|noise3d`` model; the per-class styles of a CA2SIS
-  model). ``URI`` is a local checkpoint (read here) or an MLflow ``models:/`` / ``runs:/`` URI
-  (handed to ``components.generate``, imported only then: the library itself never imports mlflow).
+  model). ``CHECKPOINT`` is a local checkpoint (a training checkpoint or an exported generator); an
+  MLflow model (``models:/NAME@ALIAS``, ``runs:/RUN_ID/dagan-generator``) is served by
+  ``python -m components.generate --model URI ...``, which takes the same arguments (the library
+  never imports mlflow nor the steps).
 * ``import-official``, ``export-official``, ``verify-official``: the official DAGAN / SPADE
   checkpoints and reference outputs (:mod:`dagan.official.cli`, docs/OFFICIAL.md).
 """
@@ -18,7 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -26,7 +28,7 @@ import torch
 from dagan.config import VARIANTS, Config, ConfigError, config_from_dict
 from dagan.console import setup_logging
 from dagan.discriminator import build_discriminator
-from dagan.generate import add_generate_arguments, generate_dir, load_synthesizer
+from dagan.generate import MODEL_URI_SCHEMES, Synthesizer, add_generate_arguments, generate_dir, load_synthesizer
 from dagan.generator import build_generator
 from dagan.nn.spap import SpatialPyramidAttentivePooling
 from dagan.official.cli import add_official_commands, run_official_command
@@ -87,16 +89,24 @@ def describe(preset_name: str, variant: str = "B6", overrides: dict | None = Non
     return info
 
 
-def generate(args: argparse.Namespace) -> int:
-    """``python -m dagan generate``: local checkpoints here, MLflow URIs through components.generate."""
+def load_local(model: str, manifest_dir: str | None) -> Synthesizer:
+    """The Synthesizer of a local checkpoint; a model URI names the command that serves it."""
+    if model.startswith(MODEL_URI_SCHEMES):
+        raise ValueError(f"python -m dagan generate serves local checkpoints; serve {model} with "
+                         f"python -m components.generate --model {model} (the same other arguments)")
+    return load_synthesizer(model, manifest_dir=manifest_dir)
+
+
+def generate(args: argparse.Namespace,
+             load_model: Callable[[str, str | None], Synthesizer] = load_local) -> int:
+    """Label maps -> images and index.html with the model ``load_model(args.model, args.manifest)`` returns.
+
+    ``python -m dagan generate`` reads local checkpoints; ``python -m components.generate`` passes a
+    loader that also resolves MLflow model URIs.
+    """
     setup_logging(args.log_level)
     try:
-        if args.model.startswith(("models:/", "runs:/")):
-            from components.generate import load_from_mlflow
-
-            synthesizer = load_from_mlflow(args.model)
-        else:
-            synthesizer = load_synthesizer(args.model, manifest_dir=args.manifest)
+        synthesizer = load_model(args.model, args.manifest)
         edit = None
         if args.style_image or args.style_label or args.style_classes:
             if not (args.style_image and args.style_label):
@@ -128,10 +138,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     describe_cmd.add_argument("--json", action="store_true", help="print one JSON object")
     add_generate_arguments(commands.add_parser(
         "generate", help="turn label-map PNGs into images",
-        description="Turn label-map PNGs into images with a checkpoint or an MLflow model (models:/NAME@ALIAS): one "
-                    "image per label map (same file name) and index.html with label | generated (| real) side by "
-                    "side, as the official test.py writes. Refuses to write into an input folder, and replaces "
-                    "existing outputs only with --overwrite."))
+        description="Turn label-map PNGs into images with a local checkpoint: one image per label map (same file "
+                    "name) and index.html with label | generated (| real) side by side, as the official test.py "
+                    "writes. Refuses to write into an input folder, and replaces existing outputs only with "
+                    "--overwrite. An MLflow model (models:/NAME@ALIAS) is served by python -m components.generate "
+                    "with the same arguments."),
+        model_help="a training checkpoint or an exported generator (.pt); for an MLflow model URI use python -m "
+                   "components.generate")
     add_official_commands(commands)
     args = parser.parse_args(argv)
     if args.command == "generate":

@@ -205,7 +205,7 @@ class TrainConfig:
     device: str = "auto"  # auto (cuda if present, else cpu) | cpu | cuda | cuda:N
     amp: Literal["off", "bf16", "fp16"] = "off"
     channels_last: bool = False
-    heap_reuse: bool = True  # keep freed memory in the heap (glibc mallopt; dagan/heap.py): ~20% faster steps
+    heap_reuse: bool = True  # keep freed memory in the heap (glibc mallopt; dagan/heap.py): faster steps
     ema_decay: float = 0.0  # > 0 keeps an EMA generator
     init_from: str | None = None  # checkpoint (trained or imported official) whose G (and D) weights start a new run
     ema_rampup: float = 0.0  # > 0: the EMA's half-life is at most this x the steps so far (dagan/ema.py); 0: off
@@ -292,8 +292,8 @@ class RegisterConfig:
     greater_is_better: bool = True
     gate_miou_ratio: float = 0.6  # champion needs judge mIoU(generated) >= ratio x judge mIoU(real)
     gate_fd_beats_baseline: bool = True  # champion needs fd_judge(generated) < fd_judge(mean-colour baseline)
-    # Served model (components/pyfunc_model.py), HTTP 400 above: pixels per label map (peak memory grows with it:
-    # 512x512 = 1.3 GiB peak RSS for the synthetic ngf-16 model, README "Reliability") and per request (time).
+    # Served model (components/pyfunc_model.py), HTTP 400 above: pixels per label map (peak memory grows with it;
+    # measured in the README, "Reliability") and per request (time).
     serve_max_image_pixels: int = 512 * 512
     serve_max_request_pixels: int = 4 * 512 * 512
     out_dir: str = "outputs/register"

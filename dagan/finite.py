@@ -1,8 +1,8 @@
 """Finiteness of weights: a diverged model is never saved, registered or used to generate.
 
 Training checks its weights after every optimiser step with one fused reduction
-(:func:`all_finite`: the 2-norm of all tensors, ~15 ms for the 11M weights of G + D at ngf 16 on
-2 CPU cores); only when that norm is not finite does the exact per-tensor check decide (a norm
+(:func:`all_finite`: the 2-norm of all tensors, cheap enough for every step: docs/PERFORMANCE.md,
+"Guards"); only when that norm is not finite does the exact per-tensor check decide (a norm
 can overflow for huge but finite weights). Checkpoints are checked tensor by tensor before they
 are written and before a generator is loaded from one (:func:`non_finite_tensors`).
 """

@@ -10,8 +10,9 @@ without either the output stays deterministic.
 
 :func:`export_generator` writes a slim generator checkpoint (weights, config, label layout)
 that :func:`dagan.checkpoint.load_generator` reads like a training checkpoint; it is what the
-registered MLflow model carries. Local checkpoints are read here; MLflow URIs are resolved by
-``components.generate`` (this library never imports mlflow).
+registered MLflow model carries. Local checkpoints are read here; model URIs
+(:data:`MODEL_URI_SCHEMES`) are served by ``python -m components.generate``, which takes the same
+arguments (this library never imports mlflow nor the steps).
 
 A style-encoding generator (CA2SIS) draws each class's style from a photo of the scene
 (``generate --photos DIR``), from per-class codes (style editing, :mod:`dagan.styles`) or, with
@@ -42,6 +43,7 @@ from dagan.results_page import ASSET_DIR, PAGE_FILE, ResultRow, write_page
 MAX_SIDE = 2048
 MAX_STYLE_SIDE = 8192  # style photos are resized to the model's image size; this only bounds memory
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
+MODEL_URI_SCHEMES = ("models:/", "runs:/")  # MLflow models: python -m components.generate serves them
 
 
 class InputError(ValueError):
@@ -416,11 +418,12 @@ def _companion(directory: str | Path, label_file: Path, what: str, any_suffix: b
     raise FileNotFoundError(f"{directory / label_file.name}: no {what} for {label_file} (same file name expected)")
 
 
-def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
-    """The arguments of ``python -m dagan generate`` and ``python -m components.generate``."""
-    parser.add_argument("--model", required=True,
-                        help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/dagan-generator or a "
-                             "checkpoint path")
+def add_generate_arguments(parser: argparse.ArgumentParser, model_help: str) -> None:
+    """The arguments of ``python -m dagan generate`` and ``python -m components.generate``.
+
+    Both commands take the same arguments; only what ``--model`` accepts (``model_help``) differs.
+    """
+    parser.add_argument("--model", required=True, help=model_help)
     parser.add_argument("--labels", required=True, help="folder of label-id PNGs (single channel)")
     parser.add_argument("--out", required=True, help="output folder: the images (same file names, RGB PNG) and "
                                                      "index.html with label | generated (| real)")

@@ -241,9 +241,10 @@ def build_generator(config: Config, semantic_nc: int, num_label_channels: int | 
     """Translate the (resolved) config into the ``model.generator`` network with initialised weights.
 
     Every generator maps a (B, semantic_nc, H, W) label input to a (B, 3, H, W) image in [-1, 1],
-    takes ``return_attention`` (its attention maps, or {}), and has ``semantic_nc``, ``num_up`` and
-    ``size_error``. ``num_label_channels`` (one-hot class channels, without the instance edge)
-    matters only to generators that read classes apart (ca2sis); None takes it from the preset.
+    takes ``return_attention`` (its attention maps, or {}), and has ``semantic_nc`` and ``size_error``
+    (docs/ARCHITECTURE.md, "Networks", has the call contract of each family). ``num_label_channels``
+    (one-hot class channels, without the instance edge) matters only to generators that read classes
+    apart (ca2sis); None takes it from the preset.
     """
     if config.model.generator == "ca2sis":
         return build_ca2sis_generator(config, semantic_nc, num_label_channels)

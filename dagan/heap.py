@@ -1,13 +1,13 @@
-"""Keep freed memory in the process heap (docs/PERFORMANCE.md, "Allocators").
+"""Keep freed memory in the process heap (docs/PERFORMANCE.md, "Commands": allocators).
 
 glibc hands every freed block above its mmap threshold (32 MiB at most) straight back to the
 kernel. A training step frees and re-allocates the same large activations and weight copies
-every iteration, so each one is page-faulted in again: writing fresh memory runs at about a
-third of the speed of reused memory on the benchmark machine, and the step takes ~20% longer.
-:func:`reuse_freed_memory` sets glibc's ``mallopt`` once per process: no mmap'd chunks, and no
-trimming of the heap's free top below 2 GiB, the same as
-``GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=...`` at start-up.
-Numerics are untouched; peak resident memory grows ~10%. ``train.heap_reuse=false`` skips it.
+every iteration, so each one is page-faulted in again, and writing fresh memory is much slower
+than writing reused memory: the step takes longer (the measured cost, and the peak memory that
+reuse adds, are in docs/PERFORMANCE.md). :func:`reuse_freed_memory` sets glibc's ``mallopt``
+once per process: no mmap'd chunks, and no trimming of the heap's free top below 2 GiB, the
+same as ``GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=...`` at start-up.
+Numerics are untouched. ``train.heap_reuse=false`` skips it.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ PRESETS: dict[str, Preset] = {
         # DeepFashion as the DAGAN authors prepared it (20 human-parsing ids, no instances; their scripts).
         Preset("deepfashion", 20, False, False, 286, 256, 1.0, "normal", 32, 50, 50),
         # Built-in synthetic scenes: small enough for the whole pipeline on 2 CPU cores; 22 + 22 epochs
-        # (1408 steps) learn clearly past the flat painter in ~10 minutes with bf16 (docs/RESULTS.md).
+        # (1408 steps) learn clearly past the flat painter within make run's time budget with bf16 (docs/RESULTS.md).
         Preset("synthetic", 10, False, True, 64, 64, 1.0, "normal", 8, 22, 22, ngf=16, ndf=16, lr_schedule="linear"),
         # A folder of the user's own pairs: the label layout comes from the prepared manifest.
         Preset("custom", 0, False, False, 256, 256, 1.0, "normal", 8, 50, 50),

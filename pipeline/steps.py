@@ -191,7 +191,8 @@ def train_distributed(params_file: str, overrides: Sequence[str], prepared_dir: 
 
 def evaluate(params_file: str, overrides: Sequence[str], prepared_dir: str, judge_dir: str, model_dir: str,
              eval_dir: str) -> tuple[dict[str, float], bool, list[str]]:
-    """Evaluate; return the metrics and the registration gate's verdict (components.register.decide)."""
+    """Evaluate; return the metrics, whether the registration gate passes, and the gate's checks
+    (``components.register.decide``; the champion is the register step's business)."""
     from components.register import decide
 
     run_component("evaluate", component_argv(params_file, overrides, {
@@ -200,7 +201,7 @@ def evaluate(params_file: str, overrides: Sequence[str], prepared_dir: str, judg
     metrics = read_json(Path(eval_dir) / "metrics.json")
     config = load_config(params_file, list(overrides))
     decision = decide(metrics, config.register, None, str(Path(eval_dir) / "metrics.json"))
-    return numeric(metrics), decision.gate_passed, decision.reasons[:-1]  # the last reason is about the champion
+    return numeric(metrics), decision.gate_passed, list(decision.gate_checks)
 
 
 def register(params_file: str, overrides: Sequence[str], prepared_dir: str, model_dir: str, eval_dir: str,

@@ -1,6 +1,8 @@
-"""`python -m dagan generate` from a local checkpoint and from a models:/ URI; bad inputs give clear errors."""
+"""`python -m dagan generate` from a local checkpoint, `python -m components.generate` from a models:/ URI (the
+library's command refuses model URIs, naming the step's); bad inputs give clear errors."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -181,7 +183,7 @@ def test_generate_from_a_models_uri(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "MLFLOW_TRACKING_URI": config.mlflow.tracking_uri}
     result = subprocess.run(
-        [sys.executable, "-m", "dagan", "generate", "--model", "models:/dagan-synthetic@champion", "--labels",
+        [sys.executable, "-m", "components.generate", "--model", "models:/dagan-synthetic@champion", "--labels",
          str(labels), "--out", str(out), "--edges-from-labels"], capture_output=True, text=True, env=env, cwd=REPO,
         timeout=300,
     )
@@ -191,11 +193,35 @@ def test_generate_from_a_models_uri(tmp_path):
 
 
 def test_unknown_registered_model_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    from components.generate import main as step_main
+
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     labels = write_labels(tmp_path / "labels")
-    assert dagan_main(["generate", "--model", "models:/dagan-nothing@champion", "--labels", str(labels),
-                       "--out", str(tmp_path / "out")]) == 2
+    assert step_main(["--model", "models:/dagan-nothing@champion", "--labels", str(labels),
+                      "--out", str(tmp_path / "out")]) == 2
     assert "cannot load models:/dagan-nothing@champion" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("uri", ["models:/dagan-synthetic@champion", "runs:/0123abcd/dagan-generator"])
+def test_library_generate_refuses_a_model_uri_naming_the_step(uri, tmp_path, capsys):
+    labels = write_labels(tmp_path / "labels")
+    assert dagan_main(["generate", "--model", uri, "--labels", str(labels), "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"python -m components.generate --model {uri}" in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_step_takes_every_argument_of_the_library_command(capsys):
+    from components.generate import main as step_main
+
+    def help_text(main, argv) -> str:
+        with pytest.raises(SystemExit):
+            main(argv)
+        return capsys.readouterr().out
+
+    flags = re.compile(r"(?<![\w-])--[a-z][a-z-]+")
+    library = set(flags.findall(help_text(dagan_main, ["generate", "--help"])))
+    assert set(flags.findall(help_text(step_main, ["--help"]))) >= library >= {"--model", "--labels", "--style-image"}
 
 
 def test_importing_the_library_cli_does_not_import_mlflow():

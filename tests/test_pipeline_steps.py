@@ -3,6 +3,8 @@ failures name the command, metrics and reports are built from the step's files."
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -39,6 +41,22 @@ def test_stopped_training_fails_the_step_so_that_it_is_retried(tmp_path):
 def test_numeric_metrics_are_flattened_without_booleans():
     values = steps.numeric({"a": 1, "b": {"c": 0.5, "d": "text"}, "ok": True, "unavailable": {"fid": "no weights"}})
     assert values == {"a": 1.0, "b.c": 0.5}
+
+
+def test_the_evaluate_step_reports_the_gate_checks_and_no_champion(tmp_path, monkeypatch):
+    """The gate's verdict by its named fields: the checks of the gate, never the register step's champion line."""
+    from eval_fixtures import GOOD_METRICS, tiny_config, write_params
+
+    params = write_params(tiny_config(tmp_path), tmp_path)
+    eval_dir = tmp_path / "eval"
+    eval_dir.mkdir()
+    (eval_dir / "metrics.json").write_text(json.dumps({**GOOD_METRICS, "fd_judge_generated": 5.0}))
+    ran = []
+    monkeypatch.setattr(steps, "run_component", lambda name, argv: ran.append(name))  # the evaluation already ran
+    values, passed, checks = steps.evaluate(str(params), [], "prepared", "judge", "model", str(eval_dir))
+    assert ran == ["evaluate"] and values["fd_judge_generated"] == 5.0 and not passed
+    assert checks == ["PASS judge mIoU: generated 0.5000 must be >= 0.6 x real 0.6000 = 0.3600",
+                      "FAIL judge Fréchet distance: generated 5.0000 must be < mean-colour baseline 4.0000"]
 
 
 def test_reports(tmp_path):

@@ -42,6 +42,17 @@ def test_champion_must_be_beaten_in_the_configured_direction():
         decide(GOOD_METRICS, RegisterConfig(metric="fid_generated"), None)
 
 
+def test_a_champion_that_cannot_be_compared_with_is_kept():
+    note = "champion v1 has no tag eval.judge_miou_generated"
+    kept = decide(GOOD_METRICS, GATE, None, champion_note=note)
+    assert kept.gate_passed and not kept.beats_champion and not kept.promote
+    assert kept.reasons == [*decide(GOOD_METRICS, GATE, None).gate_checks,
+                            "FAIL champion v1 has no tag eval.judge_miou_generated: cannot compare, champion kept"]
+    assert kept.record() == {"gate_passed": True, "beats_champion": False, "promote": False, "reasons": kept.reasons}
+    with pytest.raises(AttributeError):
+        kept.beats_champion = True  # the verdict is final: no caller edits it
+
+
 def test_the_version_description_names_the_generator_family():
     """A CC-FPSE or CA2SIS version is not described as a DAGAN variant (the run's own description names it too)."""
     decision = decide(GOOD_METRICS, GATE, None)
@@ -100,6 +111,15 @@ def test_registry_aliases_follow_the_gate_and_never_demote(tmp_path):
     write_metrics(config, {**GOOD_METRICS, "judge_miou_generated": 0.55})
     assert register(["--params", str(params)]) == 0  # v4: passes and beats v1
     assert aliases() == {"candidate": "4", "champion": "4"}
+
+    client.delete_model_version_tag(name, "4", "eval.judge_miou_generated")
+    write_metrics(config, {**GOOD_METRICS, "judge_miou_generated": 0.9})
+    assert register(["--params", str(params)]) == 0  # v5: better, but the champion cannot be compared with
+    assert aliases() == {"candidate": "5", "champion": "4"}
+    assert record()["gate_passed"] and not record()["beats_champion"] and not record()["promote"]
+    assert record()["reasons"][-1] == ("FAIL champion v4 has no tag eval.judge_miou_generated: cannot compare, "
+                                       "champion kept")
+    assert client.get_model_version(name, "5").tags["champion_decision"] == "not promoted"
 
 
 def test_missing_eval_metrics_is_a_clear_error(tmp_path, capsys):

@@ -140,8 +140,8 @@ def replace_directory(new: Path, target: Path) -> None:
 
 def verify_shards(prepared_dir: str | Path, shards: list[Shard]) -> None:
     """Raise a DataError naming the first shard that is missing or whose size or SHA-256 differs from the
-    manifest's. Hashing runs at ~260 MB/s on the 2-core reference machine (seconds for a Cityscapes-sized
-    split), so every Dataset verifies afresh rather than trusting a cache keyed by file times."""
+    manifest's. Hashing is fast enough (seconds for a Cityscapes-sized split: docs/PERFORMANCE.md, "Guards")
+    that every Dataset verifies afresh rather than trusting a cache keyed by file times."""
     for shard in shards:
         path = Path(prepared_dir) / shard.path
         if not path.is_file():

@@ -25,9 +25,10 @@ from torch import nn
 
 class _Mean(torch.autograd.Function):
     """x.mean(dims, keepdim=True) whose gradient stays a broadcast view (for speed). Autograd's own
-    mean backward materialises grad / n in contiguous (NCHW) order; added to the channels_last
-    gradient of the same feature that costs ~20 ms per add at 64x128x256 on the benchmark CPU,
-    against ~2 ms for a broadcast view. The values are the same: grad / n, broadcast."""
+    mean backward materialises grad / n in contiguous (NCHW) order, and adding that to the
+    channels_last gradient of the same feature is a slow strided add; a broadcast view is an order
+    of magnitude cheaper (docs/PERFORMANCE.md, "What changed"). The values are the same: grad / n,
+    broadcast."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:

@@ -1,13 +1,12 @@
-"""A 3x3 convolution that runs as one matrix multiply on small feature maps (docs/PERFORMANCE.md).
+"""A 3x3 convolution that runs as one matrix multiply on small feature maps.
 
 The generator's first blocks convolve 1024 channels at 2x4 to 8x16 pixels (Cityscapes layout,
 docs/MODEL.md, "Backbone"). There the convolution library spends its time reordering the
-1024x1024x3x3 weight and its gradient, not multiplying: measured on the benchmark CPU
-(2 threads, bf16 autocast, channels_last), forward + backward of one such conv takes 38 ms at
-2x4 and 52 ms at 8x16, against 19 ms and 35 ms as unfold + one GEMM. From 16x32 on the
-convolution is faster again, so :class:`Conv2d` takes the GEMM path only up to
-:data:`GEMM_MAX_PIXELS` output pixels, and only on CPUs (where it was measured). Both compute
-the same sums (up to float rounding; tests/test_fast_paths.py compares them in float64).
+1024x1024x3x3 weight and its gradient, not multiplying, and unfold + one GEMM is faster; from
+16x32 on the convolution is faster again (the timings: docs/PERFORMANCE.md, "What changed").
+So :class:`Conv2d` takes the GEMM path only up to :data:`GEMM_MAX_PIXELS` output pixels, and
+only on CPUs (where it was measured). Both compute the same sums (up to float rounding;
+tests/test_fast_paths.py compares them in float64).
 """
 
 from __future__ import annotations

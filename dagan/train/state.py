@@ -142,7 +142,8 @@ def build_optimizers(generator: nn.Module, discriminator: nn.Module, train: Trai
     """The two TTUR Adam optimisers (G: ``train.lr_g``, D: ``train.lr_d``, betas ``(beta1, beta2)``).
 
     One fused kernel per optimiser step (CPU and CUDA): the same update as the per-parameter loop
-    up to float rounding (tests/test_fast_paths.py), ~6x faster on G's 93M parameters on a CPU.
+    up to float rounding (tests/test_fast_paths.py), in a fraction of its time on G's 93M parameters
+    (docs/PERFORMANCE.md, "What changed").
     """
     betas = (train.beta1, train.beta2)
     fused = device.type in ("cpu", "cuda")
