@@ -40,12 +40,12 @@ from dagan.init import init_weights
 from dagan.nn.attention import ChannelAttention, SpatialAttention
 from dagan.nn.spade import SPADEResBlock
 from dagan.nn.spap import SpatialPyramidAttentivePooling
-from dagan.nn.style import StyleEncoder, reparameterize
+from dagan.nn.style import LatentStyle, StyleEncoder
 
 STYLES = ("off", "vae", "noise3d")
 
 
-class DAGANGenerator(nn.Module):
+class DAGANGenerator(LatentStyle, nn.Module):
     uses_style_image = False  # DAGAN takes no per-class styles from a photo (dagan.ca2sis does)
 
     def __init__(
@@ -70,13 +70,7 @@ class DAGANGenerator(nn.Module):
             raise ValueError(f"ngf must be an even number >= 2, got {ngf}")
         if cam_sources not in ("official", "all"):
             raise ValueError(f"cam_sources must be 'official' or 'all', got {cam_sources!r}")
-        if style not in STYLES:
-            raise ValueError(f"style must be one of {list(STYLES)}, got {style!r}")
-        if style == "vae" and start_size is None:
-            raise ValueError("style='vae' needs start_size (sh, sw): fc maps z to a 16 ngf x sh x sw map")
-        self.style = style
-        self.z_dim = z_dim if style != "off" else 0
-        self.start_size = tuple(start_size) if style == "vae" else None
+        self._init_style(style, z_dim, start_size, STYLES)
         self.ngf = ngf
         self.num_up = NUM_UP[num_upsampling_layers]
         self.most = num_upsampling_layers == "most"
@@ -107,36 +101,6 @@ class DAGANGenerator(nn.Module):
         self.conv_img = nn.Conv2d(out_channels, 3, 3, padding=1)
         # Registered last: the layers above are created (and initialised) as without a style encoder.
         self.encoder = StyleEncoder(ngf, z_dim) if style == "vae" else None
-
-    @property
-    def image_size(self) -> tuple[int, int] | None:
-        """(H, W) of the only image size a ``vae`` generator makes; None: any size divisible by 2**num_up."""
-        if self.start_size is None:
-            return None
-        return self.start_size[0] * 2**self.num_up, self.start_size[1] * 2**self.num_up
-
-    def size_error(self, height: int, width: int) -> str | None:
-        """Why a label map of this size cannot be generated (None: it can)."""
-        factor = 2**self.num_up
-        if height % factor or width % factor:
-            return f"height and width must be multiples of {factor} (2**{self.num_up} for this num_upsampling_layers)"
-        if self.image_size is not None and (height, width) != self.image_size:
-            return (f"this model.style=vae generator makes {self.image_size[0]}x{self.image_size[1]} images only "
-                    f"(its first layer maps z to a fixed {self.start_size[0]}x{self.start_size[1]} map)")
-        return None
-
-    def _latent(self, label_map: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor | None:
-        """z checked, or zeros (the prior's mean) when None; None for a generator without style."""
-        if self.style == "off":
-            if z is not None:
-                raise ValueError("this generator has model.style=off and takes no latent z")
-            return None
-        batch = label_map.shape[0]
-        if z is None:
-            return label_map.new_zeros(batch, self.z_dim)
-        if z.shape != (batch, self.z_dim):
-            raise ValueError(f"z must have shape ({batch}, {self.z_dim}) for this batch, got {tuple(z.shape)}")
-        return z.to(label_map.dtype)
 
     def _first_map(self, z: torch.Tensor | None, label_at: Callable[[tuple[int, int]], torch.Tensor],
                    size: tuple[int, int]) -> torch.Tensor:
@@ -188,10 +152,7 @@ class DAGANGenerator(nn.Module):
         """
         posterior = None
         if style_image is not None:
-            if self.encoder is None or z is not None or return_attention:
-                raise ValueError("style_image needs a model.style=vae generator, without z or return_attention")
-            posterior = self.encoder(style_image)
-            z = reparameterize(*posterior)
+            z, posterior = self._sampled_from(style_image, z, return_attention)
         outputs = self._backbone(label_map, z)
         attention: dict[str, torch.Tensor] = {}
         if self.spap is not None:
@@ -210,13 +171,6 @@ class DAGANGenerator(nn.Module):
         if posterior is not None:
             return image, posterior
         return (image, attention) if return_attention else image
-
-    def encode(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mu, logvar) of the style of ``image`` (B, 3, H, W) in [-1, 1]; ``vae`` generators only."""
-        if self.encoder is None:
-            raise ValueError(f"this generator has model.style={self.style} and no style encoder; "
-                             "style images need a model trained with model.style=vae")
-        return self.encoder(image)
 
 
 def resizer(label_map: torch.Tensor) -> Callable[[tuple[int, int]], torch.Tensor]:
