@@ -21,7 +21,9 @@ Multimodal synthesis (``style``, docs/MULTIMODAL.md) takes a latent z of ``z_dim
   optimiser and checkpoints carry it with the generator;
 * ``noise3d`` (OASIS): z broadcast over the image and concatenated in front of the label map,
   for ``fc`` and every SPADE (which then see semantic_nc + z_dim channels).
-Without a z the generator uses z = 0, the prior's mean: the output stays deterministic.
+Without a z the generator uses z = 0, the prior's mean: the output stays deterministic. The
+z checks, the fixed size and the style encoding are :class:`dagan.nn.style.LatentStyle`, which
+the CC-FPSE generator shares (``vae`` only).
 """
 
 from __future__ import annotations
@@ -191,6 +193,13 @@ def latent_map_size(config: Config) -> tuple[int, int]:
     return round(width / config.dataset.aspect_ratio), width
 
 
+def _latent_arguments(config: Config) -> dict:
+    """style, z_dim and start_size of a generator with a latent (DAGAN, CC-FPSE) from the (resolved) config."""
+    style = config.model.style
+    return {"style": style, "z_dim": config.model.z_dim or 0,
+            "start_size": latent_map_size(config) if style == "vae" else None}
+
+
 def build_generator(config: Config, semantic_nc: int, num_label_channels: int | None = None) -> nn.Module:
     """Translate the (resolved) config into the ``model.generator`` network with initialised weights.
 
@@ -203,7 +212,8 @@ def build_generator(config: Config, semantic_nc: int, num_label_channels: int | 
         return build_ca2sis_generator(config, semantic_nc, num_label_channels)
     if config.model.generator == "ccfpse":
         generator = CCFPSEGenerator(semantic_nc, ngf=config.model.ngf,
-                                    num_upsampling_layers=config.model.num_upsampling_layers)
+                                    num_upsampling_layers=config.model.num_upsampling_layers,
+                                    **_latent_arguments(config))
         init_weights(generator, config.model.init_gain, config.model.init_spectral_norm_weights)
         return generator
     use_sam, cam_mode = config.model.attention()
@@ -216,9 +226,7 @@ def build_generator(config: Config, semantic_nc: int, num_label_channels: int | 
         cam_mode=cam_mode,
         cam_sources=config.model.cam_sources,
         spap_order=config.model.spap_order if config.model.spap_in("generator") else None,
-        style=config.model.style,
-        z_dim=config.model.z_dim or 0,
-        start_size=latent_map_size(config) if config.model.style == "vae" else None,
+        **_latent_arguments(config),
     )
     init_weights(generator, config.model.init_gain, config.model.init_spectral_norm_weights)
     return generator
