@@ -111,14 +111,14 @@ def run_name(config: Config, steps: int, commit: str | None) -> str:
 
 
 def model_phrase(config: Config) -> str:
-    """E.g. "DAGAN B6 (SAM + CAM-II)", "CC-FPSE generator + fpse discriminator"."""
+    """E.g. "DAGAN B6 (SAM + CAM-II)", "CC-FPSE generator + style encoder + fpse discriminator"."""
     model = config.model
     if model.generator == "dagan":
         use_sam, cam = model.attention()
         modules = " + ".join([*(["SAM"] if use_sam else []), *([CAM_NAMES[cam]] if cam != "off" else [])]) or "SPADE"
         phrase = f"DAGAN {model.variant} ({modules})" + STYLE_PHRASES[model.style]
     else:
-        phrase = {"ccfpse": "CC-FPSE", "ca2sis": "CA2SIS"}[model.generator] + " generator"
+        phrase = {"ccfpse": "CC-FPSE", "ca2sis": "CA2SIS"}[model.generator] + " generator" + STYLE_PHRASES[model.style]
     if model.discriminator != "multiscale":
         phrase += f" + {model.discriminator} discriminator"
     return phrase + (f" + SPAP in {model.spap}" if model.spap != "off" else "")

@@ -3,7 +3,8 @@
 * ``describe --preset NAME [--variant B6] [--generator ccfpse|ca2sis] [-S key=value ...] [--json]``:
   the model built for a dataset preset (official settings, ngf from the preset) with its parameter
   counts; ``-S section.key=value`` overrides the config as in every component. ``generator_params``
-  leaves out a style encoder (``encoder_params``), as the official code counts its networks.
+  leaves out a style encoder (``encoder_params``, DAGAN and CC-FPSE with ``model.style=vae``), as
+  the official code counts its networks.
 * ``generate --model CHECKPOINT --labels DIR --out DIR [--style IMAGE] [--seed N] [--num-samples K]``
   ``[--photos DIR] [--style-image IMAGE --style-label PNG [--style-classes LIST]]``: label maps ->
   images (the latent of a ``model.style=vae|noise3d`` model; the per-class styles of a CA2SIS
@@ -72,7 +73,7 @@ def describe(preset_name: str, variant: str = "B6", overrides: dict | None = Non
         info.update(variant=model.variant, num_upsampling_layers=model.num_upsampling_layers, use_sam=use_sam,
                     cam=cam, cam_sources=model.cam_sources, style=model.style, z_dim=model.z_dim)
     elif model.generator == "ccfpse":
-        info.update(num_upsampling_layers=model.num_upsampling_layers)
+        info.update(num_upsampling_layers=model.num_upsampling_layers, style=model.style, z_dim=model.z_dim)
     else:
         info.update(ca2sis_style_dim=model.ca2sis_style_dim, ca2sis_exclude_background=model.ca2sis_exclude_background,
                     ca2sis_mapping_network=model.ca2sis_mapping_network,
@@ -82,7 +83,7 @@ def describe(preset_name: str, variant: str = "B6", overrides: dict | None = Non
                   if isinstance(m, SpatialPyramidAttentivePooling)]
     if spap_units:
         info["spap_params"] = sum(count_parameters(unit) for unit in spap_units)
-    encoder = getattr(generator, "encoder", None)  # SPADE's style encoder (model.style=vae)
+    encoder = getattr(generator, "encoder", None)  # SPADE's style encoder (model.style=vae; dagan, ccfpse)
     encoder_params = count_parameters(encoder) if encoder is not None else 0
     info.update(generator_params=count_parameters(generator) - encoder_params, encoder_params=encoder_params,
                 discriminator_params=count_parameters(discriminator), image_size=[width, height])

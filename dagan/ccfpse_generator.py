@@ -7,13 +7,17 @@ LeakyReLU 0.2 -> 3x3 conv -> tanh. Every block is a :class:`~dagan.nn.condconv.C
 conditioned on concat(label map resized to the block's size, the label pyramid's level of that
 size) (:class:`~dagan.nn.label_pyramid.LabelPyramid`, ngf channels, one level per resolution).
 
-The start map comes from one of two places, as in the official code:
-* ``z_dim == 0`` (no style encoder, the official code without ``--use_vae``): a 3x3 conv of the
-  label map resized (nearest) to the start size. Deterministic; works at any size divisible
-  by 2**num_up.
-* ``z_dim > 0`` (the official ``--use_vae``): a linear map from a latent z (B, z_dim) to
-  16 ngf x start_size, so the image size is fixed when the generator is built. Without a z the
-  generator uses z = 0, the prior's mean (deterministic; the official code samples z ~ N(0, I)).
+The start map comes from one of two places, as in the official code (``style``, docs/MULTIMODAL.md):
+* ``off`` (the official code without ``--use_vae``): a 3x3 conv of the label map resized
+  (nearest) to the start size. Deterministic; works at any size divisible by 2**num_up.
+* ``vae`` (the official ``--use_vae``, which every official training script uses): a linear map
+  from a latent z (B, z_dim) to 16 ngf x start_size, so the image size is fixed when the generator
+  is built, and SPADE's style encoder (:class:`dagan.nn.style.StyleEncoder`) as the submodule
+  ``encoder``, registered after every other layer. The multimodal contract (z checks, a style
+  image encoded inside forward for training, :meth:`encode`) is DAGAN's
+  (:class:`dagan.nn.style.LatentStyle`). Without a z the generator uses z = 0, the prior's mean
+  (deterministic; the official code samples z ~ N(0, I)).
+CC-FPSE has no 3D-noise variant: OASIS's ``noise3d`` belongs to the DAGAN generator only.
 """
 
 from __future__ import annotations
@@ -25,31 +29,33 @@ from torch import nn
 from dagan.config import NUM_UP
 from dagan.nn.condconv import CondConvBlock
 from dagan.nn.label_pyramid import LabelPyramid
+from dagan.nn.style import LatentStyle, StyleEncoder
+
+STYLES = ("off", "vae")  # no noise3d: CC-FPSE has no 3D-noise variant
 
 
-class CCFPSEGenerator(nn.Module):
+class CCFPSEGenerator(LatentStyle, nn.Module):
     def __init__(
         self,
         semantic_nc: int,
         ngf: int = 64,
         num_upsampling_layers: str = "normal",
-        z_dim: int = 0,
+        style: str = "off",
+        z_dim: int = 256,
         start_size: tuple[int, int] | None = None,
     ):
+        """``start_size`` (sh, sw): the 16 ngf map that ``fc`` makes from z; ``vae`` only."""
         super().__init__()
         if num_upsampling_layers not in NUM_UP:
             raise ValueError(f"num_upsampling_layers must be one of {list(NUM_UP)}, got {num_upsampling_layers!r}")
         if ngf < 2 or ngf % 2:
             raise ValueError(f"ngf must be an even number >= 2, got {ngf}")
-        if z_dim < 0 or (z_dim > 0 and start_size is None):
-            raise ValueError(f"z_dim={z_dim}: a latent start needs z_dim > 0 and the start size (height, width)")
+        self._init_style(style, z_dim, start_size, STYLES)
         self.semantic_nc = semantic_nc
         self.num_up = NUM_UP[num_upsampling_layers]
         self.extra_middle_up = num_upsampling_layers in ("more", "most")
-        self.z_dim = z_dim
-        self.start_size = tuple(start_size) if z_dim else None
         start_channels = 16 * ngf
-        if z_dim:
+        if style == "vae":
             self.fc = nn.Linear(z_dim, start_channels * self.start_size[0] * self.start_size[1])
         else:
             self.fc = nn.Conv2d(semantic_nc, start_channels, 3, padding=1)
@@ -63,36 +69,34 @@ class CCFPSEGenerator(nn.Module):
             CondConvBlock(fin, fout, condition_nc) for fin, fout in zip(widths[:-1], widths[1:], strict=True)
         )
         self.conv_img = nn.Conv2d(widths[-1], 3, 3, padding=1)
-
-    def size_error(self, height: int, width: int) -> str | None:
-        """Why a label map of this size cannot be generated (None: it can)."""
-        factor = 2**self.num_up
-        if height % factor or width % factor:
-            return f"height and width must be multiples of {factor} (2**{self.num_up} for this num_upsampling_layers)"
-        if self.z_dim and (height // factor, width // factor) != self.start_size:
-            return (f"this generator's latent start was built for {self.start_size[0] * factor}x"
-                    f"{self.start_size[1] * factor} images (z_dim > 0 fixes the size)")
-        return None
+        # Registered last: the layers above are created (and initialised) as without a style encoder.
+        self.encoder = StyleEncoder(ngf, z_dim) if style == "vae" else None
 
     def _start(self, label_map: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+        """The 16 ngf map head_0 starts from: fc of z (vae) or of the label map at the start size."""
         height, width = label_map.shape[2:]
         if (reason := self.size_error(height, width)) is not None:
             raise ValueError(f"label map size {height}x{width}: {reason}; resize or crop it")
+        z = self._latent(label_map, z)
         factor = 2**self.num_up
         start = (height // factor, width // factor)
-        if not self.z_dim:
-            if z is not None:
-                raise ValueError("this generator starts from the label map (z_dim=0); it takes no z")
-            return self.fc(F.interpolate(label_map, size=start, mode="nearest"))
         if z is None:
-            z = label_map.new_zeros(label_map.shape[0], self.z_dim)
+            return self.fc(F.interpolate(label_map, size=start, mode="nearest"))
         return self.fc(z).view(label_map.shape[0], -1, *start)
 
     def forward(
-        self, label_map: torch.Tensor, z: torch.Tensor | None = None, return_attention: bool = False
-    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """label_map: (B, semantic_nc, H, W) semantic input (z: (B, z_dim) with z_dim > 0) -> image
-        (B, 3, H, W) in [-1, 1]. With ``return_attention`` also returns {} (CC-FPSE has no attention maps)."""
+        self, label_map: torch.Tensor, z: torch.Tensor | None = None, style_image: torch.Tensor | None = None,
+        return_attention: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]] | tuple[torch.Tensor, tuple]:
+        """label_map: (B, semantic_nc, H, W) semantic input -> image (B, 3, H, W) in [-1, 1].
+
+        ``z`` (B, z_dim), ``vae`` only: the latent (None: zeros). ``style_image`` (B, 3, H, W), ``vae``
+        only, for training: encoded inside this forward, z sampled from its posterior; then returns
+        ``(image, (mu, logvar))`` for the KL term. With ``return_attention`` also returns {} (CC-FPSE
+        has no attention maps)."""
+        posterior = None
+        if style_image is not None:
+            z, posterior = self._sampled_from(style_image, z, return_attention)
         x = self._start(label_map, z)
         conditions = {}
         for level in self.label_pyramid(label_map):
@@ -110,4 +114,6 @@ class CCFPSEGenerator(nn.Module):
         for block in self.up_blocks:
             x = run(block, F.interpolate(x, scale_factor=2, mode="nearest"))
         image = torch.tanh(self.conv_img(F.leaky_relu(x, 0.2)))
+        if posterior is not None:
+            return image, posterior
         return (image, {}) if return_attention else image

@@ -133,7 +133,8 @@ class ModelConfig:
     ca2sis_exclude_background: bool = False  # CA2SIS: the mask embedder skips class 0 (official --exclude_bg)
     ca2sis_mapping_network: bool = True  # CA2SIS: build the official noise-to-style network (untrained here)
 
-    style: StyleMode = "off"  # off: one image per label map | vae: SPADE's style encoder | noise3d: OASIS's noise
+    # off: one image per label map | vae: SPADE's style encoder (dagan, ccfpse) | noise3d: OASIS's noise (dagan)
+    style: StyleMode = "off"
     z_dim: int | None = None  # latent size of vae / noise3d; null: 256 (vae), 64 (noise3d); must stay null for off
 
     def spap_in(self, network: Literal["generator", "discriminator"]) -> bool:
@@ -149,11 +150,14 @@ class ModelConfig:
                               "to vae or noise3d, or leave model.z_dim null")
         if self.z_dim is not None and self.z_dim < 1:
             raise ConfigError(f"model.z_dim={self.z_dim} must be >= 1 (or null for the style's default)")
-        if self.style != "off" and self.generator != "dagan":
-            own = ("has per-class styles of its own (generate --photos / --style-image)" if self.generator == "ca2sis"
-                   else "is not wired to a latent (docs/CCFPSE.md)")
-            raise ConfigError(f"model.style={self.style} is built into the DAGAN generator only; model.generator="
-                              f"{self.generator} {own}: set model.style=off, or model.generator=dagan")
+        if self.style == "noise3d" and self.generator == "ccfpse":
+            raise ConfigError("model.style=noise3d (OASIS's 3D noise) is built into the DAGAN generator only; "
+                              "CC-FPSE has no 3D-noise variant: use model.style=vae (its official style encoder) "
+                              "or off with model.generator=ccfpse")
+        if self.style != "off" and self.generator == "ca2sis":
+            raise ConfigError(f"model.style={self.style} is built into the DAGAN and CC-FPSE generators only; "
+                              "model.generator=ca2sis has per-class styles of its own (generate --photos / "
+                              "--style-image): set model.style=off, or model.generator=dagan or ccfpse")
 
     def labels(self) -> dict[str, str]:
         """Short labels of the model for run tags: generator, discriminator, variant ("-" when not DAGAN), spap."""

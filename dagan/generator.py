@@ -21,7 +21,9 @@ Multimodal synthesis (``style``, docs/MULTIMODAL.md) takes a latent z of ``z_dim
   optimiser and checkpoints carry it with the generator;
 * ``noise3d`` (OASIS): z broadcast over the image and concatenated in front of the label map,
   for ``fc`` and every SPADE (which then see semantic_nc + z_dim channels).
-Without a z the generator uses z = 0, the prior's mean: the output stays deterministic.
+Without a z the generator uses z = 0, the prior's mean: the output stays deterministic. The
+z checks, the fixed size and the style encoding are :class:`dagan.nn.style.LatentStyle`, which
+the CC-FPSE generator shares (``vae`` only).
 """
 
 from __future__ import annotations
@@ -40,12 +42,12 @@ from dagan.init import init_weights
 from dagan.nn.attention import ChannelAttention, SpatialAttention
 from dagan.nn.spade import SPADEResBlock
 from dagan.nn.spap import SpatialPyramidAttentivePooling
-from dagan.nn.style import StyleEncoder, reparameterize
+from dagan.nn.style import LatentStyle, StyleEncoder
 
 STYLES = ("off", "vae", "noise3d")
 
 
-class DAGANGenerator(nn.Module):
+class DAGANGenerator(LatentStyle, nn.Module):
     uses_style_image = False  # DAGAN takes no per-class styles from a photo (dagan.ca2sis does)
 
     def __init__(
@@ -70,13 +72,7 @@ class DAGANGenerator(nn.Module):
             raise ValueError(f"ngf must be an even number >= 2, got {ngf}")
         if cam_sources not in ("official", "all"):
             raise ValueError(f"cam_sources must be 'official' or 'all', got {cam_sources!r}")
-        if style not in STYLES:
-            raise ValueError(f"style must be one of {list(STYLES)}, got {style!r}")
-        if style == "vae" and start_size is None:
-            raise ValueError("style='vae' needs start_size (sh, sw): fc maps z to a 16 ngf x sh x sw map")
-        self.style = style
-        self.z_dim = z_dim if style != "off" else 0
-        self.start_size = tuple(start_size) if style == "vae" else None
+        self._init_style(style, z_dim, start_size, STYLES)
         self.ngf = ngf
         self.num_up = NUM_UP[num_upsampling_layers]
         self.most = num_upsampling_layers == "most"
@@ -107,36 +103,6 @@ class DAGANGenerator(nn.Module):
         self.conv_img = nn.Conv2d(out_channels, 3, 3, padding=1)
         # Registered last: the layers above are created (and initialised) as without a style encoder.
         self.encoder = StyleEncoder(ngf, z_dim) if style == "vae" else None
-
-    @property
-    def image_size(self) -> tuple[int, int] | None:
-        """(H, W) of the only image size a ``vae`` generator makes; None: any size divisible by 2**num_up."""
-        if self.start_size is None:
-            return None
-        return self.start_size[0] * 2**self.num_up, self.start_size[1] * 2**self.num_up
-
-    def size_error(self, height: int, width: int) -> str | None:
-        """Why a label map of this size cannot be generated (None: it can)."""
-        factor = 2**self.num_up
-        if height % factor or width % factor:
-            return f"height and width must be multiples of {factor} (2**{self.num_up} for this num_upsampling_layers)"
-        if self.image_size is not None and (height, width) != self.image_size:
-            return (f"this model.style=vae generator makes {self.image_size[0]}x{self.image_size[1]} images only "
-                    f"(its first layer maps z to a fixed {self.start_size[0]}x{self.start_size[1]} map)")
-        return None
-
-    def _latent(self, label_map: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor | None:
-        """z checked, or zeros (the prior's mean) when None; None for a generator without style."""
-        if self.style == "off":
-            if z is not None:
-                raise ValueError("this generator has model.style=off and takes no latent z")
-            return None
-        batch = label_map.shape[0]
-        if z is None:
-            return label_map.new_zeros(batch, self.z_dim)
-        if z.shape != (batch, self.z_dim):
-            raise ValueError(f"z must have shape ({batch}, {self.z_dim}) for this batch, got {tuple(z.shape)}")
-        return z.to(label_map.dtype)
 
     def _first_map(self, z: torch.Tensor | None, label_at: Callable[[tuple[int, int]], torch.Tensor],
                    size: tuple[int, int]) -> torch.Tensor:
@@ -188,10 +154,7 @@ class DAGANGenerator(nn.Module):
         """
         posterior = None
         if style_image is not None:
-            if self.encoder is None or z is not None or return_attention:
-                raise ValueError("style_image needs a model.style=vae generator, without z or return_attention")
-            posterior = self.encoder(style_image)
-            z = reparameterize(*posterior)
+            z, posterior = self._sampled_from(style_image, z, return_attention)
         outputs = self._backbone(label_map, z)
         attention: dict[str, torch.Tensor] = {}
         if self.spap is not None:
@@ -210,13 +173,6 @@ class DAGANGenerator(nn.Module):
         if posterior is not None:
             return image, posterior
         return (image, attention) if return_attention else image
-
-    def encode(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mu, logvar) of the style of ``image`` (B, 3, H, W) in [-1, 1]; ``vae`` generators only."""
-        if self.encoder is None:
-            raise ValueError(f"this generator has model.style={self.style} and no style encoder; "
-                             "style images need a model trained with model.style=vae")
-        return self.encoder(image)
 
 
 def resizer(label_map: torch.Tensor) -> Callable[[tuple[int, int]], torch.Tensor]:
@@ -237,6 +193,13 @@ def latent_map_size(config: Config) -> tuple[int, int]:
     return round(width / config.dataset.aspect_ratio), width
 
 
+def _latent_arguments(config: Config) -> dict:
+    """style, z_dim and start_size of a generator with a latent (DAGAN, CC-FPSE) from the (resolved) config."""
+    style = config.model.style
+    return {"style": style, "z_dim": config.model.z_dim or 0,
+            "start_size": latent_map_size(config) if style == "vae" else None}
+
+
 def build_generator(config: Config, semantic_nc: int, num_label_channels: int | None = None) -> nn.Module:
     """Translate the (resolved) config into the ``model.generator`` network with initialised weights.
 
@@ -250,7 +213,8 @@ def build_generator(config: Config, semantic_nc: int, num_label_channels: int | 
         return build_ca2sis_generator(config, semantic_nc, num_label_channels)
     if config.model.generator == "ccfpse":
         generator = CCFPSEGenerator(semantic_nc, ngf=config.model.ngf,
-                                    num_upsampling_layers=config.model.num_upsampling_layers)
+                                    num_upsampling_layers=config.model.num_upsampling_layers,
+                                    **_latent_arguments(config))
         init_weights(generator, config.model.init_gain, config.model.init_spectral_norm_weights)
         return generator
     use_sam, cam_mode = config.model.attention()
@@ -263,9 +227,7 @@ def build_generator(config: Config, semantic_nc: int, num_label_channels: int | 
         cam_mode=cam_mode,
         cam_sources=config.model.cam_sources,
         spap_order=config.model.spap_order if config.model.spap_in("generator") else None,
-        style=config.model.style,
-        z_dim=config.model.z_dim or 0,
-        start_size=latent_map_size(config) if config.model.style == "vae" else None,
+        **_latent_arguments(config),
     )
     init_weights(generator, config.model.init_gain, config.model.init_spectral_norm_weights)
     return generator

@@ -55,7 +55,7 @@ def style_photo_tensor(photo: np.ndarray, size: tuple[int, int]) -> torch.Tensor
 def choose_latent(generator: nn.Module, seed: int | None = None,
                   style_image: torch.Tensor | None = None) -> torch.Tensor | None:
     """z (1, z_dim) for one image by the rules above; None means the generator's default (z = 0, or none)."""
-    if getattr(generator, "style", "off") == "off":  # also CC-FPSE and CA2SIS generators
+    if getattr(generator, "style", "off") == "off":  # also CA2SIS generators (no latent z)
         if seed is not None or style_image is not None:
             raise ValueError("this model was trained with model.style=off and makes one image per label map; a "
                              "seed or style image needs a model trained with model.style=vae (style images) "

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from dagan.__main__ import count_parameters, describe, main
+from dagan.__main__ import describe, main
 from dagan.config import VARIANTS
 
 # preset: (semantic_nc, G B6, G B1, D) of the official implementation
@@ -16,6 +16,7 @@ OFFICIAL = {
     "coco_stuff": (184, 97_567_125, 97_480_899, 5_904_514),
 }
 SAM_PARAMS = 2 * 3 * 3
+OFFICIAL_ENCODER = 10_463_424  # SPADE's style encoder (--use_vae, ngf 64, z_dim 256), for every dataset and generator
 CAM_PARAMS = (128 * 64 * 9 + 64) + (128 * 64 + 64) + (64 * 64 + 64)
 
 
@@ -49,7 +50,7 @@ def test_describe_table_and_ngf_override(capsys):
 
 
 # CC-FPSE (official code, ngf = ndf = 64), measured from it: generator without the style encoder
-# (label-map start, no --use_vae), generator with --use_vae (latent start), FPSE discriminator.
+# (label-map start, no --use_vae), generator with --use_vae (latent start; the encoder counted apart), FPSE D.
 CCFPSE_OFFICIAL = {
     "cityscapes": (119_966_979, 128_055_555, 5_175_873),
     "ade20k": (125_254_211, 140_704_323, 5_190_593),
@@ -58,22 +59,20 @@ CCFPSE_OFFICIAL = {
 
 
 @pytest.mark.parametrize("preset", sorted(CCFPSE_OFFICIAL))
-def test_ccfpse_counts_match_the_official_models(preset):
-    import torch
-
-    from dagan.ccfpse_generator import CCFPSEGenerator
-
+def test_ccfpse_counts_match_the_official_models(preset, capsys):
     generator, generator_with_latent, discriminator = CCFPSE_OFFICIAL[preset]
     info = describe(preset, settings=["model.generator=ccfpse", "model.discriminator=fpse"])
     assert (info["generator_params"], info["discriminator_params"]) == (generator, discriminator)
     assert (info["generator"], info["discriminator"]) == ("ccfpse", "fpse")
+    assert (info["style"], info["z_dim"], info["encoder_params"]) == ("off", None, 0)
     assert "variant" not in info and "use_sam" not in info  # DAGAN's knobs do not apply
-    width, height = info["image_size"]
-    factor = 2 ** (6 if info["num_upsampling_layers"] == "more" else 5)
-    with torch.device("meta"):  # the official --use_vae start: a linear map from z (256) to 16 ngf x start size
-        latent = CCFPSEGenerator(info["semantic_nc"], 64, info["num_upsampling_layers"], z_dim=256,
-                                 start_size=(height // factor, width // factor))
-    assert count_parameters(latent) == generator_with_latent
+    # the official --use_vae: a linear start from z (256) and SPADE's style encoder, through the CLI
+    assert main(["describe", "--preset", preset, "-S", "model.generator=ccfpse", "-S", "model.discriminator=fpse",
+                 "-S", "model.style=vae", "--json"]) == 0
+    vae = json.loads(capsys.readouterr().out)
+    assert (vae["generator_params"], vae["encoder_params"], vae["discriminator_params"]) == (
+        generator_with_latent, OFFICIAL_ENCODER, discriminator)
+    assert (vae["generator"], vae["style"], vae["z_dim"]) == ("ccfpse", "vae", 256)
 
 
 def test_generator_and_discriminator_are_independent_choices(capsys):
@@ -94,7 +93,6 @@ OFFICIAL_VAE = {
     "ade20k": (112_028_821, 111_942_595),
     "coco_stuff": (112_713_109, 112_626_883),
 }
-OFFICIAL_ENCODER = 10_463_424
 
 
 @pytest.mark.parametrize("preset", sorted(OFFICIAL_VAE))

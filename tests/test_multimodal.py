@@ -13,6 +13,7 @@ from eval_fixtures import SIZE, png, tiny_config, write_checkpoint, write_prepar
 from PIL import Image
 
 from dagan.__main__ import main as dagan_main
+from dagan.ccfpse_generator import CCFPSEGenerator
 from dagan.checkpoint import load_generator
 from dagan.config import ConfigError, config_from_dict
 from dagan.generate import load_synthesizer
@@ -36,10 +37,17 @@ def semantic(batch: int = 2, size: int = SIZE) -> torch.Tensor:
     return F.one_hot(label, SEMANTIC_NC).permute(0, 3, 1, 2).float()
 
 
-def generator(style: str, ngf: int = 8) -> DAGANGenerator:
+def generator(style: str, ngf: int = 8, kind: str = "dagan") -> DAGANGenerator | CCFPSEGenerator:
     torch.manual_seed(0)
     start = (1, 1) if style == "vae" else None  # 32x32 images with 5 doublings
-    return DAGANGenerator(SEMANTIC_NC, ngf=ngf, style=style, z_dim=Z_DIM, start_size=start)
+    network = CCFPSEGenerator if kind == "ccfpse" else DAGANGenerator
+    return network(SEMANTIC_NC, ngf=ngf, style=style, z_dim=Z_DIM, start_size=start)
+
+
+def first_norm(network: torch.nn.Module) -> torch.nn.BatchNorm2d:
+    """The batch norm that sees the start map fc(z): SPADE's parameter-free norm (DAGAN), the block's BN (CC-FPSE)."""
+    norm = network.head_0.norm_0
+    return norm if isinstance(norm, torch.nn.BatchNorm2d) else norm.param_free_norm
 
 
 def test_encoder_keys_map_one_to_one_onto_the_official_conv_encoder():
@@ -99,18 +107,18 @@ def test_without_a_latent_the_output_is_z_zero_and_deterministic():
             assert torch.equal(g(x), g(x, torch.zeros(2, Z_DIM)))
 
 
-@pytest.mark.parametrize("style", ["vae", "noise3d"])
-def test_ema_batch_norm_recalibration_draws_the_latent_as_training_does(style):
+@pytest.mark.parametrize(("kind", "style"), [("dagan", "vae"), ("dagan", "noise3d"), ("ccfpse", "vae")])
+def test_ema_batch_norm_recalibration_draws_the_latent_as_training_does(kind, style):
     from dagan.ema import ExponentialMovingAverage
     from dagan.generator import run_generator
     from dagan.train.steps import calibration_fake
 
     def recalibrated(forward):
-        ema = ExponentialMovingAverage(generator(style), decay=0.5)
+        ema = ExponentialMovingAverage(generator(style, kind=kind), decay=0.5)
         batch = (semantic(), torch.rand(2, 3, SIZE, SIZE) * 2 - 1, 3)
         rng = torch.get_rng_state()
         ema.recalibrate_batch_norm([batch], forward)
-        return ema.module.head_0.norm_0.param_free_norm.running_var, torch.equal(torch.get_rng_state(), rng)
+        return first_norm(ema.module).running_var, torch.equal(torch.get_rng_state(), rng)
 
     variance, rng_kept = recalibrated(lambda module, batch: calibration_fake(module, *batch))
     assert rng_kept  # seeded noise: a checkpoint's recalibration draws nothing from torch's RNG (exact resumes)
@@ -165,22 +173,25 @@ def test_config_defaults_and_errors():
         config_from_dict({"model": {"style": "gaussian"}})
     with pytest.raises(ConfigError, match="num_style_samples=1 must be >= 2"):
         config_from_dict({"evaluate": {"num_style_samples": 1}})
-    refusals = (("ccfpse", "is not wired to a latent"), ("ca2sis", "has per-class styles of its own"))
-    for generator_kind, reason in refusals:
-        with pytest.raises(ConfigError, match=f"DAGAN generator only; model.generator={generator_kind} {reason}"):
-            config_from_dict({"model": {"style": "vae", "generator": generator_kind}})
-    with pytest.raises(ConfigError, match="model.style=noise3d is built into the DAGAN generator only"):
+    ccfpse = config_from_dict({"model": {"style": "vae", "generator": "ccfpse"}}).resolved()
+    assert (ccfpse.model.style, ccfpse.model.z_dim) == ("vae", 256)  # CC-FPSE's official --use_vae
+    with pytest.raises(ConfigError, match="model.style=noise3d .* DAGAN generator only; CC-FPSE has no 3D-noise"):
         config_from_dict({"model": {"style": "noise3d", "generator": "ccfpse"}})
+    for style in ("vae", "noise3d"):
+        with pytest.raises(ConfigError, match=f"model.style={style} is built into the DAGAN and CC-FPSE generators "
+                                              "only; model.generator=ca2sis has per-class styles of its own"):
+            config_from_dict({"model": {"style": style, "generator": "ca2sis"}})
 
 
-@pytest.fixture(scope="module")
-def trained_vae(tmp_path_factory):
-    """A vae model trained 2 steps on the tiny dataset: (checkpoint, prepared dir, losses of each step)."""
+@pytest.fixture(scope="module", params=["dagan", "ccfpse"])
+def trained_vae(request, tmp_path_factory):
+    """A vae model (DAGAN B6, CC-FPSE) trained 2 steps on the tiny dataset: (checkpoint, prepared dir, losses of
+    each step)."""
     from dagan.train import NullLogger, train
 
-    root = tmp_path_factory.mktemp("vae")
+    root = tmp_path_factory.mktemp(f"vae-{request.param}")
     prepared = write_prepared(root / "prepared", {"train": 4, "val": 2})
-    config = tiny_config(root, model={"style": "vae", "z_dim": Z_DIM},
+    config = tiny_config(root, model={"style": "vae", "z_dim": Z_DIM, "generator": request.param},
                          train={"batch_size": 2, "max_steps": 2})
     steps = []
 
@@ -201,7 +212,10 @@ def test_a_vae_trains_with_the_kl_term_and_its_encoder_in_the_checkpoint(trained
     assert encoder_keys == [f"encoder.{k}" for k in OFFICIAL_ENCODER_KEYS]
     # the encoder trains with G's optimiser: Adam holds state for every parameter of G, encoder included
     generator, _, _ = load_generator(checkpoint)
-    assert len(state["optimizer_g"]["state"]) == len(list(generator.parameters()))
+    kind = {"dagan": DAGANGenerator, "ccfpse": CCFPSEGenerator}[state["config"]["model"]["generator"]]
+    assert type(generator) is kind and generator.style == "vae"
+    # (CC-FPSE's unused batch norms are frozen, docs/CCFPSE.md: they get no gradient, hence no Adam state)
+    assert len(state["optimizer_g"]["state"]) == len([p for p in generator.parameters() if p.requires_grad])
     assert len(list(generator.encoder.parameters())) == 6 + 4  # six conv weights, two linear heads
 
 

@@ -147,9 +147,10 @@ def test_export_refuses_a_model_the_official_code_cannot_run(tmp_path, capsys):
     checkpoint = {"config": config.to_dict(), "semantic_nc": 36, "generator": {}, "ema": None}
     with pytest.raises(ValueError, match="hard-codes 64"):
         official_state_dicts(checkpoint)
-    ccfpse = official_config("cityscapes", "B1", overrides={"model": {"generator": "ccfpse"}})
-    with pytest.raises(ValueError, match="only DAGAN / SPADE models"):
-        official_state_dicts({"config": ccfpse.to_dict(), "semantic_nc": 36, "generator": {}, "ema": None})
+    for style in ("off", "vae"):  # CC-FPSE, with or without the style encoder that DAGAN's export writes
+        ccfpse = official_config("cityscapes", "B1", overrides={"model": {"generator": "ccfpse", "style": style}})
+        with pytest.raises(ValueError, match="model.generator=ccfpse.*only DAGAN / SPADE models"):
+            official_state_dicts({"config": ccfpse.to_dict(), "semantic_nc": 36, "generator": {}, "ema": None})
     for spap in ("generator", "discriminator"):
         with_spap = official_config("cityscapes", "B1", ngf=4, overrides={"model": {"spap": spap}})
         with pytest.raises(ValueError, match=f"model.spap={spap}: the official DAGAN/SPADE code has no SPAP"):

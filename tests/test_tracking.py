@@ -44,6 +44,10 @@ def test_run_name_and_description(tmp_path):
     assert tracking.model_phrase(vae) == "DAGAN B6 (SAM + CAM-II) + style encoder + SPAP in both"
     fpse = config_from_dict({"model": {"generator": "ccfpse", "discriminator": "fpse"}}).resolved()
     assert tracking.run_name(fpse, 8, None) == "ccfpse+fpse-synthetic-8steps-nogit"
+    ccfpse_vae = config_from_dict({"model": {"generator": "ccfpse", "discriminator": "fpse",
+                                             "style": "vae"}}).resolved()
+    assert tracking.run_name(ccfpse_vae, 8, None) == "ccfpse+vae+fpse-synthetic-8steps-nogit"
+    assert tracking.model_phrase(ccfpse_vae) == "CC-FPSE generator + style encoder + fpse discriminator"
 
 
 def test_commit_from_the_checkout_else_from_the_image(monkeypatch, tmp_path):

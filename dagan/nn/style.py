@@ -27,6 +27,10 @@ State-dict keys equal the official encoder's (``latest_net_E.pth``) one to one:
 code, deliberately not copied: it builds ``layer6`` only when crop_size >= 256 and then its heads
 do not fit the 8x8 map (training crashes for smaller crops); here the input is always resized to
 256x256 and all six layers always exist.
+
+:class:`LatentStyle` is the latent-z contract that the generators with a style share (DAGAN's
+``off | vae | noise3d``, CC-FPSE's ``off | vae``): the checks of z and of the image size, the
+encoding of a style photo inside the generator's forward, and :meth:`LatentStyle.encode`.
 """
 
 from __future__ import annotations
@@ -76,3 +80,76 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, noise: torch.Tensor |
     """z = mu + exp(logvar / 2) * noise, noise ~ N(0, I) (drawn here from torch's RNG when not given)."""
     std = torch.exp(0.5 * logvar)
     return mu + std * (torch.randn_like(std) if noise is None else noise)
+
+
+class LatentStyle:
+    """Mixin of a generator whose ``style`` (docs/MULTIMODAL.md) gives it a latent z of ``z_dim`` per image.
+
+    The generator calls :meth:`_init_style` in its constructor, sets ``num_up`` and registers
+    ``encoder`` (a :class:`StyleEncoder` for ``vae``, else None) after its other layers, so that those
+    are created and initialised as without a style. With ``vae`` its first layer maps z to a fixed
+    ``start_size`` (sh, sw) map, which fixes the image size (:attr:`image_size`).
+    """
+
+    style: str
+    z_dim: int
+    start_size: tuple[int, int] | None
+    num_up: int
+    encoder: StyleEncoder | None
+
+    def _init_style(self, style: str, z_dim: int, start_size: tuple[int, int] | None, styles: tuple[str, ...]):
+        if style not in styles:
+            raise ValueError(f"style must be one of {list(styles)} for {type(self).__name__}, got {style!r}")
+        if style != "off" and z_dim < 1:
+            raise ValueError(f"style={style!r} needs z_dim >= 1, got {z_dim}")
+        if style == "vae" and start_size is None:
+            raise ValueError("style='vae' needs start_size (sh, sw): fc maps z to a 16 ngf x sh x sw map")
+        self.style = style
+        self.z_dim = z_dim if style != "off" else 0
+        self.start_size = tuple(start_size) if style == "vae" else None
+
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        """(H, W) of the only image size a ``vae`` generator makes; None: any size divisible by 2**num_up."""
+        if self.start_size is None:
+            return None
+        return self.start_size[0] * 2**self.num_up, self.start_size[1] * 2**self.num_up
+
+    def size_error(self, height: int, width: int) -> str | None:
+        """Why a label map of this size cannot be generated (None: it can)."""
+        factor = 2**self.num_up
+        if height % factor or width % factor:
+            return f"height and width must be multiples of {factor} (2**{self.num_up} for this num_upsampling_layers)"
+        if self.image_size is not None and (height, width) != self.image_size:
+            return (f"this model.style=vae generator makes {self.image_size[0]}x{self.image_size[1]} images only "
+                    f"(its first layer maps z to a fixed {self.start_size[0]}x{self.start_size[1]} map)")
+        return None
+
+    def _latent(self, label_map: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor | None:
+        """z checked, or zeros (the prior's mean) when None; None for a generator without style."""
+        if self.style == "off":
+            if z is not None:
+                raise ValueError("this generator has model.style=off and takes no latent z")
+            return None
+        batch = label_map.shape[0]
+        if z is None:
+            return label_map.new_zeros(batch, self.z_dim)
+        if z.shape != (batch, self.z_dim):
+            raise ValueError(f"z must have shape ({batch}, {self.z_dim}) for this batch, got {tuple(z.shape)}")
+        return z.to(label_map.dtype)
+
+    def _sampled_from(self, style_image: torch.Tensor, z: torch.Tensor | None, return_attention: bool
+                      ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """(z, (mu, logvar)) for training: ``style_image`` encoded (inside the generator's forward, so that DDP
+        sees the encoder) and z = mu + sigma * eps drawn from torch's RNG (SPADE's reparameterisation)."""
+        if self.encoder is None or z is not None or return_attention:
+            raise ValueError("style_image needs a model.style=vae generator, without z or return_attention")
+        posterior = self.encoder(style_image)
+        return reparameterize(*posterior), posterior
+
+    def encode(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, logvar) of the style of ``image`` (B, 3, H, W) in [-1, 1]; ``vae`` generators only."""
+        if self.encoder is None:
+            raise ValueError(f"this generator has model.style={self.style} and no style encoder; "
+                             "style images need a model trained with model.style=vae")
+        return self.encoder(image)
