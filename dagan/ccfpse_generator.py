@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dagan.config import NUM_UP
 from dagan.nn.condconv import CondConvBlock
 from dagan.nn.label_pyramid import LabelPyramid
+from dagan.nn.spade import backbone_doublings
 from dagan.nn.style import LatentStyle, StyleEncoder
 
 STYLES = ("off", "vae")  # no noise3d: CC-FPSE has no 3D-noise variant
@@ -46,13 +46,10 @@ class CCFPSEGenerator(LatentStyle, nn.Module):
     ):
         """``start_size`` (sh, sw): the 16 ngf map that ``fc`` makes from z; ``vae`` only."""
         super().__init__()
-        if num_upsampling_layers not in NUM_UP:
-            raise ValueError(f"num_upsampling_layers must be one of {list(NUM_UP)}, got {num_upsampling_layers!r}")
-        if ngf < 2 or ngf % 2:
-            raise ValueError(f"ngf must be an even number >= 2, got {ngf}")
+        num_up = backbone_doublings(num_upsampling_layers, ngf)
         self._init_style(style, z_dim, start_size, STYLES)
         self.semantic_nc = semantic_nc
-        self.num_up = NUM_UP[num_upsampling_layers]
+        self.num_up = num_up
         self.extra_middle_up = num_upsampling_layers in ("more", "most")
         start_channels = 16 * ngf
         if style == "vae":

@@ -40,7 +40,7 @@ from dagan.config import NUM_UP, Config
 from dagan.distributed import unwrap
 from dagan.init import init_weights
 from dagan.nn.attention import ChannelAttention, SpatialAttention
-from dagan.nn.spade import SPADEResBlock
+from dagan.nn.spade import SPADEResBlock, backbone_doublings
 from dagan.nn.spap import SpatialPyramidAttentivePooling
 from dagan.nn.style import LatentStyle, StyleEncoder
 
@@ -66,15 +66,12 @@ class DAGANGenerator(LatentStyle, nn.Module):
     ):
         """``start_size`` (sh, sw): the 16 ngf map that ``fc`` makes from z; ``vae`` only."""
         super().__init__()
-        if num_upsampling_layers not in NUM_UP:
-            raise ValueError(f"num_upsampling_layers must be one of {list(NUM_UP)}, got {num_upsampling_layers!r}")
-        if ngf < 2 or ngf % 2:
-            raise ValueError(f"ngf must be an even number >= 2, got {ngf}")
+        num_up = backbone_doublings(num_upsampling_layers, ngf)
         if cam_sources not in ("official", "all"):
             raise ValueError(f"cam_sources must be 'official' or 'all', got {cam_sources!r}")
         self._init_style(style, z_dim, start_size, STYLES)
         self.ngf = ngf
-        self.num_up = NUM_UP[num_upsampling_layers]
+        self.num_up = num_up
         self.most = num_upsampling_layers == "most"
         self.extra_middle_up = num_upsampling_layers in ("more", "most")
 

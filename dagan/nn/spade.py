@@ -11,10 +11,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dagan.config import NUM_UP
 from dagan.nn.conv import Conv2d
 from dagan.nn.spectral import spectral_norm
 
 SPADE_HIDDEN = 128  # width of the shared conv that embeds the label map
+
+
+def backbone_doublings(num_upsampling_layers: str, ngf: int) -> int:
+    """The x2 upsamplings of a SPADE backbone (5, 6, 7 for normal / more / most), after checking its arguments."""
+    if num_upsampling_layers not in NUM_UP:
+        raise ValueError(f"num_upsampling_layers must be one of {list(NUM_UP)}, got {num_upsampling_layers!r}")
+    if ngf < 2 or ngf % 2:
+        raise ValueError(f"ngf must be an even number >= 2, got {ngf}")
+    return NUM_UP[num_upsampling_layers]
 
 
 class SPADE(nn.Module):
