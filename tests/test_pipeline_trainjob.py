@@ -248,10 +248,6 @@ def test_launcher_step_end_to_end_on_a_fake_cluster(tmp_path, monkeypatch):
     The fake cluster runs the spec's command (minus torchrun, one CPU process) with the same
     arguments, so the paths and overrides in the spec are the ones that really train.
     """
-    import dagan.data
-
-    if not hasattr(dagan.data, "PairedDataset"):
-        pytest.skip("training needs dagan.data.PairedDataset, which has not landed yet")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     prepared = write_prepared(tmp_path / "prepared", num_train=4)
     params = tmp_path / "params.yaml"
