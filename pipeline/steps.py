@@ -103,11 +103,13 @@ def numeric(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
 def prepare(params_file: str, overrides: Sequence[str], prepared_dir: str) -> dict[str, float]:
     """Raw data (generated first for the synthetic dataset) -> Parquet shards + manifest in ``prepared_dir``."""
     config = load_config(params_file, list(overrides))
-    paths: dict[str, str] = {}
-    if config.dataset.name == "synthetic":
-        paths["dataset.raw_dir"] = tempfile.mkdtemp(prefix="dagan-raw-")
-        run_component("synthesize", component_argv(params_file, overrides, paths))
-    run_component("prepare", component_argv(params_file, overrides, {**paths, "dataset.prepared_dir": prepared_dir}))
+    with tempfile.TemporaryDirectory(prefix="dagan-raw-") as scratch:
+        paths: dict[str, str] = {}
+        if config.dataset.name == "synthetic":  # generated raw data only lives until it is sharded
+            paths["dataset.raw_dir"] = scratch
+            run_component("synthesize", component_argv(params_file, overrides, paths))
+        run_component("prepare", component_argv(params_file, overrides,
+                                                {**paths, "dataset.prepared_dir": prepared_dir}))
     manifest = read_json(Path(prepared_dir) / "manifest.json")
     return {"num_classes": float(manifest["num_classes"]),
             **{f"rows_{split}": float(rows) for split, rows in manifest["splits"].items()}}

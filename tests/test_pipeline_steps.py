@@ -68,3 +68,17 @@ def test_reports(tmp_path):
     text = steps.metrics_markdown("Eval", {"b": 0.25, "a": 1.0}, ["gate passed"])
     assert text.splitlines()[2:6] == ["| metric | value |", "|---|---|", "| a | 1 |", "| b | 0.25 |"]
     assert text.endswith("- gate passed\n")
+
+
+def test_the_prepare_step_leaves_no_generated_raw_data_behind(tmp_path, monkeypatch):
+    """The synthetic raw images live in a scratch folder only until they are sharded."""
+    from eval_fixtures import tiny_config, write_params
+
+    params = write_params(tiny_config(tmp_path), tmp_path)
+    scratch_root = tmp_path / "scratch"
+    scratch_root.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch_root))
+    monkeypatch.setattr("tempfile.tempdir", None)  # re-read TMPDIR
+    values = steps.prepare(str(params), [], str(tmp_path / "prepared"))
+    assert values["rows_train"] > 0 and (tmp_path / "prepared" / "manifest.json").is_file()
+    assert list(scratch_root.iterdir()) == []
