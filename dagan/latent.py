@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from dagan.generator import uses_style_image
 from dagan.nn.style import reparameterize
 
 MAX_SEED = 2**63 - 1
@@ -57,9 +58,11 @@ def choose_latent(generator: nn.Module, seed: int | None = None,
     """z (1, z_dim) for one image by the rules above; None means the generator's default (z = 0, or none)."""
     if getattr(generator, "style", "off") == "off":  # also CA2SIS generators (no latent z)
         if seed is not None or style_image is not None:
+            per_class = ("; this CA2SIS model takes its styles per class from photos instead: --photos DIR or "
+                         "--style-image IMAGE --style-label PNG") if uses_style_image(generator) else ""
             raise ValueError("this model was trained with model.style=off and makes one image per label map; a "
                              "seed or style image needs a model trained with model.style=vae (style images) "
-                             "or noise3d (seeds)")
+                             f"or noise3d (seeds){per_class}")
         return None
     noise = None if seed is None else seeded_normal(seed, (1, generator.z_dim))
     if style_image is None:

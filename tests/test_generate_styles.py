@@ -95,6 +95,8 @@ def test_style_errors_name_the_fix(tmp_path, model, scenes, capsys):
     assert "'sky' is neither a class id 0..3 nor a class name" in capsys.readouterr().err
     assert generate(model, scenes, tmp_path / "out", "--style-image", str(scenes / "photos" / "scene-1.jpg")) == 2
     assert "--style-image and --style-label go together" in capsys.readouterr().err
+    assert generate(model, scenes, tmp_path / "out", "--style", str(scenes / "photos" / "scene-1.jpg")) == 2
+    assert "takes its styles per class from photos instead: --photos DIR or --style-image" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
