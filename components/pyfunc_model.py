@@ -1,12 +1,12 @@
 """The registered model: an MLflow pyfunc that turns label maps into RGB images.
 
 Logged as "models from code" (this file is the model definition) with the exported generator
-checkpoint (:func:`dagan.generate.export_generator`) as an artifact and ``dagan/`` as code. We
+checkpoint (:func:`dagan.inference.export_generator`) as an artifact and ``dagan/`` as code. We
 chose that over ``mlflow.pytorch.log_model``, whose MLflow 3 default is a torch.export ("pt2")
 program: an exported program fixes the input size and dtype, cannot take PNG bytes or check
 label ranges with a clear message, and ties the artifact to one torch version's export format.
 The pyfunc keeps the plain weights (loaded with ``weights_only=True``) and all input checks of
-:class:`dagan.generate.Synthesizer`.
+:class:`dagan.inference.Synthesizer`.
 
 Input: a DataFrame, one row per label map, with exactly one of
   ``label``      PNG bytes of a single-channel label-id map (base64 in JSON requests), or
@@ -48,7 +48,7 @@ from PIL import Image
 
 from dagan.config import RegisterConfig
 from dagan.distributed import resolve_device
-from dagan.generate import InputError, check_pixels, decode_png, decode_rgb, encode_png, load_synthesizer
+from dagan.inference import InputError, check_pixels, decode_png, decode_rgb, encode_png, load_synthesizer
 
 DEVICE_VARIABLE = "DAGAN_DEVICE"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dagan.generate import InputError, Synthesizer, decode_png, read_photo
+from dagan.inference import InputError, Synthesizer, decode_png, read_photo
 
 
 @dataclass(frozen=True)

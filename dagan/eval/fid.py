@@ -1,6 +1,6 @@
 """FID and LPIPS with the standard pretrained networks, or a recorded reason why not.
 
-FID (paper section 4) is the Fréchet distance (:func:`dagan.metrics.frechet_distance`) between
+FID (paper section 4) is the Fréchet distance (:func:`dagan.eval.metrics.frechet_distance`) between
 the 2048-d pool features of the standard FID Inception network (the TensorFlow 2015-12-05
 weights, as ported by torch-fidelity) on real and generated images. LPIPS is torch-fidelity's
 VGG16 LPIPS between each generated image and its real counterpart.
