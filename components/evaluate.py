@@ -5,7 +5,7 @@
 Generates the ``evaluate.split`` images with the (EMA) generator and reports, beside the real
 images (the judge's ceiling) and the mean-colour baseline (the floor): judge mIoU, pixel
 accuracy and per-class IoU, the judge Fréchet distance, FID and LPIPS or the recorded reason
-they are unavailable (dagan/evaluation.py, paper section 4), and for multimodal models
+they are unavailable (dagan/eval/protocol.py, paper section 4), and for multimodal models
 (``model.style=vae|noise3d``) the diversity of ``evaluate.num_style_samples`` samples per label
 map. Writes into ``evaluate.out_dir``: ``metrics.json`` (DVC metrics), ``per_class_iou.json`` and
 ``per_class_iou.csv`` (a DVC bar plot), ``unavailable.txt`` (why FID/LPIPS are missing),
@@ -46,18 +46,18 @@ from components.outputs import (
     write_text,
 )
 from components.tracking import EVALUATED_TAG, NOTE_TAG, evaluated_note, log_dataset
-from dagan.baseline import class_mean_colors
 from dagan.checkpoint import load_discriminator, load_generator
 from dagan.config import Config, save_config
 from dagan.console import progress
 from dagan.data import PairedDataset, read_manifest
 from dagan.distributed import resolve_device
-from dagan.evaluation import SOURCES, evaluate_generator, style_photo
-from dagan.fid import build_inception, build_lpips, load_optional_metric
+from dagan.eval.baseline import class_mean_colors
+from dagan.eval.fid import build_inception, build_lpips, load_optional_metric
+from dagan.eval.judge import load_judge
+from dagan.eval.protocol import SOURCES, evaluate_generator, style_photo
+from dagan.eval.visualize import attention_figure, bar_chart, sample_grid
 from dagan.generator import run_generator
-from dagan.judge import load_judge
 from dagan.labels import semantic_input
-from dagan.visualize import attention_figure, bar_chart, sample_grid
 
 DESCRIPTION = """Score the trained generator on evaluate.split against the real images (the judge's ceiling)
 and the mean-colour baseline (the floor): judge mIoU, pixel accuracy and per-class IoU, the judge

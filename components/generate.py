@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from dagan.__main__ import generate as run_generate
-from dagan.generate import MODEL_URI_SCHEMES, Synthesizer, add_generate_arguments, load_synthesizer
+from dagan.inference import MODEL_URI_SCHEMES, Synthesizer, add_generate_arguments, load_synthesizer
 
 DESCRIPTION = ("Turn label-map PNGs into images with a model from the MLflow registry (models:/NAME@ALIAS), a run "
                "(runs:/RUN_ID/dagan-generator) or a local checkpoint; writes index.html beside the images.")

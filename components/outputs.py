@@ -15,10 +15,10 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import numpy as np
-from PIL import Image
 
 from dagan.checkpoint import FINAL_NAME, checkpoint_dir
 from dagan.config import Config, redact_uri
+from dagan.data.png import encode_png
 
 JUDGE_FILE = "judge.pt"
 RUN_FILE = "mlflow_run.json"
@@ -50,7 +50,7 @@ def write_png(path: Path, image: np.ndarray) -> Path:
     """Write an (H, W, 3) uint8 image as PNG atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(image).save(tmp, format="PNG")
+    tmp.write_bytes(encode_png(image))
     tmp.replace(path)
     return path
 

@@ -1,12 +1,12 @@
 """The registered model: an MLflow pyfunc that turns label maps into RGB images.
 
 Logged as "models from code" (this file is the model definition) with the exported generator
-checkpoint (:func:`dagan.generate.export_generator`) as an artifact and ``dagan/`` as code. We
+checkpoint (:func:`dagan.inference.export_generator`) as an artifact and ``dagan/`` as code. We
 chose that over ``mlflow.pytorch.log_model``, whose MLflow 3 default is a torch.export ("pt2")
 program: an exported program fixes the input size and dtype, cannot take PNG bytes or check
 label ranges with a clear message, and ties the artifact to one torch version's export format.
 The pyfunc keeps the plain weights (loaded with ``weights_only=True``) and all input checks of
-:class:`dagan.generate.Synthesizer`.
+:class:`dagan.inference.Synthesizer`.
 
 Input: a DataFrame, one row per label map, with exactly one of
   ``label``      PNG bytes of a single-channel label-id map (base64 in JSON requests), or
@@ -32,7 +32,6 @@ is decoded or generated; a request over a limit gets HTTP 400 with a message tha
 
 from __future__ import annotations
 
-import io
 import math
 import os
 
@@ -47,8 +46,9 @@ from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 from PIL import Image
 
 from dagan.config import RegisterConfig
+from dagan.data.png import encode_png, open_image
 from dagan.distributed import resolve_device
-from dagan.generate import InputError, check_pixels, decode_png, decode_rgb, encode_png, load_synthesizer
+from dagan.inference import InputError, check_pixels, decode_id_map, decode_rgb, load_synthesizer
 
 DEVICE_VARIABLE = "DAGAN_DEVICE"
 
@@ -73,7 +73,7 @@ def _size(png, ids, what: str) -> tuple[int, int]:
     """(height, width) of a row's label map, from the PNG header or the nested list's shape."""
     if not _missing(png):
         try:
-            width, height = Image.open(io.BytesIO(bytes(png))).size
+            width, height = open_image(bytes(png)).size
         except (OSError, ValueError, Image.DecompressionBombError) as err:
             raise InputError(f"{what} 'label': not a readable PNG ({err}); send a single-channel 8- or 16-bit "
                              "PNG") from None
@@ -141,7 +141,7 @@ class DAGANImageModel(mlflow.pyfunc.PythonModel):
             what = f"row {row_number}"
             png, ids = row.get("label"), row.get("label_ids")
             if not _missing(png):
-                label = decode_png(bytes(png), f"{what} 'label'")
+                label = decode_id_map(bytes(png), f"{what} 'label'")
             else:
                 try:
                     label = np.array([np.asarray(r, dtype=np.int64) for r in ids])
@@ -149,7 +149,7 @@ class DAGANImageModel(mlflow.pyfunc.PythonModel):
                     raise InputError(f"{what} 'label_ids': rows must be equally long lists of integers ({err})") \
                         from None
             instance = row.get("instance")
-            instance = None if _missing(instance) else decode_png(bytes(instance), f"{what} 'instance'",
+            instance = None if _missing(instance) else decode_id_map(bytes(instance), f"{what} 'instance'",
                                                                   self.max_image_pixels)
             style = row.get("style")
             style = None if _missing(style) or len(style) == 0 else decode_rgb(bytes(style), f"{what} 'style'")

@@ -46,7 +46,8 @@ from components.tracking import model_label, model_phrase
 from dagan.checkpoint import load_checkpoint, load_generator
 from dagan.config import Config, RegisterConfig
 from dagan.data.manifest import read_manifest
-from dagan.generate import LabelLayout, encode_png, export_generator
+from dagan.data.png import encode_png
+from dagan.inference import LabelLayout, export_generator
 
 DESCRIPTION = """Register the trained generator in the MLflow model registry as register.model_name (default
 dagan-<dataset>): alias candidate always, champion only when the quality gate passes and it beats

@@ -2,7 +2,7 @@
 
     python -m components.train_judge [--params FILE] [-S key=value ...]
 
-The judge (dagan/judge.py) scores generated images by segmenting them (paper section 4). It
+The judge (dagan/eval/judge.py) scores generated images by segmenting them (paper section 4). It
 is trained here on the prepared dataset's real ``train`` split and scored on the real ``val``
 split: that mIoU / pixel accuracy is the ceiling the generated images are compared with. With
 ``judge.pretrained`` set, the pretrained segmenter is only scored. Writes into
@@ -24,8 +24,8 @@ from dagan.config import Config, save_config
 from dagan.console import progress_bar
 from dagan.data import PairedDataset, read_manifest
 from dagan.distributed import resolve_device
-from dagan.judge import SegmentationNet, build_judge, evaluated_target, save_judge, train_epoch
-from dagan.metrics import confusion_matrix, mean_iou, per_class_iou, pixel_accuracy
+from dagan.eval.judge import SegmentationNet, build_judge, evaluated_target, save_judge, train_epoch
+from dagan.eval.metrics import confusion_matrix, mean_iou, per_class_iou, pixel_accuracy
 
 DESCRIPTION = """Train the segmentation judge on the real training photos and score it on the real validation
 photos (with judge.pretrained set, only score that segmenter). Writes judge.pt, config.yaml and

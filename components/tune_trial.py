@@ -4,7 +4,7 @@ Runs in a Ray worker process. The trial trains with :func:`dagan.train.train`, t
 as ``components.train``, on the sweep's params plus its sampled values. Its logger
 (:class:`TrialReporter`, the :class:`dagan.train.TrainingLogger` protocol) sends losses and sample
 grids to the trial's nested MLflow run, and at every checkpoint (``train.checkpoint_every`` is
-``tune.eval_every`` in a sweep) scores the generator with the judge (:class:`dagan.judge_probe.JudgeProbe`)
+``tune.eval_every`` in a sweep) scores the generator with the judge (:class:`dagan.eval.judge_probe.JudgeProbe`)
 and reports the scores to Ray Tune together with the checkpoint, so ASHA can stop the trial there
 and a restored trial resumes from it. A Ray Tune checkpoint is a folder with our checkpoint
 (``dagan.pt``) and the trial's MLflow run id (``mlflow_run.json``).
@@ -39,8 +39,8 @@ from components.tracking import (
 from dagan.config import Config, config_from_dict, redact_uri
 from dagan.data import PairedDataset, read_manifest
 from dagan.distributed import resolve_device
-from dagan.judge import load_judge
-from dagan.judge_probe import JudgeProbe
+from dagan.eval.judge import load_judge
+from dagan.eval.judge_probe import JudgeProbe
 from dagan.overrides import merge_overrides
 from dagan.train import NullLogger, StepReport, train
 

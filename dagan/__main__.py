@@ -29,8 +29,8 @@ import torch
 from dagan.config import VARIANTS, Config, ConfigError, config_from_dict
 from dagan.console import setup_logging
 from dagan.discriminator import build_discriminator
-from dagan.generate import MODEL_URI_SCHEMES, Synthesizer, add_generate_arguments, generate_dir, load_synthesizer
 from dagan.generator import build_generator
+from dagan.inference import MODEL_URI_SCHEMES, Synthesizer, add_generate_arguments, generate_dir, load_synthesizer
 from dagan.nn.spap import SpatialPyramidAttentivePooling
 from dagan.official.cli import add_official_commands, run_official_command
 from dagan.overrides import merge_overrides

@@ -216,7 +216,7 @@ def label_channels_of(state: dict[str, Any]) -> int | None:
     checkpoints of generators that do not need it)."""
     if state.get("num_label_channels") is not None:
         return state["num_label_channels"]
-    layout = state.get("layout")  # exported generators (dagan.generate.export_generator)
+    layout = state.get("layout")  # exported generators (dagan.inference.export_generator)
     return layout["num_classes"] + int(layout["contain_dontcare_label"]) if layout else None
 
 

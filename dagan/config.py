@@ -240,7 +240,7 @@ class MlflowConfig:
 
 @dataclass(frozen=True)
 class JudgeConfig:
-    """The segmentation judge of the evaluation (paper section 4; dagan/judge.py)."""
+    """The segmentation judge of the evaluation (paper section 4; dagan/eval/judge.py)."""
 
     width: int = 16  # channels of the first U-Net level (doubling per level)
     levels: int = 3  # U-Net levels; image sides must be divisible by 2**(levels-1)

@@ -6,9 +6,9 @@ as they are, as the official DAGAN/SPADE code does (the paper's numbers were tra
 deviation that torchvision's VGG19 weights were trained with.
 
 The network is injected: ImageNet weights come from a file path, from the torch hub cache,
-or (only when online) from torchvision's download. Nothing falls back to random weights:
-when no weights are found, :class:`MissingPretrainedWeightsError` says where we looked and
-which config key turns the loss off.
+or (only when online) from torchvision's download (:mod:`dagan.pretrained`). Nothing falls back
+to random weights: when no weights are found, the error says where we looked and which config
+key turns the loss off.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dagan.pretrained import pretrained_file
+
 VGG19_FILE = "vgg19-dcbb9e9d.pth"  # torchvision's IMAGENET1K_V1 weights
 VGG19_URL = f"https://download.pytorch.org/models/{VGG19_FILE}"
 # torchvision vgg19().features indices ending at relu1_1, relu2_1, relu3_1, relu4_1, relu5_1
@@ -25,10 +27,6 @@ SLICE_ENDS = (2, 7, 12, 21, 30)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 VGG_INPUTS = ("official", "imagenet")
-
-
-class MissingPretrainedWeightsError(FileNotFoundError):
-    """A pretrained network was asked for but its weights are not on this machine."""
 
 
 class VGG19Features(nn.Module):
@@ -63,26 +61,8 @@ class VGG19Features(nn.Module):
 
 def find_vgg19_weights(weights: str) -> Path:
     """Resolve ``loss.vgg_weights`` to a local file (downloading only when online)."""
-    if weights != "auto":
-        path = Path(weights)
-        if not path.is_file():
-            raise MissingPretrainedWeightsError(
-                f"loss.vgg_weights={weights}: no such file. Point it at torchvision's {VGG19_FILE}, "
-                "use loss.vgg_weights=auto, or set loss.lambda_vgg=0 to train without the perceptual loss"
-            )
-        return path
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / VGG19_FILE
-    if cached.is_file():
-        return cached
-    try:
-        torch.hub.download_url_to_file(VGG19_URL, str(cached), progress=True)
-    except OSError as err:  # URLError and socket errors are OSErrors
-        raise MissingPretrainedWeightsError(
-            f"VGG19 ImageNet weights are not available: looked for {cached} (torch hub cache) and "
-            f"could not download {VGG19_URL} ({err}). Copy {VGG19_FILE} there, set "
-            "loss.vgg_weights=/path/to/vgg19.pth, or set loss.lambda_vgg=0 to turn the perceptual loss off"
-        ) from None
-    return cached
+    return pretrained_file(VGG19_FILE, VGG19_URL, weights, "loss.vgg_weights",
+                           "set loss.lambda_vgg=0 to train without the perceptual loss", progress=True)
 
 
 def build_vgg19(weights: str, vgg_input: str = "official") -> VGG19Features:

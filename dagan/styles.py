@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dagan.generate import InputError, Synthesizer, decode_png, read_photo
+from dagan.inference import InputError, Synthesizer, decode_id_map, read_photo
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def parse_classes(text: str, class_names: list[str], num_label_channels: int) ->
 def style_edit(synthesizer: Synthesizer, photo_path: str | Path, label_path: str | Path,
                classes: str | None = None) -> StyleEdit:
     """The reference photo's codes for ``classes`` (default: every class in its label map)."""
-    label = decode_png(Path(label_path).read_bytes(), str(label_path))
+    label = decode_id_map(Path(label_path).read_bytes(), str(label_path))
     codes = synthesizer.style_codes(label, read_photo(photo_path), what=str(photo_path))
     present = sorted(int(value) for value in np.unique(label))
     layout = synthesizer.layout

@@ -1,6 +1,6 @@
 """The Kubeflow pipeline: prepare -> train_judge -> train -> evaluate -> register (behind the gate).
 
-The same steps as ``dvc repro``, each a component of pipeline/components.py in the project image.
+The same steps as ``dvc repro``, each a component of pipeline/kfp_components.py in the project image.
 What a cluster provides is decided at compile time (:class:`ClusterSettings`): the image, the
 train step's GPUs / CPU / memory / shared memory, retries, the names of the secrets that carry
 the MLflow tracking URI and the S3 credentials, an optional shared volume, and whether training
@@ -24,7 +24,7 @@ from kfp import dsl
 from kfp import kubernetes as k8s
 from kfp.dsl.pipeline_channel import PipelineChannel
 
-from pipeline.components import build_components
+from pipeline.kfp_components import build_components
 
 PIPELINE_NAME = "dagan"
 DEFAULT_IMAGE = "dagan:0.1.0"

@@ -1,6 +1,6 @@
 """The bodies of the Kubeflow components: run one pipeline step on the component's artifacts.
 
-Each KFP component (pipeline/components.py) is a thin shim that imports this module in the
+Each KFP component (pipeline/kfp_components.py) is a thin shim that imports this module in the
 project image and calls one function here. A function maps the component's artifact paths onto
 config overrides (``-S dataset.prepared_dir=...``), runs the same ``components.<step>.main`` that
 DVC runs, and returns what the component logs (metrics, HTML/Markdown reports). The user's

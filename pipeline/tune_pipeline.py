@@ -2,7 +2,7 @@
 
     python -m pipeline.tune_pipeline --output dagan-tune.yaml --image REGISTRY/dagan:TAG [cluster flags]
 
-The prepare and train_judge steps are the main pipeline's components (pipeline/components.py);
+The prepare and train_judge steps are the main pipeline's components (pipeline/kfp_components.py);
 the tune step runs ``python -m components.tune`` in the project image, with the same
 conventions: params file and ``-S`` overrides as pipeline parameters, artifact paths as the last
 overrides, the MLflow and S3 secrets as environment variables. Run parameters: ``ray_address``
@@ -24,7 +24,7 @@ from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
 from pipeline.compile import add_cluster_arguments, settings_from, write_pipeline
-from pipeline.components import build_components
+from pipeline.kfp_components import build_components
 from pipeline.pipeline import IMAGE_PARAMS, ClusterSettings, _with_gpus, _with_secrets, _with_shared_volume
 
 PIPELINE_NAME = "dagan-tune"

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from eval_fixtures import NUM_CLASSES, tiny_config, write_params, write_prepared
 
-from dagan.judge import SegmentationNet, save_judge
+from dagan.eval.judge import SegmentationNet, save_judge
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ is scripts at the repo root, not installed
 from bench import seeds  # noqa: E402

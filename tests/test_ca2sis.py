@@ -151,8 +151,8 @@ def test_the_mapping_network_is_built_frozen():
 
 @pytest.mark.parametrize("style_from", ["photo", "class_mean"])
 def test_the_judge_probe_scores_ca2sis_with_photos_or_class_means(style_from):
-    from dagan.judge import SegmentationNet
-    from dagan.judge_probe import JudgeProbe
+    from dagan.eval.judge import SegmentationNet
+    from dagan.eval.judge_probe import JudgeProbe
 
     generator = tiny()
     semantic, photo = scene()

@@ -15,7 +15,7 @@ import yaml
 from eval_fixtures import NUM_CLASSES, tiny_config, write_prepared
 from mlflow_fixtures import MlflowServer
 
-from dagan.judge import SegmentationNet, save_judge
+from dagan.eval.judge import SegmentationNet, save_judge
 
 REPO = Path(__file__).resolve().parents[1]
 PASSWORD = "pl4nted-S3cret"

@@ -16,8 +16,8 @@ from eval_fixtures import (
 )
 from PIL import Image
 
-from dagan.evaluation import evaluate_generator
-from dagan.judge import SegmentationNet
+from dagan.eval.judge import SegmentationNet
+from dagan.eval.protocol import evaluate_generator
 from dagan.labels import semantic_input
 
 
@@ -177,7 +177,7 @@ def test_real_photo_latent_scores_a_vae_model_as_the_official_test_script():
 
 def test_evaluate_logs_the_diversity_of_a_vae_model_and_grids_k_samples(tmp_path, monkeypatch):
     from components.evaluate import main as evaluate
-    from dagan.judge import save_judge
+    from dagan.eval.judge import save_judge
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     config = tiny_config(tmp_path, model={"style": "vae", "z_dim": 8}, evaluate={"fid": "off", "num_style_samples": 3})

@@ -225,6 +225,6 @@ def test_the_step_takes_every_argument_of_the_library_command(capsys):
 
 
 def test_importing_the_library_cli_does_not_import_mlflow():
-    code = "import dagan.__main__, dagan.generate, sys; print('mlflow' in sys.modules)"
+    code = "import dagan.__main__, dagan.inference, sys; print('mlflow' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert result.stdout.strip() == "False"

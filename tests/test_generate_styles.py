@@ -8,8 +8,8 @@ from PIL import Image
 
 from dagan.__main__ import main as dagan_main
 from dagan.config import config_from_dict
-from dagan.generate import LabelLayout, export_generator
 from dagan.generator import build_generator
+from dagan.inference import LabelLayout, export_generator
 from dagan.labels import semantic_input
 
 SIZE = 64

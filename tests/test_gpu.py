@@ -18,7 +18,7 @@ import torch
 from train_fixtures import tiny_config, tiny_settings, write_prepared
 
 from dagan.checkpoint import load_checkpoint, load_generator
-from dagan.generate import LabelLayout, Synthesizer
+from dagan.inference import LabelLayout, Synthesizer
 from dagan.train import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

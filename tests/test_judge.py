@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dagan.config import ConfigError, config_from_dict
-from dagan.judge import (
+from dagan.eval.judge import (
     PretrainedJudge,
     SegmentationNet,
     build_judge,
@@ -15,7 +15,7 @@ from dagan.judge import (
     save_judge,
     train_epoch,
 )
-from dagan.metrics import confusion_matrix, mean_iou
+from dagan.eval.metrics import confusion_matrix, mean_iou
 
 COLORS = torch.tensor([[-0.8, -0.8, 0.6], [0.7, -0.5, -0.5], [-0.2, 0.8, -0.2]])
 

@@ -7,9 +7,9 @@ import pytest
 import scipy.linalg
 import torch
 
-from dagan.baseline import class_mean_colors, paint_mean_colors
-from dagan.fid import MetricUnavailableError, build_inception, find_weights, load_optional_metric
-from dagan.metrics import (
+from dagan.eval.baseline import class_mean_colors, paint_mean_colors
+from dagan.eval.fid import MetricUnavailableError, build_inception, find_weights, load_optional_metric
+from dagan.eval.metrics import (
     confusion_matrix,
     frechet_distance,
     frechet_distance_from_statistics,

@@ -16,8 +16,8 @@ from dagan.__main__ import main as dagan_main
 from dagan.ccfpse_generator import CCFPSEGenerator
 from dagan.checkpoint import load_generator
 from dagan.config import ConfigError, config_from_dict
-from dagan.generate import load_synthesizer
 from dagan.generator import DAGANGenerator, build_generator
+from dagan.inference import load_synthesizer
 from dagan.latent import seeded_normal
 from dagan.losses import kl_divergence
 from dagan.nn.style import StyleEncoder, reparameterize

@@ -6,7 +6,8 @@ from torchvision.models import vgg19
 
 from dagan import perceptual
 from dagan.labels import instance_edges, semantic_input
-from dagan.perceptual import MissingPretrainedWeightsError, VGG19Features, build_vgg19, find_vgg19_weights
+from dagan.perceptual import VGG19Features, build_vgg19, find_vgg19_weights
+from dagan.pretrained import MissingPretrainedWeightsError
 
 
 def test_vgg19_features_are_relu1_1_to_relu5_1_and_frozen():

@@ -185,7 +185,7 @@ def decoded(answer: dict) -> list[np.ndarray]:
 
 
 def test_served_vae_model_takes_a_style_photo_and_a_seed_per_row(vae_server, vae_registry):
-    from dagan.generate import load_synthesizer
+    from dagan.inference import load_synthesizer
 
     # rows without a style send "" and rows without a seed -1: JSON input cannot carry nulls there
     rows = [[label_png(), "", -1], [label_png(), style_jpeg(), -1], [label_png(), style_jpeg(), 4],

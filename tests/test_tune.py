@@ -15,8 +15,8 @@ from mlflow_fixtures import MlflowServer
 from components.tune import check_tracking_uri, gpus_per_trial
 from dagan.checkpoint import load_checkpoint
 from dagan.config import ConfigError, load_config
-from dagan.judge import SegmentationNet, save_judge
-from dagan.judge_probe import JudgeProbe
+from dagan.eval.judge import SegmentationNet, save_judge
+from dagan.eval.judge_probe import JudgeProbe
 from dagan.search_space import parse_search_space
 
 SPACE = {"loss": {"lambda_feat": {"type": "loguniform", "low": 1.0, "high": 30.0}},

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from dagan.visualize import HEADER, HEAT_ANCHORS, attention_figure, channel_chart, colour_bar, sample_grid
+from dagan.eval.visualize import HEADER, HEAT_ANCHORS, attention_figure, channel_chart, colour_bar, sample_grid
 
 BAR = np.array([59, 82, 139], dtype=np.uint8)
 

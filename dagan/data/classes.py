@@ -7,11 +7,13 @@ dataset's mask-combination script paints them), CMP Facades (annotation values 1
 unused), COCO-Stuff (182 ids: 91 thing ids, some unused, then 91 stuff classes) and DeepFashion
 as the DAGAN authors prepared it (20 human-parsing ids whose names are not published with it:
 "part 0" .. "part 19"). Colours
-are only for visualising label maps: Cityscapes uses its published colours, every other
-dataset a generated palette.
+are only for visualising label maps (:func:`colorize`, the one place that paints them): Cityscapes
+uses its published colours, every other dataset a generated :func:`palette`.
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 CITYSCAPES: list[tuple[str, tuple[int, int, int]]] = [
     ("unlabeled", (0, 0, 0)), ("ego vehicle", (0, 0, 0)), ("rectification border", (0, 0, 0)),
@@ -92,6 +94,13 @@ def palette(count: int) -> list[list[int]]:
             value >>= 3
         colors.append([red, green, blue])
     return colors
+
+
+def colorize(label: np.ndarray, colors: list[list[int]]) -> np.ndarray:
+    """(H, W) label ids -> (H, W, 3) uint8 using ``colors``; ids without a colour are black."""
+    table = np.zeros((max(int(label.max()) + 1, len(colors)), 3), dtype=np.uint8)
+    table[: len(colors)] = np.asarray(colors, dtype=np.uint8).reshape(-1, 3)
+    return table[label.clip(min=0)]
 
 
 def class_table(dataset: str) -> tuple[list[str], list[list[int]]]:

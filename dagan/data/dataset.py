@@ -13,23 +13,18 @@ they do not depend on the worker or process that loads the sample (exact resume,
 from __future__ import annotations
 
 import bisect
-import io
 import os
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from dagan.data.errors import DataError
 from dagan.data.manifest import Manifest, read_manifest
+from dagan.data.png import decode_png
 from dagan.data.shards import verify_shards
-
-
-def decode_png(data: bytes) -> np.ndarray:
-    return np.array(Image.open(io.BytesIO(data)))  # writable: torch.from_numpy needs it
 
 
 class PairedDataset(Dataset):

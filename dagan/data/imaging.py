@@ -9,7 +9,6 @@ with the same pixel grid so that they stay aligned.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from dagan.data.errors import DataError
+from dagan.data.png import encode_png
 from dagan.data.shards import Sample
 
 LABEL_MODES = ("L", "P", "I;16", "I;16B", "I;16L", "I")
@@ -168,12 +168,6 @@ def resize_nearest(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     rows = np.minimum(((np.arange(new_height) + 0.5) * height / new_height).astype(np.int64), height - 1)
     cols = np.minimum(((np.arange(new_width) + 0.5) * width / new_width).astype(np.int64), width - 1)
     return values[rows[:, None], cols[None, :]]
-
-
-def encode_png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _size_mismatch(what: str, path: Path, shape: tuple, label_path: Path, label_shape: tuple) -> DataError:

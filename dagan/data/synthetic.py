@@ -17,8 +17,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from dagan.data.png import encode_png
 from dagan.data.shards import staging_directory
 
 CLASSES: list[tuple[str, tuple[int, int, int]]] = [
@@ -205,9 +205,8 @@ def write_synthetic(out_dir: str | Path, seed: int, num_train: int, num_val: int
                 rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
                 photo, label, instance = render_scene(rng, size, size)
                 name = f"{index:05d}.png"
-                Image.fromarray(photo).save(staging / split / "images" / name)
-                Image.fromarray(label).save(staging / split / "labels" / name)
-                Image.fromarray(instance).save(staging / split / "instances" / name)
+                for sub, array in (("images", photo), ("labels", label), ("instances", instance)):
+                    (staging / split / sub / name).write_bytes(encode_png(array))
         classes = {
             "class_names": [n for n, _ in CLASSES],
             "class_colors": [list(col) for _, col in CLASSES],

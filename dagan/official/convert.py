@@ -33,8 +33,8 @@ from dagan.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from dagan.config import Config, ConfigError, config_from_dict
 from dagan.data.classes import class_table
 from dagan.discriminator import build_discriminator
-from dagan.generate import LabelLayout
 from dagan.generator import build_generator
+from dagan.inference import LabelLayout
 from dagan.official.layout import ENCODER_PREFIX, LayoutError, check_layout, key_map, strip_data_parallel
 from dagan.presets import get_preset
 

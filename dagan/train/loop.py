@@ -39,6 +39,7 @@ from dagan.checkpoint import (
 from dagan.config import Config
 from dagan.data import Manifest, PairedDataset, read_manifest
 from dagan.distributed import DistributedContext, ResumableDistributedSampler, all_ranks_sum, setup, teardown, unwrap
+from dagan.eval.visualize import sample_grid
 from dagan.finite import all_finite, describe_non_finite, module_tensors, non_finite_tensors
 from dagan.heap import reuse_freed_memory
 from dagan.labels import semantic_input
@@ -55,7 +56,6 @@ from dagan.train.steps import (
     d_step,
     g_step,
 )
-from dagan.visualize import sample_grid
 
 SAMPLE_ROWS = 4  # rows of the training's sample grids
 

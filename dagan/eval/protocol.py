@@ -1,8 +1,8 @@
 """The evaluation of a generator on a labelled split (paper section 4, "Evaluation Metrics").
 
 For every batch of (label map, real image) the generator's image, the real image and the
-mean-colour baseline's image (:mod:`dagan.baseline`) are each segmented by the judge
-(:mod:`dagan.judge`) and scored against the label map. Reported per source
+mean-colour baseline's image (:mod:`dagan.eval.baseline`) are each segmented by the judge
+(:mod:`dagan.eval.judge`) and scored against the label map. Reported per source
 (``generated`` / ``real`` / ``baseline``): judge mIoU, pixel accuracy and per-class IoU. Against
 the real images: the judge Fréchet distance (``fd_judge``, in the judge's features), FID
 (standard Inception features) and LPIPS when those networks are passed in. Networks with side
@@ -15,7 +15,7 @@ seen); DAGAN ignores the photo.
 The scored images of a multimodal generator (``model.style=vae|noise3d``) use z = 0, the prior's
 mean, so the scores are deterministic; ``style_latent="real_photo"`` scores a ``vae`` model as
 the official test script does instead (z sampled from each real photo's encoded style, with a
-fixed seed). Its diversity on K more samples per label map comes from :mod:`dagan.diversity`.
+fixed seed). Its diversity on K more samples per label map comes from :mod:`dagan.eval.diversity`.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from dagan.baseline import paint_mean_colors
-from dagan.diversity import DiversityMeter, is_multimodal, real_photo_latent
+from dagan.eval.baseline import paint_mean_colors
+from dagan.eval.diversity import DiversityMeter, is_multimodal, real_photo_latent
+from dagan.eval.judge import evaluated_target
+from dagan.eval.metrics import confusion_matrix, frechet_distance, mean_iou, per_class_iou, pixel_accuracy
 from dagan.generator import run_generator
-from dagan.judge import evaluated_target
 from dagan.labels import semantic_input
-from dagan.metrics import confusion_matrix, frechet_distance, mean_iou, per_class_iou, pixel_accuracy
 
 SOURCES = ("generated", "real", "baseline")
 STYLE_SOURCES = ("photo", "class_mean")

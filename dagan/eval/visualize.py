@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from dagan.generate import colorize
+from dagan.data.classes import colorize
 
 # A perceptually ordered dark-blue -> teal -> yellow ramp (anchor colours, linearly interpolated).
 HEAT_ANCHORS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=float)

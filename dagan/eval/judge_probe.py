@@ -1,13 +1,13 @@
 """A quick judge evaluation of a generator during training, on a few fixed validation batches.
 
 Sweeps (components/tune.py) score every trial periodically so that ASHA can stop the weak ones
-early. The score is the evaluation protocol of :mod:`dagan.evaluation` (paper section 4) cut
+early. The score is the evaluation protocol of :mod:`dagan.eval.protocol` (paper section 4) cut
 down to what is cheap to repeat: the judge's mIoU and pixel accuracy on the generated images,
 and the Fréchet distance in the judge's features (``fd_judge``, not FID) between generated and
 real images. The batches, the targets and the real images' features are computed once; each
 evaluation then costs one generator and one judge pass per batch. Use it with the same batches
 for every trial, so the numbers compare across trials. A style-encoding generator (CA2SIS) gets
-each scene's photo or nothing (class-mean styles), as in :func:`dagan.evaluation.evaluate_generator`.
+each scene's photo or nothing (class-mean styles), as in :func:`dagan.eval.protocol.evaluate_generator`.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from dagan.evaluation import style_photo
+from dagan.eval.judge import evaluated_target
+from dagan.eval.metrics import confusion_matrix, frechet_distance, mean_iou, pixel_accuracy
+from dagan.eval.protocol import style_photo
 from dagan.generator import run_generator
-from dagan.judge import evaluated_target
 from dagan.labels import semantic_input
-from dagan.metrics import confusion_matrix, frechet_distance, mean_iou, pixel_accuracy
 
 
 class JudgeProbe:

@@ -11,7 +11,7 @@ result with the input label map. Two judges are supported:
   label ids (the paper's protocol).
 
 Both expose ``predict(image) -> label ids`` and ``features(image) -> (B, D)``; the features feed
-the judge Fréchet distance (:func:`dagan.metrics.frechet_distance`).
+the judge Fréchet distance (:func:`dagan.eval.metrics.frechet_distance`).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ input label map through a confusion matrix, giving mIoU, pixel accuracy and per-
 
 The Fréchet distance between two feature sets (Gaussian fits: mean and covariance) is the
 formula behind FID. Computed on the judge's own features it is the *judge Fréchet distance*
-(``fd_judge``), never called FID: FID means the standard Inception features only (:mod:`dagan.fid`).
+(``fd_judge``), never called FID: FID means the standard Inception features only (:mod:`dagan.eval.fid`).
 """
 
 from __future__ import annotations

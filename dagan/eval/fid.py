@@ -1,6 +1,6 @@
 """FID and LPIPS with the standard pretrained networks, or a recorded reason why not.
 
-FID (paper section 4) is the Fréchet distance (:func:`dagan.metrics.frechet_distance`) between
+FID (paper section 4) is the Fréchet distance (:func:`dagan.eval.metrics.frechet_distance`) between
 the 2048-d pool features of the standard FID Inception network (the TensorFlow 2015-12-05
 weights, as ported by torch-fidelity) on real and generated images. LPIPS is torch-fidelity's
 VGG16 LPIPS between each generated image and its real counterpart.
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dagan.perceptual import MissingPretrainedWeightsError
+from dagan.pretrained import MissingPretrainedWeightsError, pretrained_file
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
@@ -41,34 +41,12 @@ def unavailable_record(reason: str) -> dict[str, str]:
     return {"status": "unavailable", "reason": reason}
 
 
-def hub_checkpoints_dir() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-def find_weights(file_name: str, url: str, explicit: str, download: bool, off_key: str) -> Path:
-    """Resolve one pretrained file: an explicit path, the torch hub cache, or a download when allowed."""
-    if explicit != "auto":
-        path = Path(explicit)
-        if not path.is_file():
-            raise MetricUnavailableError(f"{path}: no such file (expected {file_name}); fix the path or set {off_key}")
-        return _checked(path)
-    cached = hub_checkpoints_dir() / file_name
-    if cached.is_file():
-        return _checked(cached)
-    if not download:
-        raise MetricUnavailableError(
-            f"{file_name} not found: looked for {cached} (torch hub cache; TORCH_HOME moves it) and "
-            f"evaluate.download_weights=false. Copy the file from {url} there, or set {off_key}"
-        )
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        torch.hub.download_url_to_file(url, str(cached), progress=False)
-    except OSError as err:  # URLError and socket errors are OSErrors
-        raise MetricUnavailableError(
-            f"{file_name} not found: looked for {cached} (torch hub cache; TORCH_HOME moves it) and could not "
-            f"download {url} ({err}). Copy the file there, or set {off_key}"
-        ) from None
-    return _checked(cached)
+def find_weights(file_name: str, url: str, explicit: str, download: bool, off_key: str, key: str = "") -> Path:
+    """Resolve one pretrained file (:func:`dagan.pretrained.pretrained_file`) and check it holds plain weights."""
+    return _checked(pretrained_file(
+        file_name, url, explicit, key, f"set {off_key}", None if download else "evaluate.download_weights=false",
+        MetricUnavailableError,
+    ))
 
 
 def _checked(path: Path) -> Path:
@@ -132,7 +110,7 @@ class LPIPSDistance(nn.Module):
 def build_inception(weights: str, download: bool) -> InceptionFeatures:
     """``evaluate.fid_weights`` -> the FID Inception network, or MetricUnavailableError."""
     _torch_fidelity()
-    path = find_weights(INCEPTION_FILE, INCEPTION_URL, weights, download, "evaluate.fid=off")
+    path = find_weights(INCEPTION_FILE, INCEPTION_URL, weights, download, "evaluate.fid=off", "evaluate.fid_weights")
     return InceptionFeatures(path).eval()
 
 

@@ -22,7 +22,6 @@ neither, from the class-mean styles it learned in training (what the served mode
 from __future__ import annotations
 
 import argparse
-import io
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,7 +33,9 @@ from torch import nn
 from dagan.checkpoint import FORMAT_VERSION, load_checkpoint, load_generator
 from dagan.config import Config
 from dagan.console import add_log_level_arguments, progress
+from dagan.data.classes import colorize
 from dagan.data.manifest import Manifest, read_manifest
+from dagan.data.png import encode_png, open_image
 from dagan.generator import uses_style_image
 from dagan.labels import semantic_input
 from dagan.latent import check_seed, choose_latent, style_photo_tensor
@@ -91,18 +92,11 @@ def export_generator(
     return path
 
 
-def colorize(label: np.ndarray, colors: list[list[int]]) -> np.ndarray:
-    """(H, W) label ids -> (H, W, 3) uint8 using ``colors``; ids without a colour are black."""
-    palette = np.zeros((max(int(label.max()) + 1, len(colors)), 3), dtype=np.uint8)
-    palette[: len(colors)] = np.asarray(colors, dtype=np.uint8).reshape(-1, 3)
-    return palette[label.clip(min=0)]
-
-
-def decode_png(data: bytes, what: str, max_pixels: int | None = None) -> np.ndarray:
-    """PNG bytes of a single-channel map -> (H, W) int64 array; the size is checked (at most ``MAX_SIDE``
-    a side and ``max_pixels`` pixels) from the header, before any pixel is decoded."""
+def decode_id_map(data: bytes, what: str, max_pixels: int | None = None) -> np.ndarray:
+    """PNG bytes of a single-channel map (label or instance ids) -> (H, W) int64 array; the size is checked
+    (at most ``MAX_SIDE`` a side and ``max_pixels`` pixels) from the header, before any pixel is decoded."""
     try:
-        image = Image.open(io.BytesIO(data))
+        image = open_image(data)
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise InputError(f"{what}: not a readable PNG ({err}); send a single-channel 8- or 16-bit PNG") from None
     width, height = image.size
@@ -131,7 +125,7 @@ def decode_rgb(data: bytes, what: str) -> np.ndarray:
     """Bytes of a photo in any format Pillow reads (PNG, JPEG, ...) -> (H, W, 3) uint8 RGB."""
     unreadable = f"{what}: not a readable image ({{}}); send a PNG or JPEG photo"
     try:
-        image = Image.open(io.BytesIO(data))  # reads the header only: the size is checked before decoding
+        image = open_image(data)  # reads the header only: the size is checked before decoding
     except (OSError, ValueError, SyntaxError) as err:
         raise InputError(unreadable.format(err)) from None
     if max(image.size) > MAX_STYLE_SIDE:
@@ -147,12 +141,6 @@ def decode_rgb(data: bytes, what: str) -> np.ndarray:
 def read_photo(path: str | Path) -> np.ndarray:
     """An image file -> (H, W, 3) uint8 RGB (its size checked from the header before decoding)."""
     return decode_rgb(Path(path).read_bytes(), str(path))
-
-
-def encode_png(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 class Synthesizer:
@@ -355,11 +343,11 @@ def generate_dir(
         synthesizer.latent(sample_seed, style_photo, f"--style {style}" if style is not None else f"seed {sample_seed}")
     inputs = []
     for file in files[:limit]:
-        label = decode_png(file.read_bytes(), str(file))
+        label = decode_id_map(file.read_bytes(), str(file))
         instance = None
         if instances_dir is not None:
             instance_file = _companion(instances_dir, file, "instance map", any_suffix=False)
-            instance = decode_png(instance_file.read_bytes(), str(instance_file))
+            instance = decode_id_map(instance_file.read_bytes(), str(instance_file))
         photo = _find_photo(Path(images_dir), file.stem, file) if images_dir is not None else None
         synthesizer.check(label, str(file), instance, edges_from_labels)
         codes = None
