@@ -47,14 +47,7 @@ from dagan.schedule import total_steps as planned_steps
 from dagan.train.callbacks import NullLogger, Progress, StartReport, StepReport, TrainingLogger, log
 from dagan.train.signals import StopSignals, ignore_stop_signals, stop_signals_blocked
 from dagan.train.state import TrainingState, build_state
-from dagan.train.steps import (
-    LossWeights,
-    NonFiniteLossError,
-    NonFiniteWeightsError,
-    calibration_fake,
-    d_step,
-    g_step,
-)
+from dagan.train.steps import NonFiniteLossError, NonFiniteWeightsError, calibration_fake, d_step, g_step
 from dagan.visualize import sample_grid
 
 SAMPLE_ROWS = 4  # rows of the training's sample grids
@@ -134,7 +127,6 @@ def _train(config: Config, logger: TrainingLogger, resume: str | Path | None, co
     last_checkpoint = resume_path
     logger.on_start(StartReport(step, total_steps, resume_path, changes))
 
-    weights = LossWeights.from_config(config.loss)
     progress = Progress(total_steps, step, opts.log_every, enabled=context.is_main)
     metrics: dict[str, float] = {}
     interval_seconds, interval_steps, run_seconds, run_steps = 0.0, 0, 0.0, 0
@@ -164,10 +156,8 @@ def _train(config: Config, logger: TrainingLogger, resume: str | Path | None, co
                 lr_g = set_learning_rate(state.optimizer_g, opts.lr_g, factor)
                 lr_d = set_learning_rate(state.optimizer_d, opts.lr_d, factor)
                 try:
-                    g_losses, fake = g_step(state.generator, state.discriminator, state.optimizer_g, semantic,
-                                            real, weights, state.scaler, state.vgg, state.precision, context)
-                    d_losses = d_step(state.generator, state.discriminator, state.optimizer_d, semantic, real,
-                                      state.scaler, state.precision, context)
+                    g_losses, fake = g_step(state, semantic, real)
+                    d_losses = d_step(state, semantic, real)
                 except NonFiniteLossError as err:
                     raise NonFiniteLossError(
                         f"non-finite loss at step {step + 1}: {err}; the run stopped before applying this "
