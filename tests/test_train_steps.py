@@ -14,6 +14,7 @@ from dagan.labels import semantic_input
 from dagan.perceptual import VGG19Features
 from dagan.schedule import lr_factor, set_learning_rate
 from dagan.train import LossWeights, NonFiniteLossError, TrainingState, d_step, g_step
+from dagan.train.plan import TrainingPlan
 
 SEMANTIC_NC = NUM_CLASSES + 1
 
@@ -119,6 +120,22 @@ def test_set_learning_rate_scales_every_group():
     optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     assert set_learning_rate(optimizer, 4e-4, 0.5) == pytest.approx(2e-4)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(2e-4)
+
+
+def test_training_plan_says_what_falls_due_after_each_step(tmp_path):
+    config = tiny_config(tmp_path, tmp_path / "out", epochs=2, epochs_decay=1, max_steps=11, log_every=4,
+                         sample_every=3, checkpoint_every=5, lr_schedule="linear")
+    plan = TrainingPlan.from_config(config.train, steps_per_epoch=4)
+    assert plan.total_steps == 11  # max_steps caps the 3 epochs' 12
+    assert [plan.epoch(step) for step in (0, 3, 4, 10)] == [0, 0, 1, 2]
+    assert [plan.lr_factor(step) for step in (7, 8, 10)] == pytest.approx([1.0, 1.0, 0.5])
+    assert [step for step in range(1, 12) if plan.needs_logging(step)] == [4, 8, 11]  # and the last step
+    assert [step for step in range(1, 12) if plan.needs_samples(step)] == [3, 6, 9]
+    assert [step for step in range(1, 12) if plan.needs_checkpoint(step, stopping=False)] == [5, 10]
+    assert [step for step in (3, 11) if plan.needs_checkpoint(step, stopping=True)] == [3]  # the last: final.pt
+    assert [plan.is_complete(step) for step in (10, 11)] == [False, True]
+    no_samples = TrainingPlan.from_config(tiny_config(tmp_path, tmp_path / "out", sample_every=0).train, 4)
+    assert not any(no_samples.needs_samples(step) for step in range(1, 9))
 
 
 def test_ema_tracks_the_average_and_copies_buffers():

@@ -1,4 +1,5 @@
-"""Training of DAGAN: G/D steps (:mod:`.steps`), state (:mod:`.state`), loop (:mod:`.loop`)."""
+"""Training of DAGAN: the loop (:mod:`.loop`) over batches (:mod:`.batches`) per a plan (:mod:`.plan`), the
+G/D steps (:mod:`.steps`) on the training state (:mod:`.state`)."""
 
 from dagan.train.callbacks import NullLogger, StartReport, StepReport, TrainingLogger
 from dagan.train.loop import TrainResult, train
