@@ -95,14 +95,15 @@ def build(spec: dict[str, Any]):
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Time ``spec["repeats"]`` iterations after ``spec["warmup"]``; also G forward+backward alone."""
     from dagan.generator import run_generator
-    from dagan.train.steps import LossWeights, d_step, g_step
+    from dagan.train.state import LossWeights
+    from dagan.train.steps import d_step, g_step
 
     common.apply_allocator(spec["allocator"])
     if spec["device"] == "cpu":
         torch.set_num_threads(spec["threads"])
     config, state, semantic, real, device = build(spec)
-    weights = LossWeights(gan=config.loss.lambda_gan, feat=config.loss.lambda_feat, vgg=PERCEPTUAL_WEIGHT,
-                          att=config.loss.lambda_att)
+    state.weights = LossWeights(gan=config.loss.lambda_gan, feat=config.loss.lambda_feat, vgg=PERCEPTUAL_WEIGHT,
+                                att=config.loss.lambda_att)
     cuda = device.type == "cuda"
 
     def sync() -> None:
@@ -111,11 +112,10 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
 
     def iteration() -> tuple[float, float]:
         start = time.perf_counter()
-        g_step(state.generator, state.discriminator, state.optimizer_g, semantic, real, weights, state.scaler,
-               state.vgg, state.precision)
+        g_step(state, semantic, real)
         sync()
         middle = time.perf_counter()
-        d_step(state.generator, state.discriminator, state.optimizer_d, semantic, real, state.scaler, state.precision)
+        d_step(state, semantic, real)
         sync()
         return middle - start, time.perf_counter() - middle
 

@@ -32,7 +32,7 @@ from dagan.nn.conv import Conv2d, conv3x3_as_gemm
 from dagan.nn.spade import SPADE
 from dagan.nn.spectral import spectral_norm
 from dagan.perceptual import VGG19Features
-from dagan.train import LossWeights, g_step
+from dagan.train import LossWeights, TrainingState, g_step
 
 SEMANTIC_NC = 6
 FLOAT64_REL = 1e-9
@@ -300,7 +300,8 @@ def test_g_step_equals_the_concatenated_discriminator_pass(kind):
     opt_ref = torch.optim.SGD(copies[0].parameters(), lr=0.1)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
 
-    losses, _ = g_step(generator, discriminator, opt_fast, semantic, real, weights, scaler, vgg=vgg)
+    state = TrainingState(generator, discriminator, opt_fast, None, scaler, vgg=vgg, weights=weights)  # G step only
+    losses, _ = g_step(state, semantic, real)
     expected = reference_g_step(*copies, opt_ref, semantic, real, weights, vgg)
     for name, value in expected.items():
         assert losses[name] == pytest.approx(value, rel=1e-6), name  # g_step reports float32 values

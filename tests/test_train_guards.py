@@ -83,12 +83,12 @@ def test_the_checkpoint_named_as_last_good_is_good(prepared, tmp_path, monkeypat
     real_d_step = dagan.train.loop.d_step
     calls = []
 
-    def poisoning_d_step(generator, discriminator, *args, **kwargs):  # step 3's update makes a G weight Inf
-        losses = real_d_step(generator, discriminator, *args, **kwargs)
+    def poisoning_d_step(state, *args, **kwargs):  # step 3's update makes a G weight Inf
+        losses = real_d_step(state, *args, **kwargs)
         calls.append(1)
         if len(calls) == 3:
             with torch.no_grad():
-                next(generator.parameters()).view(-1)[0] = float("inf")
+                next(state.generator.parameters()).view(-1)[0] = float("inf")
         return losses
 
     monkeypatch.setattr(dagan.train.loop, "d_step", poisoning_d_step)

@@ -13,7 +13,8 @@ from dagan.generator import build_generator
 from dagan.labels import semantic_input
 from dagan.perceptual import VGG19Features
 from dagan.schedule import lr_factor, set_learning_rate
-from dagan.train import LossWeights, NonFiniteLossError, d_step, g_step
+from dagan.train import LossWeights, NonFiniteLossError, TrainingState, d_step, g_step
+from dagan.train.plan import TrainingPlan
 
 SEMANTIC_NC = NUM_CLASSES + 1
 
@@ -31,7 +32,8 @@ def parts(tmp_path):
     opt_g = torch.optim.Adam(generator.parameters(), lr=1e-4, betas=(0.0, 0.9))
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=4e-4, betas=(0.0, 0.9))
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    return generator, discriminator, opt_g, opt_d, semantic, real, scaler
+    state = TrainingState(generator, discriminator, opt_g, opt_d, scaler, weights=LossWeights(1.0, 10.0, 0.0))
+    return state, semantic, real
 
 
 def _snapshot(module):
@@ -39,9 +41,10 @@ def _snapshot(module):
 
 
 def test_g_step_freezes_discriminator_and_updates_generator(parts):
-    generator, discriminator, opt_g, _, semantic, real, scaler = parts
+    state, semantic, real = parts
+    generator, discriminator = state.generator, state.discriminator
     d_before, g_before = _snapshot(discriminator), _snapshot(generator)
-    losses, fake = g_step(generator, discriminator, opt_g, semantic, real, LossWeights(1.0, 10.0, 0.0), scaler)
+    losses, fake = g_step(state, semantic, real)
     assert set(losses) == {"g_gan", "g_feat", "g_total"}
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
     assert losses["g_total"] == pytest.approx(losses["g_gan"] + 10.0 * losses["g_feat"], rel=1e-5)
@@ -55,10 +58,11 @@ def test_g_step_freezes_discriminator_and_updates_generator(parts):
 
 
 def test_d_step_updates_only_discriminator(parts):
-    generator, discriminator, _, opt_d, semantic, real, scaler = parts
+    state, semantic, real = parts
+    generator, discriminator = state.generator, state.discriminator
     g_weights = {k: v for k, v in _snapshot(generator).items() if "running" not in k and "num_batches" not in k}
     d_before = _snapshot(discriminator)
-    losses = d_step(generator, discriminator, opt_d, semantic, real, scaler)
+    losses = d_step(state, semantic, real)
     assert set(losses) == {"d_real", "d_fake"} and all(v >= 0 for v in losses.values())
     assert all(p.grad is None for p in generator.parameters())
     g_after = _snapshot(generator)
@@ -67,25 +71,27 @@ def test_d_step_updates_only_discriminator(parts):
 
 
 def test_g_step_with_perceptual_loss_uses_the_vgg_passed_in(parts):
-    generator, discriminator, opt_g, _, semantic, real, scaler = parts
+    state, semantic, real = parts
     layers = [torch.nn.Conv2d(3, 4, 3, padding=1)] + [torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3, padding=1)] * 15
     extractor = VGG19Features(torch.nn.Sequential(*layers))  # random, tiny: the slicing of VGG19 on 31 layers
-    losses, _ = g_step(generator, discriminator, opt_g, semantic, real, LossWeights(1.0, 10.0, 10.0), scaler,
-                       vgg=extractor)
+    state.weights = LossWeights(1.0, 10.0, 10.0)
+    state.vgg = extractor
+    losses, _ = g_step(state, semantic, real)
     assert losses["g_vgg"] > 0
     assert losses["g_total"] == pytest.approx(losses["g_gan"] + 10 * losses["g_feat"] + 10 * losses["g_vgg"], rel=1e-5)
+    state.vgg = None
     with pytest.raises(ValueError, match="lambda_vgg"):
-        g_step(generator, discriminator, opt_g, semantic, real, LossWeights(1.0, 10.0, 10.0), scaler)
+        g_step(state, semantic, real)
 
 
 def test_non_finite_loss_is_refused_before_the_update(parts):
-    generator, discriminator, opt_g, _, semantic, real, scaler = parts
-    before = _snapshot(generator)
+    state, semantic, real = parts
+    before = _snapshot(state.generator)
     real = real.clone()
     real[0, 0, 0, 0] = float("nan")
     with pytest.raises(NonFiniteLossError, match="g_feat=nan"):
-        g_step(generator, discriminator, opt_g, semantic, real, LossWeights(1.0, 10.0, 0.0), scaler)
-    after = _snapshot(generator)
+        g_step(state, semantic, real)
+    after = _snapshot(state.generator)
     assert all(torch.equal(before[k], after[k]) for k in before if "weight_orig" in k or "bias" in k)
 
 
@@ -114,6 +120,22 @@ def test_set_learning_rate_scales_every_group():
     optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     assert set_learning_rate(optimizer, 4e-4, 0.5) == pytest.approx(2e-4)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(2e-4)
+
+
+def test_training_plan_says_what_falls_due_after_each_step(tmp_path):
+    config = tiny_config(tmp_path, tmp_path / "out", epochs=2, epochs_decay=1, max_steps=11, log_every=4,
+                         sample_every=3, checkpoint_every=5, lr_schedule="linear")
+    plan = TrainingPlan.from_config(config.train, steps_per_epoch=4)
+    assert plan.total_steps == 11  # max_steps caps the 3 epochs' 12
+    assert [plan.epoch(step) for step in (0, 3, 4, 10)] == [0, 0, 1, 2]
+    assert [plan.lr_factor(step) for step in (7, 8, 10)] == pytest.approx([1.0, 1.0, 0.5])
+    assert [step for step in range(1, 12) if plan.needs_logging(step)] == [4, 8, 11]  # and the last step
+    assert [step for step in range(1, 12) if plan.needs_samples(step)] == [3, 6, 9]
+    assert [step for step in range(1, 12) if plan.needs_checkpoint(step, stopping=False)] == [5, 10]
+    assert [step for step in (3, 11) if plan.needs_checkpoint(step, stopping=True)] == [3]  # the last: final.pt
+    assert [plan.is_complete(step) for step in (10, 11)] == [False, True]
+    no_samples = TrainingPlan.from_config(tiny_config(tmp_path, tmp_path / "out", sample_every=0).train, 4)
+    assert not any(no_samples.needs_samples(step) for step in range(1, 9))
 
 
 def test_ema_tracks_the_average_and_copies_buffers():
@@ -147,11 +169,12 @@ def test_steps_work_for_every_generator_and_discriminator(tmp_path, generator_ki
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=4e-4, betas=(0.0, 0.9))
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     d_before = _snapshot(discriminator)
-    losses, _ = g_step(generator, discriminator, opt_g, semantic, real, LossWeights(1.0, 10.0, 0.0), scaler)
+    state = TrainingState(generator, discriminator, opt_g, opt_d, scaler, weights=LossWeights(1.0, 10.0, 0.0))
+    losses, _ = g_step(state, semantic, real)
     assert set(losses) == {"g_gan", "g_feat", "g_total"} and losses["g_feat"] > 0
     assert all(torch.equal(v, _snapshot(discriminator)[k]) for k, v in d_before.items() if not k.endswith(("_u", "_v")))
     assert all(p.grad is not None for p in generator.parameters() if p.requires_grad)
-    losses = d_step(generator, discriminator, opt_d, semantic, real, scaler)
+    losses = d_step(state, semantic, real)
     assert set(losses) == {"d_real", "d_fake"} and all(v >= 0 for v in losses.values())
 
 

@@ -27,8 +27,8 @@ from dagan.official.convert import import_discriminator, import_generator, offic
 from dagan.official.reference import Reference
 from dagan.perceptual import VGG19Features
 from dagan.presets import get_preset
-from dagan.train.state import build_optimizers
-from dagan.train.steps import LossWeights, d_step, g_step
+from dagan.train.state import LossWeights, TrainingState, build_optimizers
+from dagan.train.steps import d_step, g_step
 
 ITERATIONS = 2
 # Official loss name -> (our loss name, the lambda the official value includes).
@@ -129,11 +129,12 @@ def _train_iterations(reference: Reference, config: Config, semantic: torch.Tens
     optimizer_g, optimizer_d = build_optimizers(generator, discriminator, config.train, torch.device("cpu"))
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     weights = LossWeights.from_config(config.loss)
+    state = TrainingState(generator, discriminator, optimizer_g, optimizer_d, scaler, vgg=vgg, weights=weights)
     lambdas = {"lambda_gan": weights.gan, "lambda_feat": weights.feat, "lambda_vgg": weights.vgg}
     losses = []
     for _ in range(ITERATIONS):
-        values, _ = g_step(generator, discriminator, optimizer_g, semantic, real, weights, scaler, vgg)
-        values.update(d_step(generator, discriminator, optimizer_d, semantic, real, scaler))
+        values, _ = g_step(state, semantic, real)
+        values.update(d_step(state, semantic, real))
         losses.append({official: values[ours] * (lambdas[factor] if factor else 1.0)
                        for official, (ours, factor) in LOSS_NAMES.items()})
     return losses, generator

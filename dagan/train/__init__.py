@@ -1,16 +1,10 @@
-"""Training of DAGAN: G/D steps (:mod:`.steps`), state (:mod:`.state`), loop (:mod:`.loop`)."""
+"""Training of DAGAN: the loop (:mod:`.loop`) over batches (:mod:`.batches`) per a plan (:mod:`.plan`), the
+G/D steps (:mod:`.steps`) on the training state (:mod:`.state`)."""
 
 from dagan.train.callbacks import NullLogger, StartReport, StepReport, TrainingLogger
 from dagan.train.loop import TrainResult, train
-from dagan.train.steps import (
-    LossWeights,
-    NonFiniteError,
-    NonFiniteLossError,
-    NonFiniteWeightsError,
-    Precision,
-    d_step,
-    g_step,
-)
+from dagan.train.state import LossWeights, Precision, TrainingState
+from dagan.train.steps import NonFiniteError, NonFiniteLossError, NonFiniteWeightsError, d_step, g_step
 
 __all__ = ["LossWeights", "NonFiniteError", "NonFiniteLossError", "NonFiniteWeightsError", "NullLogger", "Precision",
-           "StartReport", "StepReport", "TrainResult", "TrainingLogger", "d_step", "g_step", "train"]
+           "StartReport", "StepReport", "TrainResult", "TrainingLogger", "TrainingState", "d_step", "g_step", "train"]

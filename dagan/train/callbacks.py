@@ -1,4 +1,4 @@
-"""How training talks to the outside: a logger protocol, step reports and console progress.
+"""How training talks to the outside: a logger protocol, step reports, throughput and console progress.
 
 The library never imports a tracking system. Callers pass an object with the methods of
 :class:`TrainingLogger` (MLflow in ``components.train``, Ray Tune's report in
@@ -84,6 +84,32 @@ class NullLogger:
 
     def should_stop(self, report: StepReport) -> bool:
         return False
+
+
+class Throughput:
+    """Seconds per step and images per second, over this process's steps of the run and over the steps
+    since the last logged metrics (a resumed run counts from its first step)."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size  # the global batch
+        self.run_seconds, self.run_steps = 0.0, 0
+        self.interval_seconds, self.interval_steps = 0.0, 0
+
+    def add(self, seconds: float) -> None:
+        """One more step, which took ``seconds``."""
+        self.interval_seconds, self.interval_steps = self.interval_seconds + seconds, self.interval_steps + 1
+        self.run_seconds, self.run_steps = self.run_seconds + seconds, self.run_steps + 1
+
+    def of_run(self) -> dict[str, float]:
+        return {"seconds_per_step": self.run_seconds / self.run_steps,
+                "images_per_second": self.batch_size * self.run_steps / self.run_seconds}
+
+    def of_interval(self) -> dict[str, float]:
+        """Over the steps since the last call (or the start); starts the next interval."""
+        rates = {"seconds_per_step": self.interval_seconds / self.interval_steps,
+                 "images_per_second": self.batch_size * self.interval_steps / self.interval_seconds}
+        self.interval_seconds, self.interval_steps = 0.0, 0
+        return rates
 
 
 class Progress:

@@ -1,29 +1,30 @@
 """The training loop: one function for a single process and for torchrun DDP.
 
-Per step: learning rates from the schedule, one G update (D frozen), one D update, the EMA
-update, then (rank 0 only) logging, sample grids and checkpoints. A run resumes from the
-newest checkpoint in ``train.out_dir`` (or an explicit one) and reproduces the uninterrupted
-run: the checkpoint holds every state, the data order and augmentation are functions of
-(seed, epoch, index), and the sampler starts mid-epoch at the saved step; the config may
-change only as :mod:`dagan.train.resume` allows. A new run may start from the weights of another
-checkpoint (``train.init_from``, e.g. an imported official model). SIGTERM (preemption), SIGINT
-(Ctrl-C) or a ``should_stop`` request ends the run after the current step with a checkpoint
-(:mod:`dagan.train.signals`). A non-finite loss stops the run before its update is applied, and
-the weights are checked after every update (:mod:`dagan.finite`); nothing non-finite is ever
-written, so the last checkpoint named as good is good.
+:func:`train` builds the run's parts, each from its own module: the batches
+(:mod:`dagan.train.batches`), the plan of steps (:mod:`dagan.train.plan`) and the training state
+(:mod:`dagan.train.state`); it resumes, then calls :meth:`_Run.train_step` until the plan is
+complete or a stop is voted. A step sets the learning rates from the schedule, makes one G
+update (D frozen) and one D update (:mod:`dagan.train.steps`, paper Eq. 10) and the EMA update;
+then (rank 0 only) come the metrics, sample grids and checkpoints that are due. A run resumes
+from the newest checkpoint in ``train.out_dir`` (or an explicit one) and reproduces the
+uninterrupted run: the checkpoint holds every state, the data order and augmentation are
+functions of (seed, epoch, index), and the sampler starts mid-epoch at the saved step; the
+config may change only as :mod:`dagan.train.resume` allows. A new run may start from the weights
+of another checkpoint (``train.init_from``, e.g. an imported official model). SIGTERM
+(preemption), SIGINT (Ctrl-C) or a ``should_stop`` request ends the run after the current step
+with a checkpoint (:mod:`dagan.train.signals`). A non-finite loss stops the run before its update
+is applied, and the weights are checked after every update (:mod:`dagan.finite`); nothing
+non-finite is ever written, so the last checkpoint named as good is good.
 """
 
 from __future__ import annotations
 
-import functools
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 from dagan.checkpoint import (
     FINAL_NAME,
@@ -37,27 +38,20 @@ from dagan.checkpoint import (
     step_path,
 )
 from dagan.config import Config
-from dagan.data import Manifest, PairedDataset, read_manifest
-from dagan.distributed import DistributedContext, ResumableDistributedSampler, all_ranks_sum, setup, teardown, unwrap
+from dagan.distributed import DistributedContext, all_ranks_sum, setup, teardown, unwrap
 from dagan.eval.visualize import sample_grid
 from dagan.finite import all_finite, describe_non_finite, module_tensors, non_finite_tensors
 from dagan.heap import reuse_freed_memory
-from dagan.labels import semantic_input
-from dagan.schedule import lr_factor, set_learning_rate
-from dagan.schedule import total_steps as planned_steps
-from dagan.train.callbacks import NullLogger, Progress, StartReport, StepReport, TrainingLogger, log
-from dagan.train.signals import StopSignals, ignore_stop_signals, stop_signals_blocked
+from dagan.schedule import set_learning_rate
+from dagan.train.batches import TrainingBatches
+from dagan.train.callbacks import NullLogger, Progress, StartReport, StepReport, Throughput, TrainingLogger, log
+from dagan.train.plan import TrainingPlan
+from dagan.train.signals import StopSignals
 from dagan.train.state import TrainingState, build_state
-from dagan.train.steps import (
-    LossWeights,
-    NonFiniteLossError,
-    NonFiniteWeightsError,
-    calibration_fake,
-    d_step,
-    g_step,
-)
+from dagan.train.steps import NonFiniteLossError, NonFiniteWeightsError, calibration_fake, d_step, g_step
 
 SAMPLE_ROWS = 4  # rows of the training's sample grids
+_ADVICE = "Lower the learning rates (train.lr_g / train.lr_d) or use train.amp=off"
 
 
 @dataclass
@@ -82,6 +76,34 @@ def train(config: Config, logger: TrainingLogger | None = None, resume: str | Pa
                           context, signals)
     finally:
         teardown(context)
+
+
+def _train(config: Config, logger: TrainingLogger, resume: str | Path | None, context: DistributedContext,
+           signals: StopSignals) -> TrainResult:
+    batches = TrainingBatches(config, context)
+    manifest = batches.manifest
+    plan = TrainingPlan.from_config(config.train, batches.steps_per_epoch)
+    state = build_state(config, manifest.semantic_nc, context, manifest.num_label_channels)
+    resumed_from, step, changes = _resume(state, config, manifest.semantic_nc, resume, context)
+    logger.on_start(StartReport(step, plan.total_steps, resumed_from, changes))
+    run = _Run(config, context, logger, signals, state, batches, plan, step, resumed_from,
+               Progress(plan.total_steps, step, config.train.log_every, enabled=context.is_main),
+               Throughput(config.train.batch_size))
+    if context.is_main:
+        log.info("training %d steps (%d per epoch, global batch %d on %d process(es), %s)", plan.total_steps,
+                 plan.steps_per_epoch, config.train.batch_size, context.world_size, context.device)
+    try:
+        while not run.is_over:
+            for batch in batches.from_step(run.step):
+                run.train_step(batch)
+                if run.is_over:
+                    break
+        if run.stop_reason is None:
+            run.write_final_checkpoint()
+    finally:
+        run.progress.close()
+    return TrainResult(run.step, plan.total_steps, run.metrics, run.last_checkpoint, run.stop_reason is not None,
+                       resumed_from, run.stop_reason)
 
 
 def _resume(state: TrainingState, config: Config, semantic_nc: int, resume: str | Path | None,
@@ -111,169 +133,124 @@ def _resume(state: TrainingState, config: Config, semantic_nc: int, resume: str 
     return path, checkpoint["step"], changes
 
 
-def _train(config: Config, logger: TrainingLogger, resume: str | Path | None, context: DistributedContext,
-           signals: StopSignals):
-    opts = config.train
-    device = context.device
-    manifest = read_manifest(config.dataset.prepared_dir)
-    _calibration_dataset.cache_clear()  # built once per run, at the first checkpoint
-    dataset = PairedDataset(config.dataset.prepared_dir, "train", crop_size=config.dataset.crop_size,
-                            aspect_ratio=config.dataset.aspect_ratio, train=True, flip=config.dataset.flip,
-                            seed=opts.seed)
-    sampler = ResumableDistributedSampler(dataset, context, opts.batch_size, opts.seed)
-    loader_generator = torch.Generator()
-    loader = DataLoader(dataset, batch_size=sampler.batch_per_rank, sampler=sampler, drop_last=True,
-                        num_workers=config.dataset.num_workers, pin_memory=device.type == "cuda",
-                        generator=loader_generator, worker_init_fn=ignore_stop_signals)
-    steps_per_epoch = sampler.steps_per_epoch
-    total_steps = planned_steps(steps_per_epoch, opts.epochs, opts.epochs_decay, opts.max_steps)
+@dataclass
+class _Run:
+    """A run in progress in this process: the parts it trains with and how far it has come."""
 
-    state = build_state(config, manifest.semantic_nc, context, manifest.num_label_channels)
-    out_dir = Path(opts.out_dir)
-    resume_path, step, changes = _resume(state, config, manifest.semantic_nc, resume, context)
-    last_checkpoint = resume_path
-    logger.on_start(StartReport(step, total_steps, resume_path, changes))
+    config: Config
+    context: DistributedContext
+    logger: TrainingLogger  # a NullLogger on the ranks other than 0
+    signals: StopSignals
+    state: TrainingState
+    batches: TrainingBatches
+    plan: TrainingPlan
+    step: int  # steps done
+    last_checkpoint: Path | None  # the last checkpoint written or resumed from
+    progress: Progress
+    throughput: Throughput
+    metrics: dict[str, float] = field(default_factory=dict)  # the last step's losses, learning rates, throughput
+    stop_reason: str | None = None  # set when a signal or should_stop ends the run before the plan's last step
 
-    weights = LossWeights.from_config(config.loss)
-    progress = Progress(total_steps, step, opts.log_every, enabled=context.is_main)
-    metrics: dict[str, float] = {}
-    interval_seconds, interval_steps, run_seconds, run_steps = 0.0, 0, 0.0, 0
-    stopped_early, stop_reason = False, None
-    if context.is_main:
-        log.info("training %d steps (%d per epoch, global batch %d on %d process(es), %s)",
-                 total_steps, steps_per_epoch, opts.batch_size, context.world_size, device)
-    try:
-        while step < total_steps and not stopped_early:
-            epoch = step // steps_per_epoch
-            sampler.set_epoch(epoch)
-            sampler.set_start_step(step - epoch * steps_per_epoch)
-            dataset.set_epoch(epoch)
-            loader_generator.manual_seed(opts.seed * 100_003 + epoch)
-            with stop_signals_blocked():  # workers start with the signals held back (dagan.train.signals)
-                batches = iter(loader)
-            for batch in batches:
-                started = time.perf_counter()
-                label = batch["label"].to(device, non_blocking=True)
-                instance = batch["instance"].to(device, non_blocking=True) if manifest.has_instance else None
-                semantic = semantic_input(label, manifest.num_label_channels, instance)
-                real = batch["image"].to(device, non_blocking=True)
-                if opts.channels_last:
-                    semantic = semantic.contiguous(memory_format=torch.channels_last)
-                    real = real.contiguous(memory_format=torch.channels_last)
-                factor = lr_factor(step, steps_per_epoch, opts.epochs, opts.epochs_decay, opts.lr_schedule)
-                lr_g = set_learning_rate(state.optimizer_g, opts.lr_g, factor)
-                lr_d = set_learning_rate(state.optimizer_d, opts.lr_d, factor)
-                try:
-                    g_losses, fake = g_step(state.generator, state.discriminator, state.optimizer_g, semantic,
-                                            real, weights, state.scaler, state.vgg, state.precision, context)
-                    d_losses = d_step(state.generator, state.discriminator, state.optimizer_d, semantic, real,
-                                      state.scaler, state.precision, context)
-                except NonFiniteLossError as err:
-                    raise NonFiniteLossError(
-                        f"non-finite loss at step {step + 1}: {err}; the run stopped before applying this "
-                        f"update and wrote no checkpoint for it; last good checkpoint: "
-                        f"{last_checkpoint or 'none was written yet'}. {_ADVICE}"
-                    ) from None
-                if not all_finite(module_tensors(state.generator, state.discriminator)):
-                    raise NonFiniteWeightsError(
-                        f"the update of step {step + 1} made weights NaN/Inf (its losses were finite: "
-                        f"{_losses(g_losses, d_losses)}); no checkpoint holds them; last good checkpoint: "
-                        f"{last_checkpoint or 'none was written yet'}. {_ADVICE}")
-                if state.ema is not None:
-                    state.ema.update(unwrap(state.generator), step + 1)
-                step += 1
-                seconds = time.perf_counter() - started
-                interval_seconds, interval_steps = interval_seconds + seconds, interval_steps + 1
-                run_seconds, run_steps = run_seconds + seconds, run_steps + 1
-                losses = {**g_losses, **d_losses}
-                metrics = {**losses, "lr_g": lr_g, "lr_d": lr_d,
-                           "seconds_per_step": run_seconds / run_steps,
-                           "images_per_second": opts.batch_size * run_steps / run_seconds}
-                progress.update(step, losses)
-                if step % opts.log_every == 0 or step == total_steps:
-                    logger.log_metrics(step, {
-                        **{f"loss/{k}": v for k, v in losses.items()}, "lr/g": lr_g, "lr/d": lr_d,
-                        "perf/seconds_per_step": interval_seconds / interval_steps,
-                        "perf/images_per_second": opts.batch_size * interval_steps / interval_seconds,
-                    })
-                    interval_seconds, interval_steps = 0.0, 0
-                if context.is_main and opts.sample_every > 0 and step % opts.sample_every == 0:
-                    rows = slice(0, SAMPLE_ROWS)
-                    logger.log_images(step, "samples", sample_grid(batch["label"][rows], fake[rows], real[rows],
-                                                                   manifest.class_colors))
-                stop = context.is_main and logger.should_stop(
-                    StepReport(step, step // steps_per_epoch, total_steps, metrics, state.eval_generator))
-                flags = [float(signals.received is not None), float(stop)]
-                if context.distributed:  # every rank stops at the same step
-                    flags = all_ranks_sum(torch.tensor(flags, device=device), context).tolist()
-                stopped_early = sum(flags) > 0 and step < total_steps
-                stop_reason = signals.received or ("should_stop" if flags[1] > 0 else "signal (another rank)")
-                if step < total_steps and (stopped_early or step % opts.checkpoint_every == 0):
-                    last_checkpoint = _write(state, config, manifest, step, steps_per_epoch,
-                                             step_path(out_dir, step), context, logger)
-                    if context.is_main:
-                        prune_checkpoints(out_dir, opts.keep_last)
-                if stopped_early and context.is_main:
-                    log.warning("%s: stopped at step %d/%d; checkpoint %s", stop_reason, step, total_steps,
-                                last_checkpoint)
-                if stopped_early or step >= total_steps:
-                    break
-        final = checkpoint_dir(out_dir) / FINAL_NAME
-        if not stopped_early and (run_steps > 0 or not final.is_file()):
-            last_checkpoint = _write(state, config, manifest, step, steps_per_epoch, final,
-                                     context, logger)
-    finally:
-        progress.close()
-    return TrainResult(step, total_steps, metrics, last_checkpoint, stopped_early, resume_path,
-                       stop_reason if stopped_early else None)
+    @property
+    def is_over(self) -> bool:
+        return self.plan.is_complete(self.step) or self.stop_reason is not None
 
+    def train_step(self, batch: dict[str, Any]) -> None:
+        """One step on ``batch``: both updates, then what falls due after it."""
+        started = time.perf_counter()
+        semantic, real = self.batches.model_inputs(batch)
+        losses, fake, rates = self._update(semantic, real)
+        self.step += 1
+        self.throughput.add(time.perf_counter() - started)
+        self._report(losses, rates)
+        if self.context.is_main and self.plan.needs_samples(self.step):
+            self._log_samples(batch["label"], fake, real)
+        self._vote_on_stopping()
+        if self.plan.needs_checkpoint(self.step, stopping=self.stop_reason is not None):
+            self._write_checkpoint(step_path(self.config.train.out_dir, self.step))
+            if self.context.is_main:
+                prune_checkpoints(self.config.train.out_dir, self.config.train.keep_last)
+        if self.stop_reason is not None and self.context.is_main:
+            log.warning("%s: stopped at step %d/%d; checkpoint %s", self.stop_reason, self.step,
+                        self.plan.total_steps, self.last_checkpoint)
 
-_ADVICE = "Lower the learning rates (train.lr_g / train.lr_d) or use train.amp=off"
+    def _update(self, semantic: torch.Tensor,
+                real: torch.Tensor) -> tuple[dict[str, float], torch.Tensor, dict[str, float]]:
+        """The step's learning rates, the G then the D update, the check of the new weights and the EMA
+        update: (losses, G's fake batch, learning rates {"g", "d"})."""
+        state, train = self.state, self.config.train
+        factor = self.plan.lr_factor(self.step)
+        rates = {"g": set_learning_rate(state.optimizer_g, train.lr_g, factor),
+                 "d": set_learning_rate(state.optimizer_d, train.lr_d, factor)}
+        try:
+            g_losses, fake = g_step(state, semantic, real)
+            losses = {**g_losses, **d_step(state, semantic, real)}
+        except NonFiniteLossError as err:
+            raise NonFiniteLossError(
+                f"non-finite loss at step {self.step + 1}: {err}; the run stopped before applying this update and "
+                f"wrote no checkpoint for it; last good checkpoint: {self._last_good()}. {_ADVICE}"
+            ) from None
+        if not all_finite(module_tensors(state.generator, state.discriminator)):
+            described = ", ".join(f"{name}={value:.4g}" for name, value in losses.items())
+            raise NonFiniteWeightsError(
+                f"the update of step {self.step + 1} made weights NaN/Inf (its losses were finite: {described}); no "
+                f"checkpoint holds them; last good checkpoint: {self._last_good()}. {_ADVICE}")
+        if state.ema is not None:
+            state.ema.update(unwrap(state.generator), self.step + 1)
+        return losses, fake, rates
 
+    def _last_good(self) -> str:
+        return str(self.last_checkpoint or "none was written yet")
 
-def _losses(*parts: dict[str, float]) -> str:
-    return ", ".join(f"{name}={value:.4g}" for part in parts for name, value in part.items())
+    def _report(self, losses: dict[str, float], rates: dict[str, float]) -> None:
+        """The step's metrics to the progress bar and, when logging is due, to the logger."""
+        self.metrics = {**losses, "lr_g": rates["g"], "lr_d": rates["d"], **self.throughput.of_run()}
+        self.progress.update(self.step, losses)
+        if self.plan.needs_logging(self.step):
+            self.logger.log_metrics(self.step, {
+                **{f"loss/{name}": value for name, value in losses.items()}, "lr/g": rates["g"], "lr/d": rates["d"],
+                **{f"perf/{name}": value for name, value in self.throughput.of_interval().items()},
+            })
 
+    def _log_samples(self, label: torch.Tensor, fake: torch.Tensor, real: torch.Tensor) -> None:
+        """The sample grid label | fake | real of the step's first rows."""
+        rows = slice(0, SAMPLE_ROWS)
+        self.logger.log_images(self.step, "samples", sample_grid(label[rows], fake[rows], real[rows],
+                                                                 self.batches.manifest.class_colors))
 
-@functools.lru_cache(maxsize=1)
-def _calibration_dataset(prepared_dir: str, crop_size: int, aspect_ratio: float) -> PairedDataset:
-    """The training split without augmentation, built (and its shards hashed) once, not at every checkpoint."""
-    return PairedDataset(prepared_dir, "train", crop_size=crop_size, aspect_ratio=aspect_ratio, train=False,
-                         flip=False)
+    def _vote_on_stopping(self) -> None:
+        """After every step every rank votes (a stop signal received; on rank 0, the logger's ``should_stop``);
+        one vote stops every rank after this step, unless it was the last."""
+        requested = self.context.is_main and self.logger.should_stop(StepReport(
+            self.step, self.plan.epoch(self.step), self.plan.total_steps, self.metrics, self.state.eval_generator))
+        votes = [float(self.signals.received is not None), float(requested)]
+        if self.context.distributed:
+            votes = all_ranks_sum(torch.tensor(votes, device=self.context.device), self.context).tolist()
+        if sum(votes) > 0 and not self.plan.is_complete(self.step):
+            self.stop_reason = self.signals.received or ("should_stop" if votes[1] > 0 else "signal (another rank)")
 
+    def write_final_checkpoint(self) -> None:
+        """``final.pt`` after the last step (a resumed run with no step left writes it only when it is missing)."""
+        final = checkpoint_dir(self.config.train.out_dir) / FINAL_NAME
+        if self.throughput.run_steps > 0 or not final.is_file():
+            self._write_checkpoint(final)
 
-def _calibration_inputs(config: Config, manifest: Manifest,
-                        device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
-    """(semantic input, photo, noise seed) of the first ``train.ema_bn_batches`` training batches, in order, not
-    augmented (the photo is the style image of a style-encoding generator and the posterior of a ``vae``; the seed
-    draws a multimodal generator's noise: :func:`dagan.train.steps.calibration_fake`)."""
-    dataset = _calibration_dataset(str(config.dataset.prepared_dir), config.dataset.crop_size,
-                                   config.dataset.aspect_ratio)
-    loader = DataLoader(dataset, batch_size=config.train.batch_size, shuffle=False, num_workers=0)
-    for index, batch in zip(range(config.train.ema_bn_batches), loader, strict=False):
-        instance = batch["instance"].to(device) if manifest.has_instance else None
-        semantic = semantic_input(batch["label"].to(device), manifest.num_label_channels, instance)
-        photo = batch["image"].to(device)
-        if config.train.channels_last:
-            semantic, photo = (t.contiguous(memory_format=torch.channels_last) for t in (semantic, photo))
-        yield semantic, photo, config.train.seed + index
-
-
-def _write(state: TrainingState, config: Config, manifest: Manifest, step: int, steps_per_epoch: int, path: Path,
-           context: DistributedContext, logger: TrainingLogger) -> Path:
-    """Rank 0 writes the checkpoint atomically (recalibrating the EMA's batch norm first; never one with NaN/Inf
-    weights); every rank returns its path."""
-    if context.is_main:
-        if state.ema is not None and config.train.ema_bn_batches > 0:
-            state.ema.recalibrate_batch_norm(_calibration_inputs(config, manifest, context.device),
-                                             lambda module, batch: calibration_fake(module, *batch))
-        checkpoint = state.to_checkpoint(config, manifest.semantic_nc, step, step // steps_per_epoch)
-        bad = {**non_finite_tensors(checkpoint["generator"], "generator."),
-               **non_finite_tensors(checkpoint["discriminator"], "discriminator."),
-               **non_finite_tensors(checkpoint["ema"] or {}, "ema.")}
-        if bad:
-            raise NonFiniteWeightsError(f"step {step}: the weights hold {describe_non_finite(bad)}; {path} was not "
-                                        f"written. {_ADVICE}")
-        save_checkpoint(checkpoint, path)
-        logger.on_checkpoint(step, path)
-    return path
+    def _write_checkpoint(self, path: Path) -> None:
+        """Rank 0 writes the checkpoint atomically (recalibrating the EMA's batch norm first; never one with NaN/Inf
+        weights); every rank records it as the last one."""
+        if self.context.is_main:
+            state = self.state
+            if state.ema is not None and self.config.train.ema_bn_batches > 0:
+                state.ema.recalibrate_batch_norm(self.batches.calibration_inputs(),
+                                                 lambda module, batch: calibration_fake(module, *batch))
+            checkpoint = state.to_checkpoint(self.config, self.batches.manifest.semantic_nc, self.step,
+                                             self.plan.epoch(self.step))
+            bad = {**non_finite_tensors(checkpoint["generator"], "generator."),
+                   **non_finite_tensors(checkpoint["discriminator"], "discriminator."),
+                   **non_finite_tensors(checkpoint["ema"] or {}, "ema.")}
+            if bad:
+                raise NonFiniteWeightsError(f"step {self.step}: the weights hold {describe_non_finite(bad)}; {path} "
+                                            f"was not written. {_ADVICE}")
+            save_checkpoint(checkpoint, path)
+            self.logger.on_checkpoint(self.step, path)
+        self.last_checkpoint = path

@@ -1,15 +1,18 @@
-"""Everything a training run updates, built from the config, saved to and restored from a checkpoint.
+"""Everything a training step works with, built from the config, saved to and restored from a checkpoint.
 
 :func:`build_state` seeds the RNGs and creates G and D (initialised identically on every
 rank), the optional EMA copy of G, the DDP wrappers, both TTUR Adam optimisers, the
-GradScaler (active only for fp16) and, when ``loss.lambda_vgg > 0``, the VGG19 extractor
-(a missing-weights error stops the run with its message). A new run (not a resumed one) may
+GradScaler (active only for fp16), the autocast :class:`Precision`, the :class:`LossWeights`
+of paper Eq. 10 and, when ``loss.lambda_vgg > 0``, the VGG19 extractor (a missing-weights
+error stops the run with its message). The G and D steps (:mod:`dagan.train.steps`) take the
+:class:`TrainingState` as their one argument besides the batch. A new run (not a resumed one) may
 start from the weights of another checkpoint (``train.init_from``: a trained or an imported
 official model; :meth:`TrainingState.initialise_from`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +23,7 @@ import torch
 from torch import nn
 
 from dagan.checkpoint import FORMAT_VERSION, CheckpointError, rng_state
-from dagan.config import Config, TrainConfig
+from dagan.config import Config, LossConfig, TrainConfig
 from dagan.discriminator import build_discriminator
 from dagan.distributed import DistributedContext, unwrap, wrap_ddp
 from dagan.ema import ExponentialMovingAverage
@@ -28,9 +31,37 @@ from dagan.finite import describe_non_finite, non_finite_tensors
 from dagan.generator import build_generator
 from dagan.perceptual import build_vgg19
 from dagan.train.resume import resume_changes
-from dagan.train.steps import Precision
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """The lambdas of the generator's objective (paper Eq. 10; docs/MODEL.md, "Losses")."""
+
+    gan: float = 1.0
+    feat: float = 10.0
+    vgg: float = 0.0
+    att: float = 0.0  # CA2SIS attention loss; only generators that return cross-attention logits use it
+    kld: float = 0.05  # used by model.style=vae only
+
+    @classmethod
+    def from_config(cls, loss: LossConfig) -> LossWeights:
+        return cls(gan=loss.lambda_gan, feat=loss.lambda_feat, vgg=loss.lambda_vgg, att=loss.lambda_att,
+                   kld=loss.lambda_kld)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Autocast settings of a step: ``dtype`` None means full float32."""
+
+    device_type: str = "cpu"
+    dtype: torch.dtype | None = None
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
 
 
 @dataclass
@@ -39,10 +70,12 @@ class TrainingState:
     discriminator: nn.Module
     optimizer_g: torch.optim.Optimizer
     optimizer_d: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    ema: ExponentialMovingAverage | None
-    vgg: nn.Module | None
-    precision: Precision
+    scaler: torch.amp.GradScaler  # active for train.amp=fp16 only
+    ema: ExponentialMovingAverage | None = None
+    vgg: nn.Module | None = None  # the VGG19 extractor of the perceptual loss (weights.vgg > 0)
+    precision: Precision = Precision()
+    weights: LossWeights = LossWeights()
+    context: DistributedContext | None = None  # under torchrun: the steps average their checked losses over ranks
     num_label_channels: int | None = None  # one-hot class channels of the input (saved for loading the generator)
 
     @property
@@ -98,7 +131,6 @@ class TrainingState:
         if self.scaler.is_enabled() and checkpoint["scaler"] is not None:
             self.scaler.load_state_dict(checkpoint["scaler"])
         return changes
-
 
     def initialise_from(self, checkpoint: dict[str, Any], source: str | Path, semantic_nc: int) -> None:
         """Start from the generator (and, when present, discriminator) weights of ``checkpoint``; the
@@ -175,4 +207,4 @@ def build_state(config: Config, semantic_nc: int, context: DistributedContext,
     scaler = torch.amp.GradScaler(device.type, enabled=train.amp == "fp16")
     precision = Precision(device.type, AMP_DTYPES[train.amp])
     return TrainingState(generator, discriminator, optimizer_g, optimizer_d, scaler, ema, vgg, precision,
-                         num_label_channels)
+                         LossWeights.from_config(config.loss), context, num_label_channels)

@@ -1,9 +1,12 @@
 """One discriminator update and one generator update (paper Eq. 10; docs/MODEL.md, "Losses").
 
+Both take the run's :class:`~dagan.train.state.TrainingState` (networks, optimisers, scaler,
+precision, loss weights, the VGG extractor and the distributed context) and one batch:
+
 * :func:`d_step`: hinge loss on D(real) and D(G(s)) with the fake computed without
   gradients; fake and real pass through D in one concatenated batch (one D forward).
 * :func:`g_step`: lambda_gan * hinge + lambda_feat * feature matching (+ lambda_vgg * VGG19
-  perceptual when a VGG extractor is passed in). D's parameters are frozen with
+  perceptual when the state holds a VGG extractor). D's parameters are frozen with
   ``requires_grad_(False)`` for the step, so no D gradient is computed or accumulated. D(real)
   is only needed as a detached target, so it runs without gradients and only D(fake) is
   back-propagated (both discriminators normalise per sample (instance norm), and the D(real)
@@ -33,12 +36,10 @@ rank stops together. Returned losses are plain floats (one device sync per step)
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from dagan.config import LossConfig
 from dagan.distributed import DistributedContext, all_ranks_sum, unwrap
 from dagan.generator import run_generator, uses_style_image
 from dagan.latent import seeded_normal
@@ -51,6 +52,7 @@ from dagan.losses import (
     perceptual_loss,
 )
 from dagan.nn.style import reparameterize
+from dagan.train.state import LossWeights, TrainingState
 
 
 class NonFiniteError(FloatingPointError):
@@ -63,33 +65,6 @@ class NonFiniteLossError(NonFiniteError):
 
 class NonFiniteWeightsError(NonFiniteError):
     """An update made weights NaN or Inf (with finite losses); no checkpoint holds them."""
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    gan: float = 1.0
-    feat: float = 10.0
-    vgg: float = 0.0
-    att: float = 0.0  # CA2SIS attention loss; only generators that return cross-attention logits use it
-    kld: float = 0.05  # used by model.style=vae only
-
-    @classmethod
-    def from_config(cls, loss: LossConfig) -> LossWeights:
-        return cls(gan=loss.lambda_gan, feat=loss.lambda_feat, vgg=loss.lambda_vgg, att=loss.lambda_att,
-                   kld=loss.lambda_kld)
-
-
-@dataclass(frozen=True)
-class Precision:
-    """Autocast settings of a step: ``dtype`` None means full float32."""
-
-    device_type: str = "cpu"
-    dtype: torch.dtype | None = None
-
-    def autocast(self):
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.dtype)
 
 
 def _checked(losses: dict[str, torch.Tensor], context: DistributedContext | None) -> dict[str, float]:
@@ -153,81 +128,73 @@ def calibration_fake(generator: nn.Module, semantic: torch.Tensor, real: torch.T
     return generator(semantic, noise)
 
 
-def d_step(
-    generator: nn.Module,
-    discriminator: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    semantic: torch.Tensor,
-    real: torch.Tensor,
-    scaler: torch.amp.GradScaler,
-    precision: Precision = Precision(),
-    context: DistributedContext | None = None,
-) -> dict[str, float]:
-    """One D update; returns {"d_real", "d_fake"} hinge losses."""
-    optimizer.zero_grad(set_to_none=True)
-    with precision.autocast():
+def d_step(state: TrainingState, semantic: torch.Tensor, real: torch.Tensor) -> dict[str, float]:
+    """One D update (``state.optimizer_d``); returns the {"d_real", "d_fake"} hinge losses."""
+    state.optimizer_d.zero_grad(set_to_none=True)
+    with state.precision.autocast():
         with torch.no_grad():
-            fake, _ = generate_training_fake(generator, semantic, real)
-        outputs = discriminator(torch.cat([semantic, semantic]), torch.cat([fake.detach(), real.to(fake.dtype)]))
+            fake, _ = generate_training_fake(state.generator, semantic, real)
+        outputs = state.discriminator(torch.cat([semantic, semantic]), torch.cat([fake.detach(), real.to(fake.dtype)]))
         fake_outputs, real_outputs = outputs.split(semantic.shape[0])
         loss_real, loss_fake = d_hinge_loss(real_outputs, fake_outputs)
-    losses = {"d_real": loss_real, "d_fake": loss_fake}
-    values = _checked(losses, context)
-    scaler.scale(loss_real + loss_fake).backward()
-    scaler.step(optimizer)
-    scaler.update()
+    values = _checked({"d_real": loss_real, "d_fake": loss_fake}, state.context)
+    _apply_update(state.scaler, state.optimizer_d, loss_real + loss_fake)
     return values
 
 
-def g_step(
-    generator: nn.Module,
-    discriminator: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    semantic: torch.Tensor,
-    real: torch.Tensor,
-    weights: LossWeights,
-    scaler: torch.amp.GradScaler,
-    vgg: nn.Module | None = None,
-    precision: Precision = Precision(),
-    context: DistributedContext | None = None,
-) -> tuple[dict[str, float], torch.Tensor]:
-    """One G update with D frozen; returns the losses and the (detached) fake batch."""
-    if weights.vgg > 0 and vgg is None:
+def g_step(state: TrainingState, semantic: torch.Tensor, real: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
+    """One G update (``state.optimizer_g``) with D frozen; returns the losses and the (detached) fake batch."""
+    if state.weights.vgg > 0 and state.vgg is None:
         raise ValueError("loss.lambda_vgg > 0 needs a VGG19 feature extractor (dagan.perceptual.build_vgg19)")
-    critic = unwrap(discriminator)  # no DDP reduction for a frozen D
+    critic = unwrap(state.discriminator)  # no DDP reduction for a frozen D
     critic.requires_grad_(False)
     try:
-        optimizer.zero_grad(set_to_none=True)
-        with precision.autocast():
-            fake, extras = generate_training_fake(generator, semantic, real, cross_attention=weights.att > 0)
-            fake_outputs = critic(semantic, fake)
-            with torch.no_grad(), _power_iteration_paused(critic):
-                real_outputs = critic(semantic, real.to(fake.dtype))
-            losses = {"g_gan": g_hinge_loss(fake_outputs)}
-            if weights.feat > 0:
-                losses["g_feat"] = feature_matching_loss(fake_outputs, real_outputs)
-            if weights.vgg > 0:
-                with torch.no_grad():
-                    real_features = vgg(real)
-                losses["g_vgg"] = perceptual_loss(vgg(fake), real_features)
-            if "ca2sis" in extras:
-                losses["g_att"] = attention_alignment_loss(extras["ca2sis"], semantic)
-            if "posterior" in extras:
-                losses["g_kld"] = kl_divergence(*extras["posterior"])
-            total = weights.gan * losses["g_gan"]
-            if "g_feat" in losses:
-                total = total + weights.feat * losses["g_feat"]
-            if "g_vgg" in losses:
-                total = total + weights.vgg * losses["g_vgg"]
-            if "g_att" in losses:
-                total = total + weights.att * losses["g_att"]
-            if "g_kld" in losses:
-                total = total + weights.kld * losses["g_kld"]
+        state.optimizer_g.zero_grad(set_to_none=True)
+        with state.precision.autocast():
+            fake, extras = generate_training_fake(state.generator, semantic, real,
+                                                  cross_attention=state.weights.att > 0)
+            losses = _generator_losses(critic, state.vgg, state.weights, semantic, fake, real, extras)
+            total = _weighted_total(losses, state.weights)
         losses["g_total"] = total
-        values = _checked(losses, context)
-        scaler.scale(total.float()).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        values = _checked(losses, state.context)
+        _apply_update(state.scaler, state.optimizer_g, total.float())
     finally:
         critic.requires_grad_(True)
     return values, fake.detach()
+
+
+def _generator_losses(critic: nn.Module, vgg: nn.Module | None, weights: LossWeights, semantic: torch.Tensor,
+                      fake: torch.Tensor, real: torch.Tensor, extras: dict) -> dict[str, torch.Tensor]:
+    """The terms of G's objective that are on: hinge, feature matching, perceptual, CA2SIS attention, KL."""
+    fake_outputs = critic(semantic, fake)
+    with torch.no_grad(), _power_iteration_paused(critic):
+        real_outputs = critic(semantic, real.to(fake.dtype))
+    losses = {"g_gan": g_hinge_loss(fake_outputs)}
+    if weights.feat > 0:
+        losses["g_feat"] = feature_matching_loss(fake_outputs, real_outputs)
+    if weights.vgg > 0:
+        with torch.no_grad():
+            real_features = vgg(real)
+        losses["g_vgg"] = perceptual_loss(vgg(fake), real_features)
+    if "ca2sis" in extras:
+        losses["g_att"] = attention_alignment_loss(extras["ca2sis"], semantic)
+    if "posterior" in extras:
+        losses["g_kld"] = kl_divergence(*extras["posterior"])
+    return losses
+
+
+def _weighted_total(losses: dict[str, torch.Tensor], weights: LossWeights) -> torch.Tensor:
+    """lambda_gan * g_gan + the other weighted terms present, summed in this order (paper Eq. 10)."""
+    total = weights.gan * losses["g_gan"]
+    for name, weight in (("g_feat", weights.feat), ("g_vgg", weights.vgg), ("g_att", weights.att),
+                         ("g_kld", weights.kld)):
+        if name in losses:
+            total = total + weight * losses[name]
+    return total
+
+
+def _apply_update(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """Back-propagate ``loss`` (scaled for fp16) and step ``optimizer``."""
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
