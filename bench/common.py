@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmarks (docs/PERFORMANCE.md): the machine, timing, isolated runs, tables, JSON.
+"""Shared pieces of the benchmarks (docs/PERFORMANCE.md): the machine, timing, isolated runs, tables.
 
 Every configuration runs in a fresh Python process (:func:`run_isolated`), so its peak
 resident memory (``ru_maxrss``) is its own and one configuration's warm caches or
@@ -17,7 +17,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -221,14 +220,3 @@ def print_table(columns: Sequence[tuple[str, str]], rows: Sequence[dict[str, Any
     for row in rows:
         print("| " + " | ".join(cell(row.get(key)) for key, _ in columns) + " |")
     sys.stdout.flush()
-
-
-def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
-        json.dump(payload, handle, indent=2)
-        handle.write("\n")
-    os.replace(handle.name, path)
-    return path

@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 
-from bench.common import RESULTS_DIR, load_average, machine, print_table, stats, write_json
+from bench.common import RESULTS_DIR, load_average, machine, print_table, stats
+from components.outputs import write_json
 
 DEFAULT_DATA = Path(__file__).resolve().parent / ".data"
 SCENE_SIZE = 256

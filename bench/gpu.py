@@ -33,8 +33,8 @@ from bench.common import (
     print_table,
     run_isolated,
     timed,
-    write_json,
 )
+from components.outputs import write_json
 
 # (height, width) the paper trains at (docs/MODEL.md, "Per-dataset settings"; Cityscapes 512x256, "more").
 PAPER_RESOLUTIONS = {

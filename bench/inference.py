@@ -19,8 +19,9 @@ from typing import Any
 import torch
 
 from bench import common
-from bench.common import RESULTS_DIR, machine, print_table, run_isolated, stats, timed, write_json
+from bench.common import RESULTS_DIR, machine, print_table, run_isolated, stats, timed
 from bench.train_step import MODES, parse_mode, synthetic_batch
+from components.outputs import write_json
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:

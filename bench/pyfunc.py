@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bench.common import RESULTS_DIR, machine, stats, timed, write_json
+from bench.common import RESULTS_DIR, machine, stats, timed
+from components.outputs import write_json
 from components.register import pyfunc_model_arguments
 from dagan.config import RegisterConfig, config_from_dict
 from dagan.data.png import encode_png

@@ -25,7 +25,8 @@ from typing import Any
 import torch
 
 from bench import common
-from bench.common import RESULTS_DIR, load_average, machine, print_table, run_isolated, stats, write_json
+from bench.common import RESULTS_DIR, load_average, machine, print_table, run_isolated, stats
+from components.outputs import write_json
 
 # The official implementation (DAGAN on SPADE's code), measured on this machine type with 2
 # threads, 256x128 Cityscapes layout, ngf 64, batch 1, randomly initialised VGG19 (docs/PERFORMANCE.md).

@@ -43,9 +43,9 @@ from components.outputs import (
     training_step,
     write_json,
     write_png,
-    write_text,
 )
 from components.tracking import EVALUATED_TAG, NOTE_TAG, evaluated_note, log_dataset
+from dagan.atomic import atomic_write_text
 from dagan.checkpoint import load_discriminator, load_generator
 from dagan.config import Config, save_config
 from dagan.console import progress
@@ -143,7 +143,7 @@ def write_per_class_table(path: Path, rows: list[dict[str, object]]) -> None:
     writer = csv.DictWriter(table, fieldnames=["class", *SOURCES], lineterminator="\n")
     writer.writeheader()
     writer.writerows([{key: "" if value is None else value for key, value in row.items()} for row in rows])
-    write_text(path, table.getvalue())
+    atomic_write_text(path, table.getvalue())
 
 
 def _write_outputs(config: Config, out_dir: Path, result, figure, unavailable: dict[str, str]) -> list[Path]:
@@ -154,8 +154,9 @@ def _write_outputs(config: Config, out_dir: Path, result, figure, unavailable: d
     write_json(out_dir / "metrics.json", {**metrics, "unavailable": unavailable})
     write_json(out_dir / "per_class_iou.json", result.per_class_iou)
     write_per_class_table(out_dir / PER_CLASS_IOU_TABLE, rows)
-    write_text(out_dir / UNAVAILABLE_FILE, "".join(f"{name}: {reason}\n\n" for name, reason in unavailable.items())
-               or "FID and LPIPS were computed.\n")
+    atomic_write_text(out_dir / UNAVAILABLE_FILE,
+                      "".join(f"{name}: {reason}\n\n" for name, reason in unavailable.items())
+                      or "FID and LPIPS were computed.\n")
     save_config(config, out_dir / "config.yaml")
     figures = out_dir / FIGURES_DIR
     generated = result.samples.get("multimodal", result.samples["generated"])  # K samples per label map

@@ -1,4 +1,4 @@
-"""Where the stages find each other's outputs (docs/ARCHITECTURE.md), and atomic writes.
+"""Where the stages find each other's outputs (docs/ARCHITECTURE.md), written atomically (:mod:`dagan.atomic`).
 
 Shared by train, train_judge, evaluate, register and generate: the generator checkpoint, the
 judge checkpoint, the training's MLflow run and the tracking URI (``$MLFLOW_TRACKING_URI`` wins
@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
+from dagan.atomic import atomic_write_bytes, atomic_write_text
 from dagan.checkpoint import FINAL_NAME, checkpoint_dir
 from dagan.config import Config, redact_uri
 from dagan.data.png import encode_png
@@ -33,25 +34,14 @@ FIGURES_DIR = "figures"  # in evaluate.out_dir: samples.png, attention.png, per_
 UNAVAILABLE_FILE = "unavailable.txt"  # in evaluate.out_dir: why FID / LPIPS were not computed
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically (temp file + rename)."""
-    write_text(path, json.dumps(data, indent=2) + "\n")
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write text atomically (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+def write_json(path: str | Path, data: dict) -> Path:
+    """Write ``data`` as indented JSON, atomically."""
+    return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def write_png(path: Path, image: np.ndarray) -> Path:
     """Write an (H, W, 3) uint8 image as PNG atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(encode_png(image))
-    tmp.replace(path)
+    atomic_write_bytes(path, encode_png(image))
     return path
 
 
@@ -72,9 +62,7 @@ class LossTable:
         kept = [row for row in rows if row.split("\t", 1)[0].isdigit() and int(row.split("\t", 1)[0]) < step]
         if rows and self.path.read_text().splitlines()[0] != header:
             kept = []  # another layout (an older version): start over
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text("\n".join([header, *kept]) + "\n")
-        tmp.replace(self.path)
+        atomic_write_text(self.path, "\n".join([header, *kept]) + "\n")
 
     def append(self, step: int, losses: dict[str, float]) -> None:
         if not self.started:

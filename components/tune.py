@@ -41,9 +41,10 @@ from mlflow import MlflowClient
 from mlflow.entities import Param
 
 from components.cli import entry, log, make_parser, run_main
-from components.outputs import connect_tracking, judge_path, tracking_uri, write_json, write_text
+from components.outputs import connect_tracking, judge_path, tracking_uri, write_json
 from components.tracking import COMMIT_TAG, NOTE_TAG, git_commit, model_development_experiment, pipeline_tags
 from components.tune_trial import PARENT_TAG, TrialSetup, run_trial
+from dagan.atomic import atomic_write, atomic_write_text
 from dagan.config import Config, ConfigError, load_config, redact_uri
 from dagan.overrides import merge_overrides
 from dagan.search_space import Dimension, parse_search_space
@@ -214,7 +215,7 @@ def _summarise(results, client: MlflowClient, config: Config, keys: list[str], r
     writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ["trial_id"])
     writer.writeheader()
     writer.writerows(rows)
-    write_text(out_dir / "results.csv", text.getvalue())
+    atomic_write_text(out_dir / "results.csv", text.getvalue())
     client.log_artifact(parent_id, str(out_dir / "results.csv"))
     for name, value in (("num_trials", len(rows)), ("num_failed", len(failed)),
                         ("num_stopped_early", sum(row["status"] == "stopped_early" for row in rows))):
@@ -251,10 +252,9 @@ def _write_best_params(path: Path, params: dict, best: dict, source: str) -> Pat
     """The params file with the best values (checked by loading it before it replaces the old one)."""
     header = (f"# Written by `python -m components.tune` from {source}: the best trial {best['trial_id']} "
               f"(MLflow run {best['mlflow_run_id']}).\n# Use: python -m components.train --params {path}\n")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(header + yaml.safe_dump(params, sort_keys=False))
-    load_config(tmp)
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(header + yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+        load_config(tmp)
     return path
 
 

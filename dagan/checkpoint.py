@@ -4,19 +4,18 @@ Contents (docs/ARCHITECTURE.md, "Training outputs"): ``format_version``, ``confi
 resolved config as a plain dict), ``semantic_nc``, ``num_label_channels``, ``generator``, ``discriminator``, ``ema``
 (or None), ``optimizer_g``, ``optimizer_d``, ``scaler`` (or None), ``step``, ``epoch`` and
 ``rng`` (python / numpy / torch / cuda states as tensors and plain lists). Everything is
-loadable with ``torch.load(..., weights_only=True)``. Files are written to a temporary name
-in the same directory and renamed, so a crash never leaves a half-written checkpoint; the
-temporary files of killed writers are removed when the next run starts
-(:func:`remove_stale_temporaries`). A file that is truncated or not a checkpoint is a
-CheckpointError naming it; resuming skips an unreadable newest checkpoint for the newest
-readable one (:func:`load_latest_checkpoint`). A generator with NaN/Inf weights is refused.
+loadable with ``torch.load(..., weights_only=True)``. Files are written atomically
+(:mod:`dagan.atomic`), so a crash never leaves a half-written checkpoint; the temporary files
+of killed writers are removed when the next run starts (:func:`remove_stale_temporaries`). A
+file that is truncated or not a checkpoint is a CheckpointError naming it; resuming skips an
+unreadable newest checkpoint for the newest readable one (:func:`load_latest_checkpoint`). A
+generator with NaN/Inf weights is refused.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-import os
 import pickle
 import random
 import re
@@ -27,12 +26,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from dagan import atomic
 from dagan.config import Config, config_from_dict
 from dagan.finite import describe_non_finite, non_finite_tensors
 
 FORMAT_VERSION = 1
 STEP_PATTERN = re.compile(r"^step-(\d{8})\.pt$")
-TEMPORARY_PATTERN = re.compile(r"^\..+\.tmp-(\d+)$")
 FINAL_NAME = "final.pt"
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # errnos of a full disk or quota (checkpoints, shards, components.cli)
 log = logging.getLogger("dagan.checkpoint")
@@ -77,16 +76,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` atomically (temporary file in the same directory, fsync, rename)."""
+    """Write ``state`` atomically (:func:`dagan.atomic.atomic_write`); a full disk is a CheckpointError."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with tmp.open("wb") as handle:
+        with atomic.atomic_write(path) as tmp, tmp.open("wb") as handle:
             torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
     except (OSError, RuntimeError) as err:  # torch's zip writer may raise a RuntimeError while closing after an OSError
         cause = err if isinstance(err, OSError) else err.__context__
         if isinstance(cause, OSError) and cause.errno in DISK_FULL:
@@ -96,31 +90,12 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
                 "command again to resume"
             ) from None
         raise
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
 def remove_stale_temporaries(out_dir: str | Path) -> list[Path]:
-    """Delete the ``.<name>.tmp-<pid>`` files that writers killed mid-write left behind (pid not running)."""
-    folder = checkpoint_dir(out_dir)
-    stale = []
-    for path in folder.iterdir() if folder.is_dir() else []:
-        match = TEMPORARY_PATTERN.match(path.name)
-        if match and not _process_alive(int(match.group(1))):
-            path.unlink(missing_ok=True)
-            stale.append(path)
-    return stale
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
+    """Delete the temporary files that checkpoint writes killed mid-write left in the run's checkpoint folder."""
+    return atomic.remove_stale_temporaries(checkpoint_dir(out_dir))
 
 
 def prune_checkpoints(out_dir: str | Path, keep_last: int) -> list[Path]:

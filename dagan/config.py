@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
+from dagan.atomic import atomic_write_text
 from dagan.overrides import OverrideError, merge_overrides
 from dagan.presets import get_preset
 
@@ -512,8 +513,4 @@ def load_config(path: str | Path = "params.yaml", overrides: typing.Iterable[str
 
 def save_config(config: Config, path: str | Path) -> None:
     """Write the (resolved) config as YAML, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    tmp.replace(path)
+    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

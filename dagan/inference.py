@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from dagan.atomic import atomic_write, atomic_write_bytes
 from dagan.checkpoint import FORMAT_VERSION, load_checkpoint, load_generator
 from dagan.config import Config
 from dagan.console import add_log_level_arguments, progress
@@ -81,14 +82,12 @@ def export_generator(
 ) -> Path:
     """Write generator weights + config + label layout atomically (readable by load_generator)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         "format_version": FORMAT_VERSION, "config": config.to_dict(), "semantic_nc": layout.semantic_nc,
         "generator": generator.state_dict(), "ema": None, "layout": layout.to_dict(),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        torch.save(state, tmp)
     return path
 
 
@@ -284,12 +283,6 @@ def _find_photo(images_dir: Path, stem: str, label_file: Path) -> Path:
                             "leave out --images to generate without the real column")
 
 
-def _write_atomic(target: Path, data: bytes) -> None:
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(target)
-
-
 def sample_seeds(seed: int | None, num_samples: int) -> list[int | None]:
     """The seeds of ``num_samples`` images per label map: [seed] for one (None: z = 0), else seed, seed+1, ..."""
     if num_samples < 1:
@@ -361,16 +354,16 @@ def generate_dir(
         folder.mkdir(parents=True, exist_ok=True)
     written, rows = [], []
     for file, label, instance, codes, photo in progress(inputs, total=len(inputs), desc="generate", unit="image"):
-        _write_atomic(assets / "label" / file.name, encode_png(colorize(label, synthesizer.layout.class_colors)))
+        atomic_write_bytes(assets / "label" / file.name, encode_png(colorize(label, synthesizer.layout.class_colors)))
         real = None
         if photo is not None:
             real = f"{ASSET_DIR}/real/{photo.name}"
-            _write_atomic(out_dir / real, photo.read_bytes())
+            atomic_write_bytes(out_dir / real, photo.read_bytes())
         for sample_seed in seeds:
             image = synthesizer(label, instance, edges_from_labels, what=str(file), style_codes=codes,
                                 seed=sample_seed, style=style_photo)
             target = out_dir / _output_name(file, sample_seed, len(seeds))
-            _write_atomic(target, encode_png(image))
+            atomic_write_bytes(target, encode_png(image))
             written.append(target)
             rows.append(ResultRow(target.name, f"{ASSET_DIR}/label/{file.name}", target.name, real))
     write_page(out_dir, rows, f"DAGAN results: {labels_dir}")

@@ -12,6 +12,8 @@ import html
 from dataclasses import dataclass
 from pathlib import Path
 
+from dagan.atomic import atomic_write_text
+
 PAGE_FILE = "index.html"
 ASSET_DIR = "html"
 
@@ -53,7 +55,4 @@ def render_page(rows: list[ResultRow], title: str) -> str:
 def write_page(out_dir: str | Path, rows: list[ResultRow], title: str) -> Path:
     """Write ``<out_dir>/index.html`` atomically."""
     path = Path(out_dir) / PAGE_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(render_page(rows, title), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, render_page(rows, title))

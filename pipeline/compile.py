@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from kfp import compiler
 
+from dagan.atomic import atomic_write
 from pipeline.pipeline import DEFAULT_IMAGE, ClusterSettings, build_pipeline
 
 DEFAULTS = ClusterSettings()
+PACKAGE_SUFFIXES = (".yaml", ".yml", ".json")  # what kfp's compiler writes
 
 
 def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,15 +53,11 @@ def settings_from(args: argparse.Namespace) -> ClusterSettings:
 def write_pipeline(pipeline_func, output: str | Path) -> Path:
     """Compile ``pipeline_func`` to ``output`` atomically (a failed compile leaves an earlier file untouched)."""
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=output.parent, prefix=f".{output.name}.", suffix=".yaml",
-                                     delete=False) as tmp:
-        staging = Path(tmp.name)
-    try:
+    if output.suffix not in PACKAGE_SUFFIXES:
+        raise ValueError(f"{output}: a pipeline package is a .yaml file (kfp also writes .json); "
+                         f"choose e.g. --output {output.with_suffix('.yaml')}")
+    with atomic_write(output) as staging:  # the temporary file keeps the suffix, which picks kfp's format
         compiler.Compiler().compile(pipeline_func, package_path=str(staging))
-        staging.replace(output)
-    finally:
-        staging.unlink(missing_ok=True)
     return output
 
 

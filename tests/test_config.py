@@ -148,7 +148,7 @@ def test_resolved_config_round_trips_through_save(tmp_path):
     save_config(config, tmp_path / "resolved.yaml")
     reloaded = load_config(tmp_path / "resolved.yaml")
     assert reloaded == config
-    assert not list(tmp_path.glob("*.tmp"))
+    assert [path.name for path in tmp_path.iterdir()] == ["resolved.yaml"]  # no temporary file left
     assert yaml.safe_load((tmp_path / "resolved.yaml").read_text())["model"]["ngf"] == 16
 
 

@@ -202,3 +202,11 @@ def test_a_failed_compile_leaves_the_earlier_package_untouched(tmp_path, monkeyp
         compile_cli.main(["--output", str(output)])
     assert output.read_text() == "earlier package\n"
     assert [path.name for path in tmp_path.iterdir()] == ["p.yaml"], "no staging file left behind"
+
+
+def test_an_output_kfp_cannot_write_is_one_line_naming_it(tmp_path, capsys):
+    assert compile_cli.main(["--output", str(tmp_path / "pipeline.txt")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'pipeline.txt'}: a pipeline package is a .yaml file" in err
+    assert f"--output {tmp_path / 'pipeline.yaml'}" in err and ".tmp-" not in err
+    assert list(tmp_path.iterdir()) == []

@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from dagan.atomic import atomic_write_text
 from dagan.data.errors import DataError
 
 FORMAT_VERSION = 1
@@ -90,8 +91,4 @@ def read_manifest(prepared_dir: str | Path) -> Manifest:
 
 
 def write_manifest(manifest: Manifest, directory: Path) -> Path:
-    path = directory / MANIFEST_NAME
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(directory / MANIFEST_NAME, json.dumps(manifest.to_dict(), indent=2) + "\n")

@@ -2,7 +2,7 @@
 
 One row per sample (docs/ARCHITECTURE.md): ``id``, ``split``, ``image`` (PNG bytes or null),
 ``label`` (8-bit PNG bytes), ``instance`` (16-bit PNG bytes or null), ``height``, ``width``.
-Each shard is written to a temporary file and renamed; its size and SHA-256 go into the manifest
+Each shard is written atomically (:mod:`dagan.atomic`); its size and SHA-256 go into the manifest
 and are verified before a Dataset reads it (:func:`verify_shards`).
 A preparation writes everything into a staging directory next to the target and swaps it in
 only at the end, so a failure leaves the earlier prepared data untouched.
@@ -22,6 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dagan.atomic import atomic_write
 from dagan.checkpoint import DISK_FULL
 from dagan.data.errors import DataError
 from dagan.data.manifest import Shard
@@ -89,10 +90,8 @@ class ShardWriter:
         path = self.directory / f"{split}-{index:05d}.parquet"
         columns = {name: [getattr(r, name) for r in rows] for name in SCHEMA.names}
         table = pa.Table.from_pydict(columns, schema=SCHEMA)
-        tmp = path.with_name(path.name + ".tmp")
-        # PNG bytes are already compressed: no Parquet compression, fast random reads.
-        pq.write_table(table, tmp, row_group_size=ROW_GROUP_SIZE, compression="none")
-        tmp.replace(path)
+        with atomic_write(path) as tmp:  # PNG bytes are already compressed: no Parquet compression, fast random reads
+            pq.write_table(table, tmp, row_group_size=ROW_GROUP_SIZE, compression="none")
         self.shards.append(Shard(path=path.name, split=split, rows=len(rows), sha256=sha256_of(path),
                                  size=path.stat().st_size))
 

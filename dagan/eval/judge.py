@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dagan.atomic import atomic_write
 from dagan.config import Config, ConfigError, JudgeConfig
 
 JUDGE_FORMAT_VERSION = 1
@@ -202,17 +203,14 @@ def train_epoch(
 
 def save_judge(path: str | Path, judge: nn.Module, config: Config, num_classes: int) -> None:
     """Write the judge checkpoint atomically (our U-Net's weights, or a pointer to the TorchScript file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(judge, SegmentationNet):
         state = {"kind": "unet", "state_dict": judge.state_dict(), "width": config.judge.width,
                  "levels": config.judge.levels}
     else:
         state = {"kind": "torchscript"}
     state.update(format_version=JUDGE_FORMAT_VERSION, num_classes=num_classes, config=config.to_dict())
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_judge(path: str | Path, config: Config) -> nn.Module:

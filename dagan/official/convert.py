@@ -22,13 +22,13 @@ Key map and order: :mod:`dagan.official.layout`. Loads are ``weights_only``.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from dagan.atomic import atomic_write
 from dagan.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from dagan.config import Config, ConfigError, config_from_dict
 from dagan.data.classes import class_table
@@ -255,7 +255,6 @@ def export_official(checkpoint_path: str | Path, out_dir: str | Path, use_ema: b
         raise FileExistsError(f"{', '.join(existing)} exist(s); choose another --out or delete them first")
     out_dir.mkdir(parents=True, exist_ok=True)
     for role, path in targets.items():
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        torch.save(states[role], tmp)
-        tmp.replace(path)
+        with atomic_write(path) as tmp:
+            torch.save(states[role], tmp)
     return list(targets.values())

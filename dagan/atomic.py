@@ -1,0 +1,100 @@
+"""Atomic file writes: a file holds either its old content or its whole new content, never part of one.
+
+Every file the project writes or replaces (checkpoints, shards, manifests, configs, JSON / PNG / TSV
+outputs, compiled pipelines, benchmark results) goes through :func:`atomic_write`. The content goes
+to a hidden temporary file beside the target (``.<name>.tmp-<pid>-<token><suffix>``: the same folder,
+so the rename stays on one file system, and the target's suffix, for writers that choose a format by
+it), is synced to the disk, renamed over the target (atomic on POSIX) and the folder is synced, so
+neither a crash nor a power cut leaves a half-written target. When the writing raises (a full disk,
+a library's error, Ctrl-C), the temporary file is deleted and the target keeps its old content; a
+process killed mid-write leaves only its temporary file, which :func:`remove_stale_temporaries`
+deletes later. New files get the permissions of a plain ``open(path, "w")``: 0o666 less the umask.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+# ``.<name>.tmp-<pid>-<token><suffix>``; files of earlier versions, ``.<name>.tmp-<pid>``, match too
+TEMPORARY_PATTERN = re.compile(r"^\..+\.tmp-(\d+)(?:-[0-9a-f]{8}(?:\.[^.]+)?)?$")
+UNSYNCABLE_FOLDER = (errno.EINVAL, errno.ENOTSUP, errno.ENOSYS)  # file systems that cannot sync a folder
+
+
+@contextmanager
+def atomic_write(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` for the block to write; when the block returns, it becomes ``path``.
+
+    The block writes the whole content to the yielded path (passing the name to a writer, or opening
+    it). On success the file is synced and renamed over ``path``; when the block raises, the file is
+    deleted and ``path`` is left as it was. ``path``'s folder is created when missing.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}{path.suffix}")
+    try:
+        yield tmp
+        _sync(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    try:
+        _sync(path.parent)  # makes the rename itself durable
+    except OSError as err:
+        if err.errno not in UNSYNCABLE_FOLDER:
+            raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_write`)."""
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (:func:`atomic_write`)."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files in ``folder`` that writers killed mid-write left behind; return them.
+
+    A temporary file is stale when the process that wrote it has ended, or is this process (a restarted
+    container often runs with the same pid): call this before this process writes into ``folder``.
+    """
+    folder = Path(folder)
+    stale = []
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        match = TEMPORARY_PATTERN.match(path.name)
+        if match and not _other_process_alive(int(match.group(1))):
+            path.unlink(missing_ok=True)
+            stale.append(path)
+    return stale
+
+
+def _sync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _other_process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
