@@ -26,7 +26,8 @@ import torch
 
 from bench.common import RESULTS_DIR, machine, stats, timed, write_json
 from components.register import pyfunc_model_arguments
-from dagan.config import RegisterConfig, config_from_dict
+from components.settings import RegisterConfig
+from dagan.config import config_from_dict
 from dagan.generate import encode_png, export_generator
 from dagan.generator import build_generator
 from dagan.official.convert import label_layout

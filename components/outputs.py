@@ -17,8 +17,9 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 from PIL import Image
 
+from components.settings import StepConfig, redact_uri
 from dagan.checkpoint import FINAL_NAME, checkpoint_dir
-from dagan.config import Config, redact_uri
+from dagan.config import Config
 
 JUDGE_FILE = "judge.pt"
 RUN_FILE = "mlflow_run.json"
@@ -95,7 +96,7 @@ def judge_path(config: Config) -> Path:
     return Path(config.evaluate.judge or Path(config.judge.out_dir) / JUDGE_FILE)
 
 
-def tracking_uri(config: Config) -> str:
+def tracking_uri(config: StepConfig) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or config.mlflow.tracking_uri
 
 
