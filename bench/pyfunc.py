@@ -27,7 +27,8 @@ import torch
 from bench.common import RESULTS_DIR, machine, stats, timed
 from components.outputs import write_json
 from components.register import pyfunc_model_arguments
-from dagan.config import RegisterConfig, config_from_dict
+from components.settings import RegisterConfig
+from dagan.config import config_from_dict
 from dagan.data.png import encode_png
 from dagan.generator import build_generator
 from dagan.inference import export_generator

@@ -38,7 +38,7 @@ from typing import Any
 
 from components.outputs import judge_path, write_json
 from components.register import decide
-from dagan.config import load_config
+from components.settings import load_step_config
 
 ROOT = Path("outputs/seeds")
 FD_RATIO_TARGET = 0.7  # the demo's promise: judge FD at least 30% below the mean-colour painter's
@@ -65,7 +65,7 @@ def _component(module: str, params: str, sets: Sequence[str]) -> None:
 def run_seed(name: str, seed: int, params: str, overrides: Sequence[str]) -> dict[str, Any]:
     """Train and evaluate one seed from scratch; return its row."""
     sets = seed_overrides(name, seed, overrides)
-    config = load_config(params, sets)
+    config = load_step_config(params, sets)
     for stale in (Path(config.train.out_dir), Path(config.evaluate.out_dir)):
         if stale.exists():  # an interrupted earlier attempt: start the seed again from scratch
             shutil.rmtree(stale)
@@ -123,7 +123,7 @@ def _load_rows(name: str) -> list[dict[str, Any]]:
 
 
 def repeat(name: str, seeds: Sequence[int], params: str, overrides: Sequence[str]) -> list[dict[str, Any]]:
-    config = load_config(params, list(overrides))
+    config = load_step_config(params, list(overrides))
     if not judge_path(config).is_file() or not (Path(config.dataset.prepared_dir) / "manifest.json").is_file():
         raise FileNotFoundError(f"{judge_path(config)} or {config.dataset.prepared_dir}/manifest.json is missing: "
                                 "run `dvc repro train_judge` first (every seed is scored by that judge)")

@@ -12,8 +12,9 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from components.settings import StepConfig, load_step_config
 from dagan.checkpoint import DISK_FULL
-from dagan.config import Config, ConfigError, load_config
+from dagan.config import ConfigError
 from dagan.console import add_log_level_arguments, setup_logging
 
 log = logging.getLogger("components")
@@ -33,8 +34,8 @@ def make_parser(module: str, description: str, epilog: str | None = None) -> arg
     return parser
 
 
-def load(args: argparse.Namespace) -> Config:
-    return load_config(args.params, args.overrides)
+def load(args: argparse.Namespace) -> StepConfig:
+    return load_step_config(args.params, args.overrides)
 
 
 def run_main(args: argparse.Namespace, body: Callable[[], int]) -> int:

@@ -44,6 +44,7 @@ from components.outputs import (
     write_json,
     write_png,
 )
+from components.settings import StepConfig
 from components.tracking import EVALUATED_TAG, NOTE_TAG, evaluated_note, log_dataset
 from dagan.atomic import atomic_write_text
 from dagan.checkpoint import load_discriminator, load_generator
@@ -171,7 +172,7 @@ def _write_outputs(config: Config, out_dir: Path, result, figure, unavailable: d
                                         UNAVAILABLE_FILE, "config.yaml")] + files
 
 
-def _log_to_mlflow(config: Config, run_id: str, metrics: dict, rows: list[dict], unavailable: dict[str, str],
+def _log_to_mlflow(config: StepConfig, run_id: str, metrics: dict, rows: list[dict], unavailable: dict[str, str],
                    files: list[Path]) -> None:
     """Into the training's run, at its last step: eval/* metrics, short tags, the per-class table, the files."""
     step = training_step(config)
@@ -188,7 +189,7 @@ def _log_to_mlflow(config: Config, run_id: str, metrics: dict, rows: list[dict],
             mlflow.log_artifact(str(path), artifact_path="eval/figures" if path.suffix == ".png" else "eval")
 
 
-def _run(config: Config) -> int:
+def _run(config: StepConfig) -> int:
     out_dir = Path(config.evaluate.out_dir)
     run_id = training_run_id(config)
     result, figure, unavailable = _evaluate(config, resolve_device(config.evaluate.device, key="evaluate.device"))

@@ -24,9 +24,10 @@ import mlflow
 
 from components.cli import entry, load, log, make_parser, run_main
 from components.outputs import RUN_FILE, connect_tracking, tracking_uri, write_json
+from components.settings import StepConfig
 from components.tracking import activate_experiment
-from dagan.checkpoint import FINAL_NAME, checkpoint_dir
-from dagan.config import Config, config_from_dict, save_config
+from dagan.checkpoint import FINAL_NAME, checkpoint_config, checkpoint_dir
+from dagan.config import save_config
 from dagan.official.convert import import_official, write_imported
 
 DESCRIPTION = """Import an official DAGAN or SPADE checkpoint (latest_net_G.pth, optionally latest_net_D.pth) as a
@@ -43,7 +44,7 @@ def origin_tags(origin: dict) -> dict[str, str]:
     return tags
 
 
-def _run(config: Config, generator: str, discriminator: str | None, variant: str | None,
+def _run(config: StepConfig, generator: str, discriminator: str | None, variant: str | None,
          encoder: str | None = None) -> int:
     out_dir = Path(config.train.out_dir)
     folder = checkpoint_dir(out_dir)
@@ -52,7 +53,7 @@ def _run(config: Config, generator: str, discriminator: str | None, variant: str
     sizes = {key: getattr(config.dataset, key) for key in ("load_size", "crop_size", "aspect_ratio")}
     checkpoint = import_official(generator, config.dataset.name, variant, discriminator, {"dataset": sizes},
                                  encoder)
-    model_config = config_from_dict(checkpoint["config"], "imported checkpoint")
+    model_config = checkpoint_config(checkpoint, "imported checkpoint")
     path = write_imported(checkpoint, folder / FINAL_NAME)
     save_config(model_config, out_dir / "config.yaml")
     origin = checkpoint["origin"]

@@ -16,9 +16,10 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
+from components.settings import StepConfig, redact_uri
 from dagan.atomic import atomic_write_bytes, atomic_write_text
 from dagan.checkpoint import FINAL_NAME, checkpoint_dir
-from dagan.config import Config, redact_uri
+from dagan.config import Config
 from dagan.data.png import encode_png
 
 JUDGE_FILE = "judge.pt"
@@ -83,7 +84,7 @@ def judge_path(config: Config) -> Path:
     return Path(config.evaluate.judge or Path(config.judge.out_dir) / JUDGE_FILE)
 
 
-def tracking_uri(config: Config) -> str:
+def tracking_uri(config: StepConfig) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or config.mlflow.tracking_uri
 
 

@@ -45,10 +45,17 @@ from mlflow.types import DataType
 from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 from PIL import Image
 
-from dagan.config import RegisterConfig
 from dagan.data.png import encode_png, open_image
 from dagan.distributed import resolve_device
-from dagan.inference import InputError, check_pixels, decode_id_map, decode_rgb, load_synthesizer
+from dagan.inference import (
+    SERVE_MAX_IMAGE_PIXELS,
+    SERVE_MAX_REQUEST_PIXELS,
+    InputError,
+    check_pixels,
+    decode_id_map,
+    decode_rgb,
+    load_synthesizer,
+)
 
 DEVICE_VARIABLE = "DAGAN_DEVICE"
 
@@ -103,8 +110,8 @@ class DAGANImageModel(mlflow.pyfunc.PythonModel):
         device = resolve_device(os.environ.get(DEVICE_VARIABLE, "auto"), key=DEVICE_VARIABLE)
         self.synthesizer = load_synthesizer(context.artifacts["generator"], device=device)
         limits = context.model_config or {}  # models registered before the limits existed: the defaults
-        self.max_image_pixels = int(limits.get("max_image_pixels", RegisterConfig.serve_max_image_pixels))
-        self.max_request_pixels = int(limits.get("max_request_pixels", RegisterConfig.serve_max_request_pixels))
+        self.max_image_pixels = int(limits.get("max_image_pixels", SERVE_MAX_IMAGE_PIXELS))
+        self.max_request_pixels = int(limits.get("max_request_pixels", SERVE_MAX_REQUEST_PIXELS))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         """Bad input raises an MlflowException (HTTP 400 when served) naming the row, the value and the fix."""

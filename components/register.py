@@ -42,9 +42,10 @@ from components.outputs import (
     write_json,
 )
 from components.pyfunc_model import SIGNATURE
+from components.settings import RegisterConfig, StepConfig
 from components.tracking import model_label, model_phrase
 from dagan.checkpoint import load_checkpoint, load_generator
-from dagan.config import Config, RegisterConfig
+from dagan.config import Config
 from dagan.data.manifest import read_manifest
 from dagan.data.png import encode_png
 from dagan.inference import LabelLayout, export_generator
@@ -155,7 +156,7 @@ def version_description(config: Config, steps: int, run_name: str, metrics: dict
         *[f"- {reason}" for reason in decision.reasons]])
 
 
-def model_name(config: Config) -> str:
+def model_name(config: StepConfig) -> str:
     return config.register.model_name or f"dagan-{config.dataset.name}"
 
 
@@ -181,7 +182,7 @@ def _input_example(layout: LabelLayout, size: tuple[int, int]):
     return (frame, {"edges_from_labels": True}) if layout.has_instance else frame
 
 
-def _log_model(config: Config, run_id: str, name: str):
+def _log_model(config: StepConfig, run_id: str, name: str):
     """Log the pyfunc into the training's run, at its last step, and register it as ``name``."""
     layout = LabelLayout.from_manifest(read_manifest(config.dataset.prepared_dir))
     generator, train_config, _ = load_generator(checkpoint_path(config), use_ema=config.evaluate.use_ema)
@@ -199,7 +200,7 @@ def _log_model(config: Config, run_id: str, name: str):
     return info, train_config
 
 
-def _run(config: Config) -> int:
+def _run(config: StepConfig) -> int:
     out_dir = Path(config.register.out_dir)
     metrics_file = Path(config.evaluate.out_dir) / "metrics.json"
     if not metrics_file.is_file():

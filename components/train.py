@@ -43,6 +43,7 @@ from components.outputs import (
     write_json,
     write_png,
 )
+from components.settings import StepConfig
 from components.tracking import (
     activate_experiment,
     data_checksum,
@@ -55,7 +56,7 @@ from components.tracking import (
     run_url,
     training_params,
 )
-from dagan.config import Config, save_config
+from dagan.config import save_config
 from dagan.data import read_manifest
 from dagan.distributed import env_rank, resolve_device
 from dagan.train import NonFiniteError, NullLogger, StartReport, TrainResult, train
@@ -75,7 +76,7 @@ class MlflowLogger(NullLogger):
     """:class:`dagan.train.TrainingLogger` writing to an MLflow run that it opens in :meth:`on_start`, and
     to the DVC plots files of ``train.out_dir``: ``losses.tsv`` and ``samples/latest.png``."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: StepConfig):
         self.config = config
         self.run: mlflow.ActiveRun | None = None
         out_dir = Path(config.train.out_dir)
@@ -114,7 +115,7 @@ def _close_stale_runs(client: mlflow.MlflowClient, experiment_id: str, out_dir: 
                     out_dir)
 
 
-def _start_run(config: Config, out_dir: Path, report: StartReport) -> mlflow.ActiveRun:
+def _start_run(config: StepConfig, out_dir: Path, report: StartReport) -> mlflow.ActiveRun:
     """Open the run (continued when resuming), then write config.yaml and mlflow_run.json."""
     uri = connect_tracking(tracking_uri(config))
     run_file = out_dir / RUN_FILE
@@ -132,7 +133,7 @@ def _start_run(config: Config, out_dir: Path, report: StartReport) -> mlflow.Act
     return run
 
 
-def _new_run(config: Config, out_dir: Path, uri: str) -> mlflow.ActiveRun:
+def _new_run(config: StepConfig, out_dir: Path, uri: str) -> mlflow.ActiveRun:
     """A new run in the model-development experiment: name, description, tags, resolved params, dataset."""
     client = mlflow.MlflowClient()
     experiment_id = activate_experiment(config.mlflow.experiment)
@@ -179,7 +180,7 @@ def _final_metrics(result: TrainResult) -> dict:
             **{key: round(value, 6) for key, value in result.metrics.items()}}
 
 
-def _run(config: Config, resume: str | None, force_new_run: bool) -> int:
+def _run(config: StepConfig, resume: str | None, force_new_run: bool) -> int:
     out_dir = Path(config.train.out_dir)
     if force_new_run and resume is not None:
         raise ValueError("--force-new-run starts afresh; it cannot be combined with --resume PATH")

@@ -42,12 +42,13 @@ from mlflow.entities import Param
 
 from components.cli import entry, log, make_parser, run_main
 from components.outputs import connect_tracking, judge_path, tracking_uri, write_json
+from components.search_space import Dimension, parse_search_space
+from components.settings import StepConfig, load_step_config, redact_uri
 from components.tracking import COMMIT_TAG, NOTE_TAG, git_commit, model_development_experiment, pipeline_tags
 from components.tune_trial import PARENT_TAG, TrialSetup, run_trial
 from dagan.atomic import atomic_write, atomic_write_text
-from dagan.config import Config, ConfigError, load_config, redact_uri
+from dagan.config import ConfigError, read_params
 from dagan.overrides import merge_overrides
-from dagan.search_space import Dimension, parse_search_space
 
 DESCRIPTION = """Sweep loss weights and attention variants with Ray Tune (ASHA), one nested MLflow run per
 trial on an MLflow tracking server. Writes best_params.yaml, best.json and results.csv into
@@ -98,7 +99,7 @@ def gpus_per_trial(requested: float | None, available: float) -> float:
 
 def _raw_params(path: str, overrides: Sequence[str]) -> dict[str, Any]:
     """The params file with the -S overrides applied, unresolved (nulls kept), credentials removed, as a dict."""
-    raw = merge_overrides(yaml.safe_load(Path(path).read_text()) or {}, overrides)
+    raw = read_params(path, overrides)
     if isinstance(raw.get("mlflow"), dict) and isinstance(raw["mlflow"].get("tracking_uri"), str):
         raw["mlflow"]["tracking_uri"] = redact_uri(raw["mlflow"]["tracking_uri"])
     return raw
@@ -122,7 +123,7 @@ def _log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> No
         client.log_batch(run_id, params=items[start:start + 100])
 
 
-def _parent_run(client: MlflowClient, config: Config, keys: list[str], resume: bool) -> tuple[str, str]:
+def _parent_run(client: MlflowClient, config: StepConfig, keys: list[str], resume: bool) -> tuple[str, str]:
     """(run_id, experiment_id) of the sweep's parent run: a new one, or with --resume the recorded one."""
     record = Path(config.tune.out_dir) / RUN_FILE
     if resume:
@@ -148,7 +149,7 @@ def _parent_run(client: MlflowClient, config: Config, keys: list[str], resume: b
     return run.info.run_id, experiment_id
 
 
-def check_experiment(config: Config, resume: bool) -> tuple[str, Any]:
+def check_experiment(config: StepConfig, resume: bool) -> tuple[str, Any]:
     """(storage_path, filesystem) after checking that --resume finds the experiment and a new sweep does not."""
     from ray import tune
 
@@ -163,7 +164,7 @@ def check_experiment(config: Config, resume: bool) -> tuple[str, Any]:
     return storage_path, filesystem
 
 
-def _tuner(config: Config, setup: TrialSetup, dimensions: list[Dimension], gpus: float, resume: bool,
+def _tuner(config: StepConfig, setup: TrialSetup, dimensions: list[Dimension], gpus: float, resume: bool,
            storage: tuple[str, Any]):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -186,7 +187,7 @@ def _tuner(config: Config, setup: TrialSetup, dimensions: list[Dimension], gpus:
     )
 
 
-def _summarise(results, client: MlflowClient, config: Config, keys: list[str], raw: dict, parent: tuple[str, str],
+def _summarise(results, client: MlflowClient, config: StepConfig, keys: list[str], raw: dict, parent: tuple[str, str],
                source: str) -> int:
     """Close the trials' runs, write results.csv / best.json / best_params.yaml, log them to the parent run."""
     opts = config.tune
@@ -254,7 +255,7 @@ def _write_best_params(path: Path, params: dict, best: dict, source: str) -> Pat
               f"(MLflow run {best['mlflow_run_id']}).\n# Use: python -m components.train --params {path}\n")
     with atomic_write(path) as tmp:
         tmp.write_text(header + yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
-        load_config(tmp)
+        load_step_config(tmp)
     return path
 
 
@@ -264,7 +265,7 @@ def _run(args) -> int:
         overrides.append(f"tune.num_samples={args.num_samples}")
     if args.storage is not None:
         overrides.append(f"tune.storage_path={args.storage}")
-    config = load_config(args.params, overrides)
+    config = load_step_config(args.params, overrides)
     raw = _raw_params(args.params, overrides)
     dimensions = parse_search_space(config.tune.search_space, raw, args.params)
     check_tracking_uri(tracking_uri(config))
@@ -288,7 +289,7 @@ def _run(args) -> int:
         raise
 
 
-def _sweep(config: Config, args, raw: dict, dimensions: list[Dimension], uri: str, client: MlflowClient,
+def _sweep(config: StepConfig, args, raw: dict, dimensions: list[Dimension], uri: str, client: MlflowClient,
            parent: tuple[str, str], storage: tuple[str, Any], prepared: Path, judge: Path) -> int:
     import ray
 

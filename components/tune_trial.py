@@ -27,6 +27,7 @@ from mlflow.entities import Metric, Param
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from torch.utils.data import DataLoader
 
+from components.settings import StepConfig, redact_uri, step_config_from_dict
 from components.tracking import (
     data_checksum,
     describe_run,
@@ -36,7 +37,7 @@ from components.tracking import (
     run_tags,
     training_params,
 )
-from dagan.config import Config, config_from_dict, redact_uri
+from dagan.config import Config
 from dagan.data import PairedDataset, read_manifest
 from dagan.distributed import resolve_device
 from dagan.eval.judge import load_judge
@@ -65,12 +66,12 @@ class TrialSetup:
     tags: dict[str, str]  # tags of every trial run set by the driver (kfp.run_id): workers may lack its env
 
 
-def trial_config(setup: TrialSetup, sampled: Mapping[str, Any], out_dir: Path) -> Config:
-    return config_from_dict(merge_overrides(setup.base, {**sampled, "train.out_dir": str(out_dir)}),
-                            setup.source).resolved()
+def trial_config(setup: TrialSetup, sampled: Mapping[str, Any], out_dir: Path) -> StepConfig:
+    return step_config_from_dict(merge_overrides(setup.base, {**sampled, "train.out_dir": str(out_dir)}),
+                                 setup.source).resolved()
 
 
-def build_probe(config: Config, judge_path: str) -> JudgeProbe:
+def build_probe(config: StepConfig, judge_path: str) -> JudgeProbe:
     """The judge on the first ``tune.eval_batches`` batches of ``evaluate.split`` (the same for every trial)."""
     manifest = read_manifest(config.dataset.prepared_dir)
     dataset = PairedDataset(config.dataset.prepared_dir, config.evaluate.split, crop_size=config.dataset.crop_size,

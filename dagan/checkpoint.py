@@ -1,7 +1,8 @@
 """Training checkpoints: one atomic dict with the whole training state.
 
 Contents (docs/ARCHITECTURE.md, "Training outputs"): ``format_version``, ``config`` (the
-resolved config as a plain dict), ``semantic_nc``, ``num_label_channels``, ``generator``, ``discriminator``, ``ema``
+resolved library config as a plain dict, :meth:`dagan.config.Config.to_dict`; read it with
+:func:`checkpoint_config`), ``semantic_nc``, ``num_label_channels``, ``generator``, ``discriminator``, ``ema``
 (or None), ``optimizer_g``, ``optimizer_d``, ``scaler`` (or None), ``step``, ``epoch`` and
 ``rng`` (python / numpy / torch / cuda states as tensors and plain lists). Everything is
 loadable with ``torch.load(..., weights_only=True)``. Files are written atomically
@@ -34,6 +35,9 @@ FORMAT_VERSION = 1
 STEP_PATTERN = re.compile(r"^step-(\d{8})\.pt$")
 FINAL_NAME = "final.pt"
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # errnos of a full disk or quota (checkpoints, shards, components.cli)
+# Sections that checkpoints of earlier versions also stored: the steps' settings (experiment tracking, registry,
+# sweeps), which never shaped the model; they are dropped when such a checkpoint's config is read.
+FORMER_SECTIONS = ("mlflow", "register", "tune")
 log = logging.getLogger("dagan.checkpoint")
 
 
@@ -196,6 +200,12 @@ def label_channels_of(state: dict[str, Any]) -> int | None:
 
 
 
+def checkpoint_config(state: dict[str, Any], source: str | Path) -> Config:
+    """The config a checkpoint holds (:data:`FORMER_SECTIONS` of older checkpoints left out)."""
+    stored = {name: section for name, section in state["config"].items() if name not in FORMER_SECTIONS}
+    return config_from_dict(stored, f"{source} (config)")
+
+
 def load_generator(path: str | Path, use_ema: bool = True, map_location: str | torch.device = "cpu"):
     """``(generator, config, semantic_nc)`` from a checkpoint, in eval mode.
 
@@ -205,7 +215,7 @@ def load_generator(path: str | Path, use_ema: bool = True, map_location: str | t
     from dagan.generator import build_generator
 
     state = load_checkpoint(path, map_location)
-    config: Config = config_from_dict(state["config"], f"{path} (config)")
+    config = checkpoint_config(state, path)
     generator = build_generator(config, state["semantic_nc"], label_channels_of(state))
     weights = state["ema"] if use_ema and state["ema"] is not None else state["generator"]
     bad = non_finite_tensors(weights)
@@ -224,7 +234,7 @@ def load_discriminator(path: str | Path, map_location: str | torch.device = "cpu
     if not state.get("discriminator"):
         raise CheckpointError(f"{path} holds no discriminator weights (an exported generator?); use the training "
                               "checkpoint")
-    config: Config = config_from_dict(state["config"], f"{path} (config)")
+    config = checkpoint_config(state, path)
     discriminator = build_discriminator(config, state["semantic_nc"])
     discriminator.load_state_dict(state["discriminator"])
     return discriminator.eval()

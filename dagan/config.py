@@ -1,9 +1,16 @@
-"""One typed, frozen configuration loaded from ``params.yaml`` with dotted overrides.
+"""The library's typed, frozen configuration, loaded from a params file with dotted overrides.
 
-Each top-level section of ``params.yaml`` maps to one frozen dataclass below. Unknown keys
-and wrong types are errors that name the key, the value and the file. Fields left ``null``
-take the dataset preset's value (:mod:`dagan.presets`) when the config is resolved, so that
+Each section of :class:`Config` (``dataset``, ``synthetic``, ``model``, ``loss``, ``train``,
+``judge``, ``evaluate``) is one frozen dataclass below: what decides the data, the model, its
+training and its evaluation, and what a checkpoint stores. Unknown keys and wrong types are
+errors that name the key, the value and the file. Fields left ``null`` take the dataset
+preset's value (:mod:`dagan.presets`) when the config is resolved, so that
 ``dataset.name=cityscapes`` alone gives the official Cityscapes settings.
+
+Layers built on the library add sections of their own by subclassing :class:`Config` and
+passing the subclass as ``schema`` to :func:`load_config` / :func:`config_from_dict`: the
+same checks apply to every section (the steps' ``mlflow``, ``register`` and ``tune``:
+``components/settings.py``).
 
 Overrides use the grammar of ``dvc exp run -S`` (:mod:`dagan.overrides`): ``section.key=value``,
 the value parsed as YAML (``train.lr_g=2e-4``, ``model.variant=B1``, ``model.use_sam=true``),
@@ -17,8 +24,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, Literal, Self, TypeVar, get_args, get_origin
 
 import yaml
 
@@ -68,15 +74,6 @@ def _at_least(section: Any, prefix: str, minimum: float, *names: str, hint: str 
     for name in names:
         value = getattr(section, name)
         _check(value is None or value >= minimum, f"{prefix}.{name}", value, f"must be >= {minimum}{hint}")
-
-
-def redact_uri(uri: str) -> str:
-    """``uri`` without ``user:password@`` (configs, params, tags, files and logs never hold credentials)."""
-    parts = urlsplit(uri)
-    if parts.username is None and parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    return urlunsplit(parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host))
 
 
 @dataclass(frozen=True)
@@ -234,12 +231,6 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class MlflowConfig:
-    tracking_uri: str = "sqlite:///mlflow.db"
-    experiment: str = "dagan"
-
-
-@dataclass(frozen=True)
 class JudgeConfig:
     """The segmentation judge of the evaluation (paper section 4; dagan/eval/judge.py)."""
 
@@ -289,84 +280,24 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
-class RegisterConfig:
-    """The register stage: MLflow registry gate (components/register.py)."""
-
-    model_name: str | None = None  # null: dagan-<dataset.name>
-    metric: str = "judge_miou_generated"  # key of outputs/eval/metrics.json that ranks versions
-    greater_is_better: bool = True
-    gate_miou_ratio: float = 0.6  # champion needs judge mIoU(generated) >= ratio x judge mIoU(real)
-    gate_fd_beats_baseline: bool = True  # champion needs fd_judge(generated) < fd_judge(mean-colour baseline)
-    # Served model (components/pyfunc_model.py), HTTP 400 above: pixels per label map (peak memory grows with it;
-    # measured in the README, "Reliability") and per request (time).
-    serve_max_image_pixels: int = 512 * 512
-    serve_max_request_pixels: int = 4 * 512 * 512
-    out_dir: str = "outputs/register"
-
-    def __post_init__(self) -> None:
-        _at_least(self, "register", 1, "serve_max_image_pixels", "serve_max_request_pixels")
-
-
-def _default_search_space() -> dict[str, dict[str, dict[str, Any]]]:
-    return {
-        "loss": {"lambda_feat": {"type": "loguniform", "low": 1.0, "high": 30.0},
-                 "lambda_gan": {"type": "loguniform", "low": 0.3, "high": 3.0}},
-        "model": {"variant": {"type": "choice", "values": ["B1", "B2", "B3", "B4", "B5", "B6"]}},
-    }
-
-
-@dataclass(frozen=True)
-class TuneConfig:
-    """Ray Tune sweeps of loss weights and attention variants (components/tune.py, docs/TUNE.md)."""
-
-    # section -> key -> {type: loguniform | uniform (low, high) | choice (values)}; validated by dagan.search_space
-    search_space: dict[str, dict[str, dict[str, Any]]] = field(default_factory=_default_search_space)
-    # fd_judge (judge Fréchet distance, minimised; separates learning from flat painting) | judge_miou (maximised)
-    metric: Literal["judge_miou", "fd_judge"] = "fd_judge"
-    num_samples: int = 8  # trials
-    max_steps: int = 2000  # training steps per trial (its train.max_steps)
-    eval_every: int = 200  # steps between judge evaluations = Tune reports = trial checkpoints
-    eval_batches: int = 8  # validation batches (evaluate.batch_size images each) per evaluation
-    grace_period: int = 400  # ASHA: steps a trial runs before it can be stopped
-    reduction_factor: int = 2  # ASHA: 1/reduction_factor of the trials go on at each rung
-    cpus_per_trial: float = 2.0
-    gpus_per_trial: float | None = None  # null: 1 when the Ray cluster has GPUs, else 0; > 0 without a GPU: error
-    max_concurrent_trials: int = 0  # 0: as many as the resources allow
-    num_cpus: int | None = None  # local Ray only (no --address): CPUs Ray may use; null: all
-    name: str = "dagan-tune"  # Ray Tune experiment (folder under storage_path; --resume restores it)
-    storage_path: str = "outputs/tune/ray"  # local folder or s3://bucket/prefix (endpoint: $AWS_ENDPOINT_URL)
-    out_dir: str = "outputs/tune"  # best_params.yaml, best.json, results.csv, mlflow_run.json
-
-    def __post_init__(self) -> None:
-        for name in ("num_samples", "max_steps", "eval_every", "eval_batches", "grace_period"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"tune.{name}={getattr(self, name)} must be >= 1")
-        if self.reduction_factor < 2:
-            raise ConfigError(f"tune.reduction_factor={self.reduction_factor} must be >= 2")
-        if self.cpus_per_trial <= 0 or (self.gpus_per_trial is not None and self.gpus_per_trial < 0):
-            raise ConfigError("tune.cpus_per_trial must be > 0 and tune.gpus_per_trial >= 0 (or null)")
-
-
-@dataclass(frozen=True)
 class Config:
+    """The library's sections. A subclass (the steps' config) may add sections; they stay out of
+    :meth:`to_dict`, so checkpoints and ``config.yaml`` files hold only these."""
+
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-    register: RegisterConfig = field(default_factory=RegisterConfig)
-    tune: TuneConfig = field(default_factory=TuneConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict of every section; credentials in ``mlflow.tracking_uri`` are removed (redact_uri)."""
-        data = dataclasses.asdict(self)
-        data["mlflow"]["tracking_uri"] = redact_uri(data["mlflow"]["tracking_uri"])
-        return data
+        """Plain dict of the library's sections (a subclass's own sections are left out): what checkpoints
+        and ``config.yaml`` files store."""
+        return {f.name: dataclasses.asdict(getattr(self, f.name)) for f in dataclasses.fields(Config)}
 
-    def resolved(self) -> Config:
+    def resolved(self) -> Self:
         """Fill every ``null`` that a preset provides; check the attention knobs."""
         preset = get_preset(self.dataset.name)
         self.model.attention()
@@ -469,7 +400,8 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+        section = f"{where}: " if where else ""  # the top level: the message starts at the key
+        raise ConfigError(f"{section}unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
     kwargs = {}
     for name, value in data.items():
         tp = hints[name]
@@ -480,15 +412,24 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
-def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
+ConfigT = TypeVar("ConfigT", bound=Config)  # Config or a subclass with more sections (``schema``)
+Overrides = typing.Iterable[str] | dict[str, Any]  # -S strings, or {dotted key: value} (dagan.overrides)
+
+
+@typing.overload
+def config_from_dict(data: dict[str, Any], source: str = ...) -> Config: ...
+@typing.overload
+def config_from_dict(data: dict[str, Any], source: str, schema: type[ConfigT]) -> ConfigT: ...
+def config_from_dict(data: dict[str, Any], source: str = "<dict>", schema: type[Config] = Config) -> Config:
+    """``data`` (section -> key -> value) checked into ``schema``, unresolved; errors name ``source``."""
     try:
-        return _build(Config, data or {}, "")
+        return _build(schema, data or {}, "")
     except ConfigError as err:
         raise ConfigError(f"{source}: {str(err).lstrip('.')}") from None
 
 
-def load_config(path: str | Path = "params.yaml", overrides: typing.Iterable[str] | dict[str, Any] = ()) -> Config:
-    """Load ``path``, apply ``overrides``, validate and resolve preset defaults."""
+def read_params(path: str | Path, overrides: Overrides = ()) -> dict[str, Any]:
+    """The params file at ``path`` with ``overrides`` applied, as a plain dict (not checked against a schema)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; pass --params FILE")
@@ -501,10 +442,18 @@ def load_config(path: str | Path = "params.yaml", overrides: typing.Iterable[str
         raise ConfigError(f"{path}: the file holds a {type(data).__name__} ({str(data)[:60]!r}), not a mapping of "
                           "sections (dataset:, model:, train:, ...); see params.yaml for the layout")
     try:
-        merged = merge_overrides(data, overrides)
+        return merge_overrides(data, overrides)
     except OverrideError as err:
         raise ConfigError(f"{path}: {err}") from None
-    config = config_from_dict(merged, str(path))
+
+
+@typing.overload
+def load_config(path: str | Path = ..., overrides: Overrides = ...) -> Config: ...
+@typing.overload
+def load_config(path: str | Path, overrides: Overrides, schema: type[ConfigT]) -> ConfigT: ...
+def load_config(path: str | Path = "params.yaml", overrides: Overrides = (), schema: type[Config] = Config) -> Config:
+    """Load ``path``, apply ``overrides``, check every section of ``schema`` and resolve preset defaults."""
+    config = config_from_dict(read_params(path, overrides), str(path), schema)
     try:
         return config.resolved()
     except ConfigError as err:
@@ -512,5 +461,5 @@ def load_config(path: str | Path = "params.yaml", overrides: typing.Iterable[str
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    """Write the (resolved) config as YAML, atomically."""
+    """Write the (resolved) config's library sections (:meth:`Config.to_dict`) as YAML, atomically."""
     atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

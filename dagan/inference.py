@@ -44,6 +44,10 @@ from dagan.results_page import ASSET_DIR, PAGE_FILE, ResultRow, write_page
 
 MAX_SIDE = 2048
 MAX_STYLE_SIDE = 8192  # style photos are resized to the model's image size; this only bounds memory
+# A served model's default request limits (register.serve_max_*; components/pyfunc_model.py): pixels per label
+# map (peak memory grows with it) and per request (time grows with it).
+SERVE_MAX_IMAGE_PIXELS = 512 * 512
+SERVE_MAX_REQUEST_PIXELS = 4 * SERVE_MAX_IMAGE_PIXELS
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
 MODEL_URI_SCHEMES = ("models:/", "runs:/")  # MLflow models: python -m components.generate serves them
 

@@ -21,9 +21,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from components.settings import load_step_config
 from components.tracking import KFP_RUN_ENV
 from dagan.checkpoint import FINAL_NAME, checkpoint_dir
-from dagan.config import load_config
 from pipeline.trainjob import DistributedTraining, SecretEnv, current_namespace, run_in_process, run_trainjob
 
 
@@ -102,7 +102,7 @@ def numeric(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
 
 def prepare(params_file: str, overrides: Sequence[str], prepared_dir: str) -> dict[str, float]:
     """Raw data (generated first for the synthetic dataset) -> Parquet shards + manifest in ``prepared_dir``."""
-    config = load_config(params_file, list(overrides))
+    config = load_step_config(params_file, list(overrides))
     with tempfile.TemporaryDirectory(prefix="dagan-raw-") as scratch:
         paths: dict[str, str] = {}
         if config.dataset.name == "synthetic":  # generated raw data only lives until it is sharded
@@ -201,7 +201,7 @@ def evaluate(params_file: str, overrides: Sequence[str], prepared_dir: str, judg
         "dataset.prepared_dir": prepared_dir, "judge.out_dir": judge_dir, "train.out_dir": model_dir,
         "evaluate.out_dir": eval_dir}))
     metrics = read_json(Path(eval_dir) / "metrics.json")
-    config = load_config(params_file, list(overrides))
+    config = load_step_config(params_file, list(overrides))
     decision = decide(metrics, config.register, None, str(Path(eval_dir) / "metrics.json"))
     return numeric(metrics), decision.gate_passed, list(decision.gate_checks)
 

@@ -3,6 +3,7 @@ generator checkpoint in the documented format, and a training run in a real MLfl
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -12,10 +13,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+import yaml
 from PIL import Image
 
+from components.settings import StepConfig, step_config_from_dict
 from dagan.checkpoint import FORMAT_VERSION, save_checkpoint
-from dagan.config import Config, config_from_dict, save_config
+from dagan.config import Config
 from dagan.generator import build_generator
 
 NUM_CLASSES = 4
@@ -69,7 +72,7 @@ def write_prepared(directory: Path, splits: dict[str, int] | None = None, seed: 
     return directory
 
 
-def tiny_config(root: Path, size: int = SIZE, **sections: dict) -> Config:
+def tiny_config(root: Path, size: int = SIZE, **sections: dict) -> StepConfig:
     """ngf/ndf 8, size x size (32), CPU, every output under ``root``, a sqlite MLflow store in ``root``."""
     data = {
         "dataset": {"name": "synthetic", "prepared_dir": str(root / "prepared"), "load_size": size,
@@ -86,13 +89,14 @@ def tiny_config(root: Path, size: int = SIZE, **sections: dict) -> Config:
     }
     for name, values in sections.items():
         data[name] = {**data.get(name, {}), **values}
-    return config_from_dict(data, "tiny").resolved()
+    return step_config_from_dict(data, "tiny").resolved()
 
 
-def write_params(config: Config, root: Path) -> Path:
-    """The resolved config as a params file for ``--params``."""
-    save_config(config, root / "params.yaml")
-    return root / "params.yaml"
+def write_params(config: StepConfig, root: Path) -> Path:
+    """The resolved config, every section, as a params file for ``--params``."""
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+    return path
 
 
 def write_checkpoint(config: Config, path: Path, seed: int = 0) -> Path:
@@ -105,7 +109,7 @@ def write_checkpoint(config: Config, path: Path, seed: int = 0) -> Path:
     return save_checkpoint(state, path)
 
 
-def start_training_run(config: Config, steps: int | None = None) -> str:
+def start_training_run(config: StepConfig, steps: int | None = None) -> str:
     """A finished MLflow run standing in for the training's, and its mlflow_run.json.
 
     With ``steps``: system metrics at steps 0..2, a final loss at ``steps`` and the training's
@@ -134,7 +138,7 @@ GOOD_METRICS = {"judge_miou_generated": 0.5, "judge_miou_real": 0.6, "fd_judge_g
                 "fd_judge_baseline": 4.0}
 
 
-def registered_model(root: Path, metrics: dict | None = None, **sections: dict) -> tuple[Config, Path]:
+def registered_model(root: Path, metrics: dict | None = None, **sections: dict) -> tuple[StepConfig, Path]:
     """Prepared data, a checkpoint, a training run and eval metrics, then ``components.register``.
 
     ``sections``: config overrides of :func:`tiny_config`, e.g. ``model={"style": "vae"}``.

@@ -7,14 +7,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dagan.config import ConfigError, config_from_dict, load_config, save_config
+from components.settings import StepConfig, load_step_config, redact_uri
+from dagan.config import Config, ConfigError, config_from_dict, load_config, save_config
 from dagan.overrides import OverrideError, merge_overrides, parse_override
 
 REPO = Path(__file__).resolve().parents[1]
+LIBRARY_SECTIONS = {"dataset", "synthetic", "model", "loss", "train", "judge", "evaluate"}
 
 
 def test_repo_params_load_and_resolve_from_the_synthetic_preset():
-    config = load_config(REPO / "params.yaml")
+    config = load_step_config(REPO / "params.yaml")
     assert config.dataset.name == "synthetic"
     assert config.model.ngf == 16  # the synthetic preset's value replaces null
     assert config.dataset.crop_size == 64
@@ -23,7 +25,7 @@ def test_repo_params_load_and_resolve_from_the_synthetic_preset():
 
 
 def test_overrides_are_typed_like_dvc_exp_run_set(tmp_path):
-    config = load_config(REPO / "params.yaml", ["train.lr_g=2e-4", "model.variant=B1", "dataset.name=cityscapes"])
+    config = load_step_config(REPO / "params.yaml", ["train.lr_g=2e-4", "model.variant=B1", "dataset.name=cityscapes"])
     assert config.train.lr_g == pytest.approx(2e-4)
     assert isinstance(config.train.lr_g, float)
     assert config.model.attention() == (False, "off")
@@ -32,7 +34,7 @@ def test_overrides_are_typed_like_dvc_exp_run_set(tmp_path):
 
 
 def test_dict_overrides_as_used_by_kubeflow_and_ray_tune():
-    config = load_config(REPO / "params.yaml", {"loss.lambda_feat": 3, "model.ngf": 8})
+    config = load_step_config(REPO / "params.yaml", {"loss.lambda_feat": 3, "model.ngf": 8})
     assert config.loss.lambda_feat == 3.0 and isinstance(config.loss.lambda_feat, float)
     assert config.model.ngf == 8
 
@@ -46,13 +48,28 @@ def test_dict_overrides_as_used_by_kubeflow_and_ray_tune():
         ("train.batch_size=true", "True is a bool, expected int"),
         ("model.variant=B7", "'B7' is not one of"),
         ("dataset.flip=3", "3 is a int, expected bool"),
+        ("mlflow.experiments=x", "mlflow: unknown key(s) experiments; known keys: experiment, tracking_uri"),
+        ("register.metric=3", "3 is a int, expected str"),
+        ("tune.metric=fid", "'fid' is not one of: judge_miou, fd_judge"),
     ],
 )
 def test_bad_values_name_the_key_and_the_file(override, message):
     with pytest.raises(ConfigError) as err:
-        load_config(REPO / "params.yaml", [override])
+        load_step_config(REPO / "params.yaml", [override])
     assert message in str(err.value)
-    assert "params.yaml" in str(err.value)
+    assert str(err.value).startswith(f"{REPO / 'params.yaml'}: ") and "\n" not in str(err.value)
+
+
+def test_the_library_config_has_the_library_sections_and_the_steps_add_theirs():
+    assert {f.name for f in dataclasses.fields(Config)} == LIBRARY_SECTIONS
+    assert {f.name for f in dataclasses.fields(StepConfig)} == LIBRARY_SECTIONS | {"mlflow", "register", "tune"}
+    with pytest.raises(ConfigError, match=r"params.yaml: unknown key\(s\) mlflow, register, tune; known keys: "
+                                          "dataset, evaluate, judge, loss, model, synthetic, train$"):
+        load_config(REPO / "params.yaml")  # the library knows nothing of tracking, registry or sweeps
+    config = load_step_config(REPO / "params.yaml", ["mlflow.experiment=other", "tune.num_samples=3"])
+    assert (config.mlflow.experiment, config.tune.num_samples) == ("other", 3)
+    assert isinstance(config, StepConfig) and config.model.ngf == 16  # resolved as the library's Config
+    assert set(config.to_dict()) == LIBRARY_SECTIONS  # what checkpoints and config.yaml store
 
 
 def test_override_syntax_errors_say_how_to_write_it():
@@ -90,7 +107,7 @@ def test_the_dvc_exp_run_grammar_sets_adds_and_indexes(override, path, expected)
 def test_tilde_removes_a_key_so_the_default_applies():
     assert "max_steps" not in merge_overrides(FILE, ["~train.max_steps"])["train"]
     assert "max_steps" not in merge_overrides(FILE, ["~train.max_steps=0"])["train"]
-    config = load_config(REPO / "params.yaml", ["~train.sample_every", "~model.ngf"])
+    config = load_step_config(REPO / "params.yaml", ["~train.sample_every", "~model.ngf"])
     assert config.train.sample_every == config_from_dict({}).train.sample_every
     assert config.model.ngf == 16  # null in the file; removed: the default null, resolved from the preset
 
@@ -140,29 +157,29 @@ def test_unknown_preset_lists_the_known_ones():
 
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
-        load_config(tmp_path / "nope.yaml")
+        load_step_config(tmp_path / "nope.yaml")
 
 
 def test_resolved_config_round_trips_through_save(tmp_path):
-    config = load_config(REPO / "params.yaml", ["model.variant=B3"])
+    config = load_step_config(REPO / "params.yaml", ["model.variant=B3"])
     save_config(config, tmp_path / "resolved.yaml")
-    reloaded = load_config(tmp_path / "resolved.yaml")
-    assert reloaded == config
+    reloaded = load_config(tmp_path / "resolved.yaml")  # the library's sections only: the library reads it
+    assert reloaded.to_dict() == config.to_dict() and type(reloaded) is Config
     assert [path.name for path in tmp_path.iterdir()] == ["resolved.yaml"]  # no temporary file left
     assert yaml.safe_load((tmp_path / "resolved.yaml").read_text())["model"]["ngf"] == 16
 
 
 def test_config_is_frozen():
-    config = load_config(REPO / "params.yaml")
+    config = load_step_config(REPO / "params.yaml")
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.train.lr_g = 1.0  # type: ignore[misc]
 
 
 def test_bare_off_is_the_string_choice_not_a_boolean():
-    config = load_config(REPO / "params.yaml", ["train.amp=off", "evaluate.fid=off"])
+    config = load_step_config(REPO / "params.yaml", ["train.amp=off", "evaluate.fid=off"])
     assert (config.train.amp, config.evaluate.fid) == ("off", "off")
     with pytest.raises(ConfigError, match="not one of"):
-        load_config(REPO / "params.yaml", ["train.amp=true"])
+        load_step_config(REPO / "params.yaml", ["train.amp=true"])
 
 
 @pytest.mark.parametrize(
@@ -188,7 +205,7 @@ def test_bare_off_is_the_string_choice_not_a_boolean():
 def test_out_of_range_values_are_one_clear_line_for_every_entry_point(override, message):
     overrides = [override, "train.epochs_decay=0"] if override.startswith("train.epochs=") else [override]
     with pytest.raises(ConfigError) as err:
-        load_config(REPO / "params.yaml", overrides)
+        load_step_config(REPO / "params.yaml", overrides)
     assert message in str(err.value) and str(err.value).startswith(str(REPO / "params.yaml"))
     assert "\n" not in str(err.value)
 
@@ -198,35 +215,35 @@ def test_a_params_file_that_is_not_a_mapping_is_a_clear_error(tmp_path):
     params.write_text("just a string\n")
     for overrides in ([], ["train.lr_g=1e-3"]):
         with pytest.raises(ConfigError, match=r"params.yaml: the file holds a str \('just a string'\), not a mapping"):
-            load_config(params, overrides)
+            load_step_config(params, overrides)
 
 
-def test_credentials_never_leave_the_config_object():
-    config = load_config(REPO / "params.yaml", ["mlflow.tracking_uri=http://alice:pw@mlflow.example.com:5000"])
+def test_credentials_never_leave_the_config_object(tmp_path):
+    config = load_step_config(REPO / "params.yaml", ["mlflow.tracking_uri=http://alice:pw@mlflow.example.com:5000"])
     assert config.mlflow.tracking_uri == "http://alice:pw@mlflow.example.com:5000"  # what the components use
-    assert config.to_dict()["mlflow"]["tracking_uri"] == "http://mlflow.example.com:5000"
+    save_config(config, tmp_path / "config.yaml")
+    assert "mlflow" not in config.to_dict() and "alice" not in (tmp_path / "config.yaml").read_text()
+    assert redact_uri(config.mlflow.tracking_uri) == "http://mlflow.example.com:5000"  # tags, files, log lines
 
 
 def test_generator_and_discriminator_choices_and_attention_knobs():
-    config = load_config(REPO / "params.yaml", ["model.generator=ccfpse", "model.discriminator=fpse"])
+    config = load_step_config(REPO / "params.yaml", ["model.generator=ccfpse", "model.discriminator=fpse"])
     assert (config.model.generator, config.model.discriminator) == ("ccfpse", "fpse")
     assert config.model.attention() == (False, "off")  # CC-FPSE has no SAM / CAM
     with pytest.raises(ConfigError, match="model.generator=ccfpse has none"):
-        load_config(REPO / "params.yaml", ["model.generator=ccfpse", "model.variant=custom", "model.use_sam=true"])
+        load_step_config(REPO / "params.yaml", ["model.generator=ccfpse", "model.variant=custom", "model.use_sam=true"])
     with pytest.raises(ConfigError, match="'patch' is not one of: multiscale, fpse"):
-        load_config(REPO / "params.yaml", ["model.discriminator=patch"])
+        load_step_config(REPO / "params.yaml", ["model.discriminator=patch"])
     # the FPSE discriminator's size rule is checked with the config, so a sweep or a run stops before it starts
     with pytest.raises(ConfigError, match="model.discriminator=fpse needs image sides that are multiples of 32 and "
                                           "at least 64, got 48x48"):
-        load_config(REPO / "params.yaml", ["model.discriminator=fpse", "dataset.crop_size=48"])
+        load_step_config(REPO / "params.yaml", ["model.discriminator=fpse", "dataset.crop_size=48"])
     with pytest.raises(ConfigError, match="at least 64, got 32x64"):
-        load_config(REPO / "params.yaml", ["model.discriminator=fpse", "dataset.aspect_ratio=2.0"])
+        load_step_config(REPO / "params.yaml", ["model.discriminator=fpse", "dataset.aspect_ratio=2.0"])
 
 
 def test_from_official_maps_every_official_option_to_keys_that_exist():
     """docs/FROM_OFFICIAL.md: each official option has a row, and every config key it names is a real one."""
-    from dagan.config import Config
-
     text = (REPO / "docs" / "FROM_OFFICIAL.md").read_text()
     options = ("--dataset_mode", "--label_dir", "--image_dir", "--label_nc", "--no_instance",
                "--contain_dontcare_label", "--niter", "--niter_decay", "--batchSize", "--gpu_ids", "--name",
@@ -234,7 +251,7 @@ def test_from_official_maps_every_official_option_to_keys_that_exist():
                "--no_vgg_loss", "--lambda_feat", "--lambda_kld", "--netG", "--netD")
     assert not [option for option in options if f"| `{option}" not in text and f", `{option}" not in text]
     assert "planned" not in text
-    config = Config()
+    config = StepConfig()
     fields = {section.name: {f.name for f in dataclasses.fields(getattr(config, section.name))}
               for section in dataclasses.fields(config)}
     named = re.findall(r"`(?:-S )?(" + "|".join(fields) + r")\.([a-z_0-9]+)", text)

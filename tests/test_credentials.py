@@ -4,6 +4,7 @@ real ``mlflow server`` on loopback is searched for in every output of the run an
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -45,8 +46,7 @@ def test_a_planted_password_appears_in_no_output_artifact_or_log_line(tmp_path, 
     secret_uri = url.replace("http://", f"http://alice:{PASSWORD}@")
     config = tiny_config(outputs, train={"max_steps": 2, "checkpoint_every": 1, "sample_every": 1},
                          mlflow={"tracking_uri": secret_uri, "experiment": "secrets"})
-    settings = config.to_dict()  # (credentials removed: put the planted one back, as a user's own file has it)
-    settings["mlflow"]["tracking_uri"] = secret_uri
+    settings = dataclasses.asdict(config)  # every section, the planted password in mlflow.tracking_uri
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(settings))
     save_judge(outputs / "judge" / "judge.pt", SegmentationNet(3, NUM_CLASSES, 8, 2), config, NUM_CLASSES)

@@ -9,7 +9,8 @@ from mlflow.tracking import MlflowClient
 
 from components.register import decide, version_description
 from components.register import main as register
-from dagan.config import RegisterConfig, config_from_dict
+from components.settings import RegisterConfig
+from dagan.config import config_from_dict
 
 GATE = RegisterConfig(gate_miou_ratio=0.6, metric="judge_miou_generated")
 

@@ -14,7 +14,7 @@ import torch
 from train_fixtures import tiny_config, tiny_settings, write_prepared
 
 import dagan.train.steps
-from dagan.checkpoint import load_checkpoint, load_generator, load_latest_checkpoint, save_checkpoint
+from dagan.checkpoint import FORMAT_VERSION, load_checkpoint, load_generator, load_latest_checkpoint, save_checkpoint
 from dagan.train import NonFiniteLossError, NullLogger, train
 
 KEYS = {"format_version", "config", "semantic_nc", "num_label_channels", "generator", "discriminator", "ema",
@@ -74,6 +74,22 @@ def test_checkpoints_keep_last_and_load_with_weights_only(prepared, tmp_path):
     assert all(torch.equal(v, state["ema"][k]) for k, v in generator.state_dict().items())
     raw_generator, _, _ = load_generator(folder / "final.pt", use_ema=False)
     assert all(torch.equal(v, state["generator"][k]) for k, v in raw_generator.state_dict().items())
+
+
+def test_a_checkpoint_of_earlier_code_with_the_steps_sections_still_loads(tmp_path):
+    """Checkpoints used to store the steps' mlflow, register and tune sections too; they are dropped when read."""
+    from dagan.generator import build_generator
+
+    config = tiny_config(tmp_path / "prepared", tmp_path / "out")
+    stored = {**config.to_dict(), "mlflow": {"tracking_uri": "sqlite:///mlflow.db", "experiment": "dagan"},
+              "register": {"metric": "judge_miou_generated", "out_dir": "outputs/register"},
+              "tune": {"num_samples": 8, "search_space": {"model": {"variant": {"type": "choice", "values": ["B1"]}}}}}
+    weights = build_generator(config, 5, 4).state_dict()
+    path = save_checkpoint({"format_version": FORMAT_VERSION, "config": stored, "semantic_nc": 5,
+                            "num_label_channels": 4, "generator": weights, "discriminator": {}, "ema": None},
+                           tmp_path / "old.pt")
+    generator, loaded_config, _ = load_generator(path)
+    assert loaded_config == config and all(torch.equal(v, weights[k]) for k, v in generator.state_dict().items())
 
 
 def test_save_is_atomic_when_writing_fails(tmp_path, monkeypatch):

@@ -12,12 +12,13 @@ from eval_fixtures import NUM_CLASSES, tiny_config, write_params, write_prepared
 from mlflow import MlflowClient
 from mlflow_fixtures import MlflowServer
 
+from components.search_space import parse_search_space
+from components.settings import load_step_config
 from components.tune import check_tracking_uri, gpus_per_trial
 from dagan.checkpoint import load_checkpoint
-from dagan.config import ConfigError, load_config
+from dagan.config import ConfigError
 from dagan.eval.judge import SegmentationNet, save_judge
 from dagan.eval.judge_probe import JudgeProbe
-from dagan.search_space import parse_search_space
 
 SPACE = {"loss": {"lambda_feat": {"type": "loguniform", "low": 1.0, "high": 30.0}},
          "model": {"variant": {"type": "choice", "values": ["B1", "B6"]},
@@ -73,7 +74,7 @@ def test_two_trial_sweep_logs_parent_and_nested_runs_and_writes_the_best_params(
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     write_prepared(tmp_path / "prepared")  # 16 train / 8 val scenes at 32x32
     params = sweep_params(tmp_path, storage_path="s3://sweeps/tune")
-    save_judge(tmp_path / "judge" / "judge.pt", SegmentationNet(3, NUM_CLASSES, 8, 2), load_config(params),
+    save_judge(tmp_path / "judge" / "judge.pt", SegmentationNet(3, NUM_CLASSES, 8, 2), load_step_config(params),
                NUM_CLASSES)  # an untrained tiny judge: the sweep needs its scores, not good ones
     url = mlflow_server.url()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
@@ -124,7 +125,7 @@ def test_two_trial_sweep_logs_parent_and_nested_runs_and_writes_the_best_params(
     assert parent.data.metrics["num_trials"] == 2
     assert parent.data.tags["best.model.variant"] == best_run.data.params["model.variant"]
 
-    tuned = load_config(tmp_path / "tune" / "best_params.yaml")
+    tuned = load_step_config(tmp_path / "tune" / "best_params.yaml")
     assert tuned.model.variant == best_run.data.params["model.variant"]
     assert tuned.loss.lambda_feat == pytest.approx(float(best_run.data.params["loss.lambda_feat"]))
     assert tuned.train.max_steps == 0 and tuned.train.out_dir == str(tmp_path / "train")  # sweep keys not leaked

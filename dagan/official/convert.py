@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from dagan.atomic import atomic_write
-from dagan.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from dagan.checkpoint import FORMAT_VERSION, checkpoint_config, load_checkpoint, save_checkpoint
 from dagan.config import Config, ConfigError, config_from_dict
 from dagan.data.classes import class_table
 from dagan.discriminator import build_discriminator
@@ -223,7 +223,7 @@ def _exportable(config: Config) -> str:
 def official_state_dicts(checkpoint: dict[str, Any], use_ema: bool = False) -> dict[str, dict[str, torch.Tensor]]:
     """{"generator": ..., ["encoder": ...], ["discriminator": ...]} official state dicts of a project checkpoint,
     in official order."""
-    config = config_from_dict(checkpoint["config"], "checkpoint config")
+    config = checkpoint_config(checkpoint, "checkpoint")
     _exportable(config)
     weights = checkpoint["ema"] if use_ema and checkpoint.get("ema") is not None else checkpoint["generator"]
     with torch.device("meta"):

@@ -12,7 +12,8 @@ would silently mix two runs (and keep logging into the first run's MLflow run), 
 * free: everything else (device, ``channels_last``, ``heap_reuse``, ``num_workers``,
   ``ema_bn_batches`` (the EMA's batch-norm statistics at checkpoints only), the log,
   sample and checkpoint intervals, ``keep_last``, paths, ``train.init_from`` (read by new runs
-  only), and the ``mlflow``, ``judge``, ``evaluate``, ``register``, ``tune`` sections).
+  only), and the ``judge`` and ``evaluate`` sections; the steps' ``mlflow``, ``register`` and
+  ``tune`` sections are not part of a checkpoint at all).
 
 A key that a checkpoint of older code lacks counts as that key's default.
 """

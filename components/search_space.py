@@ -23,7 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dagan.config import ConfigError, config_from_dict
+from components.settings import step_config_from_dict
+from dagan.config import ConfigError
 from dagan.overrides import merge_overrides
 
 KINDS = {"loguniform": ("low", "high"), "uniform": ("low", "high"), "choice": ("values",)}
@@ -83,7 +84,7 @@ def parse_search_space(space: Mapping[str, Any], base: Mapping[str, Any], source
             dimension = _dimension(key, spec, where)
             for value in dimension.candidates():
                 try:
-                    config_from_dict(merge_overrides(dict(base), {key: value}), source).resolved()
+                    step_config_from_dict(merge_overrides(dict(base), {key: value}), source).resolved()
                 except ConfigError as err:
                     raise ConfigError(f"{where}: {value!r} is not a valid value: {err}") from None
             dimensions.append(dimension)
@@ -104,7 +105,7 @@ def _check_choice_combinations(dimensions: list[Dimension], base: Mapping[str, A
     for values in itertools.islice(itertools.product(*(d.values for d in choices)), MAX_CHECKED_COMBINATIONS):
         overrides = {d.key: value for d, value in zip(choices, values, strict=True)}
         try:
-            config_from_dict(merge_overrides(dict(base), overrides), source).resolved()
+            step_config_from_dict(merge_overrides(dict(base), overrides), source).resolved()
         except ConfigError as err:
             combination = ", ".join(f"{key}={value!r}" for key, value in overrides.items())
             raise ConfigError(f"{source}: tune.search_space: the combination {combination} is not a valid config "
