@@ -12,9 +12,9 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from dagan.checkpoint import DISK_FULL
 from dagan.config import Config, ConfigError, load_config
 from dagan.console import add_log_level_arguments, setup_logging
+from dagan.disk import DISK_FULL
 
 log = logging.getLogger("components")
 

@@ -14,7 +14,6 @@ readable one (:func:`load_latest_checkpoint`). A generator with NaN/Inf weights 
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import pickle
@@ -28,13 +27,13 @@ import numpy as np
 import torch
 
 from dagan.config import Config, config_from_dict
+from dagan.disk import DISK_FULL
 from dagan.finite import describe_non_finite, non_finite_tensors
 
 FORMAT_VERSION = 1
 STEP_PATTERN = re.compile(r"^step-(\d{8})\.pt$")
 TEMPORARY_PATTERN = re.compile(r"^\..+\.tmp-(\d+)$")
 FINAL_NAME = "final.pt"
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # errnos of a full disk or quota (checkpoints, shards, components.cli)
 log = logging.getLogger("dagan.checkpoint")
 
 

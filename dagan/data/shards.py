@@ -22,7 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dagan.checkpoint import DISK_FULL
+from dagan.disk import DISK_FULL
 from dagan.data.errors import DataError
 from dagan.data.manifest import Shard
 
