@@ -171,6 +171,18 @@ def test_a_stages_code_deps_are_its_import_closure(name):
                             "\n".join(f"      - {dep}" for dep in expected_deps(REPO, closure)))
 
 
+def test_the_static_closure_holds_every_module_python_loads():
+    """A cross-check of the parser: importing the stages' components loads no project module it missed."""
+    modules = sorted({module for stage in stages().values() for module in STEP_COMMAND.findall(stage["cmd"])})
+    code = (f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
+            "print('\\n'.join(m.__file__ for m in list(sys.modules.values()) if getattr(m, '__file__', None)))\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    loaded = {Path(line).resolve() for line in result.stdout.splitlines()}
+    project = {path for path in loaded if path.is_relative_to(REPO) and path.relative_to(REPO).parts[0] in PACKAGES}
+    static = set().union(*(import_closure(REPO, module) for module in modules))
+    assert len(project) > 20 and sorted(project - static) == []
+
+
 def test_bytecode_caches_are_not_part_of_a_directory_dep():
     """A directory dep hashes every file in it: Python's __pycache__ would rerun the stage after any import."""
     paths = ["dagan/nn/__pycache__/spade.cpython-311.pyc", "dagan/nn/spade.pyc"]
