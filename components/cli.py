@@ -13,9 +13,9 @@ import sys
 from collections.abc import Callable, Sequence
 
 from components.settings import StepConfig, load_step_config
-from dagan.checkpoint import DISK_FULL
 from dagan.config import ConfigError
 from dagan.console import add_log_level_arguments, setup_logging
+from dagan.disk import DISK_FULL
 
 log = logging.getLogger("components")
 

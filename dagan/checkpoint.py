@@ -15,7 +15,6 @@ generator with NaN/Inf weights is refused.
 
 from __future__ import annotations
 
-import errno
 import logging
 import pickle
 import random
@@ -29,12 +28,12 @@ import torch
 
 from dagan import atomic
 from dagan.config import Config, config_from_dict
+from dagan.disk import DISK_FULL
 from dagan.finite import describe_non_finite, non_finite_tensors
 
 FORMAT_VERSION = 1
 STEP_PATTERN = re.compile(r"^step-(\d{8})\.pt$")
 FINAL_NAME = "final.pt"
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # errnos of a full disk or quota (checkpoints, shards, components.cli)
 # Sections that checkpoints of earlier versions also stored: the steps' settings (experiment tracking, registry,
 # sweeps), which never shaped the model; they are dropped when such a checkpoint's config is read.
 FORMER_SECTIONS = ("mlflow", "register", "tune")

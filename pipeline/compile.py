@@ -3,7 +3,7 @@
     python -m pipeline.compile --output dagan-pipeline.yaml --image REGISTRY/dagan:TAG [--gpus 4]
         [--shared-pvc NAME [--trainjob]] [--mlflow-secret NAME] [--s3-secret NAME] ...
 
-The flags are the cluster's side of the pipeline (pipeline/pipeline.py, ClusterSettings);
+The flags are the cluster's side of the pipeline (pipeline/tasks.py, ClusterSettings);
 a run's own choices (params file, -S overrides, nodes) are parameters given at submit time.
 """
 
@@ -17,7 +17,8 @@ from pathlib import Path
 from kfp import compiler
 
 from dagan.atomic import atomic_write
-from pipeline.pipeline import DEFAULT_IMAGE, ClusterSettings, build_pipeline
+from pipeline.pipeline import build_pipeline
+from pipeline.tasks import DEFAULT_IMAGE, ClusterSettings
 
 DEFAULTS = ClusterSettings()
 PACKAGE_SUFFIXES = (".yaml", ".yml", ".json")  # what kfp's compiler writes

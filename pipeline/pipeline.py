@@ -1,10 +1,12 @@
 """The Kubeflow pipeline: prepare -> train_judge -> train -> evaluate -> register (behind the gate).
 
 The same steps as ``dvc repro``, each a component of pipeline/kfp_components.py in the project image.
-What a cluster provides is decided at compile time (:class:`ClusterSettings`): the image, the
-train step's GPUs / CPU / memory / shared memory, retries, the names of the secrets that carry
-the MLflow tracking URI and the S3 credentials, an optional shared volume, and whether training
-runs in the train step's own pod or as a Kubeflow Trainer TrainJob over several nodes.
+What a cluster provides is decided at compile time (:class:`pipeline.tasks.ClusterSettings`): the
+image, the train step's GPUs / CPU / memory / shared memory, retries, the names of the secrets that
+carry the MLflow tracking URI and the S3 credentials, an optional shared volume, and whether
+training runs in the train step's own pod or as a Kubeflow Trainer TrainJob over several nodes.
+pipeline/tasks.py applies them, and builds the prepare and train_judge tasks this pipeline shares
+with the sweep (pipeline/tune_pipeline.py).
 What a run chooses is a typed pipeline parameter (the run form's fields): the params file, the
 dataset, the generator and discriminator families, the variant, the step and epoch counts, the
 batch size, the loss weights, the nodes and GPUs per node, and free-form config overrides (``-S``
@@ -18,97 +20,25 @@ registry, so they always run.
 No ``from __future__ import annotations``: KFP reads the parameter types from the annotations.
 """
 
-from dataclasses import dataclass
-
 from kfp import dsl
-from kfp import kubernetes as k8s
-from kfp.dsl.pipeline_channel import PipelineChannel
 
 from pipeline.kfp_components import build_components
+from pipeline.tasks import (
+    IMAGE_PARAMS,
+    ClusterSettings,
+    prepare_and_judge,
+    with_gpus,
+    with_secrets,
+    with_shared_volume,
+    with_train_pod,
+)
 
 PIPELINE_NAME = "dagan"
-DEFAULT_IMAGE = "dagan:0.1.0"
-IMAGE_PARAMS = "/app/params.yaml"  # the params file baked into the image (Dockerfile: WORKDIR /app)
-GPU = "nvidia.com/gpu"
-
-# Kubernetes secret name -> {secret key: environment variable}, required and optional keys.
-MLFLOW_KEYS = {"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI"}
-MLFLOW_OPTIONAL_KEYS = {"MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
-                        "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"}
-S3_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
-S3_OPTIONAL_KEYS = {"AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL": "MLFLOW_S3_ENDPOINT_URL"}
-
-
-@dataclass(frozen=True)
-class ClusterSettings:
-    image: str = DEFAULT_IMAGE
-    gpus: int = 1  # per train pod (in-pod training) and per node (TrainJob default)
-    cpu: str = "8"
-    memory: str = "64Gi"
-    shm_size: str = "16Gi"
-    train_retries: int = 2
-    mlflow_secret: str = "dagan-mlflow"
-    s3_secret: str = "dagan-s3"
-    shared_pvc: str | None = None  # ReadWriteMany claim: raw data, TrainJob data and checkpoints
-    shared_mount: str = "/mnt/shared"
-    trainjob: bool = False  # train as a Kubeflow Trainer TrainJob (needs shared_pvc)
-    trainjob_timeout_s: float = 7 * 24 * 3600.0
-
-    def __post_init__(self) -> None:
-        if self.trainjob and not self.shared_pvc:
-            raise ValueError("a TrainJob needs a shared ReadWriteMany volume for data and checkpoints: "
-                             "compile with --shared-pvc NAME (docs/KUBEFLOW.md)")
-        if self.gpus < 0 or self.train_retries < 0:
-            raise ValueError(f"gpus and train_retries must be >= 0, got {self.gpus} and {self.train_retries}")
-
-    @property
-    def work_root(self) -> str:
-        return f"{self.shared_mount}/dagan-runs" if self.shared_pvc else ""
-
-    def secret_env(self) -> list[dict]:
-        """The TrainJob's env entries (secret references only, never values)."""
-        return [{"env": env, "secret": secret, "key": key, "optional": optional}
-                for secret, keys, optional in ((self.mlflow_secret, MLFLOW_KEYS, False),
-                                               (self.mlflow_secret, MLFLOW_OPTIONAL_KEYS, True),
-                                               (self.s3_secret, S3_KEYS, False),
-                                               (self.s3_secret, S3_OPTIONAL_KEYS, True))
-                for key, env in keys.items()]
-
-
-def _with_secrets(task: dsl.PipelineTask, settings: ClusterSettings) -> dsl.PipelineTask:
-    k8s.use_secret_as_env(task, settings.mlflow_secret, MLFLOW_KEYS)
-    k8s.use_secret_as_env(task, settings.mlflow_secret, MLFLOW_OPTIONAL_KEYS, optional=True)
-    k8s.use_secret_as_env(task, settings.s3_secret, S3_KEYS)
-    k8s.use_secret_as_env(task, settings.s3_secret, S3_OPTIONAL_KEYS, optional=True)
-    return task
-
-
-def _with_shared_volume(task: dsl.PipelineTask, settings: ClusterSettings) -> dsl.PipelineTask:
-    if settings.shared_pvc:
-        k8s.mount_pvc(task, pvc_name=settings.shared_pvc, mount_path=settings.shared_mount)
-    return task
-
-
-def _with_gpus(task: dsl.PipelineTask, gpus, settings: ClusterSettings) -> dsl.PipelineTask:
-    """``gpus`` GPUs (a number, or a run parameter) when the pipeline is compiled for GPUs; /dev/shm always."""
-    if settings.gpus > 0 and (isinstance(gpus, PipelineChannel) or gpus > 0):
-        task.set_accelerator_type(GPU).set_accelerator_limit(gpus)
-    k8s.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
-                        size_limit=settings.shm_size)
-    return task
 
 
 def _steps(ops: dict, settings: ClusterSettings, params_file, overrides, num_nodes, gpus_per_node) -> None:
     """The DAG after configure: ``overrides`` is its output, ``num_nodes`` / ``gpus_per_node`` run parameters."""
-    prepare = ops["prepare"](params_file=params_file, overrides=overrides)
-    prepare.set_display_name("prepare").set_caching_options(True)
-    prepare.set_cpu_request("2").set_cpu_limit("4").set_memory_request("8Gi").set_memory_limit("16Gi")
-    _with_shared_volume(prepare, settings)
-
-    judge = ops["train_judge"](params_file=params_file, overrides=overrides, prepared=prepare.outputs["prepared"])
-    judge.set_display_name("train_judge").set_caching_options(True).set_retry(1, backoff_duration="60s")
-    judge.set_cpu_request("4").set_memory_request("16Gi").set_memory_limit("32Gi")
-    _with_gpus(judge, min(settings.gpus, 1), settings)
+    prepare, judge = prepare_and_judge(ops, settings, params_file, overrides)
 
     if settings.trainjob:
         train = ops["train_distributed"](
@@ -119,16 +49,12 @@ def _steps(ops: dict, settings: ClusterSettings, params_file, overrides, num_nod
             secret_env=settings.secret_env(), timeout_s=settings.trainjob_timeout_s,
             job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         train.set_cpu_request("1").set_memory_request("2Gi").set_memory_limit("4Gi")  # a launcher: it waits
-        _with_shared_volume(train, settings)
+        with_shared_volume(train, settings)
     else:
         train = ops["train"](params_file=params_file, overrides=overrides, prepared=prepare.outputs["prepared"],
                              nproc=gpus_per_node, work_root=settings.work_root,
                              job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
-        train.set_cpu_request(settings.cpu).set_cpu_limit(settings.cpu)
-        train.set_memory_request(settings.memory).set_memory_limit(settings.memory)
-        _with_gpus(train, gpus_per_node, settings)
-        _with_shared_volume(train, settings)
-        _with_secrets(train, settings)
+        with_train_pod(train, gpus_per_node, settings)
     train.set_display_name("train").set_caching_options(False)
     train.set_retry(settings.train_retries, backoff_duration="120s", backoff_factor=2.0)
 
@@ -136,15 +62,15 @@ def _steps(ops: dict, settings: ClusterSettings, params_file, overrides, num_nod
                                judge=judge.outputs["judge"], model=train.outputs["model"])
     evaluate.set_display_name("evaluate").set_caching_options(False).set_retry(1, backoff_duration="60s")
     evaluate.set_cpu_request("4").set_memory_request("16Gi").set_memory_limit("32Gi")
-    _with_gpus(evaluate, min(settings.gpus, 1), settings)
-    _with_secrets(evaluate, settings)
+    with_gpus(evaluate, min(settings.gpus, 1), settings)
+    with_secrets(evaluate, settings)
 
     with dsl.If(evaluate.outputs["Output"] == "passed", name="registration-gate"):
         register = ops["register"](params_file=params_file, overrides=overrides, prepared=prepare.outputs["prepared"],
                                    model=train.outputs["model"], evaluation=evaluate.outputs["evaluation"])
         register.set_display_name("register").set_caching_options(False).set_retry(2, backoff_duration="30s")
         register.set_cpu_request("2").set_memory_request("8Gi").set_memory_limit("16Gi")
-        _with_secrets(register, settings)
+        with_secrets(register, settings)
 
 
 def build_pipeline(settings: ClusterSettings = ClusterSettings()):  # noqa: B008 (frozen, immutable default)

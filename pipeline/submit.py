@@ -26,8 +26,9 @@ import kfp
 import yaml
 
 from pipeline.compile import add_cluster_arguments, compile_pipeline, settings_from
-from pipeline.pipeline import IMAGE_PARAMS, PIPELINE_NAME
+from pipeline.pipeline import PIPELINE_NAME
 from pipeline.steps import check_shape
+from pipeline.tasks import IMAGE_PARAMS
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -2,11 +2,12 @@
 
     python -m pipeline.tune_pipeline --output dagan-tune.yaml --image REGISTRY/dagan:TAG [cluster flags]
 
-The prepare and train_judge steps are the main pipeline's components (pipeline/kfp_components.py);
-the tune step runs ``python -m components.tune`` in the project image, with the same
-conventions: params file and ``-S`` overrides as pipeline parameters, artifact paths as the last
-overrides, the MLflow and S3 secrets as environment variables. Run parameters: ``ray_address``
-(empty: Ray starts inside the tune pod, which then gets the train pod's GPUs / CPU / memory;
+The prepare and train_judge steps are the main pipeline's, built by the same function
+(:func:`pipeline.tasks.prepare_and_judge`: components, resources, caching, retries); the tune step
+runs ``python -m components.tune`` in the project image, with the same conventions: params file
+and ``-S`` overrides as pipeline parameters, artifact paths as the last overrides, the MLflow and
+S3 secrets as environment variables. Run parameters: ``ray_address`` (empty: Ray starts inside the
+tune pod, which then gets the train pod's GPUs / CPU / memory, :func:`pipeline.tasks.with_train_pod`;
 ``ray://...:10001``: the pod is a light driver joining a KubeRay cluster), ``storage`` (empty:
 ``tune.storage_path``; use ``s3://...`` so trials survive the pod and ``--resume`` works),
 ``num_samples`` (0: ``tune.num_samples``) and ``resume``. The sweep writes to MLflow and external
@@ -25,7 +26,7 @@ from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
 from pipeline.compile import add_cluster_arguments, settings_from, write_pipeline
 from pipeline.kfp_components import build_components
-from pipeline.pipeline import IMAGE_PARAMS, ClusterSettings, _with_gpus, _with_secrets, _with_shared_volume
+from pipeline.tasks import IMAGE_PARAMS, ClusterSettings, prepare_and_judge, with_train_pod
 
 PIPELINE_NAME = "dagan-tune"
 
@@ -64,25 +65,12 @@ def build_tune_pipeline(settings: ClusterSettings = ClusterSettings()):  # noqa:
     @dsl.pipeline(name=PIPELINE_NAME, description="DAGAN: prepare, judge, Ray Tune sweep tracked in MLflow")
     def dagan_tune_pipeline(params_file: str = IMAGE_PARAMS, overrides: list = [],  # noqa: B006 (a KFP default)
                             ray_address: str = "", storage: str = "", num_samples: int = 0, resume: bool = False):
-        prepare = ops["prepare"](params_file=params_file, overrides=overrides)
-        prepare.set_display_name("prepare").set_caching_options(True)
-        prepare.set_cpu_request("2").set_memory_request("8Gi").set_memory_limit("16Gi")
-        _with_shared_volume(prepare, settings)
-
-        judge = ops["train_judge"](params_file=params_file, overrides=overrides, prepared=prepare.outputs["prepared"])
-        judge.set_display_name("train_judge").set_caching_options(True).set_retry(1, backoff_duration="60s")
-        judge.set_cpu_request("4").set_memory_request("16Gi").set_memory_limit("32Gi")
-        _with_gpus(judge, min(settings.gpus, 1), settings)
-
+        prepare, judge = prepare_and_judge(ops, settings, params_file, overrides)
         sweep = tune_op(params_file=params_file, overrides=overrides, prepared=prepare.outputs["prepared"],
                         judge=judge.outputs["judge"], ray_address=ray_address, storage=storage,
                         num_samples=num_samples, resume=resume, job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         sweep.set_display_name("tune").set_caching_options(False)
-        sweep.set_cpu_request(settings.cpu).set_cpu_limit(settings.cpu)
-        sweep.set_memory_request(settings.memory).set_memory_limit(settings.memory)
-        _with_gpus(sweep, settings.gpus, settings)
-        _with_shared_volume(sweep, settings)
-        _with_secrets(sweep, settings)
+        with_train_pod(sweep, settings.gpus, settings)  # trials train inside Ray in this pod
 
     return dagan_tune_pipeline
 

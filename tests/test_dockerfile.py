@@ -142,7 +142,7 @@ def test_the_lock_gives_a_cuda_torch_and_the_kfp_the_components_rely_on():
 
 
 def test_the_pipeline_default_params_file_is_where_the_image_puts_it():
-    from pipeline.pipeline import IMAGE_PARAMS
+    from pipeline.tasks import IMAGE_PARAMS
 
     workdirs = [args.strip() for name, args in instructions() if name == "WORKDIR"]
     copies = [args.split() for name, args in instructions() if name == "COPY"]

@@ -10,13 +10,14 @@ import pytest
 import yaml
 
 from pipeline import compile as compile_cli
+from pipeline import tune_pipeline
 
 IMAGE = "registry.example.com/dagan:1.2.3"
 
 
-def compile_to(tmp_path: Path, *flags: str) -> tuple[dict, dict]:
-    output = tmp_path / "dagan-pipeline.yaml"
-    assert compile_cli.main(["--output", str(output), "--image", IMAGE, *flags]) == 0
+def compile_to(tmp_path: Path, *flags: str, cli=compile_cli) -> tuple[dict, dict]:
+    output = tmp_path / f"{cli.__name__}.yaml"
+    assert cli.main(["--output", str(output), "--image", IMAGE, *flags]) == 0
     spec, platform = yaml.safe_load_all(output.read_text())
     return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
 
@@ -135,6 +136,36 @@ def test_caching_is_set_per_step(default_package):
               if "componentRef" in task and not name.startswith("condition")}
     assert cached == {"configure": True, "prepare": True, "train-judge": True, "train": False, "evaluate": False,
                       "register": False}
+
+
+def task_setup(package: tuple[dict, dict], task: str) -> dict:
+    """Everything the cluster sees of one task: its caching and retries, its container's resources, and
+    its Kubernetes settings (volumes, /dev/shm, secrets)."""
+    spec, platform = package
+    executor = f"exec-{task}"
+    entry = spec["root"]["dag"]["tasks"][task]
+    return {"caching": entry.get("cachingOptions"), "retry": entry.get("retryPolicy"),
+            "resources": spec["deploymentSpec"]["executors"][executor]["container"]["resources"],
+            "kubernetes": platform.get(executor)}
+
+
+@pytest.mark.parametrize("flags", [("--gpus", "4", "--cpu", "12", "--memory", "96Gi", "--shared-pvc", "dagan-shared"),
+                                   ("--gpus", "0", "--shm-size", "2Gi")])
+def test_the_sweep_pipeline_shares_the_main_pipelines_task_setup(tmp_path, flags):
+    main = compile_to(tmp_path, *flags)
+    sweep = compile_to(tmp_path, *flags, cli=tune_pipeline)
+    for task in ("prepare", "train-judge"):  # one builder: pipeline.tasks.prepare_and_judge
+        assert task_setup(sweep, task) == task_setup(main, task), task
+    prepare = task_setup(main, "prepare")
+    assert prepare["resources"]["resourceCpuLimit"] == "4" and prepare["caching"] == {"enableCache": True}
+    # the tune pod is the train pod (pipeline.tasks.with_train_pod), GPUs fixed at compile time instead of per run
+    train, tune = task_setup(main, "train"), task_setup(sweep, "tune")
+    gpus = flags[flags.index("--gpus") + 1]
+    train_gpus, tune_gpus = train["resources"].pop("accelerator", {}), tune["resources"].pop("accelerator", {})
+    assert tune_gpus.get("resourceCount") == (gpus if gpus != "0" else None)
+    assert train_gpus.get("resourceCount") == (
+        "{{$.inputs.parameters['pipelinechannel--gpus_per_node']}}" if gpus != "0" else None)
+    assert tune["resources"] == train["resources"] and tune["kubernetes"] == train["kubernetes"]
 
 
 def test_secrets_reach_only_the_steps_that_talk_to_mlflow(default_package):

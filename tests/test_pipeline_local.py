@@ -36,7 +36,8 @@ def test_whole_pipeline_runs_locally_and_registers_the_model(tmp_path, monkeypat
     from kfp import local
     from mlflow.tracking import MlflowClient
 
-    from pipeline.pipeline import ClusterSettings, build_pipeline
+    from pipeline.pipeline import build_pipeline
+    from pipeline.tasks import ClusterSettings
 
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)  # the components' subprocesses inherit it

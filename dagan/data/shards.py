@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dagan.atomic import atomic_write
-from dagan.checkpoint import DISK_FULL
+from dagan.disk import DISK_FULL
 from dagan.data.errors import DataError
 from dagan.data.manifest import Shard
 
