@@ -155,6 +155,10 @@ def build_judge(config: Config, num_classes: int) -> nn.Module:
 
 
 def load_pretrained_judge(judge: JudgeConfig) -> PretrainedJudge:
+    if not judge.pretrained:
+        raise ConfigError("judge.pretrained is null but the judge is a pretrained segmenter (a judge checkpoint "
+                          "made with judge.pretrained set): set judge.pretrained (and judge.pretrained_label_map) "
+                          "to its files, or retrain our own judge: python -m components.train_judge")
     path = Path(judge.pretrained)
     if not path.is_file():
         raise FileNotFoundError(
