@@ -29,7 +29,7 @@ from torch import nn
 from dagan.baseline import paint_mean_colors
 from dagan.diversity import DiversityMeter, is_multimodal, real_photo_latent
 from dagan.generator import run_generator
-from dagan.judge import evaluated_target
+from dagan.judge import Judge, evaluated_target
 from dagan.labels import semantic_input
 from dagan.metrics import confusion_matrix, frechet_distance, mean_iou, per_class_iou, pixel_accuracy
 
@@ -55,7 +55,7 @@ class Evaluation:
 @torch.no_grad()
 def evaluate_generator(
     generator: nn.Module,
-    judge: nn.Module,
+    judge: Judge,
     batches: Iterable[dict[str, torch.Tensor]],
     *,
     num_classes: int,

@@ -36,7 +36,7 @@ from dagan.checkpoint import (
     set_rng_state,
     step_path,
 )
-from dagan.config import Config
+from dagan.config import Config, resolved_value
 from dagan.data import Manifest, PairedDataset, read_manifest
 from dagan.distributed import DistributedContext, ResumableDistributedSampler, all_ranks_sum, setup, teardown, unwrap
 from dagan.finite import all_finite, describe_non_finite, module_tensors, non_finite_tensors
@@ -114,19 +114,21 @@ def _resume(state: TrainingState, config: Config, semantic_nc: int, resume: str 
 def _train(config: Config, logger: TrainingLogger, resume: str | Path | None, context: DistributedContext,
            signals: StopSignals):
     opts = config.train
+    batch_size, epochs = resolved_value(opts.batch_size), resolved_value(opts.epochs)
+    epochs_decay, lr_schedule = resolved_value(opts.epochs_decay), resolved_value(opts.lr_schedule)
     device = context.device
     manifest = read_manifest(config.dataset.prepared_dir)
     _calibration_dataset.cache_clear()  # built once per run, at the first checkpoint
-    dataset = PairedDataset(config.dataset.prepared_dir, "train", crop_size=config.dataset.crop_size,
-                            aspect_ratio=config.dataset.aspect_ratio, train=True, flip=config.dataset.flip,
-                            seed=opts.seed)
-    sampler = ResumableDistributedSampler(dataset, context, opts.batch_size, opts.seed)
+    dataset = PairedDataset(config.dataset.prepared_dir, "train", crop_size=resolved_value(config.dataset.crop_size),
+                            aspect_ratio=resolved_value(config.dataset.aspect_ratio), train=True,
+                            flip=config.dataset.flip, seed=opts.seed)
+    sampler = ResumableDistributedSampler(dataset, context, batch_size, opts.seed)
     loader_generator = torch.Generator()
     loader = DataLoader(dataset, batch_size=sampler.batch_per_rank, sampler=sampler, drop_last=True,
                         num_workers=config.dataset.num_workers, pin_memory=device.type == "cuda",
                         generator=loader_generator, worker_init_fn=ignore_stop_signals)
     steps_per_epoch = sampler.steps_per_epoch
-    total_steps = planned_steps(steps_per_epoch, opts.epochs, opts.epochs_decay, opts.max_steps)
+    total_steps = planned_steps(steps_per_epoch, epochs, epochs_decay, opts.max_steps)
 
     state = build_state(config, manifest.semantic_nc, context, manifest.num_label_channels)
     out_dir = Path(opts.out_dir)
@@ -160,7 +162,7 @@ def _train(config: Config, logger: TrainingLogger, resume: str | Path | None, co
                 if opts.channels_last:
                     semantic = semantic.contiguous(memory_format=torch.channels_last)
                     real = real.contiguous(memory_format=torch.channels_last)
-                factor = lr_factor(step, steps_per_epoch, opts.epochs, opts.epochs_decay, opts.lr_schedule)
+                factor = lr_factor(step, steps_per_epoch, epochs, epochs_decay, lr_schedule)
                 lr_g = set_learning_rate(state.optimizer_g, opts.lr_g, factor)
                 lr_d = set_learning_rate(state.optimizer_d, opts.lr_d, factor)
                 try:
@@ -188,13 +190,13 @@ def _train(config: Config, logger: TrainingLogger, resume: str | Path | None, co
                 losses = {**g_losses, **d_losses}
                 metrics = {**losses, "lr_g": lr_g, "lr_d": lr_d,
                            "seconds_per_step": run_seconds / run_steps,
-                           "images_per_second": opts.batch_size * run_steps / run_seconds}
+                           "images_per_second": batch_size * run_steps / run_seconds}
                 progress.update(step, losses)
                 if step % opts.log_every == 0 or step == total_steps:
                     logger.log_metrics(step, {
                         **{f"loss/{k}": v for k, v in losses.items()}, "lr/g": lr_g, "lr/d": lr_d,
                         "perf/seconds_per_step": interval_seconds / interval_steps,
-                        "perf/images_per_second": opts.batch_size * interval_steps / interval_seconds,
+                        "perf/images_per_second": batch_size * interval_steps / interval_seconds,
                     })
                     interval_seconds, interval_steps = 0.0, 0
                 if context.is_main and opts.sample_every > 0 and step % opts.sample_every == 0:
