@@ -1,5 +1,5 @@
 # The two commands a new user needs:
-#   make test   create/refresh .venv and run lint + the test suite
+#   make test   create/refresh .venv and run lint (ruff, mypy) + the test suite
 #   make run    create/refresh .venv and run the main job on the built-in synthetic dataset
 PYTHON ?= python3
 VENV := .venv
@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml requirements.lock requirements-dev.lock
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 test: lint
 	$(BIN)/python -m pytest -q

@@ -102,7 +102,7 @@ def timed(fn: Callable[[], object], warmup: int, repeats: int, synchronize: bool
     return seconds
 
 
-def stats(seconds: Sequence[float]) -> dict[str, float]:
+def stats(seconds: Sequence[float]) -> dict[str, Any]:
     return {"median": statistics.median(seconds), "min": min(seconds), "max": max(seconds), "n": len(seconds),
             "values": [round(value, 4) for value in seconds]}
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -39,11 +39,11 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
                               "bench").resolved()
     memory_format = torch.channels_last if spec["channels_last"] else torch.contiguous_format
     generator = build_generator(config, get_preset(spec["dataset"]).semantic_nc).eval()
-    generator = generator.to(device, memory_format=memory_format)
+    generator = generator.to(device).to(memory_format=memory_format)
     semantic, photo = synthetic_batch(spec["dataset"], spec["batch"], spec["height"], spec["width"], device)
     semantic = semantic.contiguous(memory_format=memory_format)
     if spec["compile"]:
-        generator = torch.compile(generator)
+        generator = cast(torch.nn.Module, torch.compile(generator))  # torch's stubs type it a plain callable
     cuda = device.type == "cuda"
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec["precision"] == "bf16")
 

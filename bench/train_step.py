@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -82,14 +82,15 @@ def build(spec: dict[str, Any]):
     context = setup(config.train.device)
     state = build_state(config, get_preset(spec["dataset"]).semantic_nc, context)
     memory_format = torch.channels_last if spec["channels_last"] else torch.contiguous_format
-    state.vgg = VGG19Features(vgg19(weights=None).features).to(context.device, memory_format=memory_format)
+    state.vgg = VGG19Features(vgg19(weights=None).features).to(context.device).to(memory_format=memory_format)
     semantic, real = synthetic_batch(spec["dataset"], spec["batch"], spec["height"], spec["width"], context.device)
     semantic = semantic.contiguous(memory_format=memory_format)
     real = real.contiguous(memory_format=memory_format)
     if spec["compile"]:
-        state.generator = torch.compile(state.generator)
-        state.discriminator = torch.compile(state.discriminator)
-        state.vgg = torch.compile(state.vgg)
+        # torch.compile returns an OptimizedModule (a Module); its stubs type it a plain callable
+        state.generator = cast(torch.nn.Module, torch.compile(state.generator))
+        state.discriminator = cast(torch.nn.Module, torch.compile(state.discriminator))
+        state.vgg = cast(torch.nn.Module, torch.compile(state.vgg))
     return config, state, semantic, real, context.device
 
 

@@ -56,5 +56,6 @@ def run_main(args: argparse.Namespace, body: Callable[[], int]) -> int:
         return 2
 
 
-def entry(main: Callable[[Sequence[str] | None], int]) -> None:
+def entry(main: Callable[[Sequence[str] | None], int | None]) -> None:
+    """Exit with ``main``'s status (None: 0, as torch's ``record`` returns for a ``SystemExit(0)``)."""
     sys.exit(main(sys.argv[1:]))

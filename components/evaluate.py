@@ -25,6 +25,7 @@ import csv
 import io
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import torch
@@ -48,7 +49,7 @@ from components.settings import StepConfig
 from components.tracking import EVALUATED_TAG, NOTE_TAG, evaluated_note, log_dataset
 from dagan.atomic import atomic_write_text
 from dagan.checkpoint import load_discriminator, load_generator
-from dagan.config import Config, save_config
+from dagan.config import Config, resolved_value, save_config
 from dagan.console import progress
 from dagan.data import PairedDataset, read_manifest
 from dagan.distributed import resolve_device
@@ -67,8 +68,8 @@ into evaluate.out_dir and logs them into the training's MLflow run."""
 
 
 def _loader(config: Config, split: str, batch_size: int) -> DataLoader:
-    dataset = PairedDataset(config.dataset.prepared_dir, split, crop_size=config.dataset.crop_size,
-                            aspect_ratio=config.dataset.aspect_ratio, train=False, flip=False)
+    dataset = PairedDataset(config.dataset.prepared_dir, split, crop_size=resolved_value(config.dataset.crop_size),
+                            aspect_ratio=resolved_value(config.dataset.aspect_ratio), train=False, flip=False)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=config.dataset.num_workers)
 
 
@@ -132,13 +133,13 @@ def short_reason(reason: str) -> str:
     return (first if len(first) <= 80 else first[:77] + "...") + f" (see eval/{UNAVAILABLE_FILE})"
 
 
-def per_class_rows(per_class: dict[str, dict[str, float | None]]) -> list[dict[str, object]]:
+def per_class_rows(per_class: dict[str, dict[str, float | None]]) -> list[dict[str, Any]]:
     """One row per class: class, generated, real, baseline (None: the class is absent)."""
     return [{"class": name, **{source: per_class[source][name] for source in SOURCES}}
             for name in per_class[SOURCES[0]]]
 
 
-def write_per_class_table(path: Path, rows: list[dict[str, object]]) -> None:
+def write_per_class_table(path: Path, rows: list[dict[str, Any]]) -> None:
     """``per_class_iou.csv``: class, generated, real, baseline (empty: the class is absent)."""
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=["class", *SOURCES], lineterminator="\n")

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from components.cli import entry, load, make_parser, run_main
+from dagan.config import resolved_value
 from dagan.data.prepare import prepare_dataset
 
 DESCRIPTION = """Prepare a raw dataset (its own folder layout) into Parquet shards, manifest.json and class
@@ -43,9 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = Path(args.out or data.prepared_dir)
         start = time.perf_counter()
         manifest = prepare_dataset(
-            data.name, args.source or data.raw_dir, out, load_size=data.load_size,
-            aspect_ratio=data.aspect_ratio, rows_per_shard=data.rows_per_shard, workers=args.workers,
-            max_classes=data.max_classes,
+            data.name, args.source or data.raw_dir, out, load_size=resolved_value(data.load_size),
+            aspect_ratio=resolved_value(data.aspect_ratio), rows_per_shard=data.rows_per_shard,
+            workers=args.workers, max_classes=data.max_classes,
         )
         seconds = time.perf_counter() - start
         metrics = {"rows": manifest.splits, "semantic_nc": manifest.semantic_nc, "seconds": round(seconds, 2)}

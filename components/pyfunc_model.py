@@ -35,12 +35,12 @@ from __future__ import annotations
 import math
 import os
 
-import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, set_model
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.pyfunc import PythonModel
 from mlflow.types import DataType
 from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 from PIL import Image
@@ -103,7 +103,7 @@ def _seed(value, what: str) -> int | None:
     return None if int(value) == NO_SEED else int(value)
 
 
-class DAGANImageModel(mlflow.pyfunc.PythonModel):
+class DAGANImageModel(PythonModel):
     """Label maps -> RGB PNG images with the exported DAGAN generator (artifact ``generator``)."""
 
     def load_context(self, context) -> None:

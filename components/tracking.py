@@ -33,7 +33,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag
 
-from dagan.config import Config
+from dagan.config import Config, resolved_value
 from dagan.data import read_manifest
 from dagan.data.manifest import Manifest
 from dagan.schedule import steps_per_epoch, total_steps
@@ -78,8 +78,9 @@ def data_checksum(prepared_dir: str | Path) -> str:
 
 def planned_steps(config: Config, manifest: Manifest) -> int:
     """The run's total optimiser steps, as the training loop counts them."""
-    per_epoch = steps_per_epoch(manifest.splits.get("train", 0), config.train.batch_size)
-    return total_steps(per_epoch, config.train.epochs, config.train.epochs_decay, config.train.max_steps)
+    train = config.train
+    per_epoch = steps_per_epoch(manifest.splits.get("train", 0), resolved_value(train.batch_size))
+    return total_steps(per_epoch, resolved_value(train.epochs), resolved_value(train.epochs_decay), train.max_steps)
 
 
 def training_params(config: Config, steps: int, device: str, processes: int) -> dict[str, Any]:
@@ -100,7 +101,7 @@ def model_label(config: Config) -> str:
     """The model in a few characters: the DAGAN variant (with its latent, model.style) or the generator, then a
     non-default D and SPAP."""
     model = config.model
-    label = model.variant if model.generator == "dagan" else model.generator
+    label: str = model.variant if model.generator == "dagan" else model.generator
     label += f"+{model.style}" if model.style != "off" else ""
     label += f"+{model.discriminator}" if model.discriminator != "multiscale" else ""
     return label + (f"+spap-{model.spap}" if model.spap != "off" else "")
@@ -181,7 +182,9 @@ def log_dataset(client: MlflowClient, run_id: str, prepared_dir: str | Path, spl
     schema = Schema([ColSpec("string", "id"), ColSpec("binary", "image", required=False), ColSpec("binary", "label"),
                      ColSpec("binary", "instance", required=False), ColSpec("integer", "height"),
                      ColSpec("integer", "width")])
-    dataset = MetaDataset(source, name=manifest.dataset, digest=data_checksum(prepared_dir)[:12], schema=schema)
+    # mlflow's Dataset marks profile abstract but is no ABC, and MetaDataset leaves it out: it is concrete at run time
+    dataset = MetaDataset(  # type: ignore[abstract]
+        source, name=manifest.dataset, digest=data_checksum(prepared_dir)[:12], schema=schema)
     tags = {"mlflow.data.context": context, "split": split, "rows": str(manifest.splits.get(split, 0)),
             "classes": str(manifest.num_classes)}
     client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(),

@@ -20,11 +20,11 @@ from torch.utils.data import DataLoader
 
 from components.cli import entry, load, log, make_parser, run_main
 from components.outputs import JUDGE_FILE, write_json
-from dagan.config import Config, save_config
+from dagan.config import Config, resolved_value, save_config
 from dagan.console import progress_bar
 from dagan.data import PairedDataset, read_manifest
 from dagan.distributed import resolve_device
-from dagan.eval.judge import SegmentationNet, build_judge, evaluated_target, save_judge, train_epoch
+from dagan.eval.judge import Judge, SegmentationNet, build_judge, evaluated_target, save_judge, train_epoch
 from dagan.eval.metrics import confusion_matrix, mean_iou, per_class_iou, pixel_accuracy
 
 DESCRIPTION = """Train the segmentation judge on the real training photos and score it on the real validation
@@ -35,8 +35,8 @@ METRICS_FILE = "metrics.json"
 
 
 def split_loader(config: Config, split: str, train: bool, batch_size: int) -> DataLoader:
-    dataset = PairedDataset(config.dataset.prepared_dir, split, crop_size=config.dataset.crop_size,
-                            aspect_ratio=config.dataset.aspect_ratio, train=train,
+    dataset = PairedDataset(config.dataset.prepared_dir, split, crop_size=resolved_value(config.dataset.crop_size),
+                            aspect_ratio=resolved_value(config.dataset.aspect_ratio), train=train,
                             flip=train and config.dataset.flip, seed=config.judge.seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=train, num_workers=config.dataset.num_workers,
                       generator=torch.Generator().manual_seed(config.judge.seed))
@@ -44,7 +44,7 @@ def split_loader(config: Config, split: str, train: bool, batch_size: int) -> Da
 
 @torch.no_grad()
 def score_judge(
-    judge: torch.nn.Module, batches: Iterable[dict], num_classes: int, device: torch.device
+    judge: Judge, batches: Iterable[dict], num_classes: int, device: torch.device
 ) -> torch.Tensor:
     """Confusion matrix of the judge on real (image, label) batches."""
     judge.eval()

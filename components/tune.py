@@ -113,6 +113,7 @@ def _param_space(dimensions: list[Dimension]) -> dict[str, Any]:
         if dim.kind == "choice":
             space[dim.key] = tune.choice(list(dim.values))
         else:
+            assert dim.low is not None and dim.high is not None  # parse_search_space gives a range both bounds
             space[dim.key] = (tune.loguniform if dim.kind == "loguniform" else tune.uniform)(dim.low, dim.high)
     return space
 

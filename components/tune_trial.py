@@ -37,7 +37,7 @@ from components.tracking import (
     run_tags,
     training_params,
 )
-from dagan.config import Config
+from dagan.config import Config, resolved_value
 from dagan.data import PairedDataset, read_manifest
 from dagan.distributed import resolve_device
 from dagan.eval.judge import load_judge
@@ -74,8 +74,9 @@ def trial_config(setup: TrialSetup, sampled: Mapping[str, Any], out_dir: Path) -
 def build_probe(config: StepConfig, judge_path: str) -> JudgeProbe:
     """The judge on the first ``tune.eval_batches`` batches of ``evaluate.split`` (the same for every trial)."""
     manifest = read_manifest(config.dataset.prepared_dir)
-    dataset = PairedDataset(config.dataset.prepared_dir, config.evaluate.split, crop_size=config.dataset.crop_size,
-                            aspect_ratio=config.dataset.aspect_ratio, train=False, flip=False)
+    dataset = PairedDataset(config.dataset.prepared_dir, config.evaluate.split,
+                            crop_size=resolved_value(config.dataset.crop_size),
+                            aspect_ratio=resolved_value(config.dataset.aspect_ratio), train=False, flip=False)
     loader = DataLoader(dataset, batch_size=config.evaluate.batch_size, shuffle=False, num_workers=0)
     batches = [batch for _, batch in zip(range(config.tune.eval_batches), loader, strict=False)]
     return JudgeProbe(load_judge(judge_path, config), batches, num_classes=manifest.num_classes,

@@ -32,11 +32,13 @@ Facts and choices: docs/ATTENTION.md.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dagan.config import CA2SIS_SIZE_MULTIPLE, Config
+from dagan.config import CA2SIS_SIZE_MULTIPLE, Config, resolved_value
 from dagan.nn.style_encoder import GroupedStyleEncoder, StyleMappingNetwork
 from dagan.nn.transformer import FloatGroupNorm, SpatialCrossAttention, group_count
 from dagan.presets import get_preset
@@ -61,7 +63,7 @@ class ResidualBlock(nn.Module):
         self.norm_out = FloatGroupNorm(group_count(fout), fout)
         self.conv_out = nn.Conv2d(fout, fout, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
-        nn.init.zeros_(self.conv_out.bias)
+        nn.init.zeros_(cast(torch.Tensor, self.conv_out.bias))
         self.skip = nn.Conv2d(fin, fout, 1) if fin != fout else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,6 +93,8 @@ class CA2SISGenerator(nn.Module):
     """(semantic input, photo or style codes) -> image in [-1, 1] at ``image_size``."""
 
     uses_style_image = True
+    style_mean: torch.Tensor
+    style_seen: torch.Tensor
 
     def __init__(self, num_label_channels: int, semantic_nc: int, image_size: tuple[int, int], ngf: int = 32,
                  style_dim: int = 256, exclude_background: bool = False, mapping_network: bool = True):
@@ -203,6 +207,6 @@ def build_ca2sis_generator(config: Config, semantic_nc: int, num_label_channels:
     model = config.model
     return CA2SISGenerator(
         num_label_channels=label_channels(config, semantic_nc, num_label_channels), semantic_nc=semantic_nc,
-        image_size=config.image_size(), ngf=model.ngf, style_dim=model.ca2sis_style_dim,
+        image_size=config.image_size(), ngf=resolved_value(model.ngf), style_dim=model.ca2sis_style_dim,
         exclude_background=model.ca2sis_exclude_background, mapping_network=model.ca2sis_mapping_network,
     )

@@ -52,7 +52,8 @@ class CCFPSEGenerator(LatentStyle, nn.Module):
         self.num_up = num_up
         self.extra_middle_up = num_upsampling_layers in ("more", "most")
         start_channels = 16 * ngf
-        if style == "vae":
+        self.fc: nn.Module
+        if self.start_size is not None:  # vae: fc maps z to the start map
             self.fc = nn.Linear(z_dim, start_channels * self.start_size[0] * self.start_size[1])
         else:
             self.fc = nn.Conv2d(semantic_nc, start_channels, 3, padding=1)

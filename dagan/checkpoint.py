@@ -21,7 +21,7 @@ import random
 import re
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -55,7 +55,7 @@ def step_path(out_dir: str | Path, step: int) -> Path:
 def rng_state() -> dict[str, Any]:
     """Python, numpy, torch (and CUDA) RNG states in weights_only-loadable types."""
     version, internal, gauss = random.getstate()
-    numpy_state = np.random.get_state()
+    numpy_state = cast(tuple, np.random.get_state())  # the legacy tuple (legacy=True, the default)
     return {
         "python": [version, list(internal), gauss],
         "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *map(_plain, numpy_state[2:])],

@@ -64,6 +64,17 @@ class ConfigError(ValueError):
     """A config file or override is invalid; the message says which key and how to fix it."""
 
 
+T = TypeVar("T")
+
+
+def resolved_value(value: T | None) -> T:
+    """``value`` of a field that :meth:`Config.resolved` fills (``null``: the preset's), for code that needs it."""
+    if value is None:
+        raise ConfigError("a preset-filled field (dataset.crop_size, model.ngf, train.epochs, ...) is null: "
+                          "the config was not resolved; load it with load_config or call Config.resolved()")
+    return value
+
+
 def _check(condition: bool, key: str, value: Any, rule: str) -> None:
     """Raise ``key=value <rule>`` unless ``condition`` (the range checks of the sections below)."""
     if not condition:
@@ -307,7 +318,7 @@ class Config:
         if self.model.discriminator != "multiscale" and self.model.spap_in("discriminator"):
             raise ConfigError(f"model.spap={self.model.spap} puts SPAP into the multiscale discriminator, but "
                               f"model.discriminator={self.model.discriminator}; use model.spap=generator (or off)")
-        fill = {
+        fill: dict[str, dict[str, Any]] = {
             "dataset": {"load_size": preset.load_size, "crop_size": preset.crop_size,
                         "aspect_ratio": preset.aspect_ratio},
             "model": {"ngf": preset.ngf, "ndf": preset.ndf,
@@ -323,14 +334,14 @@ class Config:
                 sec, **{k: v for k, v in values.items() if getattr(sec, k) is None}
             )
         resolved = dataclasses.replace(self, **sections)
-        _check(resolved.train.epochs + resolved.train.epochs_decay >= 1, "train.epochs + train.epochs_decay",
-               resolved.train.epochs + resolved.train.epochs_decay, "must be >= 1: there is nothing to train")
+        epochs = resolved_value(resolved.train.epochs) + resolved_value(resolved.train.epochs_decay)
+        _check(epochs >= 1, "train.epochs + train.epochs_decay", epochs, "must be >= 1: there is nothing to train")
         resolved.check_image_size()
         return resolved
 
     def image_size(self) -> tuple[int, int]:
         """(height, width) of the training crops (resolved config)."""
-        crop, aspect = self.dataset.crop_size, self.dataset.aspect_ratio
+        crop, aspect = resolved_value(self.dataset.crop_size), resolved_value(self.dataset.aspect_ratio)
         return round(crop / aspect), crop
 
     def check_image_size(self) -> None:
@@ -405,7 +416,7 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     kwargs = {}
     for name, value in data.items():
         tp = hints[name]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             kwargs[name] = _build(tp, value, f"{where}.{name}" if where else name)
         else:
             kwargs[name] = _check_value(value, tp, f"{where}.{name}")

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dagan.config import Config
+from dagan.config import Config, resolved_value
 from dagan.fpse_discriminator import FPSEDiscriminator
 from dagan.init import init_weights
 from dagan.losses import DiscriminatorOutput
@@ -93,12 +93,13 @@ class MultiscaleDiscriminator(nn.Module):
 
 def build_discriminator(config: Config, semantic_nc: int) -> nn.Module:
     """Translate the (resolved) config: ``model.discriminator`` multiscale or fpse, initialised."""
+    discriminator: nn.Module
     if config.model.discriminator == "fpse":
-        discriminator = FPSEDiscriminator(semantic_nc, ndf=config.model.ndf)
+        discriminator = FPSEDiscriminator(semantic_nc, ndf=resolved_value(config.model.ndf))
     else:
         discriminator = MultiscaleDiscriminator(
             in_channels=semantic_nc + 3,
-            ndf=config.model.ndf,
+            ndf=resolved_value(config.model.ndf),
             n_layers=config.model.n_layers_d,
             num_discriminators=config.model.num_discriminators,
             spap_order=config.model.spap_order if config.model.spap_in("discriminator") else None,

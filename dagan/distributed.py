@@ -16,8 +16,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sized
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.distributed as dist
@@ -118,6 +119,8 @@ class GlooSyncBatchNorm(nn.BatchNorm2d):
         m2 = sum(g[1] for g in gathered) + (counts[:, None] * (means - mean) ** 2).sum(0)
         var = m2 / total
         if self.track_running_stats:
+            assert (self.num_batches_tracked is not None and self.running_mean is not None
+                    and self.running_var is not None)  # track_running_stats registers them
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
                 momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
@@ -175,10 +178,11 @@ class ResumableDistributedSampler(DistributedSampler):
         super().__init__(dataset, num_replicas=context.world_size, rank=context.rank,
                          shuffle=True, seed=seed, drop_last=True)
         self.batch_per_rank = per_rank_batch(global_batch, context.world_size)
-        self.steps_per_epoch = steps_per_epoch(len(dataset), global_batch)
+        samples = len(cast(Sized, dataset))  # a map-style dataset
+        self.steps_per_epoch = steps_per_epoch(samples, global_batch)
         if self.steps_per_epoch < 1:
             raise ValueError(
-                f"the training split has {len(dataset)} samples, fewer than one global batch "
+                f"the training split has {samples} samples, fewer than one global batch "
                 f"(train.batch_size={global_batch}); lower train.batch_size"
             )
         self.start_step = 0

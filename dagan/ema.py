@@ -60,8 +60,8 @@ class ExponentialMovingAverage:
         beta = self.beta(step) if step is not None else self.decay
         for average, current in zip(self.module.parameters(), network.parameters(), strict=True):
             average.lerp_(current.detach(), 1.0 - beta)
-        for average, current in zip(self.module.buffers(), network.buffers(), strict=True):
-            average.copy_(current)
+        for average_buffer, buffer in zip(self.module.buffers(), network.buffers(), strict=True):
+            average_buffer.copy_(buffer)
 
     @torch.no_grad()
     def recalibrate_batch_norm(self, inputs: Iterable[Any],

@@ -9,7 +9,7 @@ are written and before a generator is loaded from one (:func:`non_finite_tensors
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -46,5 +46,4 @@ def non_finite_tensors(state: Mapping[str, object], prefix: str = "") -> dict[st
 
 def describe_non_finite(found: Mapping[str, int]) -> str:
     """``"1240 NaN/Inf values in 12 tensors (first: fc.weight)"``."""
-    names: Iterable[str] = iter(found)
-    return f"{sum(found.values())} NaN/Inf values in {len(found)} tensor(s) (first: {next(names)})"
+    return f"{sum(found.values())} NaN/Inf values in {len(found)} tensor(s) (first: {next(iter(found))})"

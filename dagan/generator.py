@@ -29,6 +29,7 @@ the CC-FPSE generator shares (``vae`` only).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,7 @@ from torch import nn
 
 from dagan.ca2sis import build_ca2sis_generator
 from dagan.ccfpse_generator import CCFPSEGenerator
-from dagan.config import NUM_UP, Config
+from dagan.config import NUM_UP, Config, resolved_value
 from dagan.distributed import unwrap
 from dagan.init import init_weights
 from dagan.nn.attention import ChannelAttention, SpatialAttention
@@ -77,7 +78,8 @@ class DAGANGenerator(LatentStyle, nn.Module):
 
         self.semantic_nc = semantic_nc
         label_nc = semantic_nc + (z_dim if style == "noise3d" else 0)  # what fc and every SPADE see
-        if style == "vae":
+        self.fc: nn.Module
+        if self.start_size is not None:  # vae: fc maps z to the start map
             self.fc = nn.Linear(z_dim, 16 * ngf * self.start_size[0] * self.start_size[1])
         else:
             self.fc = nn.Conv2d(label_nc, 16 * ngf, 3, padding=1)
@@ -116,13 +118,13 @@ class DAGANGenerator(LatentStyle, nn.Module):
         if (reason := self.size_error(height, width)) is not None:
             raise ValueError(f"label map size {height}x{width}: {reason}; resize or crop it")
         z = self._latent(label_map, z)
-        size = tuple(label_map.shape[2:])
-        if self.style == "noise3d":  # OASIS: z broadcast over the image, in front of the label channels
+        size = (height, width)
+        if self.style == "noise3d" and z is not None:  # OASIS: z broadcast over the image, before the labels
             label_map = torch.cat([z[:, :, None, None].expand(-1, -1, *size), label_map], 1)
         label_at = resizer(label_map)
 
         def run(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-            return block(x, label_at(tuple(x.shape[2:])))
+            return block(x, label_at((x.shape[2], x.shape[3])))
 
         outputs = [run(self.head_0, self._first_map(z, label_at, size))]
         x = F.interpolate(outputs[-1], scale_factor=2, mode="nearest")
@@ -186,8 +188,8 @@ def resizer(label_map: torch.Tensor) -> Callable[[tuple[int, int]], torch.Tensor
 
 def latent_map_size(config: Config) -> tuple[int, int]:
     """(sh, sw) of the training image size: sw = crop_size / 2**num_up, sh = round(sw / aspect_ratio)."""
-    width = config.dataset.crop_size // 2 ** NUM_UP[config.model.num_upsampling_layers]
-    return round(width / config.dataset.aspect_ratio), width
+    width = resolved_value(config.dataset.crop_size) // 2 ** NUM_UP[resolved_value(config.model.num_upsampling_layers)]
+    return round(width / resolved_value(config.dataset.aspect_ratio)), width
 
 
 def _latent_arguments(config: Config) -> dict:
@@ -208,17 +210,18 @@ def build_generator(config: Config, semantic_nc: int, num_label_channels: int | 
     """
     if config.model.generator == "ca2sis":
         return build_ca2sis_generator(config, semantic_nc, num_label_channels)
+    generator: nn.Module
     if config.model.generator == "ccfpse":
-        generator = CCFPSEGenerator(semantic_nc, ngf=config.model.ngf,
-                                    num_upsampling_layers=config.model.num_upsampling_layers,
+        generator = CCFPSEGenerator(semantic_nc, ngf=resolved_value(config.model.ngf),
+                                    num_upsampling_layers=resolved_value(config.model.num_upsampling_layers),
                                     **_latent_arguments(config))
         init_weights(generator, config.model.init_gain, config.model.init_spectral_norm_weights)
         return generator
     use_sam, cam_mode = config.model.attention()
     generator = DAGANGenerator(
         semantic_nc=semantic_nc,
-        ngf=config.model.ngf,
-        num_upsampling_layers=config.model.num_upsampling_layers,
+        ngf=resolved_value(config.model.ngf),
+        num_upsampling_layers=resolved_value(config.model.num_upsampling_layers),
         use_sam=use_sam,
         sam_kernel_size=config.model.sam_kernel_size,
         cam_mode=cam_mode,
@@ -241,7 +244,7 @@ def run_generator(generator: nn.Module, semantic: torch.Tensor, photo: torch.Ten
 
     ``photo`` None lets a style-encoding generator use its class-mean styles (eval mode only).
     """
-    options = {"return_attention": True} if return_attention else {}
+    options: dict[str, Any] = {"return_attention": True} if return_attention else {}
     if uses_style_image(generator):
         options["style_image"] = photo
     return generator(semantic, **options)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ from PIL import Image
 from torch import nn
 
 from dagan.atomic import atomic_write, atomic_write_bytes
+from dagan.ca2sis import CA2SISGenerator
 from dagan.checkpoint import FORMAT_VERSION, load_checkpoint, load_generator
 from dagan.config import Config
 from dagan.console import add_log_level_arguments, progress
@@ -40,6 +42,7 @@ from dagan.data.png import encode_png, open_image
 from dagan.generator import uses_style_image
 from dagan.labels import semantic_input
 from dagan.latent import check_seed, choose_latent, style_photo_tensor
+from dagan.nn.style import LatentStyle
 from dagan.results_page import ASSET_DIR, PAGE_FILE, ResultRow, write_page
 
 MAX_SIDE = 2048
@@ -171,7 +174,8 @@ class Synthesizer:
             raise InputError(f"{what}: expected a 2-D array of integer label ids, got shape {label.shape} "
                              f"dtype {label.dtype}")
         height, width = label.shape
-        reason = self.generator.size_error(height, width)
+        # every generator has size_error: DAGAN and CC-FPSE from LatentStyle, CA2SIS its own
+        reason = cast(LatentStyle | CA2SISGenerator, self.generator).size_error(height, width)
         if reason is None and not 0 < max(height, width) <= MAX_SIDE:
             reason = f"height and width must be at most {MAX_SIDE}"
         if reason is not None:
@@ -219,14 +223,15 @@ class Synthesizer:
         label = self.check(label, what, edges_from_labels=True)
         classes = torch.nn.functional.one_hot(torch.from_numpy(label).to(self.device), self.layout.num_label_channels)
         classes = classes.permute(2, 0, 1)[None].float()
+        ca2sis = cast(CA2SISGenerator, self.generator)  # uses_styles: a CA2SIS generator
         if photo is None:
-            return self.generator.class_mean_styles(classes)
+            return ca2sis.class_mean_styles(classes)
         photo = np.asarray(photo)
         if photo.shape != (*label.shape, 3) or photo.dtype != np.uint8:
             raise InputError(f"{what}: the photo is {photo.shape} {photo.dtype}, expected {(*label.shape, 3)} uint8 "
                              "(an RGB image of the label map's size)")
         image = torch.from_numpy(photo).to(self.device).permute(2, 0, 1)[None].float() / 127.5 - 1
-        return self.generator.encode_style(image, classes)
+        return ca2sis.encode_style(image, classes)
 
     @torch.no_grad()
     def __call__(
@@ -257,7 +262,7 @@ class Synthesizer:
 
 
 def load_synthesizer(
-    path: str | Path, use_ema: bool = True, manifest_dir: str | Path | None = None, device: str = "cpu"
+    path: str | Path, use_ema: bool = True, manifest_dir: str | Path | None = None, device: str | torch.device = "cpu"
 ) -> Synthesizer:
     """A Synthesizer from a training checkpoint or an exported generator.
 

@@ -9,6 +9,8 @@ default Kaiming-uniform initialisation; biases are zeroed either way) - a bug we
 
 from __future__ import annotations
 
+from typing import cast
+
 from torch import nn
 
 
@@ -19,6 +21,7 @@ def init_weights(module: nn.Module, gain: float = 0.02, spectral_norm_weights: b
             continue
         spectral = hasattr(layer, "weight_orig")
         if spectral_norm_weights or not spectral:  # else as the official code on a GPU: the default init
-            nn.init.xavier_normal_(layer.weight_orig if spectral else layer.weight, gain=gain)
+            weight = cast(nn.Parameter, layer.weight_orig) if spectral else layer.weight  # spectral_norm's original
+            nn.init.xavier_normal_(weight, gain=gain)
         if layer.bias is not None:
             nn.init.zeros_(layer.bias)

@@ -16,13 +16,15 @@ image. At generation time it is chosen by these rules:
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
 from dagan.generator import uses_style_image
-from dagan.nn.style import reparameterize
+from dagan.nn.style import LatentStyle, reparameterize
 
 MAX_SEED = 2**63 - 1
 
@@ -64,8 +66,9 @@ def choose_latent(generator: nn.Module, seed: int | None = None,
                              "seed or style image needs a model trained with model.style=vae (style images) "
                              f"or noise3d (seeds){per_class}")
         return None
-    noise = None if seed is None else seeded_normal(seed, (1, generator.z_dim))
+    latent = cast(LatentStyle, generator)  # a generator with a style: DAGAN or CC-FPSE
+    noise = None if seed is None else seeded_normal(seed, (1, latent.z_dim))
     if style_image is None:
         return noise
-    mu, logvar = generator.encode(style_image)
+    mu, logvar = latent.encode(style_image)
     return mu if noise is None else reparameterize(mu, logvar, noise.to(mu.device, mu.dtype))

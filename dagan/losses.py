@@ -16,7 +16,8 @@ The lambdas are applied by the caller (training step), not here.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Iterable
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -37,21 +38,26 @@ class DiscriminatorOutput(NamedTuple):
         return head, tail
 
 
+def _total(terms: Iterable[torch.Tensor]) -> torch.Tensor:
+    """``sum(terms)``, typed: the builtin sum of tensors is a tensor (the start value 0 adds nothing)."""
+    return cast(torch.Tensor, sum(terms))
+
+
 def d_hinge_loss(
     real_outputs: DiscriminatorOutput, fake_outputs: DiscriminatorOutput
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Discriminator hinge terms (real, fake): mean(relu(1 - D(real))), mean(relu(1 + D(fake)))."""
     real = real_outputs.logits
     fake = fake_outputs.logits
-    loss_real = sum(F.relu(1 - logits).mean() for logits in real) / len(real)
-    loss_fake = sum(F.relu(1 + logits).mean() for logits in fake) / len(fake)
+    loss_real = _total(F.relu(1 - logits).mean() for logits in real) / len(real)
+    loss_fake = _total(F.relu(1 + logits).mean() for logits in fake) / len(fake)
     return loss_real, loss_fake
 
 
 def g_hinge_loss(fake_outputs: DiscriminatorOutput) -> torch.Tensor:
     """Generator hinge loss: -mean(D(fake)), averaged over the score maps."""
     fake = fake_outputs.logits
-    return -sum(logits.mean() for logits in fake) / len(fake)
+    return -_total(logits.mean() for logits in fake) / len(fake)
 
 
 def feature_matching_loss(fake_outputs: DiscriminatorOutput, real_outputs: DiscriminatorOutput) -> torch.Tensor:
@@ -76,7 +82,7 @@ def perceptual_loss(
         raise ValueError(
             f"got {len(fake_features)} fake, {len(real_features)} real feature maps and {len(weights)} weights"
         )
-    return sum(w * F.l1_loss(f, r.detach()) for w, f, r in zip(weights, fake_features, real_features, strict=True))
+    return _total(w * F.l1_loss(f, r.detach()) for w, f, r in zip(weights, fake_features, real_features, strict=True))
 
 
 def attention_alignment_loss(logits: list[torch.Tensor], semantic: torch.Tensor) -> torch.Tensor:

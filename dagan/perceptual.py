@@ -35,6 +35,9 @@ class VGG19Features(nn.Module):
     ``vgg_input``: "official" (the images as they are) or "imagenet" (ImageNet-normalised).
     """
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, features: nn.Sequential, vgg_input: str = "official"):
         super().__init__()
         if vgg_input not in VGG_INPUTS:

@@ -161,7 +161,7 @@ def train(params_file: str, overrides: Sequence[str], prepared_dir: str, model_d
 def train_distributed(params_file: str, overrides: Sequence[str], prepared_dir: str, model_dir: str, *,
                       job_name: str, work_dir: str, image: str, num_nodes: int, gpus_per_node: int,
                       resources: Mapping[str, str], shared_pvc: str, shared_mount: str,
-                      secret_env: Sequence[Mapping[str, str]], timeout_s: float, kfp_run_id: str = "",
+                      secret_env: Sequence[Mapping[str, Any]], timeout_s: float, kfp_run_id: str = "",
                       api=None, logs_api=None) -> dict[str, float]:
     """Launch a TrainJob over ``num_nodes`` x ``gpus_per_node`` and wait, printing its nodes' logs; data and
     checkpoints on the shared volume."""

@@ -97,6 +97,16 @@ def test_pretrained_torchscript_judge_maps_its_classes_to_dataset_ids(tmp_path):
     assert exported.predict(image).tolist() == [[[5, 7, -1]]]
 
 
+def test_a_pretrained_judge_checkpoint_loaded_without_judge_pretrained_names_the_key(tmp_path):
+    torch.jit.script(ThreeClassSegmenter()).save(str(tmp_path / "segmenter.pt"))
+    (tmp_path / "mapping.json").write_text(json.dumps({"0": 5, "1": 7}))
+    config = config_from_dict({"judge": {"pretrained": str(tmp_path / "segmenter.pt"),
+                                         "pretrained_label_map": str(tmp_path / "mapping.json")}}).resolved()
+    save_judge(tmp_path / "judge.pt", build_judge(config, num_classes=9), config, num_classes=9)
+    with pytest.raises(ConfigError, match="judge.pretrained is null"):  # was a TypeError from Path(None)
+        load_judge(tmp_path / "judge.pt", config_from_dict({}).resolved())
+
+
 def test_pretrained_judge_errors_name_the_key_and_file(tmp_path):
     config = config_from_dict({"judge": {"pretrained": str(tmp_path / "drn.pt")}}).resolved()
     with pytest.raises(FileNotFoundError, match="judge.pretrained=.*drn.pt"):

@@ -81,8 +81,8 @@ class PairedDataset(Dataset):
         if self._cache is None or self._cache[0] != key:
             columns = ["id", "label", "instance"] + (["image"] if self.has_image else [])
             self._cache = (key, parquet.read_row_group(group, columns=columns).to_pydict())
-        columns = self._cache[1]
-        return {name: values[row] for name, values in columns.items()}
+        table = self._cache[1]
+        return {name: values[row] for name, values in table.items()}
 
     def _open(self, shard_index: int) -> tuple[pq.ParquetFile, list[int]]:
         if shard_index not in self._files:
@@ -118,7 +118,8 @@ class PairedDataset(Dataset):
         row = self._row(index)
         label = decode_png(row["label"])
         generator = self._generator(index)
-        top, left = self._crop_box(*label.shape, row["id"], generator)
+        height, width = label.shape
+        top, left = self._crop_box(height, width, row["id"], generator)
         window = (slice(top, top + self.crop_height), slice(left, left + self.crop_width))
         flip = self.flip and bool(torch.rand((), generator=generator) < 0.5)
 

@@ -123,7 +123,7 @@ def read_image(path: Path) -> np.ndarray:
 
 def combine_parts(pair: RawPair) -> np.ndarray:
     """Paint per-class binary masks (value > 0 = inside) into one id map; background stays 0."""
-    label = None
+    label: np.ndarray | None = None
     for class_id, path in pair.label_parts:
         mask = np.asarray(_open(path, "part mask").convert("L")) > 0
         if label is None:
@@ -132,7 +132,18 @@ def combine_parts(pair: RawPair) -> np.ndarray:
             raise DataError(f"part mask {path} is {mask.shape[1]}x{mask.shape[0]}, the other masks of "
                             f"{pair.sample_id} are {label.shape[1]}x{label.shape[0]}; all part masks must match")
         label[mask] = class_id
+    if label is None:
+        raise DataError(f"sample {pair.sample_id} has no part masks")
     return label
+
+
+def read_raw_label(pair: RawPair) -> np.ndarray:
+    """The raw label values of ``pair``: its label map, or its part masks painted into one."""
+    if pair.label_parts:
+        return combine_parts(pair)
+    if pair.label is None:
+        raise DataError(f"sample {pair.sample_id} has neither a label map nor part masks")
+    return read_label_values(pair.label)
 
 
 def map_label(raw: np.ndarray, spec: LabelSpec, path: Path) -> np.ndarray:
@@ -179,7 +190,7 @@ def _size_mismatch(what: str, path: Path, shape: tuple, label_path: Path, label_
 
 def prepare_pair(pair: RawPair, spec: LabelSpec, load_size: int, aspect_ratio: float) -> tuple[Sample, np.ndarray]:
     """Read, check, resize and encode one pair; return the row and its per-id pixel counts."""
-    raw = combine_parts(pair) if pair.label_parts else read_label_values(pair.label)
+    raw = read_raw_label(pair)
     ids = map_label(raw, spec, pair.label_name)
     height, width = ids.shape
     size = target_size(width, height, load_size, aspect_ratio)

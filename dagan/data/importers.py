@@ -29,7 +29,7 @@ import numpy as np
 
 from dagan.data.classes import CELEBAMASK_HQ, class_table, palette
 from dagan.data.errors import DataError
-from dagan.data.imaging import LabelSpec, RawPair, identity_lut, read_label_values
+from dagan.data.imaging import LabelSpec, RawPair, identity_lut, read_raw_label
 from dagan.presets import get_preset
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -75,7 +75,7 @@ def _pairs(
                             f"{labels[missing[0]]}; this dataset needs instance maps for every sample")
     return [
         RawPair(split=split, sample_id=name, label=labels[name], image=images[name] if images else None,
-                instance=instances[name] if need_instance else None)
+                instance=instances[name] if need_instance and instances is not None else None)
         for name in sorted(labels)
     ]
 
@@ -244,7 +244,7 @@ def _custom_spec(dataset: str, source: Path, pairs: list[RawPair], has_instance:
         if len(colors) != len(names):
             raise DataError(f"{classes_file}: {len(colors)} class_colors for {len(names)} class_names")
     else:
-        top = max(int(read_label_values(p.label).max()) for p in pairs)
+        top = max(int(read_raw_label(p).max()) for p in pairs)
         names, colors = [f"class_{i}" for i in range(top + 1)], palette(top + 1)
     extra = {int(dont_care): len(names)} if dont_care is not None else {}
     valid = f"0..{len(names) - 1}" + (f", {dont_care} = don't care" if dont_care is not None else "")

@@ -16,12 +16,14 @@ samples of the first label maps for the sample grid.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import nn
 
+from dagan.eval.judge import Judge
 from dagan.latent import seeded_normal
-from dagan.nn.style import reparameterize
+from dagan.nn.style import LatentStyle, reparameterize
 
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # two (B, ...) batches -> (B,) distances
 
@@ -38,20 +40,21 @@ def pairwise_mean(samples: list[torch.Tensor], distance: Distance) -> torch.Tens
 
 def seeded_samples(generator: nn.Module, semantic: torch.Tensor, num_samples: int, seed: int) -> torch.Tensor:
     """(B, K, 3, H, W): K images per label map, z ~ N(0, I) drawn from ``seed`` (the same on every device)."""
-    z = seeded_normal(seed, (num_samples, semantic.shape[0], generator.z_dim)).to(semantic.device)
+    z_dim = cast(LatentStyle, generator).z_dim  # a multimodal (DAGAN or CC-FPSE) generator
+    z = seeded_normal(seed, (num_samples, semantic.shape[0], z_dim)).to(semantic.device)
     return torch.stack([generator(semantic, z[k]) for k in range(num_samples)], dim=1)
 
 
 def real_photo_latent(generator: nn.Module, real: torch.Tensor, seed: int) -> torch.Tensor:
     """z = mu + sigma * eps of each real photo's encoded style (the official test-time z of a vae model)."""
-    mu, logvar = generator.encode(real)
+    mu, logvar = cast(LatentStyle, generator).encode(real)  # a vae generator
     return reparameterize(mu, logvar, seeded_normal(seed, tuple(mu.shape)).to(mu.device, mu.dtype))
 
 
 class DiversityMeter:
     """Accumulates the diversity scores batch by batch; :meth:`metrics` gives their means."""
 
-    def __init__(self, generator: nn.Module, judge: nn.Module, lpips: Distance | None, num_samples: int,
+    def __init__(self, generator: nn.Module, judge: Judge, lpips: Distance | None, num_samples: int,
                  seed: int = 0):
         if num_samples < 2:
             raise ValueError(f"the diversity score needs at least 2 samples per label map, got {num_samples}")

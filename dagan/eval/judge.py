@@ -99,6 +99,10 @@ class PretrainedJudge(nn.Module):
     -1 (always wrong). Only the dataset ids in the mapping are evaluated (``evaluated_classes``).
     """
 
+    lookup: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, segmenter: nn.Module, label_mapping: dict[int, int], input_norm: str):
         super().__init__()
         self.segmenter = segmenter
@@ -130,6 +134,10 @@ class PretrainedJudge(nn.Module):
         return self._logits(image).softmax(dim=1).mean(dim=(2, 3))
 
 
+# Either judge: both have predict(image) and features(image).
+Judge = SegmentationNet | PretrainedJudge
+
+
 def read_label_mapping(path: str) -> dict[int, int]:
     """JSON object {segmenter class id: dataset label id}, e.g. Cityscapes trainId -> labelId."""
     file = Path(path)
@@ -146,7 +154,7 @@ def read_label_mapping(path: str) -> dict[int, int]:
     return mapping
 
 
-def build_judge(config: Config, num_classes: int) -> nn.Module:
+def build_judge(config: Config, num_classes: int) -> Judge:
     """Our untrained U-Net from ``config.judge``, or the configured pretrained TorchScript judge."""
     judge = config.judge
     if judge.pretrained:
@@ -156,6 +164,10 @@ def build_judge(config: Config, num_classes: int) -> nn.Module:
 
 
 def load_pretrained_judge(judge: JudgeConfig) -> PretrainedJudge:
+    if not judge.pretrained:
+        raise ConfigError("judge.pretrained is null but the judge is a pretrained segmenter (a judge checkpoint "
+                          "made with judge.pretrained set): set judge.pretrained (and judge.pretrained_label_map) "
+                          "to its files, or retrain our own judge: python -m components.train_judge")
     path = Path(judge.pretrained)
     if not path.is_file():
         raise FileNotFoundError(
@@ -213,7 +225,7 @@ def save_judge(path: str | Path, judge: nn.Module, config: Config, num_classes: 
         torch.save(state, tmp)
 
 
-def load_judge(path: str | Path, config: Config) -> nn.Module:
+def load_judge(path: str | Path, config: Config) -> Judge:
     """Load a judge written by :func:`save_judge` (weights only), in eval mode."""
     path = Path(path)
     if not path.is_file():
@@ -223,6 +235,7 @@ def load_judge(path: str | Path, config: Config) -> nn.Module:
     if state.get("format_version") != JUDGE_FORMAT_VERSION:
         raise ValueError(f"{path}: judge format_version {state.get('format_version')!r}, expected "
                          f"{JUDGE_FORMAT_VERSION}; retrain with python -m components.train_judge")
+    judge: Judge
     if state["kind"] == "torchscript":
         judge = load_pretrained_judge(config.judge)
     else:
@@ -231,7 +244,7 @@ def load_judge(path: str | Path, config: Config) -> nn.Module:
     return judge.eval()
 
 
-def evaluated_target(judge: nn.Module, label: torch.Tensor) -> torch.Tensor:
+def evaluated_target(judge: Judge, label: torch.Tensor) -> torch.Tensor:
     """The ground truth the judge is scored on: classes it does not evaluate become -1 (ignored)."""
     classes = getattr(judge, "evaluated_classes", None)
     if classes is None:

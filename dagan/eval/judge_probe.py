@@ -17,7 +17,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from dagan.eval.judge import evaluated_target
+from dagan.eval.judge import Judge, evaluated_target
 from dagan.eval.metrics import confusion_matrix, frechet_distance, mean_iou, pixel_accuracy
 from dagan.eval.protocol import style_photo
 from dagan.generator import run_generator
@@ -28,7 +28,7 @@ class JudgeProbe:
     """``probe(generator) -> {judge_miou, judge_accuracy, fd_judge}`` on fixed validation batches."""
 
     @torch.no_grad()
-    def __init__(self, judge: nn.Module, batches: Iterable[dict[str, torch.Tensor]], *, num_classes: int,
+    def __init__(self, judge: Judge, batches: Iterable[dict[str, torch.Tensor]], *, num_classes: int,
                  num_label_channels: int, device: torch.device, style_from: str = "photo"):
         self.judge = judge.to(device).eval()
         self.num_classes = num_classes
@@ -66,5 +66,6 @@ class JudgeProbe:
                 features.append(self.judge.features(fake).cpu())
         finally:
             generator.train(was_training)
+        assert matrix is not None  # __init__ refused a probe without batches
         return {"judge_miou": mean_iou(matrix), "judge_accuracy": pixel_accuracy(matrix),
                 "fd_judge": frechet_distance(self.real_features, torch.cat(features))}

@@ -28,7 +28,7 @@ from torch import nn
 
 from dagan.eval.baseline import paint_mean_colors
 from dagan.eval.diversity import DiversityMeter, is_multimodal, real_photo_latent
-from dagan.eval.judge import evaluated_target
+from dagan.eval.judge import Judge, evaluated_target
 from dagan.eval.metrics import confusion_matrix, frechet_distance, mean_iou, per_class_iou, pixel_accuracy
 from dagan.generator import run_generator
 from dagan.labels import semantic_input
@@ -55,7 +55,7 @@ class Evaluation:
 @torch.no_grad()
 def evaluate_generator(
     generator: nn.Module,
-    judge: nn.Module,
+    judge: Judge,
     batches: Iterable[dict[str, torch.Tensor]],
     *,
     num_classes: int,

@@ -106,7 +106,7 @@ class LatentStyle:
             raise ValueError("style='vae' needs start_size (sh, sw): fc maps z to a 16 ngf x sh x sw map")
         self.style = style
         self.z_dim = z_dim if style != "off" else 0
-        self.start_size = tuple(start_size) if style == "vae" else None
+        self.start_size = (start_size[0], start_size[1]) if style == "vae" and start_size is not None else None
 
     @property
     def image_size(self) -> tuple[int, int] | None:
@@ -120,9 +120,10 @@ class LatentStyle:
         factor = 2**self.num_up
         if height % factor or width % factor:
             return f"height and width must be multiples of {factor} (2**{self.num_up} for this num_upsampling_layers)"
-        if self.image_size is not None and (height, width) != self.image_size:
-            return (f"this model.style=vae generator makes {self.image_size[0]}x{self.image_size[1]} images only "
-                    f"(its first layer maps z to a fixed {self.start_size[0]}x{self.start_size[1]} map)")
+        size, start = self.image_size, self.start_size
+        if size is not None and start is not None and (height, width) != size:
+            return (f"this model.style=vae generator makes {size[0]}x{size[1]} images only "
+                    f"(its first layer maps z to a fixed {start[0]}x{start[1]} map)")
         return None
 
     def _latent(self, label_map: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor | None:

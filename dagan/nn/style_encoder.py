@@ -23,6 +23,8 @@ here; docs/ATTENTION.md).
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -86,7 +88,7 @@ class GroupedStyleEncoder(nn.Module):
 
     def empty_codes(self) -> torch.Tensor:
         """The codes of a class without pixels, (C, scales * style_dim): tanh of the heads' biases."""
-        return torch.cat([torch.tanh(head.bias.detach()).view(self.num_classes, self.style_dim)
+        return torch.cat([torch.tanh(cast(torch.Tensor, head.bias).detach()).view(self.num_classes, self.style_dim)
                           for head in self.heads], dim=1)
 
 

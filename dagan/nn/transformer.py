@@ -18,6 +18,7 @@ logits are returned for the attention loss and the figures.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -100,7 +101,7 @@ class TransformerBlock(nn.Module):
         self.feed_forward = GatedFeedForward(dim, 4 * dim)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.self_attention is not None:
+        if self.self_attention is not None and self.norm_self is not None:  # both or neither
             x = x + self.self_attention(self.norm_self(x))[0]
         update, logits = self.cross_attention(self.norm_cross(x), context, return_logits=True)
         x = x + update
@@ -119,7 +120,7 @@ class SpatialCrossAttention(nn.Module):
         self.block = TransformerBlock(inner, context_dim, heads, head_dim, self_attention)
         self.proj_out = nn.Conv2d(inner, channels, 1)
         nn.init.zeros_(self.proj_out.weight)  # the layer starts as the identity
-        nn.init.zeros_(self.proj_out.bias)
+        nn.init.zeros_(cast(torch.Tensor, self.proj_out.bias))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         batch, _, height, width = x.shape

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -35,6 +35,7 @@ from dagan.data.classes import class_table
 from dagan.discriminator import build_discriminator
 from dagan.generator import build_generator
 from dagan.inference import LabelLayout
+from dagan.nn.style import LatentStyle
 from dagan.official.layout import ENCODER_PREFIX, LayoutError, check_layout, key_map, strip_data_parallel
 from dagan.presets import get_preset
 
@@ -94,10 +95,11 @@ def import_generator(state: dict[str, torch.Tensor], config: Config, semantic_nc
     the official encoder's ``encoder_state``)."""
     generator = build_generator(config, semantic_nc)
     weights = _renamed_in(generator, state, "generator", what)
-    if generator.encoder is not None:
+    style_encoder = cast(LatentStyle, generator).encoder  # a DAGAN generator: its encoder with model.style=vae
+    if style_encoder is not None:
         if encoder_state is None:
             raise LayoutError(f"{what} is a VAE generator (--use_vae): pass its encoder, latest_net_E.pth")
-        encoder = _renamed_in(generator.encoder, encoder_state, "encoder", encoder_what)
+        encoder = _renamed_in(style_encoder, encoder_state, "encoder", encoder_what)
         weights.update({ENCODER_PREFIX + key: value for key, value in encoder.items()})
     generator.load_state_dict(weights)
     return generator.eval()
@@ -158,7 +160,8 @@ def import_official(generator_path: str | Path, preset: str, variant: str | None
     overrides = {**overrides, "model": {**overrides.get("model", {}), **vae.get("model", {})}}
     config = official_config(preset, variant, ngf, overrides)
     semantic_nc = get_preset(preset).semantic_nc
-    encoder_state = load_official_state(encoder_path, "encoder checkpoint") if vae else None
+    # _vae_overrides checked that an encoder file is given exactly for a VAE generator
+    encoder_state = load_official_state(encoder_path, "encoder checkpoint") if encoder_path is not None else None
     generator = import_generator(generator_state, config, semantic_nc, where, encoder_state,
                                  f"encoder checkpoint {encoder_path}")
     discriminator = None
@@ -169,7 +172,7 @@ def import_official(generator_path: str | Path, preset: str, variant: str | None
     files = {"generator": Path(generator_path)}
     if discriminator_path is not None:
         files["discriminator"] = Path(discriminator_path)
-    if vae:
+    if encoder_path is not None:
         files["encoder"] = encoder_path
     origin = {"kind": "official", "code": OFFICIAL_CODE[variant], "preset": preset, "variant": variant,
               "files": {role: {"name": path.name, "sha256": _sha256(path)} for role, path in files.items()}}
@@ -230,10 +233,11 @@ def official_state_dicts(checkpoint: dict[str, Any], use_ema: bool = False) -> d
         generator = build_generator(config, checkpoint["semantic_nc"])
         discriminator = build_discriminator(config, checkpoint["semantic_nc"])
     result = {"generator": _renamed(weights, key_map(generator, "generator"))}
-    if generator.encoder is not None:
+    style_encoder = cast(LatentStyle, generator).encoder  # a DAGAN generator: its encoder with model.style=vae
+    if style_encoder is not None:
         encoder = {key.removeprefix(ENCODER_PREFIX): value for key, value in weights.items()
                    if key.startswith(ENCODER_PREFIX)}
-        result["encoder"] = _renamed(encoder, key_map(generator.encoder, "encoder"))
+        result["encoder"] = _renamed(encoder, key_map(style_encoder, "encoder"))
     if checkpoint.get("discriminator") is not None:
         result["discriminator"] = _renamed(checkpoint["discriminator"], key_map(discriminator, "discriminator"))
     return result

@@ -93,8 +93,9 @@ def reference_config(reference: Reference) -> Config:
 
 
 def _generator_outputs(generator: torch.nn.Module, semantic: torch.Tensor, prefix: str) -> dict[str, np.ndarray]:
-    captured = {}
-    hook = generator.conv_img.register_forward_hook(lambda module, args, output: captured.update(pre=output))
+    captured: dict[str, torch.Tensor] = {}
+    conv_img = generator.get_submodule("conv_img")
+    hook = conv_img.register_forward_hook(lambda module, args, output: captured.update(pre=output))
     try:
         with torch.no_grad():
             image = generator(semantic)
@@ -186,13 +187,13 @@ def compare(reference: Reference, outputs: dict[str, np.ndarray], losses: list[d
                         "tolerance": bound.absolute, "ok": difference <= bound.absolute}
     loss_report = {}
     official_losses = reference.meta["losses_per_iteration"][: len(losses)]
-    for iteration, (ours, official) in enumerate(zip(losses, official_losses, strict=True), 1):
+    for iteration, (our_losses, their_losses) in enumerate(zip(losses, official_losses, strict=True), 1):
         absolute, relative = LOSS_TOLERANCES[iteration]
-        for name, value in official.items():
-            difference = abs(ours[name] - value)
+        for name, value in their_losses.items():
+            difference = abs(our_losses[name] - value)
             rel = difference / max(abs(value), 1e-30)
             loss_report[f"iteration{iteration}/{name}"] = {
-                "ours": ours[name], "official": value, "max_abs": difference, "max_rel": rel,
+                "ours": our_losses[name], "official": value, "max_abs": difference, "max_rel": rel,
                 "tolerance": {"absolute": absolute, "relative": relative},
                 "ok": difference <= absolute or rel <= relative}
     missing = sorted(set(output_arrays(reference)) - set(outputs))

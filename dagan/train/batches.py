@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from dagan.config import Config
+from dagan.config import Config, resolved_value
 from dagan.data import PairedDataset, read_manifest
 from dagan.distributed import DistributedContext, ResumableDistributedSampler
 from dagan.labels import semantic_input
@@ -39,10 +39,11 @@ class TrainingBatches:
         self.device = context.device
         self.manifest = read_manifest(config.dataset.prepared_dir)
         dataset = config.dataset
-        self.dataset = PairedDataset(dataset.prepared_dir, "train", crop_size=dataset.crop_size,
-                                     aspect_ratio=dataset.aspect_ratio, train=True, flip=dataset.flip,
+        self.dataset = PairedDataset(dataset.prepared_dir, "train", crop_size=resolved_value(dataset.crop_size),
+                                     aspect_ratio=resolved_value(dataset.aspect_ratio), train=True, flip=dataset.flip,
                                      seed=config.train.seed)
-        self.sampler = ResumableDistributedSampler(self.dataset, context, config.train.batch_size, config.train.seed)
+        self.sampler = ResumableDistributedSampler(self.dataset, context, resolved_value(config.train.batch_size),
+                                                   config.train.seed)
         self.worker_seeds = torch.Generator()
         self.loader = DataLoader(self.dataset, batch_size=self.sampler.batch_per_rank, sampler=self.sampler,
                                  drop_last=True, num_workers=dataset.num_workers,
@@ -77,8 +78,8 @@ class TrainingBatches:
         """The training split without augmentation, built (and its shards hashed) once per run, at the first
         checkpoint that needs it."""
         dataset = self.config.dataset
-        return PairedDataset(dataset.prepared_dir, "train", crop_size=dataset.crop_size,
-                             aspect_ratio=dataset.aspect_ratio, train=False, flip=False)
+        return PairedDataset(dataset.prepared_dir, "train", crop_size=resolved_value(dataset.crop_size),
+                             aspect_ratio=resolved_value(dataset.aspect_ratio), train=False, flip=False)
 
     def calibration_inputs(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
         """(semantic input, photo, noise seed) of the first ``train.ema_bn_batches`` batches of

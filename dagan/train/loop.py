@@ -37,7 +37,7 @@ from dagan.checkpoint import (
     set_rng_state,
     step_path,
 )
-from dagan.config import Config
+from dagan.config import Config, resolved_value
 from dagan.distributed import DistributedContext, all_ranks_sum, setup, teardown, unwrap
 from dagan.eval.visualize import sample_grid
 from dagan.finite import all_finite, describe_non_finite, module_tensors, non_finite_tensors
@@ -88,7 +88,7 @@ def _train(config: Config, logger: TrainingLogger, resume: str | Path | None, co
     logger.on_start(StartReport(step, plan.total_steps, resumed_from, changes))
     run = _Run(config, context, logger, signals, state, batches, plan, step, resumed_from,
                Progress(plan.total_steps, step, config.train.log_every, enabled=context.is_main),
-               Throughput(config.train.batch_size))
+               Throughput(resolved_value(config.train.batch_size)))
     if context.is_main:
         log.info("training %d steps (%d per epoch, global batch %d on %d process(es), %s)", plan.total_steps,
                  plan.steps_per_epoch, config.train.batch_size, context.world_size, context.device)

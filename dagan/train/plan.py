@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dagan.config import TrainConfig
+from dagan.config import TrainConfig, resolved_value
 from dagan.schedule import lr_factor, total_steps
 
 
@@ -29,8 +29,9 @@ class TrainingPlan:
 
     @classmethod
     def from_config(cls, train: TrainConfig, steps_per_epoch: int) -> TrainingPlan:
-        return cls(steps_per_epoch, total_steps(steps_per_epoch, train.epochs, train.epochs_decay, train.max_steps),
-                   train.epochs, train.epochs_decay, train.lr_schedule, train.log_every, train.sample_every,
+        epochs, epochs_decay = resolved_value(train.epochs), resolved_value(train.epochs_decay)
+        return cls(steps_per_epoch, total_steps(steps_per_epoch, epochs, epochs_decay, train.max_steps),
+                   epochs, epochs_decay, resolved_value(train.lr_schedule), train.log_every, train.sample_every,
                    train.checkpoint_every)
 
     def epoch(self, step: int) -> int:

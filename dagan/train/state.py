@@ -198,8 +198,8 @@ def build_state(config: Config, semantic_nc: int, context: DistributedContext,
     vgg = build_vgg19(config.loss.vgg_weights, config.loss.vgg_input).to(device) if config.loss.lambda_vgg > 0 else None
     seed_everything(train.seed)
     memory_format = torch.channels_last if train.channels_last else torch.contiguous_format
-    generator = build_generator(config, semantic_nc, num_label_channels).to(device, memory_format=memory_format)
-    discriminator = build_discriminator(config, semantic_nc).to(device, memory_format=memory_format)
+    generator = build_generator(config, semantic_nc, num_label_channels).to(device).to(memory_format=memory_format)
+    discriminator = build_discriminator(config, semantic_nc).to(device).to(memory_format=memory_format)
     ema = ExponentialMovingAverage(generator, train.ema_decay, train.ema_rampup) if train.ema_decay > 0 else None
     generator = wrap_ddp(generator, context)
     discriminator = wrap_ddp(discriminator, context)

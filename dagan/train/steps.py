@@ -36,6 +36,7 @@ rank stops together. Returned losses are plain floats (one device sync per step)
 from __future__ import annotations
 
 import contextlib
+from typing import cast
 
 import torch
 from torch import nn
@@ -51,7 +52,7 @@ from dagan.losses import (
     kl_divergence,
     perceptual_loss,
 )
-from dagan.nn.style import reparameterize
+from dagan.nn.style import LatentStyle, reparameterize
 from dagan.train.state import LossWeights, TrainingState
 
 
@@ -105,7 +106,8 @@ def generate_training_fake(
         fake, posterior = generator(semantic, style_image=real)
         return fake, {"posterior": posterior}
     if style == "noise3d":
-        return generator(semantic, torch.randn(semantic.shape[0], network.z_dim, device=semantic.device)), {}
+        z_dim = cast(LatentStyle, network).z_dim
+        return generator(semantic, torch.randn(semantic.shape[0], z_dim, device=semantic.device)), {}
     if cross_attention and uses_style_image(generator):
         return run_generator(generator, semantic, real, return_attention=True)
     return run_generator(generator, semantic, real), {}
@@ -121,9 +123,10 @@ def calibration_fake(generator: nn.Module, semantic: torch.Tensor, real: torch.T
     style = getattr(generator, "style", "off")
     if style == "off":
         return run_generator(generator, semantic, real)
-    noise = seeded_normal(seed, (semantic.shape[0], generator.z_dim)).to(semantic.device)
+    latent = cast(LatentStyle, generator)  # a generator with a style: DAGAN or CC-FPSE
+    noise = seeded_normal(seed, (semantic.shape[0], latent.z_dim)).to(semantic.device)
     if style == "vae":
-        mu, logvar = generator.encode(real)
+        mu, logvar = latent.encode(real)
         noise = reparameterize(mu, logvar, noise.to(mu.dtype))
     return generator(semantic, noise)
 
@@ -173,6 +176,8 @@ def _generator_losses(critic: nn.Module, vgg: nn.Module | None, weights: LossWei
     if weights.feat > 0:
         losses["g_feat"] = feature_matching_loss(fake_outputs, real_outputs)
     if weights.vgg > 0:
+        if vgg is None:  # build_state builds the VGG19 whenever loss.lambda_vgg > 0
+            raise ValueError("loss.lambda_vgg > 0 needs the VGG19 extractor in the training state")
         with torch.no_grad():
             real_features = vgg(real)
         losses["g_vgg"] = perceptual_loss(vgg(fake), real_features)
