@@ -32,6 +32,7 @@ from typing import Any
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag
+from mlflow.exceptions import MlflowException
 
 from dagan.config import Config, resolved_value
 from dagan.data import read_manifest
@@ -187,8 +188,15 @@ def log_dataset(client: MlflowClient, run_id: str, prepared_dir: str | Path, spl
         source, name=manifest.dataset, digest=data_checksum(prepared_dir)[:12], schema=schema)
     tags = {"mlflow.data.context": context, "split": split, "rows": str(manifest.splits.get(split, 0)),
             "classes": str(manifest.num_classes)}
-    client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(),
-                                                      [InputTag(key, value) for key, value in tags.items()])])
+    inputs = [DatasetInput(dataset._to_mlflow_entity(), [InputTag(key, value) for key, value in tags.items()])]
+    try:
+        client.log_inputs(run_id, datasets=inputs)
+    except MlflowException as err:
+        # The server creates an experiment's dataset on first use; two runs logging it at once (a sweep's parallel
+        # trials) race, and the loser gets a UNIQUE-constraint error. The dataset exists now: log again.
+        if "UNIQUE constraint" not in str(err) and "Duplicate entry" not in str(err):
+            raise
+        client.log_inputs(run_id, datasets=inputs)
 
 
 def evaluated_note(note: str, metrics: dict[str, float]) -> str:

@@ -77,3 +77,32 @@ def test_evaluation_summary_replaces_an_earlier_one():
     assert once == ("DAGAN B6 on synthetic | evaluated: judge mIoU generated 0.500 (real 0.700, baseline 0.600), "
                     "judge FD 0.0400 (baseline 0.0500)")
     assert tracking.evaluated_note(once, {**metrics, "judge_miou_generated": 0.55}).count("evaluated:") == 1
+
+
+class _RacingClient:
+    """Stands in for the MLflow server's answer when another run created the same dataset a moment earlier."""
+
+    def __init__(self, message: str):
+        self.message, self.calls = message, 0
+
+    def log_inputs(self, run_id, datasets):
+        from mlflow.exceptions import MlflowException
+
+        self.calls += 1
+        if self.calls == 1:
+            raise MlflowException(self.message)
+
+
+def test_a_dataset_created_by_a_parallel_run_is_logged_again(tmp_path):
+    """Parallel sweep trials log the same dataset; the one that loses the server's get-or-create race retries."""
+    import pytest
+    from mlflow.exceptions import MlflowException
+
+    prepared = write_prepared(tmp_path / "prepared", num_train=4)
+    racing = _RacingClient("BAD_REQUEST: (sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id")
+    tracking.log_dataset(racing, "run", prepared, "train", "training")
+    assert racing.calls == 2
+    other = _RacingClient("RESOURCE_DOES_NOT_EXIST: run 'run' not found")
+    with pytest.raises(MlflowException, match="not found"):
+        tracking.log_dataset(other, "run", prepared, "train", "training")
+    assert other.calls == 1

@@ -65,6 +65,13 @@ def s3_endpoint(monkeypatch):
         server.stop()
 
 
+def _trial_errors(s3) -> list[str]:
+    """The tracebacks Ray stored for failed trials (error.txt in the sweep's storage), to show why one failed."""
+    listing = s3.list_objects_v2(Bucket="sweeps", Prefix="tune/").get("Contents", [])
+    return [s3.get_object(Bucket="sweeps", Key=item["Key"])["Body"].read().decode(errors="replace")
+            for item in listing if item["Key"].endswith("error.txt")]
+
+
 def test_two_trial_sweep_logs_parent_and_nested_runs_and_writes_the_best_params(tmp_path, mlflow_server, s3_endpoint,
                                                                                  monkeypatch, capfd):
     from components.tune import main as tune
@@ -84,7 +91,8 @@ def test_two_trial_sweep_logs_parent_and_nested_runs_and_writes_the_best_params(
     printed = capfd.readouterr()
     problems = [line for line in (printed.out + printed.err).splitlines()
                 if re.search(r"\bERROR\b", line) or "Fatal Python error" in line or "Traceback" in line]
-    assert not problems, "\n".join(problems[:20])  # a clean sweep logs no error (Ray's workers' lines included)
+    assert not problems, "\n".join(problems[:20] + _trial_errors(s3_endpoint))  # a clean sweep logs no error
+    assert _trial_errors(s3_endpoint) == []  # nor did any trial store one
 
     client = MlflowClient(url)
     parent_id = json.loads((tmp_path / "tune" / "mlflow_run.json").read_text())["run_id"]
