@@ -17,13 +17,15 @@ that no dimension sets a key the sweep itself decides (the trial's step budget, 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from components.settings import step_config_from_dict
+from components.settings import StepConfig, step_config_from_dict
 from dagan.config import ConfigError
 from dagan.overrides import merge_overrides
 
@@ -81,6 +83,7 @@ def parse_search_space(space: Mapping[str, Any], base: Mapping[str, Any], source
             where = f"{source}: tune.search_space.{key}"
             if section == "tune" or key in RESERVED_KEYS:
                 raise ConfigError(f"{where}: the sweep sets {key} itself for every trial; remove it from the space")
+            _check_key(section, name, where)
             dimension = _dimension(key, spec, where)
             for value in dimension.candidates():
                 try:
@@ -92,6 +95,17 @@ def parse_search_space(space: Mapping[str, Any], base: Mapping[str, Any], source
         raise ConfigError(f"{source}: tune.search_space is empty; add at least one dimension (docs/TUNE.md)")
     _check_choice_combinations(dimensions, base, source)
     return dimensions
+
+
+def _check_key(section: str, name: str, where: str) -> None:
+    """The config has ``section.name`` (the keys a params file may set)."""
+    sections = typing.get_type_hints(StepConfig)
+    if section not in sections:
+        raise ConfigError(f"{where}: unknown key: there is no config section {section!r}; the sections are "
+                          f"{', '.join(sorted(sections))}")
+    keys = sorted(field.name for field in dataclasses.fields(sections[section]))
+    if name not in keys:
+        raise ConfigError(f"{where}: unknown key {section}.{name}; the keys of {section} are {', '.join(keys)}")
 
 
 MAX_CHECKED_COMBINATIONS = 4096

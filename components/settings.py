@@ -88,6 +88,9 @@ class TuneConfig:
     cpus_per_trial: float = 2.0
     gpus_per_trial: float | None = None  # null: 1 when the Ray cluster has GPUs, else 0; > 0 without a GPU: error
     max_concurrent_trials: int = 0  # 0: as many as the resources allow
+    max_failures: int = 2  # retries of a failed trial (a lost node) from its last checkpoint; 0: none
+    search_alg: Literal["random", "optuna"] = "random"  # optuna: TPE (needs max_concurrent_trials >= 1)
+    seed: int | None = None  # seeds the search (the sampled values); null: different every sweep
     num_cpus: int | None = None  # local Ray only (no --address): CPUs Ray may use; null: all
     name: str = "dagan-tune"  # Ray Tune experiment (folder under storage_path; --resume restores it)
     storage_path: str = "outputs/tune/ray"  # local folder or s3://bucket/prefix (endpoint: $AWS_ENDPOINT_URL)
@@ -97,6 +100,11 @@ class TuneConfig:
         for name in ("num_samples", "max_steps", "eval_every", "eval_batches", "grace_period"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"tune.{name}={getattr(self, name)} must be >= 1")
+        if self.search_alg == "optuna" and self.max_concurrent_trials < 1:
+            raise ConfigError("tune.search_alg=optuna proposes each trial from the finished ones: set "
+                              "tune.max_concurrent_trials >= 1 (e.g. 2)")
+        if self.max_failures < 0:
+            raise ConfigError(f"tune.max_failures={self.max_failures} must be >= 0")
         if self.reduction_factor < 2:
             raise ConfigError(f"tune.reduction_factor={self.reduction_factor} must be >= 2")
         if self.cpus_per_trial <= 0 or (self.gpus_per_trial is not None and self.gpus_per_trial < 0):

@@ -1,34 +1,35 @@
 """``python -m components.tune``: a Ray Tune sweep of loss weights and attention variants, in MLflow.
 
-    python -m components.tune [--params FILE] [-S key=value ...] [--address ray://HOST:10001 | auto]
+    python -m components.tune [--params FILE] [-S key=value ...] [--address auto | HOST:PORT]
                               [--storage s3://BUCKET/PREFIX | DIR] [--num-samples N] [--resume]
 
-Samples ``tune.search_space`` ``tune.num_samples`` times. Each trial (components/tune_trial.py)
-trains with the sampled values for ``tune.max_steps`` steps, is scored by the judge every
-``tune.eval_every`` steps (``tune.metric``: judge mIoU, maximised, or judge Fréchet distance,
-minimised) and checkpointed there; ASHA stops the weak trials early. Without ``--address`` Ray
-starts locally (``tune.num_cpus``); with it the sweep joins a running cluster (KubeRay).
-Trials and their checkpoints live under ``<storage>/<tune.name>`` (a folder, or S3 with the
-endpoint from ``$AWS_ENDPOINT_URL``); ``--resume`` restores an interrupted sweep there.
+Samples ``tune.search_space`` ``tune.num_samples`` times (``tune.search_alg``). Each trial
+(components/tune_trial.py) trains with the sampled values for ``tune.max_steps`` steps, is scored by
+the judge every ``tune.eval_every`` steps (``tune.metric``: judge mIoU, maximised, or judge
+Fréchet distance, minimised) and checkpointed there; ASHA stops the weak trials early; a failed
+trial restarts from its latest checkpoint (``tune.max_failures``). Without ``--address`` Ray starts
+locally (``tune.num_cpus``); with it the sweep joins a running cluster (components/ray_cluster.py;
+on a cluster it runs as a Ray job, ``--address auto``). Trials and their checkpoints live under
+``<storage>/<tune.name>`` (components/tune_storage.py); ``--resume`` restores an interrupted sweep
+from there, with its MLflow parent run.
 
 MLflow: a parent run for the sweep and a nested run per trial, on a tracking server
 (``$MLFLOW_TRACKING_URI`` or ``mlflow.tracking_uri``, http(s)). Trials are processes writing at
 the same time, possibly on other nodes, so sqlite files and local folders are refused.
 
-Writes into ``tune.out_dir``: ``best_params.yaml`` (the params with the best trial's values:
-``--params`` it, or copy it over params.yaml before ``dvc exp run``), ``best.json`` (the values
-and the matching ``-S`` arguments), ``results.csv`` (one row per trial) and ``mlflow_run.json``
-(the parent run); the first three are also artifacts of the parent run. Needs the prepared data
-and the judge (``dvc repro train_judge``).
+Writes into ``tune.out_dir`` (components/tune_results.py: the best trial is the one with the best
+report): ``best_params.yaml`` (the params with the best trial's values: ``--params`` it, or copy it
+over params.yaml before ``dvc exp run``), ``best.json`` (the trial, its run and checkpoint, the
+values and the matching ``-S`` arguments), ``results.csv`` (one row per trial) and
+``mlflow_run.json`` (the parent run); the first three are also artifacts of the parent run. Needs
+the prepared data and the judge (``dvc repro train_judge``). Every check of the input runs before
+Ray starts or anything is written.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -36,18 +37,36 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Param
 
 from components.cli import entry, log, make_parser, run_main
 from components.outputs import connect_tracking, judge_path, tracking_uri, write_json
+from components.ray_cluster import connect_ray
 from components.search_space import Dimension, parse_search_space
-from components.settings import StepConfig, load_step_config, redact_uri
-from components.tracking import COMMIT_TAG, NOTE_TAG, git_commit, model_development_experiment, pipeline_tags
-from components.tune_trial import PARENT_TAG, TrialSetup, run_trial
-from dagan.atomic import atomic_write, atomic_write_text
+from components.settings import StepConfig, TuneConfig, load_step_config, redact_uri, step_config_from_dict
+from components.tracking import (
+    COMMIT_TAG,
+    NOTE_TAG,
+    git_commit,
+    model_development_experiment,
+    pipeline_tags,
+    planned_steps,
+)
+from components.tune_results import (
+    MODES,
+    close_trial_runs,
+    pick_best,
+    summary,
+    trial_rows,
+    trial_runs,
+    write_best_params,
+    write_results_csv,
+)
+from components.tune_storage import SweepStorage, check_experiment, check_writable, resolve_storage
+from components.tune_trial import TrialSetup, run_trial
 from dagan.config import ConfigError, read_params
+from dagan.data import read_manifest
 from dagan.overrides import merge_overrides
 
 DESCRIPTION = """Sweep loss weights and attention variants with Ray Tune (ASHA), one nested MLflow run per
@@ -55,8 +74,6 @@ trial on an MLflow tracking server. Writes best_params.yaml, best.json and resul
 tune.out_dir (docs/TUNE.md)."""
 
 RUN_FILE = "mlflow_run.json"
-SCORES = ("judge_miou", "judge_accuracy", "fd_judge")
-MODES = {"judge_miou": "max", "fd_judge": "min"}
 SERVER_SCHEMES = ("http", "https", "databricks")
 
 
@@ -69,22 +86,6 @@ def check_tracking_uri(uri: str) -> None:
             "is neither safe for concurrent writers nor visible from other nodes. Start one, e.g. "
             "`mlflow server --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5001`, and set "
             "MLFLOW_TRACKING_URI=http://127.0.0.1:5001 (docs/TUNE.md)")
-
-
-def resolve_storage(path: str) -> tuple[str, Any]:
-    """(storage_path, pyarrow filesystem or None) for Ray Tune: an absolute folder, or S3 via pyarrow."""
-    if path.startswith("s3://"):
-        from pyarrow import fs
-
-        endpoint = os.environ.get("AWS_ENDPOINT_URL")
-        options: dict[str, Any] = {"region": os.environ.get("AWS_DEFAULT_REGION", "us-east-1")}
-        if endpoint:
-            parts = urlsplit(endpoint)
-            options.update(endpoint_override=parts.netloc or parts.path, scheme=parts.scheme or "https")
-        return path[len("s3://"):].rstrip("/"), fs.S3FileSystem(**options)
-    if "://" in path:
-        raise ConfigError(f"tune.storage_path={path}: only a local folder or s3://bucket/prefix is supported")
-    return str(Path(path).resolve()), None
 
 
 def gpus_per_trial(requested: float | None, available: float) -> float:
@@ -124,140 +125,111 @@ def _log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> No
         client.log_batch(run_id, params=items[start:start + 100])
 
 
-def _parent_run(client: MlflowClient, config: StepConfig, keys: list[str], resume: bool) -> tuple[str, str]:
-    """(run_id, experiment_id) of the sweep's parent run: a new one, or with --resume the recorded one."""
-    record = Path(config.tune.out_dir) / RUN_FILE
+def _parent_run(client: MlflowClient, config: StepConfig, keys: list[str], resume: bool,
+                storage: SweepStorage) -> tuple[str, str]:
+    """(run_id, experiment_id) of the sweep's parent run: a new one recorded in the storage, or the recorded one."""
     if resume:
-        if not record.is_file():
-            raise FileNotFoundError(f"{record} does not exist: --resume continues the sweep whose parent MLflow run "
-                                    "is recorded there; run without --resume (and a new tune.name) for a new sweep")
-        data = json.loads(record.read_text())
-        client.update_run(data["run_id"], status="RUNNING")
-        return data["run_id"], data["experiment_id"]
+        record = storage.read_record()
+        client.update_run(record["run_id"], status="RUNNING")
+        write_json(Path(config.tune.out_dir) / RUN_FILE, record)
+        return record["run_id"], record["experiment_id"]
     experiment_id = model_development_experiment(client, config.mlflow.experiment)
     opts, commit = config.tune, git_commit()
     note = (f"Ray Tune sweep {opts.name}: {opts.num_samples} trials of up to {opts.max_steps} steps over "
             f"{', '.join(keys)}, {opts.metric} every {opts.eval_every} steps, ASHA grace {opts.grace_period} steps")
     tags = {NOTE_TAG: note, "ray.experiment": opts.name, "tune.swept": ",".join(keys), "tune.metric": opts.metric,
-            "dataset": config.dataset.name, "tracking_uri": redact_uri(tracking_uri(config)), "out_dir": opts.out_dir,
+            "tune.storage": f"{storage.uri}/{storage.name}", "dataset": config.dataset.name,
+            "tracking_uri": redact_uri(tracking_uri(config)), "out_dir": opts.out_dir,
             **pipeline_tags(), **({COMMIT_TAG: commit} if commit else {})}
     run = client.create_run(experiment_id, run_name=f"sweep-{opts.name}", tags=tags)
     params = {f"tune.{key}": json.dumps(value) if isinstance(value, dict) else value
               for key, value in dataclasses.asdict(opts).items() if key not in ("storage_path", "out_dir", "name")}
     _log_params(client, run.info.run_id, params)
-    write_json(record, {"run_id": run.info.run_id, "experiment_id": experiment_id,
-                        "tracking_uri": redact_uri(tracking_uri(config))})
+    record = {"run_id": run.info.run_id, "experiment_id": experiment_id,
+              "tracking_uri": redact_uri(tracking_uri(config))}
+    storage.write_record(record)
+    write_json(Path(opts.out_dir) / RUN_FILE, record)
     return run.info.run_id, experiment_id
 
 
-def check_experiment(config: StepConfig, resume: bool) -> tuple[str, Any]:
-    """(storage_path, filesystem) after checking that --resume finds the experiment and a new sweep does not."""
-    from ray import tune
-
-    opts = config.tune
-    storage_path, filesystem = resolve_storage(opts.storage_path)
-    exists = tune.Tuner.can_restore(f"{storage_path}/{opts.name}", storage_filesystem=filesystem)
-    if resume and not exists:
-        raise FileNotFoundError(f"no Ray Tune experiment to resume at {opts.storage_path}/{opts.name}")
-    if exists and not resume:
-        raise ConfigError(f"a Ray Tune experiment already exists at {opts.storage_path}/{opts.name}: pass --resume "
-                          "to continue it, or choose a new -S tune.name=...")
-    return storage_path, filesystem
-
-
 def _tuner(config: StepConfig, setup: TrialSetup, dimensions: list[Dimension], gpus: float, resume: bool,
-           storage: tuple[str, Any]):
+           storage: SweepStorage):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
     opts = config.tune
-    storage_path, filesystem = storage
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup),
                                     {"cpu": opts.cpus_per_trial, "gpu": gpus})
     if resume:
-        return tune.Tuner.restore(f"{storage_path}/{opts.name}", trainable, resume_errored=True,
-                                  storage_filesystem=filesystem)
+        return tune.Tuner.restore(storage.experiment, trainable, resume_errored=True,
+                                  storage_filesystem=storage.filesystem)
     scheduler = ASHAScheduler(time_attr="step", max_t=opts.max_steps, grace_period=opts.grace_period,
                               reduction_factor=opts.reduction_factor)
+    # Keep each trial's best-scoring checkpoint (and, always, its latest one, which a retry restores).
+    checkpoints = tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=opts.metric,
+                                        checkpoint_score_order=MODES[opts.metric])
     return tune.Tuner(
         trainable, param_space=_param_space(dimensions),
         tune_config=tune.TuneConfig(metric=opts.metric, mode=MODES[opts.metric], scheduler=scheduler,
-                                    num_samples=opts.num_samples, max_concurrent_trials=opts.max_concurrent_trials),
-        run_config=tune.RunConfig(name=opts.name, storage_path=storage_path, storage_filesystem=filesystem,
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1),
+                                    search_alg=search_algorithm(opts), num_samples=opts.num_samples,
+                                    max_concurrent_trials=opts.max_concurrent_trials),
+        run_config=tune.RunConfig(name=opts.name, storage_path=storage.path, storage_filesystem=storage.filesystem,
+                                  checkpoint_config=checkpoints, failure_config=tune.FailureConfig(opts.max_failures),
+                                  verbose=1),
     )
 
 
+def search_algorithm(opts: TuneConfig):
+    """Random search (Ray's default), or Optuna's TPE: its first third of the trials (at least 2) sampled at random,
+    the rest proposed from the finished ones (``tune.max_concurrent_trials`` at a time)."""
+    from ray.tune.search import BasicVariantGenerator
+
+    if opts.search_alg == "random":
+        return BasicVariantGenerator(random_state=opts.seed)
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    startup = max(2, opts.num_samples // 3)
+    return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=opts.seed, n_startup_trials=startup))
+
+
 def _summarise(results, client: MlflowClient, config: StepConfig, keys: list[str], raw: dict, parent: tuple[str, str],
-               source: str) -> int:
+               storage: SweepStorage, source: str) -> int:
     """Close the trials' runs, write results.csv / best.json / best_params.yaml, log them to the parent run."""
     opts = config.tune
     parent_id, experiment_id = parent
-    runs = {run.data.tags.get("ray.trial_id"): run for run in
-            client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}'", max_results=10_000)}
-    rows, failed = [], []
-    for result in results:
-        trial_id = result.metrics.get("trial_id") or (result.path or "").rsplit("/", 1)[-1]
-        run = runs.get(trial_id)
-        step = result.metrics.get("step", 0)
-        status = "error" if result.error else ("stopped_early" if step < opts.max_steps else "finished")
-        if result.error:
-            failed.append(trial_id)
-        if run is not None and status == "stopped_early":
-            client.set_tag(run.info.run_id, "tune.stopped_early", "true")
-        if run is not None and run.info.status == "RUNNING":  # stopped by the scheduler, or a worker that died
-            client.set_terminated(run.info.run_id, {"error": "FAILED", "stopped_early": "KILLED"}.get(status,
-                                                                                                      "FINISHED"))
-        rows.append({"trial_id": trial_id, "mlflow_run_id": run.info.run_id if run else "", "status": status,
-                     "step": step, **{name: result.metrics.get(name, "") for name in SCORES},
-                     **{key: result.config.get(key, "") for key in keys}})
+    runs = trial_runs(client, experiment_id, parent_id)
+    rows = trial_rows(results, runs, opts, keys, storage)
+    close_trial_runs(client, rows, runs)
+    failed = [row["trial_id"] for row in rows if row["status"] == "error"]
     out_dir = Path(opts.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ["trial_id"])
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(out_dir / "results.csv", text.getvalue())
-    client.log_artifact(parent_id, str(out_dir / "results.csv"))
+    client.log_artifact(parent_id, str(write_results_csv(out_dir / "results.csv", rows)))
     for name, value in (("num_trials", len(rows)), ("num_failed", len(failed)),
                         ("num_stopped_early", sum(row["status"] == "stopped_early" for row in rows))):
         client.log_metric(parent_id, name, value)
-    scored = [row for row in rows if isinstance(row[opts.metric], int | float)]
-    if not scored:
+    best = pick_best(rows, opts.metric)
+    if best is None:
         client.set_terminated(parent_id, "FAILED")
         raise RuntimeError(f"no trial reported {opts.metric}; failed trials: {', '.join(failed) or 'none'} "
-                           f"(see their logs under {opts.storage_path}/{opts.name})")
-    pick = max if MODES[opts.metric] == "max" else min
-    best = pick(scored, key=lambda row: row[opts.metric])
+                           f"(see their logs under {storage.uri}/{storage.name})")
     overrides = {key: best[key] for key in keys}
-    params_path = _write_best_params(out_dir / "best_params.yaml", merge_overrides(raw, overrides), best, source)
-    summary = {"metric": opts.metric, "mode": MODES[opts.metric], "value": best[opts.metric], "step": best["step"],
-               "trial_id": best["trial_id"], "mlflow_run_id": best["mlflow_run_id"], "overrides": overrides,
-               "set_args": [f"{key}={value}" for key, value in overrides.items()], "failed_trials": failed}
-    write_json(out_dir / "best.json", summary)
-    client.log_metric(parent_id, f"best_{opts.metric}", float(best[opts.metric]))
-    for key, value in overrides.items():
-        client.set_tag(parent_id, f"best.{key}", str(value))
-    client.set_tag(parent_id, "best.trial_id", best["trial_id"])
-    client.set_tag(parent_id, "best.mlflow_run_id", best["mlflow_run_id"])
+    params_path = write_best_params(out_dir / "best_params.yaml", merge_overrides(raw, overrides), best, opts.metric,
+                                    source)
+    result = summary(best, opts.metric, overrides, failed)
+    write_json(out_dir / "best.json", result)
+    client.log_metric(parent_id, f"best_{opts.metric}", result["value"])
+    tags = {**{f"best.{key}": str(value) for key, value in overrides.items()}, "best.trial_id": best["trial_id"],
+            "best.mlflow_run_id": best["mlflow_run_id"], "best.checkpoint": best["best_checkpoint"]}
+    for key, value in tags.items():
+        client.set_tag(parent_id, key, value)
     for path in (params_path, out_dir / "best.json"):
         client.log_artifact(parent_id, str(path))
     client.set_terminated(parent_id, "FINISHED")
     if failed:
         log.warning("%d trial(s) failed: %s", len(failed), ", ".join(failed))
-    log.info("best trial %s: %s=%.4f at step %d with %s; %s", best["trial_id"], opts.metric, best[opts.metric],
-             best["step"], " ".join(summary["set_args"]), params_path)
+    log.info("best trial %s: %s=%.4f at step %d (checkpoint %s) with %s; %s", best["trial_id"], opts.metric,
+             result["value"], result["step"], result["checkpoint"], " ".join(result["set_args"]), params_path)
     return 0
-
-
-def _write_best_params(path: Path, params: dict, best: dict, source: str) -> Path:
-    """The params file with the best values (checked by loading it before it replaces the old one)."""
-    header = (f"# Written by `python -m components.tune` from {source}: the best trial {best['trial_id']} "
-              f"(MLflow run {best['mlflow_run_id']}).\n# Use: python -m components.train --params {path}\n")
-    with atomic_write(path) as tmp:
-        tmp.write_text(header + yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
-        load_step_config(tmp)
-    return path
 
 
 def _run(args) -> int:
@@ -278,31 +250,32 @@ def _run(args) -> int:
     prepared = Path(config.dataset.prepared_dir).resolve()
     if not (prepared / "manifest.json").is_file():
         raise FileNotFoundError(f"{prepared}/manifest.json does not exist; run `dvc repro prepare` first")
-
-    storage = check_experiment(config, args.resume)
-    keys = [dim.key for dim in dimensions]
-    client = MlflowClient(uri)
-    parent = _parent_run(client, config, keys, args.resume)
+    storage = resolve_storage(config.tune.storage_path, config.tune.name)
+    check_writable(storage)
+    check_experiment(storage, args.resume)
+    if args.address and not storage.uri.startswith("s3://"):
+        log.warning("tune.storage_path=%s is a local folder: every node of the cluster must see it (a shared "
+                    "volume), else use s3://", storage.uri)
+    connect_ray(args.address, config.tune.num_cpus)
     try:
-        return _sweep(config, args, raw, dimensions, uri, client, parent, storage, prepared, judge)
-    except BaseException:
-        client.set_terminated(parent[0], "FAILED")
-        raise
+        client = MlflowClient(uri)
+        parent = _parent_run(client, config, [dim.key for dim in dimensions], args.resume, storage)
+        try:
+            return _sweep(config, args, raw, dimensions, uri, client, parent, storage, prepared, judge)
+        except BaseException:
+            client.set_terminated(parent[0], "FAILED")
+            raise
+    finally:
+        import ray
+
+        ray.shutdown()
 
 
 def _sweep(config: StepConfig, args, raw: dict, dimensions: list[Dimension], uri: str, client: MlflowClient,
-           parent: tuple[str, str], storage: tuple[str, Any], prepared: Path, judge: Path) -> int:
+           parent: tuple[str, str], storage: SweepStorage, prepared: Path, judge: Path) -> int:
     import ray
 
     keys = [dim.key for dim in dimensions]
-    runtime_env = {"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0"}}  # relative paths mean the same in every trial
-    if args.address:
-        if not config.tune.storage_path.startswith("s3://"):
-            log.warning("tune.storage_path=%s is a local folder: every node of the cluster must see it (a shared "
-                        "volume), else use s3://", config.tune.storage_path)
-        ray.init(address=args.address, runtime_env=runtime_env)
-    else:
-        ray.init(num_cpus=config.tune.num_cpus, include_dashboard=False, runtime_env=runtime_env)
     scratch = Path(tempfile.mkdtemp(prefix=f"dagan-tune-{config.tune.name}-"))
     try:
         gpus = gpus_per_trial(config.tune.gpus_per_trial, ray.cluster_resources().get("GPU", 0))
@@ -313,24 +286,32 @@ def _sweep(config: StepConfig, args, raw: dict, dimensions: list[Dimension], uri
         setup = TrialSetup(base=base, source=args.params, keys=tuple(keys), judge_path=str(judge), tracking_uri=uri,
                            experiment_id=parent[1], parent_run_id=parent[0], sweep_name=config.tune.name,
                            scratch_dir=str(scratch), tags=pipeline_tags())
+        planned = planned_steps(step_config_from_dict(base, args.params).resolved(), read_manifest(prepared))
+        if planned < config.tune.max_steps:
+            log.warning("trials train %d steps, fewer than tune.max_steps=%d: their train.epochs (+ epochs_decay) end "
+                        "first; raise those to give every trial the sweep's budget", planned, config.tune.max_steps)
         log.info("sweep %s: %d trial(s) over %s, %s GPU(s) and %s CPU(s) each; MLflow parent run %s",
                  config.tune.name, config.tune.num_samples, ", ".join(keys), gpus, config.tune.cpus_per_trial,
                  parent[0])
         results = _tuner(config, setup, dimensions, gpus, args.resume, storage).fit()
-        return _summarise(results, client, config, keys, raw, parent, args.params)
+        return _summarise(results, client, config, keys, raw, parent, storage, args.params)
     finally:
-        ray.shutdown()
         shutil.rmtree(scratch, ignore_errors=True)  # trials stopped inside tune.report leave theirs behind
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser():
     parser = make_parser("components.tune", DESCRIPTION)
-    parser.add_argument("--address", help="join a running Ray cluster (ray://HOST:10001 or auto); default: local Ray")
+    parser.add_argument("--address", help="join a running Ray cluster (auto inside a Ray job or on a node, HOST:PORT, "
+                                          "ray://HOST:10001); default: a local Ray")
     parser.add_argument("--storage", help="trial storage: a folder or s3://bucket/prefix (tune.storage_path)")
     parser.add_argument("--num-samples", type=int, help="number of trials (tune.num_samples)")
     parser.add_argument("--resume", action="store_true",
                         help="restore the interrupted sweep tune.name under the storage path (Tuner.restore)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return run_main(args, lambda: _run(args))
 
 

@@ -8,6 +8,11 @@ grids to the trial's nested MLflow run, and at every checkpoint (``train.checkpo
 and reports the scores to Ray Tune together with the checkpoint, so ASHA can stop the trial there
 and a restored trial resumes from it. A Ray Tune checkpoint is a folder with our checkpoint
 (``dagan.pt``) and the trial's MLflow run id (``mlflow_run.json``).
+
+A trial is retried after a failure (``tune.max_failures``: a lost node, a killed worker) and
+resumed by ``--resume``; both restore its last reported checkpoint and keep logging into the same
+MLflow run (a retry before the first checkpoint finds the run by its ``ray.trial_id`` tag). Every
+start logs ``tune/start_step``: 0, or the step of the checkpoint the trial resumed from.
 """
 
 from __future__ import annotations
@@ -21,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
-from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from torch.utils.data import DataLoader
 
 from components.settings import StepConfig, redact_uri, step_config_from_dict
@@ -43,11 +48,13 @@ from dagan.distributed import resolve_device
 from dagan.eval.judge import load_judge
 from dagan.eval.judge_probe import JudgeProbe
 from dagan.overrides import merge_overrides
-from dagan.train import NullLogger, StepReport, train
+from dagan.train import NullLogger, StartReport, StepReport, train
 
 CHECKPOINT_FILE = "dagan.pt"
 RUN_FILE = "mlflow_run.json"
 PARENT_TAG = "mlflow.parentRunId"
+TRIAL_TAG = "ray.trial_id"
+START_METRIC = "tune/start_step"  # logged at every start of a trial: 0, or the step it resumed from
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,11 @@ class TrialReporter(NullLogger):
         self.probe = probe
         self.staging_dir = staging_dir
         self.last_report: StepReport | None = None
+        self.total_steps = 0
+
+    def on_start(self, report: StartReport) -> None:
+        self.total_steps = report.total_steps  # the trial's budget: tune.max_steps, or fewer when its epochs end first
+        self._log(report.step, {START_METRIC: report.step})
 
     def _log(self, step: int, metrics: Mapping[str, float]) -> None:
         stamp = _now_ms()
@@ -126,7 +138,7 @@ class TrialReporter(NullLogger):
             _link_or_copy(path, folder / CHECKPOINT_FILE)
             (folder / RUN_FILE).write_text(json.dumps({"run_id": self.run_id}))
             # Blocks until Ray Tune has persisted the checkpoint; raises SystemExit when ASHA stops the trial.
-            tune.report({**scores, "step": step, "epoch": report.epoch},
+            tune.report({**scores, "step": step, "epoch": report.epoch, "total_steps": self.total_steps},
                         checkpoint=tune.Checkpoint.from_directory(str(folder)))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
@@ -165,7 +177,7 @@ def _start_run(client: MlflowClient, setup: TrialSetup, config: Config, sampled:
         describe_run(config, steps, manifest, commit)
     tags = {**run_tags(config, redact_uri(setup.tracking_uri), commit, data_checksum(config.dataset.prepared_dir),
                        description),
-            **setup.tags, PARENT_TAG: setup.parent_run_id, "ray.trial_id": trial_id,
+            **setup.tags, PARENT_TAG: setup.parent_run_id, TRIAL_TAG: trial_id,
             "ray.experiment": setup.sweep_name, "tune.swept": ",".join(setup.keys)}
     run = client.create_run(setup.experiment_id, run_name=trial_name, tags=tags)
     params = training_params(config, steps, resolve_device(config.train.device).type, 1)
@@ -197,24 +209,35 @@ def run_trial(sampled: dict[str, Any], setup: TrialSetup) -> None:
         shutil.rmtree(work_dir, ignore_errors=True)
 
 
+def _earlier_run(client: MlflowClient, setup: TrialSetup, trial_id: str) -> str | None:
+    """The MLflow run of an earlier attempt of this trial that failed before its first checkpoint."""
+    runs = client.search_runs([setup.experiment_id], f"tags.`{PARENT_TAG}` = '{setup.parent_run_id}' and "
+                              f"tags.`{TRIAL_TAG}` = '{trial_id}'", max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
 def _run_trial(sampled: dict[str, Any], setup: TrialSetup, context, work_dir: Path) -> None:
+    import ray
+
     config = trial_config(setup, sampled, work_dir)
     client = MlflowClient(setup.tracking_uri)
+    trial_id = context.get_trial_id()
     resume, run_id = _restore(work_dir)
-    if run_id is None:
-        run_id = _start_run(client, setup, config, sampled, context.get_trial_id(), context.get_trial_name())
-    else:
-        client.update_run(run_id, status="RUNNING")
+    run_id = run_id or _earlier_run(client, setup, trial_id) or \
+        _start_run(client, setup, config, sampled, trial_id, context.get_trial_name())
+    client.set_tag(run_id, "ray.node_id", ray.get_runtime_context().get_node_id())
     probe = build_probe(config, setup.judge_path)
-    monitor = SystemMetricsMonitor(run_id, tracking_uri=setup.tracking_uri, resume_logging=resume is not None)
-    monitor.start()  # system/* metrics, as mlflow.start_run(log_system_metrics=True) records for a training
+    mlflow.set_tracking_uri(setup.tracking_uri)
+    # Sets the run RUNNING (again, for a restored trial) and records system/* metrics like a training run.
+    mlflow.start_run(run_id=run_id, log_system_metrics=True)
+    reporter = TrialReporter(client, run_id, probe, work_dir / "report")
+    status = "FAILED"
     try:
-        train(config, TrialReporter(client, run_id, probe, work_dir / "report"), resume)
-    except SystemExit:  # the scheduler stopped the trial inside tune.report: Ray ends this process right away
-        raise  # (no work here: components.tune closes the MLflow run of a stopped trial)
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
-        raise
+        train(config, reporter, resume)
+        status = "FINISHED"
+    except SystemExit:  # the scheduler stopped the trial inside tune.report (at a rung, or at tune.max_steps)
+        last = reporter.last_report
+        status = "FINISHED" if last is not None and last.step >= reporter.total_steps else "KILLED"
+        raise  # Ray may end this process at once: components.tune closes the runs of stopped trials too
     finally:
-        monitor.finish()
-    client.set_terminated(run_id, "FINISHED")
+        mlflow.end_run(status)
