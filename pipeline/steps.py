@@ -158,6 +158,42 @@ def train(params_file: str, overrides: Sequence[str], prepared_dir: str, model_d
     return numeric(metrics)
 
 
+def tune_argv(params_file: str, overrides: Sequence[str], paths: Mapping[str, str | Path], storage: str,
+              num_samples: int, resume: bool) -> list[str]:
+    """``components.tune``'s arguments: the step's overrides and paths, then its run parameters that are set."""
+    argv = component_argv(params_file, overrides, paths)
+    argv += ["--storage", storage] if storage else []
+    argv += ["--num-samples", str(num_samples)] if num_samples > 0 else []
+    return argv + (["--resume"] if resume else [])
+
+
+def tune_on_cluster(params_file: str, overrides: Sequence[str], prepared_dir: str, judge_dir: str, sweep_dir: str,
+                    *, storage: str, num_samples: int, resume: bool, dashboard_url: str, work_dir: str,
+                    kfp_run_id: str = "", client=None) -> None:
+    """The sweep as a Ray job on the cluster at ``dashboard_url`` (pipeline/ray_job.py). The cluster's pods mount
+    the shared volume at the same path as this pod: the data and the judge are copied there, the sweep writes its
+    outputs there (``<work_dir>/sweep``), and they are copied back into ``sweep_dir``."""
+    from pipeline.ray_job import run_job, tune_entrypoint
+
+    work = Path(work_dir)
+    paths = {"dataset.prepared_dir": _copy_once(prepared_dir, work / "prepared"),
+             "judge.out_dir": _copy_once(judge_dir, work / "judge"), "tune.out_dir": work / "sweep"}
+    argv = tune_argv(params_file, overrides, paths, storage, num_samples, resume)
+    run_job(dashboard_url, tune_entrypoint(argv), {KFP_RUN_ENV: kfp_run_id} if kfp_run_id else {}, client=client)
+    shutil.copytree(work / "sweep", sweep_dir, dirs_exist_ok=True)
+
+
+def _copy_once(source: str | Path, target: Path) -> Path:
+    """Copy the folder ``source`` to ``target`` unless a complete copy is there (a retried step reuses it): the copy
+    is made beside ``target`` and renamed into place, so a half copy never counts."""
+    if not target.is_dir():
+        staging = target.with_name(target.name + ".tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(source, staging)
+        staging.rename(target)
+    return target
+
+
 def train_distributed(params_file: str, overrides: Sequence[str], prepared_dir: str, model_dir: str, *,
                       job_name: str, work_dir: str, image: str, num_nodes: int, gpus_per_node: int,
                       resources: Mapping[str, str], shared_pvc: str, shared_mount: str,
