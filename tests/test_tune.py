@@ -3,6 +3,7 @@ real S3 endpoint (moto), --resume; the checks that stop a bad sweep before Ray s
 
 import json
 import re
+import shlex
 import tempfile
 from pathlib import Path
 
@@ -79,6 +80,8 @@ def test_two_trial_sweep_logs_parent_and_nested_runs_and_writes_the_best_params(
     scratch = tmp_path / "scratch"  # the trials' training folders go under tempfile's folder
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # a local Ray writes its auth token to ~/.ray/auth_token
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # what a local ray.init sets itself; removed again after the test
     write_prepared(tmp_path / "prepared")  # 16 train / 8 val scenes at 32x32
     params = sweep_params(tmp_path, storage_path="s3://sweeps/tune")
     save_judge(tmp_path / "judge" / "judge.pt", SegmentationNet(3, NUM_CLASSES, 8, 2), load_step_config(params),
@@ -122,12 +125,22 @@ def test_two_trial_sweep_logs_parent_and_nested_runs_and_writes_the_best_params(
         assert [point.step for point in history][:1] == [2] and all(0 <= p.value <= 1 for p in history)
         assert any(key.startswith("loss/") for key in run.data.metrics)  # the training logger's losses
 
+        assert [p.value for p in client.get_metric_history(run.info.run_id, "tune/start_step")] == [0]
+        assert run.data.tags["ray.node_id"]
+
     best = json.loads((tmp_path / "tune" / "best.json").read_text())
-    scores = {run.data.tags["ray.trial_id"]: client.get_metric_history(run.info.run_id, "eval/fd_judge")[-1].value
-              for run in trials}  # the default metric: the judge Fréchet distance, minimised
-    assert best["metric"] == "fd_judge" and best["value"] == pytest.approx(min(scores.values()))
+    # The default metric, the judge Fréchet distance (minimised); each trial counts with its best report.
+    reports = {(run.data.tags["ray.trial_id"], point.step): point.value for run in trials
+               for point in client.get_metric_history(run.info.run_id, "eval/fd_judge")}
+    best_trial, best_step = min(reports, key=reports.get)
+    assert best["metric"] == "fd_judge" and best["scope"] == "all"
+    assert (best["trial_id"], best["step"]) == (best_trial, best_step)
+    assert best["value"] == pytest.approx(reports[best_trial, best_step])
     best_run = client.get_run(best["mlflow_run_id"])
     assert best_run.data.tags["ray.trial_id"] == best["trial_id"]
+    assert best["checkpoint"].startswith("s3://sweeps/tune/sweep/") and best_trial in best["checkpoint"]
+    header = (tmp_path / "tune" / "best_params.yaml").read_text().split("\n", 3)
+    assert best["trial_id"] in header[0] and best["mlflow_run_id"] in header[0] and best["checkpoint"] in header[1]
     parent = client.get_run(parent_id)
     assert parent.data.metrics["best_fd_judge"] == pytest.approx(best["value"])
     assert parent.data.metrics["num_trials"] == 2
@@ -148,8 +161,10 @@ def test_two_trial_sweep_logs_parent_and_nested_runs_and_writes_the_best_params(
     assert stored, f"Ray Tune stored no trial checkpoint on S3: {keys}"
     assert not [key for key in keys if key.endswith(".pt") and "/checkpoint_" not in key]  # no training files
     assert list(scratch.iterdir()) == []  # the trials' scratch folders are gone
-    s3_endpoint.download_file("sweeps", stored[-1], str(tmp_path / "stored.pt"))
-    assert load_checkpoint(tmp_path / "stored.pt")["step"] in (2, 4)
+    best_key = best["checkpoint"][len("s3://sweeps/"):] + "/dagan.pt"
+    assert best_key in stored  # the best report's checkpoint is kept (checkpoints are kept by score)
+    s3_endpoint.download_file("sweeps", best_key, str(tmp_path / "stored.pt"))
+    assert load_checkpoint(tmp_path / "stored.pt")["step"] == best["step"]
     assert not (tmp_path / "ray").exists()
 
     # The same sweep again is refused (before any run is created); --resume restores it (Tuner.restore):
@@ -165,6 +180,41 @@ def test_two_trial_sweep_logs_parent_and_nested_runs_and_writes_the_best_params(
     assert json.loads((tmp_path / "tune" / "best.json").read_text())["trial_id"] == best["trial_id"]
 
 
+def trial_result(root: Path, trial_id: str, fd_judge: list[float], error: Exception | None = None):
+    """A real ray.tune.Result of a trial that reported ``fd_judge`` at steps 2, 4, ... with a checkpoint each."""
+    import pandas as pd
+    from ray import tune
+
+    reports = [{"trial_id": trial_id, "step": 2 * (i + 1), "fd_judge": value, "judge_miou": 0.5}
+               for i, value in enumerate(fd_judge)]
+    checkpoints = []
+    for report in reports:
+        folder = root / trial_id / f"checkpoint_{report['step']:06d}"
+        folder.mkdir(parents=True)
+        checkpoints.append((tune.Checkpoint.from_directory(str(folder)), report))
+    metrics = {**(reports[-1] if reports else {}), "config": {"loss.lambda_feat": 1.0}}
+    return tune.Result(metrics=metrics, checkpoint=None, error=error,
+                       path=str(root / trial_id), metrics_dataframe=pd.DataFrame(reports) if reports else None,
+                       best_checkpoints=checkpoints)
+
+
+def test_the_best_trial_is_the_one_with_the_best_report_not_the_best_last_report(tmp_path):
+    from components.tune_results import pick_best, trial_rows
+    from components.tune_storage import resolve_storage
+
+    # a: its best report (0.3 at step 4) beats everything, but its last one (0.9) is the worst of the last ones
+    results = [trial_result(tmp_path, "a", [0.8, 0.3, 0.9]), trial_result(tmp_path, "b", [0.7, 0.5, 0.6]),
+               trial_result(tmp_path, "c", [], error=RuntimeError("lost"))]
+    opts = load_step_config(sweep_params(tmp_path, max_steps=6)).tune
+    rows = trial_rows(results, {}, opts, ["loss.lambda_feat"], resolve_storage(str(tmp_path / "ray"), "sweep"))
+    assert [(row["trial_id"], row["status"], row["step"], row["best_step"], row["best_fd_judge"]) for row in rows] == [
+        ("a", "finished", 6, 4, 0.3), ("b", "finished", 6, 4, 0.5), ("c", "error", 0, "", "")]
+    best = pick_best(rows, "fd_judge")
+    assert best is not None and best["trial_id"] == "a"
+    assert best["best_checkpoint"] == str(tmp_path / "a" / "checkpoint_000004")  # the checkpoint of that report
+    assert pick_best(rows[2:], "fd_judge") is None
+
+
 def test_sqlite_tracking_store_is_refused_before_ray_starts(tmp_path, capsys, monkeypatch):
     from components.tune import main as tune
 
@@ -177,6 +227,60 @@ def test_sqlite_tracking_store_is_refused_before_ray_starts(tmp_path, capsys, mo
     with pytest.raises(ConfigError, match="tracking server"):
         check_tracking_uri(str(tmp_path / "mlruns"))
     check_tracking_uri("http://127.0.0.1:5001")
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("unknown key", "tune.search_space.loss.lambda_fet: unknown key loss.lambda_fet; the keys of loss are"),
+    ("empty space", "tune.search_space is empty"),
+    ("storage under a file", "tune.storage_path="),
+    ("storage in a missing bucket", "tune.storage_path=s3://no-such-bucket/tune: cannot write"),
+    ("address nobody answers", "nothing answers at 127.0.0.1:"),
+])
+def test_bad_input_stops_with_one_line_before_any_trial(tmp_path, monkeypatch, capfd, case, message):
+    """One ``error:`` line naming the value and the fix, exit 2, no traceback, nothing written or started (the
+    tracking server's address answers nothing: the sweep never got as far as creating its parent run)."""
+    from components.tune import main as tune
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    write_prepared(tmp_path / "prepared", {"train": 4, "val": 4})
+    tune_options: dict = {"storage_path": str(tmp_path / "ray")}
+    argv = []
+    if case == "unknown key":
+        tune_options["search_space"] = {"loss": {"lambda_fet": {"type": "loguniform", "low": 1.0, "high": 3.0}}}
+    elif case == "empty space":
+        tune_options["search_space"] = {"model": {}}
+    elif case == "storage under a file":
+        (tmp_path / "a-file").write_text("")
+        tune_options["storage_path"] = str(tmp_path / "a-file" / "ray")
+        message += str(tmp_path / "a-file" / "ray")
+    elif case == "storage in a missing bucket":
+        from moto.server import ThreadedMotoServer
+
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+        server.start()
+        host, port = server.get_host_and_port()
+        for name, value in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"),
+                            ("AWS_ENDPOINT_URL", f"http://{host}:{port}")):
+            monkeypatch.setenv(name, value)
+        tune_options["storage_path"] = "s3://no-such-bucket/tune"
+    else:
+        from mlflow_fixtures import free_port
+
+        argv = ["--address", f"127.0.0.1:{free_port()}"]
+    params = sweep_params(tmp_path, **tune_options)
+    save_judge(tmp_path / "judge" / "judge.pt", SegmentationNet(3, NUM_CLASSES, 8, 2), load_step_config(params),
+               NUM_CLASSES)
+    try:
+        assert tune(["--params", str(params), *argv]) == 2
+    finally:
+        if case == "storage in a missing bucket":
+            server.stop()
+    err = capfd.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], err
+    assert str(params) in errors[0] or case not in ("unknown key", "empty space")  # the file, for the space
+    assert "Traceback" not in err
+    assert not (tmp_path / "tune").exists()  # no outputs, no parent run record
 
 
 def test_an_explicit_gpu_request_without_a_gpu_is_an_error():
@@ -250,12 +354,13 @@ def test_the_sweep_pipeline_compiles_with_secrets_resources_and_no_cache(tmp_pat
     assert set(tasks["tune"]["dependentTasks"]) == {"prepare", "train-judge"}
     assert not tasks["tune"]["cachingOptions"].get("enableCache")  # it writes to MLflow and storage
     assert set(spec["root"]["inputDefinitions"]["parameters"]) == {
-        "params_file", "overrides", "ray_address", "storage", "num_samples", "resume"}
+        "params_file", "overrides", "storage", "num_samples", "resume"}
+    assert tasks["tune"]["inputs"]["parameters"]["ray_dashboard"]["runtimeValue"]["constant"] == ""  # Ray in the pod
     container = spec["deploymentSpec"]["executors"]["exec-tune"]["container"]
     assert container["image"] == "registry.example.com/dagan:1.2.3"
     assert container["resources"]["accelerator"]["resourceCount"] == "2"
     assert container["resources"]["resourceCpuLimit"] == "12"
-    assert "steps.run_component(\"tune\", argv)" in container["command"][-1]
+    assert "steps.run_component(\"tune\", steps.tune_argv(" in container["command"][-1]
     secrets = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-tune"]["secretAsEnv"]
     env = {item["envVar"] for secret in secrets for item in secret["keyToEnv"]}
     assert {"MLFLOW_TRACKING_URI", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"} <= env
@@ -265,3 +370,111 @@ def test_the_sweep_pipeline_compiles_with_secrets_resources_and_no_cache(tmp_pat
     with pytest.raises(SystemExit):  # the sweep has no TrainJob mode
         tune_pipeline.main(["--output", str(tmp_path / "x.yaml"), "--shared-pvc", "data", "--trainjob"])
     assert not (tmp_path / "x.yaml").exists()
+
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "TUNE.md"
+
+
+def fenced(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", DOCS.read_text(), re.S)
+
+
+def documented_commands(prefix: str) -> list[str]:
+    """The docs' shell lines starting with ``prefix`` (continued lines joined)."""
+    lines = [line for block in fenced("bash") for line in block.replace("\\\n", " ").splitlines()]
+    return [line.strip() for line in lines if line.strip().startswith(prefix)]
+
+
+def test_the_documented_kubeflow_sweep_pipelines_compile_as_written(tmp_path):
+    """Both compile commands of docs/TUNE.md; the Ray-job mode's tune pod is a light client with the token."""
+    import yaml
+
+    from pipeline import tune_pipeline
+
+    commands = documented_commands("python -m pipeline.tune_pipeline")
+    assert len(commands) == 2
+    packages = []
+    for number, command in enumerate(commands):
+        argv = shlex.split(command)[3:]
+        argv[argv.index("--output") + 1] = str(tmp_path / f"{number}.yaml")
+        assert tune_pipeline.main(argv) == 0
+        packages.append(list(yaml.safe_load_all((tmp_path / f"{number}.yaml").read_text())))
+    spec, platform = packages[1]
+    tune_task = spec["root"]["dag"]["tasks"]["tune"]["inputs"]["parameters"]
+    assert tune_task["ray_dashboard"]["runtimeValue"]["constant"] == "http://dagan-raycluster-head-svc:8265"
+    assert tune_task["work_root"]["runtimeValue"]["constant"] == "/mnt/shared/dagan-runs"
+    container = spec["deploymentSpec"]["executors"]["exec-tune"]["container"]
+    assert container["resources"]["resourceCpuLimit"] == "1" and "accelerator" not in container["resources"]
+    assert {"name": "RAY_AUTH_MODE", "value": "token"} in container["env"]
+    kubernetes = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-tune"]
+    assert [(item["secretName"], item["keyToEnv"]) for item in kubernetes["secretAsEnv"]] == [
+        ("dagan-ray-token", [{"secretKey": "auth_token", "envVar": "RAY_AUTH_TOKEN"}])]  # no MLflow or S3 secret
+    assert kubernetes["pvcMount"][0]["mountPath"] == "/mnt/shared"
+    argv = shlex.split(commands[1])[3:]
+    argv[argv.index("--output") + 1] = str(tmp_path / "x.yaml")
+    without_volume = argv[:argv.index("--shared-pvc")] + argv[argv.index("--shared-pvc") + 2:]
+    assert tune_pipeline.main(without_volume) == 2  # the data goes through the volume
+    assert tune_pipeline.main(argv[:argv.index("--ray-cluster")] + argv[argv.index("--ray-secret"):]) == 2
+    assert not (tmp_path / "x.yaml").exists()
+
+
+def kuberay_manifests() -> dict[str, dict]:
+    import yaml
+
+    manifests = [yaml.safe_load(block) for block in fenced("yaml")]
+    return {manifest["kind"]: manifest for manifest in manifests if isinstance(manifest, dict) and "kind" in manifest}
+
+
+def test_the_kuberay_manifests_run_the_project_image_with_the_secrets_and_the_documented_command():
+    import ray
+
+    from components.tune import build_parser
+    from pipeline.ray_job import tune_entrypoint
+    from pipeline.tasks import ClusterSettings
+
+    manifests = kuberay_manifests()
+    cluster, job = manifests["RayCluster"], manifests["RayJob"]
+    name, settings = cluster["metadata"]["name"], ClusterSettings()
+    assert cluster["spec"]["rayVersion"] == ray.__version__
+    head, workers = cluster["spec"]["headGroupSpec"], cluster["spec"]["workerGroupSpecs"]
+    assert head["rayStartParams"]["num-cpus"] == "0"  # the head runs the driver, no trial
+    pods = [head["template"], *[group["template"] for group in workers]]
+    token = {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": "dagan-ray-token", "key": "auth_token"}}}
+    for pod in pods:
+        (container,) = pod["spec"]["containers"]
+        assert container["image"] == "REGISTRY/dagan:TAG"
+        assert {"name": "RAY_AUTH_MODE", "value": "token"} in container["env"] and token in container["env"]
+        assert [ref["secretRef"]["name"] for ref in container["envFrom"]] == [settings.mlflow_secret,
+                                                                               settings.s3_secret]
+        assert {"name": "shared", "mountPath": settings.shared_mount} in container["volumeMounts"]
+        assert {"name": "shared", "persistentVolumeClaim": {"claimName": "dagan-shared"}} in pod["spec"]["volumes"]
+        assert container["resources"]["requests"] == container["resources"]["limits"]
+    for group in workers:
+        resources = group["template"]["spec"]["containers"][0]["resources"]["requests"]
+        assert group["rayStartParams"]["num-cpus"] == resources["cpu"]  # Ray offers the pod's CPUs and GPU
+        assert group["rayStartParams"]["num-gpus"] == resources["nvidia.com/gpu"]
+
+    assert job["spec"]["clusterSelector"] == {"ray.io/cluster": name}
+    (submitter,) = job["spec"]["submitterPodTemplate"]["spec"]["containers"]
+    assert submitter["image"] == "REGISTRY/dagan:TAG" and token in submitter["env"]
+    (submit,) = documented_commands("ray job submit")
+    assert submit.split(" -- ", 1)[1] == job["spec"]["entrypoint"]  # the same command both ways
+    entrypoint = shlex.split(job["spec"]["entrypoint"])
+    assert entrypoint[:3] == ["python", "-m", "components.tune"] and entrypoint[-2:] == ["--address", "auto"]
+    assert tune_entrypoint(entrypoint[3:-2]) == job["spec"]["entrypoint"]  # what the Kubeflow step submits
+    args = build_parser().parse_args(entrypoint[3:])
+    assert args.address == "auto" and args.storage.startswith("s3://")
+    paths = dict(item.split("=", 1) for item in args.overrides)
+    assert all(path.startswith(settings.shared_mount + "/") for path in paths.values())  # on the shared volume
+
+    kubectl = [line for line in documented_commands("kubectl") + documented_commands("export RAY_AUTH_MODE")]
+    assert kubectl and not any("deploy/" in line for line in kubectl)  # KubeRay creates pods, not Deployments
+    assert any(f"svc/{name}-head-svc 8265:8265" in line for line in kubectl)
+    assert any(f"-l ray.io/cluster={name},ray.io/node-type=head" in line for line in kubectl)
+    assert any("get secret dagan-ray-token" in line for line in kubectl)
+
+
+def test_the_documented_search_space_is_the_one_in_params_yaml():
+    root = Path(__file__).resolve().parents[1]
+    block = fenced("yaml")[0]
+    assert block in (root / "params.yaml").read_text()  # character for character, comments too
