@@ -82,6 +82,8 @@ def test_two_trial_sweep_logs_parent_and_nested_runs_and_writes_the_best_params(
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # a local Ray writes its auth token to ~/.ray/auth_token
     monkeypatch.setenv("RAY_AUTH_MODE", "token")  # what a local ray.init sets itself; removed again after the test
+    # Ray's memory monitor kills trials when the whole machine's memory is 95 % used, whoever uses it
+    monkeypatch.setenv("RAY_memory_monitor_refresh_ms", "0")
     write_prepared(tmp_path / "prepared")  # 16 train / 8 val scenes at 32x32
     params = sweep_params(tmp_path, storage_path="s3://sweeps/tune")
     save_judge(tmp_path / "judge" / "judge.pt", SegmentationNet(3, NUM_CLASSES, 8, 2), load_step_config(params),
