@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from components.settings import load_step_config
+from components.settings import load_step_config, redact_uri
 from components.tracking import KFP_RUN_ENV
 from dagan.checkpoint import FINAL_NAME, checkpoint_dir
 from pipeline.trainjob import DistributedTraining, SecretEnv, current_namespace, run_in_process, run_trainjob
@@ -175,6 +175,10 @@ def tune_on_cluster(params_file: str, overrides: Sequence[str], prepared_dir: st
     outputs there (``<work_dir>/sweep``), and they are copied back into ``sweep_dir``."""
     from pipeline.ray_job import run_job, tune_entrypoint
 
+    for item in overrides:  # the job's command is shown in Ray's dashboard and logs
+        if redact_uri(str(item).split("=", 1)[-1]) != str(item).split("=", 1)[-1]:
+            raise ValueError(f"override {str(item).split('=', 1)[0]}=... holds user:password@: a Ray job's command is "
+                             "shown in the dashboard and its log; give the cluster's pods the credentials in secrets")
     work = Path(work_dir)
     paths = {"dataset.prepared_dir": _copy_once(prepared_dir, work / "prepared"),
              "judge.out_dir": _copy_once(judge_dir, work / "judge"), "tune.out_dir": work / "sweep"}

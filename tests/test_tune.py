@@ -420,6 +420,16 @@ def test_the_documented_kubeflow_sweep_pipelines_compile_as_written(tmp_path):
     assert not (tmp_path / "x.yaml").exists()
 
 
+def test_the_ray_job_step_refuses_credentials_in_overrides_before_it_copies_or_submits(tmp_path):
+    from pipeline import steps
+
+    with pytest.raises(ValueError, match="mlflow.tracking_uri=... holds user:password@"):
+        steps.tune_on_cluster("params.yaml", ["mlflow.tracking_uri=http://me:secret@mlflow:5000"], "p", "j",
+                              str(tmp_path / "sweep"), storage="", num_samples=0, resume=False,
+                              dashboard_url="http://127.0.0.1:1", work_dir=str(tmp_path / "work"))
+    assert not (tmp_path / "work").exists()
+
+
 def kuberay_manifests() -> dict[str, dict]:
     import yaml
 
