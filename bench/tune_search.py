@@ -2,6 +2,7 @@
 
     python -m bench.tune_search                          # seeds 0 1 2, writes bench/results/tune_search.json
     python -m bench.tune_search --seeds 0 --num-samples 4 --max-steps 20 --out /tmp/tune_search.json
+    python -m bench.tune_search --table bench/results/tune_search.json   # the table of docs/TUNE.md
 
 For every seed and both search algorithms (``tune.search_alg``), one sweep, ``python -m
 components.tune`` in its own process, with the same budget: ``--num-samples`` trials of up to
@@ -58,7 +59,8 @@ def _start_mlflow(work: Path) -> tuple[subprocess.Popen, str]:
     server = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",
                                f"sqlite:///{work / 'mlflow.db'}", "--artifacts-destination", str(work / "artifacts"),
                                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                              stdout=log, stderr=subprocess.STDOUT)
+                              stdout=log, stderr=subprocess.STDOUT,
+                              env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})  # no GenAI job workers
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 900  # minutes on a loaded machine
     while time.monotonic() < deadline and server.poll() is None:
@@ -115,6 +117,19 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "optuna_minus_random": [by["optuna"][seed] - by["random"][seed] for seed in seeds]}
 
 
+def markdown_table(result: dict[str, Any]) -> str:
+    """The best judge FD each algorithm found, per seed and on average (docs/TUNE.md shows this table)."""
+    by = {(row["algorithm"], row["seed"]): row["best_fd_judge"] for row in result["rows"]}
+    seeds = result["summary"]["seeds"]
+    lines = ["| seed | random: best `fd_judge` | optuna (TPE): best `fd_judge` | optuna - random |",
+             "|---|---|---|---|"]
+    lines += [f"| {seed} | {by['random', seed]:.4f} | {by['optuna', seed]:.4f} | "
+              f"{by['optuna', seed] - by['random', seed]:+.4f} |" for seed in seeds]
+    means = [statistics.fmean(by[algorithm, seed] for seed in seeds) for algorithm in ALGORITHMS]
+    lines.append(f"| mean | {means[0]:.4f} | {means[1]:.4f} | {means[1] - means[0]:+.4f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.tune_search", description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
@@ -126,7 +141,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/dagan-bench-tune-search"))
     parser.add_argument("--keep", action="store_true", help="keep --work (data, runs, Ray storage)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "tune_search.json")
+    parser.add_argument("--table", type=Path, help="print the Markdown table of this results file and exit")
     args = parser.parse_args(argv)
+    if args.table:
+        print(markdown_table(json.loads(args.table.read_text())), end="")
+        return 0
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
     server, url = _start_mlflow(args.work)
@@ -136,7 +155,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for module in ("synthesize", "prepare", "train_judge"):
             _component(module, args.params, data_overrides(args.work, args.size), env)
-        rows = [run_sweep(args, args.work, env, algorithm, seed) for seed in args.seeds for algorithm in ALGORITHMS]
+        rows: list[dict[str, Any]] = []
+        for seed in args.seeds:
+            for algorithm in ALGORITHMS:
+                rows.append(run_sweep(args, args.work, env, algorithm, seed))
+                result = write_result(args, argv, rows)  # after every sweep: an interrupted bench keeps its rows
     finally:
         server.terminate()
         try:
@@ -145,13 +168,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             server.kill()
         if not args.keep:
             shutil.rmtree(args.work, ignore_errors=True)
+    print(json.dumps(result["summary"], indent=2))
+    return 0
+
+
+def write_result(args: argparse.Namespace, argv: Sequence[str] | None, rows: list[dict[str, Any]]) -> dict[str, Any]:
     result = {"command": "python -m " + " ".join(["bench.tune_search", *(argv if argv is not None else sys.argv[1:])]),
               "machine": machine(), "settings": {key: str(value) for key, value in vars(args).items()},
               "rows": rows, "summary": summarise(rows)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result["summary"], indent=2))
-    return 0
+    return result
 
 
 if __name__ == "__main__":

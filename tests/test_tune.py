@@ -490,3 +490,28 @@ def test_the_documented_search_space_is_the_one_in_params_yaml():
     root = Path(__file__).resolve().parents[1]
     block = fenced("yaml")[0]
     assert block in (root / "params.yaml").read_text()  # character for character, comments too
+
+
+def test_the_documented_search_algorithm_table_is_the_bench_result():
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root))  # bench/ is scripts at the repo root, not installed
+    from bench.tune_search import markdown_table
+
+    result = json.loads((root / "bench" / "results" / "tune_search.json").read_text())
+    assert result["summary"]["seeds"] == [0, 1, 2]  # the decision is measured over three seeds
+    assert markdown_table(result) in DOCS.read_text()
+
+
+def test_optuna_needs_a_concurrency_limit_and_gives_a_seeded_tpe(tmp_path):
+    from ray.tune.search import BasicVariantGenerator
+    from ray.tune.search.optuna import OptunaSearch
+
+    from components.tune import search_algorithm
+
+    with pytest.raises(ConfigError, match="tune.search_alg=optuna .* set tune.max_concurrent_trials >= 1"):
+        load_step_config(sweep_params(tmp_path, search_alg="optuna", max_concurrent_trials=0))
+    opts = load_step_config(sweep_params(tmp_path, search_alg="optuna", max_concurrent_trials=2, seed=3)).tune
+    assert isinstance(search_algorithm(opts), OptunaSearch)
+    assert isinstance(search_algorithm(load_step_config(sweep_params(tmp_path)).tune), BasicVariantGenerator)
