@@ -202,7 +202,7 @@ def test_a_sweep_submitted_as_a_ray_job_survives_a_lost_worker_node(site):
     """... and, meanwhile (it mostly waits for Ray's retries), a process without the token is refused."""
     root, cluster, client = site["root"], site["cluster"], MlflowClient(site["url"])
     refused = start_without_the_token(site)
-    params = sweep_params(root, "lost-node", max_steps=8, grace_period=8)  # no early stopping: both trials run on
+    params = sweep_params(root, "lost-node", max_steps=6, grace_period=6)  # no early stopping: both trials run on
     command = [str(BIN / "ray"), "job", "submit", "--address", cluster.dashboard_url, "--",
                "python", "-m", "components.tune", "--params", str(params), "--address", "auto",
                "--storage", f"s3://{BUCKET}/tune", "-S", f"dataset.prepared_dir={root / 'prepared'}",
@@ -240,7 +240,7 @@ def test_a_sweep_submitted_as_a_ray_job_survives_a_lost_worker_node(site):
     resumed = start_steps(client, where["worker"])
     assert resumed[0] == 0 and len(resumed) == 2 and resumed[1] >= 2, resumed  # from its checkpoint, not from 0
     assert nodes[runs[where["worker"]].data.tags["ray.node_id"]] == "head"  # where the retry ran
-    assert steps_logged(client, where["worker"]) == 8
+    assert steps_logged(client, where["worker"]) == 6
 
     best = json.loads((root / "lost-node" / "out" / "best.json").read_text())
     assert best["mlflow_run_id"] in runs and best["scope"] == "all"
@@ -266,7 +266,7 @@ def run_step(site, params: Path, sweep_dir: Path, resume: bool) -> Background:
 
 def test_the_kubeflow_step_fails_with_a_killed_driver_and_resume_continues_from_s3(site):
     root, cluster, client = site["root"], site["cluster"], MlflowClient(site["url"])
-    params = sweep_params(root, "killed-driver", max_steps=10, grace_period=10, max_concurrent_trials=1)
+    params = sweep_params(root, "killed-driver", max_steps=8, grace_period=8, max_concurrent_trials=1)
     step = run_step(site, params, root / "sweep-1", resume=False)
     try:
         parent_id = wait_for(lambda: parent_of(client, "killed-driver"), "the sweep's parent run", step)
@@ -304,7 +304,7 @@ def test_the_kubeflow_step_fails_with_a_killed_driver_and_resume_continues_from_
     assert start_steps(client, first) == [0]  # the finished trial was kept, not run again
     resumed = start_steps(client, second)
     assert len(resumed) == 2 and resumed[1] >= 2, resumed  # the interrupted trial resumed from its checkpoint
-    assert steps_logged(client, second) == 10
+    assert steps_logged(client, second) == 8
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["kfp.run_id"] == "kfp-run"
     best = json.loads((root / "sweep-2" / "best.json").read_text())
