@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -132,7 +133,31 @@ def model_settings(name: str) -> dict[str, str]:
     return {**settings, **({"spap": spap} if spap else {})}
 
 
-def model_parser(description: str, modes: Sequence[str], repeats: int, out: Path) -> argparse.ArgumentParser:
+def add_out_argument(parser: argparse.ArgumentParser) -> None:
+    """``--out``: where the JSON goes. Without it nothing is written, so a benchmark run never replaces the
+    committed results behind docs/PERFORMANCE.md (bench/results/) unless asked to."""
+    parser.add_argument("--out", help="write the JSON results to this file (the committed ones: bench/results/*.json, "
+                                      "then python -m bench.report regenerates the docs' tables); default: print only")
+
+
+def write_results(out: str | None, data: dict[str, Any]) -> Path | None:
+    """Write ``data`` to ``out`` (atomically) and say so; with no ``out`` say how to keep them."""
+    from components.outputs import write_json
+
+    if out is None:
+        print("results not written (--out PATH writes them)", flush=True)
+        return None
+    path = write_json(out, data)
+    print(f"wrote {path}", flush=True)
+    return path
+
+
+def command_line(module: str, argv: Sequence[str] | None) -> str:
+    """The command that produced a results file: ``python -m MODULE ARGS``."""
+    return shlex.join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)])
+
+
+def model_parser(description: str, modes: Sequence[str], repeats: int) -> argparse.ArgumentParser:
     """The arguments bench.train_step and bench.inference share (configuration grid and timing)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -149,7 +174,7 @@ def model_parser(description: str, modes: Sequence[str], repeats: int, out: Path
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls first (at least 1)")
     parser.add_argument("--repeats", type=int, default=repeats, help="timed calls; the median is reported")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--out", default=str(out))
+    add_out_argument(parser)
     return parser
 
 
@@ -186,19 +211,23 @@ def apply_allocator(allocator: str) -> None:
         raise RuntimeError(f"allocator reuse: {reason}; measure with --allocators system")
 
 
-def run_isolated(module: str, spec: dict[str, Any], timeout: float = 3600) -> dict[str, Any]:
+def run_isolated(module: str, spec: dict[str, Any], timeout: float = 3600, cwd: Path | None = None,
+                 env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run ``python -m module --worker SPEC_JSON`` and return the JSON it prints last.
 
     ``spec["allocator"]`` ("system" or "reuse") is applied in the worker by :func:`apply_allocator`;
-    GLIBC_TUNABLES is removed from its environment so "system" means glibc's defaults."""
+    GLIBC_TUNABLES is removed from its environment so "system" means glibc's defaults, unless ``env``
+    sets it. The worker runs in ``cwd`` (default: the repository root), with the repository importable."""
     command = [sys.executable, "-m", module, "--worker", json.dumps(spec)]
     root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
-    env.pop("GLIBC_TUNABLES", None)
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    environment.pop("GLIBC_TUNABLES", None)
+    environment.update(env or {})
     allocator = spec.get("allocator", "system")
     if allocator not in ALLOCATORS:
         raise ValueError(f"allocator {allocator!r}: choose from {', '.join(ALLOCATORS)}")
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=root, env=env, check=False)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=cwd or root,
+                            env=environment, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"{module} worker for {spec} failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
