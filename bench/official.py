@@ -171,7 +171,7 @@ def summarise(training: list[dict[str, Any]], inference: list[dict[str, Any]]) -
     for code, variant in CODES.items():
         official = {allocator: pooled(training, side="official", code=code, allocator=allocator)
                     for allocator in ("system", "reuse")}
-        modes = {}
+        modes: dict[str, dict[str, Any]] = {}
         for mode in OURS_MODES:
             ours = pooled(training, side="ours", variant=variant, mode=mode)
             if ours and all(official.values()):
