@@ -68,7 +68,8 @@ def finiteness(params: str, overrides: list[str], repeats: int) -> dict[str, Any
             "channels_last": train.channels_last, "batch": batch,
             "size": f"{width}x{height}",
             "weights": sum(t.numel() for t in tensors), "tensors": len(tensors),
-            "check_s": check_s, "step_s": step_s, "check_over_step": check_s["median"] / step_s["median"]}
+            "check_s": check_s, "check_ms": check_s["median"] * 1e3, "step_s": step_s,
+            "check_over_step": check_s["median"] / step_s["median"]}
 
 
 def hashing(megabytes: int, repeats: int) -> dict[str, Any]:

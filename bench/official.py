@@ -48,6 +48,7 @@ import torch
 
 from bench import common, official_driver
 from bench.official_driver import CODES
+from bench.train_step import parse_mode
 from dagan.heap import GLIBC_TUNABLES
 
 OURS_MODES = ("fp32", "fp32-cl", "bf16-cl")  # exact float32 (contiguous, channels_last), bf16 autocast
@@ -96,7 +97,7 @@ def training_plan(args: argparse.Namespace, folders: dict[str, Path]) -> list[di
     for code, variant in CODES.items():
         theirs = [{"side": "official", "code": code, "code_dir": str(folders[code]), "mode": "fp32",
                    "allocator": allocator, **shared} for allocator in ("system", "reuse")]
-        ours = [{"side": "ours", "variant": variant, "mode": mode, **common_mode(mode), "allocator": "reuse",
+        ours = [{"side": "ours", "variant": variant, "mode": mode, **parse_mode(mode), "allocator": "reuse",
                  "generator_forward_backward": False, **shared} for mode in OURS_MODES]
         plan += [spec for pair in itertools.zip_longest(theirs, ours) for spec in pair if spec is not None]
     return plan
@@ -112,14 +113,8 @@ def inference_plan(args: argparse.Namespace, folders: dict[str, Path]) -> list[d
         for mode in INFERENCE_MODES:
             plan.append({"side": "official", "code": "DAGAN", "code_dir": str(folders["DAGAN"]), "mode": "fp32",
                          "batch": batch, **shared})
-            plan.append({"side": "ours", "variant": "B6", "mode": mode, **common_mode(mode), "batch": batch, **shared})
+            plan.append({"side": "ours", "variant": "B6", "mode": mode, **parse_mode(mode), "batch": batch, **shared})
     return plan
-
-
-def common_mode(mode: str) -> dict[str, Any]:
-    from bench.train_step import parse_mode
-
-    return parse_mode(mode)
 
 
 def run(part: str, spec: dict[str, Any]) -> dict[str, Any]:

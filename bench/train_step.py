@@ -32,7 +32,7 @@ from bench import common
 from bench.common import load_average, machine, print_table, run_isolated, stats
 
 TARGET_ATTENTION_OVERHEAD = 0.03  # B6 at most 3% over B1
-MODES = ("fp32", "fp32-cl", "bf16", "bf16-cl", "fp32-compile", "bf16-compile")
+MODES = ("fp32", "fp32-cl", "bf16", "bf16-cl", "fp32-compile", "bf16-compile", "bf16-cl-compile")
 PERCEPTUAL_WEIGHT = 10.0  # lambda_p of the paper
 
 
