@@ -174,6 +174,8 @@ def model_parser(description: str, modes: Sequence[str], repeats: int) -> argpar
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls first (at least 1)")
     parser.add_argument("--repeats", type=int, default=repeats, help="timed calls; the median is reported")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds a configuration may take; then its row "
+                                                                     "records that it failed")
     add_out_argument(parser)
     return parser
 
@@ -234,6 +236,18 @@ def run_isolated(module: str, spec: dict[str, Any], timeout: float = 3600, cwd: 
     if not lines:
         raise RuntimeError(f"{module} worker for {spec} printed no JSON result:\n{result.stdout[-2000:]}")
     return json.loads(lines[-1])
+
+
+def run_or_record_failure(module: str, spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """:func:`run_isolated`, or the spec with ``"failed"``: why the worker gave no result (its exit and the end
+    of its stderr, or the time limit), so a configuration that cannot run (e.g. torch.compile on a machine
+    too slow to compile it) is a row of the results, not a lost run."""
+    try:
+        return run_isolated(module, spec, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {**spec, "failed": f"no result within the time limit of {timeout:.0f} s (--timeout)"}
+    except RuntimeError as error:
+        return {**spec, "failed": str(error).splitlines()[-1][-500:]}
 
 
 def print_table(columns: Sequence[tuple[str, str]], rows: Sequence[dict[str, Any]]) -> None:

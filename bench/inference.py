@@ -22,7 +22,7 @@ from typing import Any, cast
 import torch
 
 from bench import common
-from bench.common import machine, print_table, run_isolated, stats, timed
+from bench.common import machine, print_table, stats, timed
 from bench.train_step import MODES, model_inputs, parse_mode
 
 
@@ -88,12 +88,12 @@ def main(argv: list[str] | None = None) -> int:
             args.allocators, args.modes, sizes, args.batches, args.variants):
         spec = {"variant": variant, "mode": mode, **parse_mode(mode), "allocator": allocator,
                 "batch": batch, **common.grid_spec(args), "width": width, "height": height}
-        row = run_isolated("bench.inference", spec)
-        print(f"  {variant} {mode} {width}x{height} batch {batch} {allocator}: {row['images_per_second']:.2f} "
-              f"images/s", flush=True)
+        row = common.run_or_record_failure("bench.inference", spec, args.timeout)
+        outcome = f"failed: {row['failed']}" if "failed" in row else f"{row['images_per_second']:.2f} images/s"
+        print(f"  {variant} {mode} {width}x{height} batch {batch} {allocator}: {outcome}", flush=True)
         rows.append(row)
     table = [{**row, "seconds": row["batch_s"]["median"], "load": f"{row['load_before']}-{row['load_after']}"}
-             for row in rows]
+             for row in rows if "failed" not in row]
     print_table([("variant", "variant"), ("mode", "mode"), ("allocator", "allocator"), ("width", "W"),
                  ("height", "H"), ("batch", "batch"),
                  ("seconds", "s per batch (median)"), ("images_per_second", "images/s"),

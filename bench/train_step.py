@@ -29,7 +29,7 @@ from typing import Any, cast
 import torch
 
 from bench import common
-from bench.common import load_average, machine, print_table, run_isolated, stats
+from bench.common import load_average, machine, print_table, stats
 
 TARGET_ATTENTION_OVERHEAD = 0.03  # B6 at most 3% over B1
 MODES = ("fp32", "fp32-cl", "bf16", "bf16-cl", "fp32-compile", "bf16-compile", "bf16-cl-compile")
@@ -226,20 +226,22 @@ def main(argv: list[str] | None = None) -> int:
             for variant in args.variants:
                 spec = {"variant": variant, "mode": mode, **parse_mode(mode), "allocator": allocator,
                         "batch": args.batch, **common.grid_spec(args)}
-                row = run_isolated("bench.train_step", spec)
-                print(f"  {variant} {mode} {allocator}: {row['iteration_s']['median']:.3f} s/iteration "
-                      f"(load {row['load_before']} -> {row['load_after']})", flush=True)
+                row = common.run_or_record_failure("bench.train_step", spec, args.timeout)
+                outcome = f"failed: {row['failed']}" if "failed" in row else \
+                    f"{row['iteration_s']['median']:.3f} s/iteration (load {row['load_before']} -> {row['load_after']})"
+                print(f"  {variant} {mode} {allocator}: {outcome}", flush=True)
                 rows.append(row)
+    measured = [row for row in rows if "failed" not in row]
     table = [{**row, "iteration": row["iteration_s"]["median"], "min": row["iteration_s"]["min"],
               "g": row["g_step_s"]["median"], "d": row["d_step_s"]["median"],
               "gfb": (row["generator_forward_backward_s"] or {}).get("median"),
-              "load": f"{row['load_before']}-{row['load_after']}"} for row in rows]
+              "load": f"{row['load_before']}-{row['load_after']}"} for row in measured]
     print_table([("variant", "variant"), ("mode", "mode"), ("allocator", "allocator"),
                  ("iteration", "iteration s (median)"), ("min", "min s"),
                  ("g", "G step s"), ("d", "D step s"), ("gfb", "G fwd+bwd s"),
                  ("first_iteration_s", "first iteration s"),
                  ("peak_memory_mib", "peak MiB"), ("load", "load 1 min")], table)
-    summary = summarise(rows)
+    summary = summarise(measured)
     for mode, entry in summary.items():
         print(f"{mode}: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items()))
     common.write_results(args.out, {"benchmark": "train_step", "command": common.command_line("bench.train_step", argv),

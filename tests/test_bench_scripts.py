@@ -80,3 +80,10 @@ def test_one_tiny_training_iteration_is_measured(model):
     assert row["peak_memory_mib"] > 0 and row["generator_parameters"] > 0
     assert "large_blocks_mmapped" in row  # the allocator actually in effect (this process may reuse the heap)
 
+
+
+def test_a_configuration_that_gives_no_result_is_a_row_saying_why():
+    failed = common.run_or_record_failure("bench.no_such_benchmark", {"allocator": "system", "variant": "B6"}, 120)
+    assert failed["variant"] == "B6" and "No module named bench.no_such_benchmark" in failed["failed"]
+    slow = common.run_or_record_failure("bench.train_step", {"allocator": "system"}, 0.01)
+    assert "time limit of 0 s" in slow["failed"]
