@@ -140,14 +140,27 @@ def add_out_argument(parser: argparse.ArgumentParser) -> None:
                                       "then python -m bench.report regenerates the docs' tables); default: print only")
 
 
+def git_commit(folder: Path, *paths: str) -> dict[str, Any]:
+    """The git commit of ``folder`` and whether its tracked files (under ``paths``, default all) differ from it."""
+    def git(*arguments: str) -> str | None:
+        result = subprocess.run(["git", "-C", str(folder), *arguments], capture_output=True, text=True, check=False)
+        return result.stdout.strip() if result.returncode == 0 else None
+
+    head = git("rev-parse", "HEAD")
+    changes = git("status", "--porcelain", "--untracked-files=no", "--", *paths)
+    return {"folder": str(folder), "commit": head, "modified": bool(changes) if changes is not None else None}
+
+
 def write_results(out: str | None, data: dict[str, Any]) -> Path | None:
-    """Write ``data`` to ``out`` (atomically) and say so; with no ``out`` say how to keep them."""
+    """Write ``data`` with the commit of the code that measured it (``ours``: whether dagan/ or bench/ differed
+    from it) to ``out`` (atomically) and say so; with no ``out`` say how to keep them."""
     from components.outputs import write_json
 
     if out is None:
         print("results not written (--out PATH writes them)", flush=True)
         return None
-    path = write_json(out, data)
+    root = Path(__file__).resolve().parent.parent
+    path = write_json(out, {**data, "ours": git_commit(root, "dagan", "bench", ":!bench/results")})
     print(f"wrote {path}", flush=True)
     return path
 

@@ -38,7 +38,6 @@ import itertools
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -76,17 +75,6 @@ def code_dir(code: str, checkout: str) -> Path:
                          f"the official README says: cd {folder / 'models' / 'networks'} && git clone "
                          f"{SYNC_BATCHNORM} && cp -rf Synchronized-BatchNorm-PyTorch/sync_batchnorm .")
     return folder
-
-
-def commit(folder: Path, *paths: str) -> dict[str, Any]:
-    """The git commit of ``folder`` and whether its tracked files (under ``paths``, default all) differ from it."""
-    def git(*arguments: str) -> str | None:
-        result = subprocess.run(["git", "-C", str(folder), *arguments], capture_output=True, text=True, check=False)
-        return result.stdout.strip() if result.returncode == 0 else None
-
-    head = git("rev-parse", "HEAD")
-    changes = git("status", "--porcelain", "--untracked-files=no", "--", *paths)
-    return {"folder": str(folder), "commit": head, "modified": bool(changes) if changes is not None else None}
 
 
 def training_plan(args: argparse.Namespace, folders: dict[str, Path]) -> list[dict[str, Any]]:
@@ -272,8 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": common.machine(),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()], "torch": torch.__version__,
-        "official": {code: commit(folder) for code, folder in folders.items()},
-        "ours": commit(Path(__file__).resolve().parent.parent, "dagan", "bench", ":!bench/results"),  # the code
+        "official": {code: common.git_commit(folder) for code, folder in folders.items()},
         "settings": {key: value for key, value in vars(args).items() if key not in ("worker", "out")},
         "summary": summary, "training": rows["training"], "inference": rows["inference"]})
     return 0
