@@ -50,7 +50,8 @@ def test_benchmarks_write_results_only_when_asked(tmp_path, capsys):
     assert common.write_results(None, {"rows": []}) is None
     assert "not written (--out PATH writes them)" in capsys.readouterr().out
     assert common.write_results(str(tmp_path / "r.json"), {"rows": []}) == tmp_path / "r.json"
-    assert json.loads((tmp_path / "r.json").read_text()) == {"rows": []}
+    written = json.loads((tmp_path / "r.json").read_text())
+    assert written["rows"] == [] and set(written["ours"]) == {"folder", "commit", "modified"}  # the code's commit
     assert common.model_parser("", train_step.MODES, repeats=1).parse_args([]).out is None
     assert common.command_line("bench.train_step", ["--modes", "fp32", "bf16-cl"]) == \
         "python -m bench.train_step --modes fp32 bf16-cl"
