@@ -86,7 +86,7 @@ def training_plan(args: argparse.Namespace, folders: dict[str, Path]) -> list[di
         theirs = [{"side": "official", "code": code, "code_dir": str(folders[code]), "mode": "fp32",
                    "allocator": allocator, **shared} for allocator in ("system", "reuse")]
         ours = [{"side": "ours", "variant": variant, "mode": mode, **parse_mode(mode), "allocator": "reuse",
-                 "generator_forward_backward": False, **shared} for mode in OURS_MODES]
+                 "generator_forward_backward": False, **shared} for mode in args.modes]
         plan += [spec for pair in itertools.zip_longest(theirs, ours) for spec in pair if spec is not None]
     return plan
 
@@ -204,6 +204,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--dagan", help="a checkout of https://github.com/Ha0Tang/DAGAN")
     parser.add_argument("--spade", help="a checkout of https://github.com/NVlabs/SPADE")
     parser.add_argument("--parts", nargs="+", default=["training", "inference"], choices=["training", "inference"])
+    parser.add_argument("--modes", nargs="+", default=list(OURS_MODES), choices=OURS_MODES,
+                        help="our training modes (fp32 is what the other modes' speed-ups are given against)")
     parser.add_argument("--rounds", type=int, default=3, help="training rounds (every configuration once per round)")
     parser.add_argument("--repeats", type=int, default=5, help="timed training iterations per process")
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first (at least 1)")

@@ -154,6 +154,9 @@ def test_training_plan_alternates_official_and_our_processes(tmp_path):
         (variant, mode) for variant in ("B6", "B1") for mode in official.OURS_MODES}
     assert all(s["allocator"] == "reuse" and s["generator_forward_backward"] is False
                for s in plan if s["side"] == "ours")
+    fewer = official.training_plan(official.parser().parse_args(["--modes", "fp32", "bf16-cl"]),
+                                   {"DAGAN": tmp_path, "SPADE": tmp_path})
+    assert {s["mode"] for s in fewer if s["side"] == "ours"} == {"fp32", "bf16-cl"}
 
 
 def test_inference_summary_gives_images_per_second_of_both():
