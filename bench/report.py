@@ -189,7 +189,7 @@ def readme_performance() -> str:
     for batch, entries in data["summary"]["inference"].items():
         for mode, entry in entries.items():
             rows.append([f"generator at {size}, batch {batch.removeprefix('batch')}, {MODE_NAMES[mode]} (images/s)",
-                         f"**{entry['ours_images_per_second']:.2f}**", f"{entry['official_images_per_second']:.2f}",
+                         f"**{entry['ours_images_per_second']:.3g}**", f"{entry['official_images_per_second']:.3g}",
                          f"**{1 / entry['ratio']:.2f}x** the speed"])
     loads = load_averages(data)
     b6_over_b1 = ", ".join(f"{MODE_NAMES[mode]} {entry['ratio']:.2f}x"
@@ -216,8 +216,8 @@ def official_inference() -> str:
     rows = []
     for batch, entries in data["summary"]["inference"].items():
         for mode, entry in entries.items():
-            rows.append([batch.removeprefix("batch"), mode, f"{entry['official_images_per_second']:.2f}",
-                         f"**{entry['ours_images_per_second']:.2f}**", f"**{1 / entry['ratio']:.2f}x**",
+            rows.append([batch.removeprefix("batch"), mode, f"{entry['official_images_per_second']:.3g}",
+                         f"**{entry['ours_images_per_second']:.3g}**", f"**{1 / entry['ratio']:.2f}x**",
                          f"{min(1 / r for r in entry['per_round']):.2f}-{max(1 / r for r in entry['per_round']):.2f}"])
     return markdown_table(["batch", "our mode", "official images/s", "ours images/s", "ours / official speed",
                            "per round"], rows) + "\n\n" + measured("official")
@@ -340,8 +340,9 @@ def regenerate(text: str, where: str) -> str:
     return MARKER.sub(replace, text)
 
 
-def stale(root: Path = ROOT) -> dict[Path, str]:
-    """Every document whose generated parts differ from their JSON -> a unified diff."""
+def stale(root: Path | None = None) -> dict[Path, str]:
+    """Every document of ``root`` (default the repository) whose generated parts differ from their JSON -> a diff."""
+    root = root or ROOT
     differences = {}
     for path in documents(root):
         text = path.read_text()
