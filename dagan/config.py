@@ -96,7 +96,7 @@ class DatasetConfig:
     crop_size: int | None = None  # null: preset
     aspect_ratio: float | None = None  # null: preset (width / height)
     flip: bool = True  # random horizontal flip at training time
-    num_workers: int = 2  # DataLoader worker processes
+    num_workers: int = 0  # DataLoader worker processes; 0: load in the training process (enough on 2 CPUs)
     rows_per_shard: int = 512
     max_classes: int = 256  # custom datasets: more label ids than this is an error (8-bit label storage: <= 256)
 
@@ -196,7 +196,7 @@ class ModelConfig:
 class LossConfig:
     lambda_gan: float = 1.0  # paper Eq. 10, lambda_cgan
     lambda_feat: float = 10.0  # lambda_f
-    lambda_vgg: float = 10.0  # lambda_p; 0 turns the perceptual loss (and VGG19) off
+    lambda_vgg: float = 0.0  # lambda_p (the paper's value: 10; it needs VGG19 weights, README); 0: no perceptual loss
     lambda_att: float = 1.0  # CA2SIS attention loss L_att (official weight with --att_loss: 1); only for ca2sis
     vgg_weights: str = "auto"  # a .pth file of torchvision's vgg19 ImageNet weights, or auto (torch cache)
     vgg_input: Literal["official", "imagenet"] = "official"  # VGG sees [-1, 1] images (official) or ImageNet-normalised
@@ -216,18 +216,18 @@ class TrainConfig:
     beta2: float = 0.9
     seed: int = 0
     device: str = "auto"  # auto (cuda if present, else cpu) | cpu | cuda | cuda:N
-    amp: Literal["off", "bf16", "fp16"] = "off"
-    channels_last: bool = False
+    amp: Literal["off", "bf16", "fp16"] = "bf16"  # bf16/fp16: autocast | off: exact fp32 (the official computation)
+    channels_last: bool = True  # NHWC tensors (oneDNN's bf16 kernels); false with amp off for the exact fp32 path
     heap_reuse: bool = True  # keep freed memory in the heap (glibc mallopt; dagan/heap.py): faster steps
-    ema_decay: float = 0.0  # > 0 keeps an EMA generator
+    ema_decay: float = 0.999  # > 0 keeps an EMA generator; 0: none (the official training)
     init_from: str | None = None  # checkpoint (trained or imported official) whose G (and D) weights start a new run
-    ema_rampup: float = 0.0  # > 0: the EMA's half-life is at most this x the steps so far (dagan/ema.py); 0: off
-    ema_bn_batches: int = 0  # > 0: EMA's batch-norm statistics recomputed on this many train batches per checkpoint
+    ema_rampup: float = 0.05  # > 0: the EMA's half-life is at most this x the steps so far (dagan/ema.py); 0: off
+    ema_bn_batches: int = 8  # > 0: EMA's batch-norm statistics recomputed on this many train batches per checkpoint
     out_dir: str = "outputs/train"
     checkpoint_every: int = 200  # steps
     keep_last: int = 3
     log_every: int = 10
-    sample_every: int = 100  # steps between sample grids (the official display_freq); 0: none
+    sample_every: int = 64  # steps between sample grids (the official display_freq: 100); 0: none
 
     def __post_init__(self) -> None:
         _at_least(self, "train", 1, "batch_size", hint=" (the global batch, split across processes)")

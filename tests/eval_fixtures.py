@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import torch
 import yaml
 from PIL import Image
+from train_fixtures import EXACT_FP32
 
 from components.settings import StepConfig, step_config_from_dict
 from dagan.checkpoint import FORMAT_VERSION, save_checkpoint
@@ -79,7 +80,8 @@ def tiny_config(root: Path, size: int = SIZE, **sections: dict) -> StepConfig:
                     "crop_size": size, "aspect_ratio": 1.0, "num_workers": 0},
         "model": {"ngf": 8, "ndf": 8, "num_upsampling_layers": "normal"},
         "loss": {"lambda_vgg": 0.0},
-        "train": {"batch_size": 4, "epochs": 1, "epochs_decay": 0, "device": "cpu", "out_dir": str(root / "train")},
+        "train": {**EXACT_FP32, "batch_size": 4, "epochs": 1, "epochs_decay": 0, "device": "cpu",
+                  "out_dir": str(root / "train")},
         "mlflow": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "test"},
         "judge": {"width": 8, "levels": 2, "epochs": 10, "batch_size": 4, "lr": 1.0e-2, "device": "cpu",
                   "out_dir": str(root / "judge")},

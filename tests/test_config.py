@@ -104,11 +104,26 @@ def test_the_dvc_exp_run_grammar_sets_adds_and_indexes(override, path, expected)
         ["B1", "B6"], "the input is never modified"
 
 
+def test_params_yaml_holds_exactly_the_defaults():
+    """One meaning of "default": every value in params.yaml is its field's default in the dataclasses, so
+    removing a key (``-S ~train.amp``) or leaving it out of a params file changes nothing."""
+    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    defaults = dataclasses.asdict(StepConfig())
+    differing = {f"{section}.{key}": (value, defaults[section][key])
+                 for section, values in data.items() for key, value in values.items()
+                 if value != defaults[section][key]}
+    assert differing == {}, "params.yaml value, dataclass default"
+    assert data.keys() == defaults.keys()
+    assert {section: set(values) for section, values in data.items()} == \
+        {section: set(values) for section, values in defaults.items()}, "params.yaml lists every key"
+
+
 def test_tilde_removes_a_key_so_the_default_applies():
     assert "max_steps" not in merge_overrides(FILE, ["~train.max_steps"])["train"]
     assert "max_steps" not in merge_overrides(FILE, ["~train.max_steps=0"])["train"]
     config = load_step_config(REPO / "params.yaml", ["~train.sample_every", "~model.ngf"])
     assert config.train.sample_every == config_from_dict({}).train.sample_every
+    assert load_step_config(REPO / "params.yaml", ["~train.amp"]).train.amp == "bf16"  # not a silent switch to fp32
     assert config.model.ngf == 16  # null in the file; removed: the default null, resolved from the preset
 
 
