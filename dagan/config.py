@@ -89,7 +89,7 @@ def _at_least(section: Any, prefix: str, minimum: float, *names: str, hint: str 
 
 @dataclass(frozen=True)
 class DatasetConfig:
-    name: str = "synthetic"  # preset: cityscapes | ade20k | celebamask_hq | facades | coco_stuff | custom | synthetic
+    name: str = "synthetic"  # cityscapes|ade20k|celebamask_hq|facades|coco_stuff|deepfashion|custom|synthetic
     raw_dir: str = "data/raw/synthetic"  # raw dataset in its original layout
     prepared_dir: str = "data/prepared/synthetic"  # Parquet shards + manifest.json
     load_size: int | None = None  # null: preset
