@@ -67,10 +67,10 @@ def make_base(name: str = BASE_IMAGE, mirror: str | None = None) -> None:
         rootfs = Path(scratch) / "rootfs"
         command = ["debootstrap", "--variant=minbase", "--include=python3,python3-venv,ca-certificates", SUITE,
                    str(rootfs), mirror]
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0:
-            last = (result.stdout + result.stderr).strip().splitlines()[-1:] or ["no output"]
-            raise ContainerError(f"debootstrap from {mirror} failed ({last[0]}): check that the mirror is reachable "
+        code, tail = run_to_end(command, echo=False)
+        if code != 0:
+            last = ([line.strip() for line in tail if line.strip()] or ["no output"])[-1]
+            raise ContainerError(f"debootstrap from {mirror} failed ({last}): check that the mirror is reachable "
                                  "or pass another with --mirror URL")
         for cache in ("var/cache/apt", "var/lib/apt/lists"):
             for path in (rootfs / cache).glob("*"):
@@ -183,15 +183,33 @@ def build_image(tag: str = IMAGE, base: str = BASE_IMAGE, commit: str | None = N
 
 def _run_build(command: list[str]) -> float:
     start = time.monotonic()
-    tail: deque[str] = deque(maxlen=200)
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
-        assert process.stdout is not None
-        for line in process.stdout:
-            sys.stdout.write(line)
-            tail.append(line)
-    if process.returncode != 0:
+    code, tail = run_to_end(command, echo=True)
+    if code != 0:
         raise ContainerError(build_failure(tail))
     return time.monotonic() - start
+
+
+def run_to_end(command: list[str], echo: bool) -> tuple[int, list[str]]:
+    """Run ``command`` (its output echoed when ``echo``); returns its status and its last 200 lines. An
+    exception here (Ctrl-C, SIGTERM) stops the command first, with SIGTERM, so that podman and debootstrap
+    clean up after themselves."""
+    tail: deque[str] = deque(maxlen=200)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if echo:
+                sys.stdout.write(line)
+            tail.append(line)
+        return process.wait(), list(tail)
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def prune_dangling() -> None:

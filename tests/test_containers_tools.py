@@ -4,6 +4,7 @@ TrainJob's node environment, and the one-line errors. Cheap; the real runs are `
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -131,3 +132,12 @@ def test_without_podman_and_apt_get_the_command_says_what_to_do(tmp_path):
     assert result.stderr.splitlines() == [
         "error: podman, runc, debootstrap not found and there is no apt-get here: install them by hand (apt-get "
         "install podman runc debootstrap), then run the same command again"]
+
+
+@pytest.mark.skipif(shutil.which("debootstrap") is None or os.geteuid() != 0, reason="needs debootstrap, as root")
+def test_an_unreachable_mirror_for_the_base_is_one_line():
+    with pytest.raises(ContainerError) as raised:
+        image.make_base("localhost/dagan-base:never-made", mirror="http://127.0.0.1:9/debian")
+    message = str(raised.value)
+    assert message.startswith("debootstrap from http://127.0.0.1:9/debian failed (") and "\n" not in message
+    assert message.endswith("check that the mirror is reachable or pass another with --mirror URL")
