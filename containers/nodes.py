@@ -103,7 +103,8 @@ class PodmanTrainJobs:
     """The part of ``CustomObjectsApi`` the launcher uses, running each TrainJob's nodes as containers.
 
     ``create`` runs the job to its end (the nodes' output goes to this process's stdout, prefixed
-    with the node); ``get`` reports it Complete or Failed as Kubeflow Trainer would."""
+    with the node); ``get`` reports it Complete or Failed as Kubeflow Trainer would, or raises the
+    kubernetes client's 404 for a job it does not know; ``delete`` forgets it."""
 
     def __init__(self, claims: Mapping[str, Path], secrets: Mapping[tuple[str, str], str], session: str,
                  master_port: int | None = None):
@@ -128,7 +129,16 @@ class PodmanTrainJobs:
         return self.jobs[name]
 
     def get_namespaced_custom_object(self, group, version, namespace, plural, name):
+        if name not in self.jobs:
+            from kubernetes.client.exceptions import ApiException
+
+            raise ApiException(status=404, reason="Not Found")
         return self.jobs[name]
+
+    def delete_namespaced_custom_object(self, group, version, namespace, plural, name, **options):
+        """The nodes are gone once ``create`` returns: deleting forgets the job."""
+        self.get_namespaced_custom_object(group, version, namespace, plural, name)
+        return self.jobs.pop(name)
 
 
 def node_commands(spec: Mapping[str, Any], master_port: int, secrets: Mapping[tuple[str, str], str]

@@ -141,3 +141,13 @@ def test_an_unreachable_mirror_for_the_base_is_one_line():
     message = str(raised.value)
     assert message.startswith("debootstrap from http://127.0.0.1:9/debian failed (") and "\n" not in message
     assert message.endswith("check that the mirror is reachable or pass another with --mirror URL")
+
+
+def test_the_local_trainjob_api_answers_an_unknown_job_with_the_kubernetes_clients_404():
+    from kubernetes.client.exceptions import ApiException
+
+    jobs = nodes.PodmanTrainJobs(claims={}, secrets={}, session="unit")
+    for call in (jobs.get_namespaced_custom_object, jobs.delete_namespaced_custom_object):
+        with pytest.raises(ApiException) as raised:
+            call("trainer.kubeflow.org", "v1alpha1", "team-a", "trainjobs", "dagan-missing")
+        assert raised.value.status == 404
