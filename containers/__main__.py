@@ -78,8 +78,9 @@ def image(args: argparse.Namespace) -> dict[str, Any]:
 def layers(tag: str) -> list[dict[str, Any]]:
     """The image's non-empty layers, largest first: size and the instruction that made it."""
     history = json.loads(podman("history", "--format", "json", tag).stdout)
-    rows = [{"bytes": entry["size"], "instruction": entry["CreatedBy"].removeprefix("/bin/sh -c ")
-             .removeprefix("#(nop) ").split("&&")[0].strip()[:70]} for entry in history if entry["size"]]
+    rows = [{"bytes": entry["size"], "instruction": " ".join(entry["CreatedBy"].removeprefix("/bin/sh -c ")
+                                                                 .removeprefix("#(nop) ").split())[:90]}
+            for entry in history if entry["size"]]
     return sorted(rows, key=lambda row: -row["bytes"])
 
 
@@ -183,8 +184,8 @@ def report(path: Path) -> int:
     print("|---|---|---|---|---|---|---|---|")
     print("\n".join(row(run) for run in runs))
     latest = runs[-1]
-    print("\n| layer | GiB |\n|---|---|")
-    print("\n".join(f"| `{layer['instruction']}` | {layer['bytes'] / 2**30:.3f} |" for layer in latest["layers"][:4]))
+    print("\n| layer (largest first) | GiB |\n|---|---|")
+    print("\n".join(f"| `{layer['instruction']}` | {layer['bytes'] / 2**30:.3f} |" for layer in latest["layers"][:3]))
     print("\n| inside the image | GiB |\n|---|---|")
     print("\n".join(f"| {item['path']} | {item['bytes'] / 2**30:.3f} |" for item in latest["contents"]))
     return 0
