@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint run clean-outputs
+.PHONY: venv test lint run clean-outputs image test-containers
 
 venv: $(STAMP)
 
@@ -33,3 +33,13 @@ test: lint
 
 run: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
+
+# The project image, built here with podman (installed with apt when missing) on a local Debian 12 base
+# made once; layers are reused (docs/KUBEFLOW.md "Build and push the image").
+image: $(STAMP)
+	$(BIN)/python -m containers image
+
+# The image, then the pipeline with every step in its own container and the TrainJob's nodes as
+# containers (docs/KUBEFLOW.md "Running the pipeline locally").
+test-containers: $(STAMP)
+	$(BIN)/python -m containers test
