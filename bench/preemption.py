@@ -17,8 +17,9 @@ layout, prepared by ``components.prepare``.
 Each repeat is a fresh training process: after its ``--steps-before``-th step is logged it gets
 SIGTERM 0.3 s later, early in the next step, so the measured time is nearly a whole step plus the
 checkpoint (the worst case a preemption meets). Reported: SIGTERM to the checkpoint file (its
-atomic rename), SIGTERM to the process's exit, the step time and the checkpoint's size, plus the
-machine and its load average (other work on a shared machine slows every number down).
+atomic rename), SIGTERM to the process's exit (wall time, and the CPU time the process spent in
+it: a busy machine stretches the one, hardly the other), the step times and the checkpoint's size,
+plus the machine and its load average (other work on a shared machine slows every number down).
 ``recommended_grace_s`` turns the worst repeat into the grace period the TrainJob's nodes get by
 default (``pipeline.trainjob.DEFAULT_GRACE_S``; tests/test_bench_preemption.py keeps the two in
 step). Prints JSON; writes it to ``--out`` only when asked.
@@ -128,24 +129,39 @@ def measure_once(command: list[str], out_dir: Path, steps_before: int, env: dict
         if process.poll() is not None:
             raise RuntimeError(f"components.train ended before step {steps_before}:\n{''.join(tail)}")
     time.sleep(SIGNAL_DELAY_S)
+    cpu_at_signal = _cpu_seconds(process.pid)
     signalled = time.monotonic()
     process.send_signal(signal.SIGTERM)
-    checkpoint = None
-    while process.poll() is None and checkpoint is None:
-        checkpoint = next(iter(sorted((out_dir / "checkpoints").glob("step-*.pt"))), None)
+    checkpoint, cpu = None, cpu_at_signal
+    while process.poll() is None:
+        cpu = _cpu_seconds(process.pid) or cpu
+        if checkpoint is None:
+            checkpoint = next(iter(sorted((out_dir / "checkpoints").glob("step-*.pt"))), None)
+            written = time.monotonic()
         time.sleep(0.05)
-    written = time.monotonic()
-    process.wait()
     ended = time.monotonic()
+    if checkpoint is None:
+        written = ended
     reader.join(timeout=5)
     checkpoint = checkpoint or next(iter(sorted((out_dir / "checkpoints").glob("step-*.pt"))), None)
     if process.returncode != 0 or checkpoint is None:
         raise RuntimeError(f"components.train exited {process.returncode} without a checkpoint:\n{''.join(tail)}")
     times = [steps[step] for step in sorted(steps)]
     return {"sigterm_to_checkpoint_s": round(written - signalled, 2), "sigterm_to_exit_s": round(ended - signalled, 2),
+            "sigterm_to_exit_cpu_s": round(cpu - cpu_at_signal, 2),
             "step_s": [round(b - a, 2) for a, b in zip(times, times[1:], strict=False)],
             "stopped_at_step": int(checkpoint.stem.split("-")[1]), "checkpoint_mib": round(
                 checkpoint.stat().st_size / 2**20, 1), "load_average": load_average()}
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc; 0 once it is gone): less sensitive to a busy
+    machine than wall time."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
 
 
 def recommended_grace_s(result: dict[str, Any]) -> int:

@@ -194,7 +194,7 @@ def train_distributed(params_file: str, overrides: Sequence[str], prepared_dir: 
         shared_pvc=shared_pvc, shared_mount=shared_mount, namespace=current_namespace(),
         secret_env=tuple(SecretEnv(**item) for item in secret_env),
         env=((KFP_RUN_ENV, kfp_run_id),) if kfp_run_id else (),
-        grace_s=grace_s, active_deadline_s=max(int(timeout_s), 1),
+        grace_s=int(grace_s), active_deadline_s=max(int(timeout_s), 1),  # KFP may pass numbers as floats
         scheduling=Scheduling.from_dict(scheduling or {}),
     )
     run_trainjob(job, timeout_s=timeout_s, api=api, core_api=core_api, finished=lambda: _training_ended(train_dir))
