@@ -18,8 +18,9 @@ Each repeat is a fresh training process: after its ``--steps-before``-th step is
 SIGTERM 0.3 s later, early in the next step, so the measured time is nearly a whole step plus the
 checkpoint (the worst case a preemption meets). Reported: SIGTERM to the checkpoint file (its
 atomic rename), SIGTERM to the process's exit (wall time, and the CPU time the process spent in
-it: a busy machine stretches the one, hardly the other), the step times and the checkpoint's size,
-plus the machine and its load average (other work on a shared machine slows every number down).
+it: a busy machine stretches the one, hardly the other), the step times, the process's peak
+memory and the checkpoint's size, plus the machine and its load average (other work on a shared
+machine slows every number down).
 ``recommended_grace_s`` turns the worst repeat into the grace period the TrainJob's nodes get by
 default (``pipeline.trainjob.DEFAULT_GRACE_S``; tests/test_bench_preemption.py keeps the two in
 step). Prints JSON; writes it to ``--out`` only when asked.
@@ -48,8 +49,12 @@ from bench.common import load_average, machine, no_gpu_reason, stats
 from components.outputs import write_json
 
 ROOT = Path(__file__).resolve().parent.parent
-GRACE_MARGIN = 2.0  # the grace period is at least twice the worst measured SIGTERM-to-exit time
-GRACE_ROUND_S = 30  # ... rounded up to whole half minutes
+# The grace period is at least twice the worst measured CPU time from SIGTERM to exit, rounded up to half minutes.
+# CPU time, not wall time: on a machine shared with other work the wall time stretches with the load, while a
+# node of its own runs the process's threads (2 here) without waiting, so its wall time is at most the CPU time
+# plus the checkpoint's write.
+GRACE_MARGIN = 2.0
+GRACE_ROUND_S = 30
 SIGNAL_DELAY_S = 0.3  # after a step's log line: the signal lands early in the next step
 STEP_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) dagan\.train INFO step (\d+)/")
 NUM_SCENES = 8  # as many as train.ema_bn_batches recalibrates on, at batch 1
@@ -133,8 +138,10 @@ def measure_once(command: list[str], out_dir: Path, steps_before: int, env: dict
     signalled = time.monotonic()
     process.send_signal(signal.SIGTERM)
     checkpoint, cpu = None, cpu_at_signal
+    peak_rss_kib = 0
     while process.poll() is None:
         cpu = _cpu_seconds(process.pid) or cpu
+        peak_rss_kib = max(peak_rss_kib, _peak_rss_kib(process.pid))
         if checkpoint is None:
             checkpoint = next(iter(sorted((out_dir / "checkpoints").glob("step-*.pt"))), None)
             written = time.monotonic()
@@ -150,7 +157,8 @@ def measure_once(command: list[str], out_dir: Path, steps_before: int, env: dict
     return {"sigterm_to_checkpoint_s": round(written - signalled, 2), "sigterm_to_exit_s": round(ended - signalled, 2),
             "sigterm_to_exit_cpu_s": round(cpu - cpu_at_signal, 2),
             "step_s": [round(b - a, 2) for a, b in zip(times, times[1:], strict=False)],
-            "stopped_at_step": int(checkpoint.stem.split("-")[1]), "checkpoint_mib": round(
+            "peak_rss_mib": round(peak_rss_kib / 1024), "stopped_at_step": int(checkpoint.stem.split("-")[1]),
+            "checkpoint_mib": round(
                 checkpoint.stat().st_size / 2**20, 1), "load_average": load_average()}
 
 
@@ -164,9 +172,21 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
 
 
+def _peak_rss_kib(pid: int) -> int:
+    """The process's peak resident memory so far (Linux /proc VmHWM; 0 once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def recommended_grace_s(result: dict[str, Any]) -> int:
-    """The grace period for the measured worst case: GRACE_MARGIN x SIGTERM-to-exit, up to whole half minutes."""
-    worst = max(run["sigterm_to_exit_s"] for run in result["runs"])
+    """The grace period for the measured worst case: GRACE_MARGIN x the CPU seconds from SIGTERM to exit, up to
+    whole half minutes (see GRACE_MARGIN)."""
+    worst = max(run["sigterm_to_exit_cpu_s"] for run in result["runs"])
     return int(math.ceil(GRACE_MARGIN * worst / GRACE_ROUND_S) * GRACE_ROUND_S)
 
 

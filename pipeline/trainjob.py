@@ -51,7 +51,7 @@ RUNTIME_RDZV_ENDPOINT = "$(PET_MASTER_ADDR):$(PET_MASTER_PORT)"  # Kubeflow Trai
 OPERATOR_RDZV_ENDPOINT = "$(MASTER_ADDR):$(MASTER_PORT)"  # the training operator's PyTorchJob: the Master
 # terminationGracePeriodSeconds of the nodes: the measured SIGTERM-to-checkpoint time of the Cityscapes B6 model
 # (bench/results/preemption.json) with a margin (docs/KUBEFLOW.md, "Preemption"; a test keeps the two in step).
-DEFAULT_GRACE_S = 120
+DEFAULT_GRACE_S = 180
 DEFAULT_JOIN_TIMEOUT_S = 600  # how long a node waits for the others (also for a lost node's replacement)
 
 
