@@ -70,6 +70,12 @@ train.out_dir."""
 RUN_FILES = ("checkpoints", "config.yaml", TRAIN_METRICS_FILE, RUN_FILE, LOSSES_FILE, SAMPLES_DIR)
 OUT_DIR_TAG = "dagan.out_dir"
 SIGINT_EXIT = 130  # 128 + SIGINT: a shell or make stops as after any Ctrl-C (the checkpoint is written)
+# Under torchrun, a process that stopped because another rank got SIGTERM (its node is being preempted or deleted)
+# exits with this status (EX_TEMPFAIL): its torchrun counts a failure and restarts this node's workers, which wait in
+# the rendezvous for the lost node's replacement and resume from the checkpoint just written (docs/KUBEFLOW.md,
+# "When things fail"). Exiting 0 would end this node for good, and the replacement could never rejoin.
+REMOTE_STOP_EXIT = 75
+REMOTE_STOP = "signal (another rank)"  # TrainResult.stop_reason of such a stop (dagan/train/loop.py)
 
 
 class MlflowLogger(NullLogger):
@@ -186,11 +192,11 @@ def _run(config: StepConfig, resume: str | None, force_new_run: bool) -> int:
         raise ValueError("--force-new-run starts afresh; it cannot be combined with --resume PATH")
     if env_rank() != 0:  # DDP workers: train only; rank 0 tracks and writes
         try:
-            train(config, None, resume)
+            result = train(config, None, resume)
         except NonFiniteError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
-        return 0
+        return REMOTE_STOP_EXIT if result.stop_reason == REMOTE_STOP else 0
     if force_new_run:
         set_aside(out_dir)
     logger = MlflowLogger(config)
@@ -209,7 +215,7 @@ def _run(config: StepConfig, resume: str | None, force_new_run: bool) -> int:
         logger.end("KILLED")
         print(f"stopped at step {result.step}/{result.total_steps} ({result.stop_reason}); checkpoint "
               f"{result.checkpoint}; run the same command again to resume")
-        return SIGINT_EXIT if result.stop_reason == "SIGINT" else 0
+        return {"SIGINT": SIGINT_EXIT, REMOTE_STOP: REMOTE_STOP_EXIT}.get(result.stop_reason or "", 0)
     logger.end("FINISHED")
     log.info("trained %d steps; final checkpoint %s; MLflow run %s", result.step, result.checkpoint,
              logger.run.info.run_id if logger.run else "-")
