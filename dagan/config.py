@@ -246,7 +246,7 @@ class TrainConfig:
     checkpoint_every: int = 200  # steps
     keep_last: int = 3
     log_every: int = 10
-    sample_every: int = 100  # steps between sample grids (the official display_freq); 0: none
+    sample_every: int = 100  # steps between sample grids (the official display_freq); 0: the last step's only
 
     def __post_init__(self) -> None:
         _at_least(self, "train", 1, "batch_size", hint=" (the global batch, split across processes)")
