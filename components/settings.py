@@ -69,10 +69,11 @@ class RegisterConfig:
         if self.gate_miou_ratio < 0:
             raise ConfigError(f"register.gate_miou_ratio={self.gate_miou_ratio!r} must be >= 0 (a share of the real "
                               "images' judge mIoU, e.g. 0.6)")
-        if self.model_name is not None and (not self.model_name.strip() or any(c in self.model_name for c in "/:")
+        if self.model_name is not None and (not self.model_name.strip() or any(c in self.model_name for c in "/:'")
                                             or self.model_name != self.model_name.strip()):
-            raise ConfigError(f"register.model_name={self.model_name!r}: an MLflow registered model name is not "
-                              "empty, has no '/' or ':' and no leading or trailing spaces (or null: dagan-<dataset>)")
+            raise ConfigError(f"register.model_name={self.model_name!r}: a registered model name is not empty and "
+                              "has no '/', ':' (MLflow's rule), no quote and no leading or trailing spaces (or null: "
+                              "dagan-<dataset>)")
         for name in ("metric", "out_dir"):
             if not getattr(self, name).strip():
                 raise ConfigError(f"register.{name} is empty; give one (default: {getattr(RegisterConfig, name)!r})")

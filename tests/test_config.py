@@ -211,7 +211,7 @@ def test_bare_off_is_the_string_choice_not_a_boolean():
         ("dataset.crop_size=1", "image sides must be multiples of 32 (2**5 for model.num_upsampling_layers=normal), "
                                 "got 1x1 (dataset.crop_size=1"),
         ("register.gate_miou_ratio=-0.5", "register.gate_miou_ratio=-0.5 must be >= 0"),
-        ("register.model_name=team/model", "register.model_name='team/model': an MLflow registered model name"),
+        ("register.model_name=team/model", "register.model_name='team/model': a registered model name is not empty"),
         ("register.metric=", "register.metric is empty"),
         ("mlflow.experiment=", "mlflow.experiment is empty"),
         ("mlflow.tracking_uri=' '", "mlflow.tracking_uri is empty"),
