@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from components.settings import StepConfig, load_step_config
 from dagan.config import ConfigError
 from dagan.console import add_log_level_arguments, setup_logging
-from dagan.disk import DISK_FULL
+from dagan.disk import DISK_FULL, disk_full_line
 
 log = logging.getLogger("components")
 
@@ -50,9 +50,7 @@ def run_main(args: argparse.Namespace, body: Callable[[], int]) -> int:
     except OSError as err:
         if err.errno not in DISK_FULL:
             raise
-        where = f" writing {err.filename}" if err.filename else ""
-        print(f"error: no space left on the device{where} ({err.strerror}); free space there or write the outputs to "
-              "another disk, then run the same command again", file=sys.stderr)
+        print(disk_full_line(err), file=sys.stderr)
         return 2
 
 

@@ -104,6 +104,37 @@ def atomic_directory(target: str | Path, marker: str) -> Iterator[Path]:
     replace_directory(staging, target)
 
 
+@contextmanager
+def atomic_files(folder: str | Path) -> Iterator[Path]:
+    """Yield a hidden folder inside ``folder`` for the block to write files into; when the block returns, every file
+    moves to the same relative place in ``folder`` (replacing a file of that name), so that a block that raises (a
+    full disk, Ctrl-C) adds nothing to ``folder``. Unlike :func:`atomic_directory`, the other files of ``folder``
+    stay. A ``folder`` created here is removed again when nothing came of it; staging folders of killed writers
+    (``.staging-<pid>-*``) are deleted first.
+    """
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(".staging-*"):
+        pid = stale.name.removeprefix(".staging-").split("-", 1)[0]
+        if stale.is_dir() and pid.isdigit() and not _other_process_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".staging-{os.getpid()}-", dir=folder))
+    try:
+        yield staging
+        for path in sorted(staging.rglob("*")):
+            if path.is_file():
+                target = folder / path.relative_to(staging)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+
+
 def replace_directory(new: Path, target: Path) -> None:
     """Put directory ``new`` at ``target`` (same file system), removing what was there."""
     old = None

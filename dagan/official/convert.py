@@ -21,7 +21,6 @@ Key map and order: :mod:`dagan.official.layout`. Loads are ``weights_only``.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, cast
 
@@ -32,6 +31,7 @@ from dagan.atomic import atomic_write
 from dagan.checkpoint import FORMAT_VERSION, checkpoint_config, load_checkpoint, save_checkpoint
 from dagan.config import Config, ConfigError, config_from_dict, resolved_value
 from dagan.data.classes import class_table
+from dagan.data.shards import sha256_of
 from dagan.discriminator import build_discriminator
 from dagan.finite import describe_non_finite, non_finite_tensors
 from dagan.generator import build_generator, latent_map_size
@@ -124,14 +124,6 @@ def import_discriminator(state: dict[str, torch.Tensor], config: Config, semanti
     return _load_into(build_discriminator(config, semantic_nc), state, "discriminator", what)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _vae_overrides(generator_state: dict[str, torch.Tensor], encoder_path: Path | None, where: str,
                    config: Config) -> dict:
     """{"model": {"style": "vae", "z_dim": ...}} for a VAE generator (linear fc), else {}; checks --encoder.
@@ -191,7 +183,7 @@ def import_official(generator_path: str | Path, preset: str, variant: str | None
     if encoder_path is not None:
         files["encoder"] = encoder_path
     origin = {"kind": "official", "code": OFFICIAL_CODE[variant], "preset": preset, "variant": variant,
-              "files": {role: {"name": path.name, "sha256": _sha256(path)} for role, path in files.items()}}
+              "files": {role: {"name": path.name, "sha256": sha256_of(path)} for role, path in files.items()}}
     return {
         "format_version": FORMAT_VERSION, "config": config.to_dict(), "semantic_nc": semantic_nc,
         "generator": generator.state_dict(), "discriminator": discriminator, "ema": None,
