@@ -57,7 +57,7 @@ class RegisterConfig:
     gate_miou_ratio: float = 0.6  # champion needs judge mIoU(generated) >= ratio x judge mIoU(real)
     gate_fd_beats_baseline: bool = True  # champion needs fd_judge(generated) < fd_judge(mean-colour baseline)
     # Served model (components/pyfunc_model.py), HTTP 400 above: pixels per label map (peak memory grows with it;
-    # measured in the README, "Reliability") and per request (time).
+    # measured in docs/RELIABILITY.md, "Input limits") and per request (time).
     serve_max_image_pixels: int = SERVE_MAX_IMAGE_PIXELS
     serve_max_request_pixels: int = SERVE_MAX_REQUEST_PIXELS
     out_dir: str = "outputs/register"

@@ -33,7 +33,7 @@ import mlflow
 import numpy as np
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from components.cli import entry, load, log, make_parser, run_main
+from components.cli import SIGINT_EXIT, entry, load, log, make_parser, run_main
 from components.outputs import (
     LATEST_SAMPLES,
     LOSSES_FILE,
@@ -67,14 +67,13 @@ from dagan.train.folder_lock import hold_folder
 
 DESCRIPTION = """Train the model on the prepared dataset, tracked in MLflow: one process, or every process under
 torchrun (DDP). Resumes from the newest checkpoint in train.out_dir (the config may change only as
-README "Reliability" lists); SIGTERM writes a checkpoint and exits 0, Ctrl-C writes one and exits 130.
+docs/RELIABILITY.md lists); SIGTERM writes a checkpoint and exits 0, Ctrl-C writes one and exits 130.
 Writes checkpoints/, config.yaml, metrics.json, losses.tsv, samples/ and mlflow_run.json into
 train.out_dir."""
 # what --force-new-run moves aside
 RUN_FILES = ("checkpoints", "config.yaml", TRAIN_METRICS_FILE, RUN_FILE, LOSSES_FILE, SAMPLES_DIR)
 OUT_DIR_TAG = "dagan.out_dir"
 HOST_TAG = "dagan.host"  # the machine of the training process (which runs of an out_dir may be left by killed ones)
-SIGINT_EXIT = 130  # 128 + SIGINT: a shell or make stops as after any Ctrl-C (the checkpoint is written)
 
 
 class MlflowLogger(NullLogger):
@@ -214,6 +213,9 @@ def _run(config: StepConfig, resume: str | None, force_new_run: bool) -> int:
         logger.end("FAILED")
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, mid-step
+        logger.end("KILLED")
+        raise
     except BaseException:
         logger.end("FAILED")
         raise

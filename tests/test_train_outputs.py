@@ -91,3 +91,28 @@ def test_dvc_repro_of_the_train_stage_with_sample_every_0(tmp_path, caplog):
     out_dir = tmp_path / params["train"]["out_dir"]
     assert (out_dir / SAMPLES_DIR / LATEST_SAMPLES).is_file() and (out_dir / LOSSES_FILE).is_file()
     assert (tmp_path / "dvc.lock").is_file()
+
+
+def test_the_runs_data_sha256_tag_names_the_data_it_read(tmp_path, prepared, monkeypatch):
+    """The tag is the sha256 of the manifest the run read, and the manifest names every shard's sha256 (which every
+    reader verifies before reading: tests/test_train_guards.py)."""
+    import hashlib
+    import json
+
+    from mlflow import MlflowClient
+
+    from dagan.data.shards import sha256_of
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    settings = tiny_settings(prepared, tmp_path / "out", max_steps=1)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    settings["mlflow"] = {"tracking_uri": uri, "experiment": "outputs"}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(settings))
+    assert train_main(["--params", str(tmp_path / "params.yaml")]) == 0
+    run_id = json.loads((tmp_path / "out" / "mlflow_run.json").read_text())["run_id"]
+    manifest = prepared / "manifest.json"
+    tag = MlflowClient(uri).get_run(run_id).data.tags["data_sha256"]
+    assert tag == hashlib.sha256(manifest.read_bytes()).hexdigest()
+    shards = json.loads(manifest.read_text())["shards"]
+    assert shards and all(shard["sha256"] == sha256_of(prepared / shard["path"]) for shard in shards)
