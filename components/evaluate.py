@@ -13,7 +13,8 @@ map. Writes into ``evaluate.out_dir``: ``metrics.json`` (DVC metrics), ``per_cla
 | real for multimodal models), ``per_class_iou.png`` (bars) and ``attention.png`` (the attention
 maps the model has: SAM maps and CAM channel weights, paper Fig. 9; SPAP gates of G and D;
 CA2SIS's cross-attention). The outputs of one evaluation appear together or not at all (written
-into a new folder beside ``evaluate.out_dir`` and swapped in whole), and ``metrics.json`` names the
+into a new folder beside ``evaluate.out_dir`` and swapped in whole, its hidden files such as dvc's
+``.gitignore`` kept; a folder holding anything else is refused), and ``metrics.json`` names the
 checkpoint it scored (``checkpoint``: path and sha256 of the file; register refuses another). All
 of it goes into the training's MLflow run (``<train.out_dir>/mlflow_run.json``) at the training's
 last step: ``eval/*`` metrics, short ``eval/<metric>_unavailable`` tags, ``eval/checkpoint`` and
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -72,6 +74,11 @@ DESCRIPTION = """Score the trained generator on evaluate.split against the real 
 and the mean-colour baseline (the floor): judge mIoU, pixel accuracy and per-class IoU, the judge
 Fréchet distance, FID and LPIPS when their weights exist. Writes metrics, per-class IoU and figures
 into evaluate.out_dir and logs them into the training's MLflow run."""
+
+
+# what an evaluation writes into evaluate.out_dir (its whole content, but for hidden files)
+EVALUATION_OUTPUTS = (EVAL_METRICS_FILE, "per_class_iou.json", PER_CLASS_IOU_TABLE, UNAVAILABLE_FILE, "config.yaml",
+                      FIGURES_DIR)
 
 
 def _loader(config: Config, split: str, batch_size: int) -> DataLoader:
@@ -155,13 +162,29 @@ def write_per_class_table(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, table.getvalue())
 
 
+def _check_own_folder(out_dir: Path) -> None:
+    """``out_dir`` holds nothing but an evaluation's outputs and hidden files (the .gitignore dvc writes there): it is
+    replaced whole."""
+    foreign = sorted(path.name for path in out_dir.iterdir() if path.name not in EVALUATION_OUTPUTS
+                     and not path.name.startswith(".")) if out_dir.is_dir() else []
+    if foreign:
+        raise FileExistsError(f"{out_dir} holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, which "
+                              "no evaluation wrote, and an evaluation replaces its folder whole: set evaluate.out_dir "
+                              "to a folder of its own")
+
+
 def _write_outputs(config: Config, out_dir: Path, result, figure, unavailable: dict[str, str],
                    checkpoint: dict[str, str]) -> list[Path]:
-    """Every output file into a new folder, which then replaces ``out_dir`` whole: ``out_dir`` holds the outputs of
-    the last evaluation or of this one, never some of each; returns the files (in ``out_dir``)."""
+    """Every output file into a new folder, which then replaces ``out_dir`` whole (keeping its hidden files):
+    ``out_dir`` holds the outputs of the last evaluation or of this one, never some of each (a figure the new
+    model has not, e.g. attention.png, goes too); returns the files (in ``out_dir``)."""
+    _check_own_folder(out_dir)
     try:
-        with atomic_directory(out_dir, EVAL_METRICS_FILE) as staging:
+        with atomic_directory(out_dir) as staging:
             files = _write_files(config, staging, result, figure, unavailable, checkpoint)
+            for hidden in out_dir.glob(".*") if out_dir.is_dir() else []:
+                copy = shutil.copytree if hidden.is_dir() else shutil.copy2
+                copy(hidden, staging / hidden.name)
     except OSError as err:
         if err.errno not in DISK_FULL:
             raise
@@ -192,8 +215,7 @@ def _write_files(config: Config, out_dir: Path, result, figure, unavailable: dic
                  f"judge IoU per class on {config.evaluate.split}"))]
     if figure is not None:
         files.append(write_png(figures / "attention.png", figure))
-    return [out_dir / name for name in (EVAL_METRICS_FILE, "per_class_iou.json", PER_CLASS_IOU_TABLE,
-                                        UNAVAILABLE_FILE, "config.yaml")] + files
+    return [out_dir / name for name in EVALUATION_OUTPUTS if name != FIGURES_DIR] + files
 
 
 def _log_to_mlflow(config: StepConfig, run_id: str, metrics: dict, rows: list[dict], unavailable: dict[str, str],
@@ -218,6 +240,7 @@ def _log_to_mlflow(config: StepConfig, run_id: str, metrics: dict, rows: list[di
 def _run(config: StepConfig) -> int:
     out_dir = Path(config.evaluate.out_dir)
     run_id = training_run_id(config)
+    _check_own_folder(out_dir)
     checkpoint = checkpoint_identity(config)
     result, figure, unavailable = _evaluate(config, resolve_device(config.evaluate.device, key="evaluate.device"))
     if checkpoint_identity(config) != checkpoint:

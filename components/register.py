@@ -20,7 +20,7 @@ checkpoint loads with finite weights, the training's run exists, the verdict can
 (``register.metric`` is in the metrics) and ``register.out_dir`` is writable. What a registration
 creates (the logged model, the version) carries the tag ``dagan.registration=incomplete`` until the
 version has its tags, description and aliases; the next registration deletes what an interrupted or
-failed one left (or completes a version that already got its aliases).
+failed one left (or completes a version that already got its aliases): components/registration_marks.py.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ from components.outputs import (
     write_json,
 )
 from components.pyfunc_model import SIGNATURE
+from components.registration_marks import INCOMPLETE_MARK, clean_up_incomplete, mark_complete
 from components.settings import RegisterConfig, StepConfig
 from components.tracking import model_label, model_phrase
 from dagan.checkpoint import load_checkpoint, load_generator
@@ -71,7 +72,6 @@ the current champion. Writes registration.json into register.out_dir."""
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "pillow", "pyyaml", "pyarrow")
 LOGGED_MODEL_NAME = "dagan-generator"  # runs:/<run id>/dagan-generator
-REGISTRATION_TAG, INCOMPLETE = "dagan.registration", "incomplete"  # on what a registration creates, until complete
 KEY_METRICS = ("judge_miou_generated", "judge_miou_real", "judge_miou_baseline", "judge_miou_ratio",
                "fd_judge_generated", "fd_judge_baseline", "fid_generated", "lpips_generated")
 
@@ -204,7 +204,6 @@ class _Checked:
     name: str  # the registered model
     run: Run  # the training's MLflow run
     metrics: dict
-    metrics_file: Path
     decision: Decision
     champion_version: str | None
     generator: nn.Module
@@ -233,7 +232,7 @@ def _read_metrics(metrics_file: Path, checkpoint: dict[str, str]) -> dict:
 def _check_writable(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     if not os.access(out_dir, os.W_OK):
-        raise PermissionError(f"register.out_dir {out_dir} is not writable; registration.json goes there")
+        raise ValueError(f"register.out_dir {out_dir} is not writable; registration.json goes there")
 
 
 def _check_everything(config: StepConfig) -> _Checked:
@@ -261,41 +260,7 @@ def _check_everything(config: StepConfig) -> _Checked:
                          f"cannot be read from {mlflow.get_tracking_uri()}: {err.message}") from None
     champion_version, champion_value, champion_note = current_champion(client, name, config.register.metric)
     decision = decide(metrics, config.register, champion_value, str(metrics_file), champion_note)
-    return _Checked(name, run, metrics, metrics_file, decision, champion_version, generator, train_config, layout,
-                    origin)
-
-
-def _clean_up_incomplete(client: MlflowClient, checked: _Checked) -> None:
-    """What earlier registrations, killed or failed part-way, left tagged ``dagan.registration=incomplete``.
-
-    A model version that got its aliases was complete but for the tag: it is completed. Any other is deleted (it
-    never became a candidate), and so is a logged model that no remaining version comes from."""
-    incomplete = [version for version in client.search_model_versions(f"name = '{checked.name}'")
-                  if version.tags.get(REGISTRATION_TAG) == INCOMPLETE]
-    holders: dict[str, list[str]] = {}  # version -> its aliases (a search does not return them)
-    if incomplete:
-        for alias, holder in client.get_registered_model(checked.name).aliases.items():
-            holders.setdefault(str(holder), []).append(alias)
-    for version in incomplete:
-        if holders.get(str(version.version)):
-            client.delete_model_version_tag(checked.name, version.version, REGISTRATION_TAG)
-            log.warning("completed version %s of %s (aliases %s), left incomplete by an interrupted registration",
-                        version.version, checked.name, ", ".join(sorted(holders[str(version.version)])))
-        else:
-            client.delete_model_version(checked.name, version.version)
-            log.warning("deleted version %s of %s, left incomplete by an interrupted or failed registration",
-                        version.version, checked.name)
-    models = client.search_logged_models([checked.run.info.experiment_id],
-                                         filter_string=f"tags.`{REGISTRATION_TAG}` = '{INCOMPLETE}'")
-    for model in models:
-        sources = {version.source for version in
-                   client.search_model_versions(f"run_id = '{model.source_run_id}'")} if model.source_run_id else set()
-        if f"models:/{model.model_id}" in sources:
-            client.delete_logged_model_tag(model.model_id, REGISTRATION_TAG)
-        else:
-            client.delete_logged_model(model.model_id)
-            log.warning("deleted logged model %s (%s), left by an interrupted or failed registration", model.model_id,
-                        model.status)
+    return _Checked(name, run, metrics, decision, champion_version, generator, train_config, layout, origin)
 
 
 def _log_model(config: StepConfig, checked: _Checked):
@@ -311,7 +276,7 @@ def _log_model(config: StepConfig, checked: _Checked):
             name=LOGGED_MODEL_NAME, **pyfunc_model_arguments(exported, config.register),
             input_example=_input_example(checked.layout, (height, width)),
             pip_requirements=[f"{p}=={package_version(p)}" for p in REQUIREMENTS],
-            registered_model_name=checked.name, step=training_step(config), tags={REGISTRATION_TAG: INCOMPLETE},
+            registered_model_name=checked.name, step=training_step(config), tags=INCOMPLETE_MARK,
         )
 
 
@@ -330,15 +295,14 @@ def _complete(client: MlflowClient, config: StepConfig, checked: _Checked, versi
         checked.train_config, training_step(config), checked.run.info.run_name, checked.metrics, decision, aliases))
     for alias in aliases:
         client.set_registered_model_alias(name, alias, version)
-    client.delete_model_version_tag(name, version, REGISTRATION_TAG)
-    client.delete_logged_model_tag(model_id, REGISTRATION_TAG)
+    mark_complete(client, name, version, model_id)
     return aliases
 
 
 def _run(config: StepConfig) -> int:
     checked = _check_everything(config)
     client = MlflowClient()
-    _clean_up_incomplete(client, checked)
+    clean_up_incomplete(client, checked.name, checked.run.info.experiment_id)
     info = _log_model(config, checked)
     version = str(info.registered_model_version)
     aliases = _complete(client, config, checked, version, info.model_id)

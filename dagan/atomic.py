@@ -76,17 +76,17 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 @contextmanager
-def atomic_directory(target: str | Path, marker: str) -> Iterator[Path]:
+def atomic_directory(target: str | Path, marker: str | None = None) -> Iterator[Path]:
     """Yield an empty folder beside ``target`` for the block to fill; when the block returns, it replaces ``target``
     whole, so that ``target`` holds either the old outputs or all of the new ones.
 
     When the block raises (a full disk, Ctrl-C), the new folder is deleted and ``target`` is left as it was.
-    ``target`` may already exist only if it is empty or holds ``marker`` (a file this project wrote there), so that a
-    wrong output folder never replaces somebody's unrelated folder. Folders left by killed writers (``.<name>.tmp-
-    <pid>-*`` of processes that have ended) are deleted first.
+    With a ``marker``, ``target`` may already exist only if it is empty or holds ``marker`` (a file this project wrote
+    there), so that a wrong output folder never replaces somebody's unrelated folder (without one, the caller checks).
+    Folders left by killed writers (``.<name>.tmp-<pid>-*`` of processes that have ended) are deleted first.
     """
     target = Path(target)
-    if target.exists() and any(target.iterdir()) and not (target / marker).exists():
+    if marker is not None and target.exists() and any(target.iterdir()) and not (target / marker).exists():
         raise FileExistsError(f"{target} exists, is not empty and has no {marker}, so it was not written by this "
                               "project; choose a new or empty output folder")
     target.parent.mkdir(parents=True, exist_ok=True)

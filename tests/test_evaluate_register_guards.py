@@ -32,8 +32,8 @@ from eval_fixtures import (
 from mlflow import MlflowClient
 
 from components.evaluate import main as evaluate
-from components.register import INCOMPLETE, REGISTRATION_TAG
 from components.register import main as register
+from components.registration_marks import INCOMPLETE, REGISTRATION_TAG
 from dagan.data.shards import sha256_of
 
 NAME = "dagan-synthetic"
@@ -58,7 +58,14 @@ def _nothing_registered(config) -> bool:
 def test_register_refuses_the_metrics_of_another_checkpoint(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config, params = _setup(tmp_path)
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "notes.txt").write_text("mine")
+    assert evaluate(["--params", str(params)]) == 2  # the evaluation replaces its folder whole: not this one
+    assert "eval holds notes.txt, which no evaluation wrote" in capsys.readouterr().err
+    (tmp_path / "eval" / "notes.txt").unlink()
+    (tmp_path / "eval" / ".gitignore").write_text("/config.yaml\n/figures\n")  # as dvc writes it there
     assert evaluate(["--params", str(params)]) == 0
+    assert (tmp_path / "eval" / ".gitignore").read_text() == "/config.yaml\n/figures\n"  # hidden files are kept
     checkpoint = Path(config.train.out_dir) / "checkpoints" / "final.pt"
     scored = json.loads((tmp_path / "eval" / "metrics.json").read_text())["checkpoint"]
     assert scored == {"path": str(checkpoint), "sha256": sha256_of(checkpoint)}
@@ -175,6 +182,8 @@ def test_a_register_killed_part_way_is_cleaned_up_by_the_next(tmp_path, monkeypa
 def test_an_evaluation_on_a_full_disk_leaves_the_previous_outputs_whole(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config, params = _setup(tmp_path)
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / ".gitignore").write_text("/figures\n")  # dvc's: kept through every evaluation
     assert evaluate(["--params", str(params)]) == 0  # the previous evaluation, copied onto the small disk below
     previous = {path.relative_to(tmp_path / "eval"): sha256_of(path) for path in (tmp_path / "eval").rglob("*")
                 if path.is_file()}
