@@ -1,9 +1,10 @@
 """Where the stages find each other's outputs (docs/ARCHITECTURE.md), written atomically (:mod:`dagan.atomic`).
 
-Shared by train, train_judge, evaluate, register and generate: the generator checkpoint, the
-judge checkpoint, the training's MLflow run and the tracking URI (``$MLFLOW_TRACKING_URI`` wins
-over ``mlflow.tracking_uri``), the files DVC shows as plots (the per-step loss table, the latest
-sample grid, the per-class IoU table) and the evaluation's figures. :func:`connect_tracking`
+Shared by train, train_judge, evaluate, register and generate: the generator checkpoint (and the
+identity of the one an evaluation scored, which register checks), the judge checkpoint, the
+training's MLflow run and the tracking URI (``$MLFLOW_TRACKING_URI`` wins over
+``mlflow.tracking_uri``), the files DVC shows as plots (the per-step loss table, the latest sample
+grid, the per-class IoU table) and the evaluation's figures. :func:`connect_tracking`
 keeps a URI's credentials out of every param, tag, artifact, file and log line.
 """
 
@@ -21,6 +22,7 @@ from dagan.atomic import atomic_write_bytes, atomic_write_text
 from dagan.checkpoint import FINAL_NAME, checkpoint_dir
 from dagan.config import Config
 from dagan.data.png import encode_png
+from dagan.data.shards import sha256_of
 
 JUDGE_FILE = "judge.pt"
 RUN_FILE = "mlflow_run.json"
@@ -33,6 +35,8 @@ LATEST_SAMPLES = "latest.png"
 PER_CLASS_IOU_TABLE = "per_class_iou.csv"  # in evaluate.out_dir: class, generated, real, baseline (dvc plots)
 FIGURES_DIR = "figures"  # in evaluate.out_dir: samples.png, attention.png, per_class_iou.png
 UNAVAILABLE_FILE = "unavailable.txt"  # in evaluate.out_dir: why FID / LPIPS were not computed
+EVAL_METRICS_FILE = "metrics.json"  # in evaluate.out_dir: the metrics, and the checkpoint they belong to
+SCORED_CHECKPOINT = "checkpoint"  # key of evaluate's metrics.json: {"path", "sha256"} of the checkpoint it scored
 
 
 def write_json(path: str | Path, data: dict) -> Path:
@@ -78,6 +82,15 @@ class LossTable:
 def checkpoint_path(config: Config) -> Path:
     """``evaluate.checkpoint``, else the training's final checkpoint."""
     return Path(config.evaluate.checkpoint or checkpoint_dir(config.train.out_dir) / FINAL_NAME)
+
+
+def checkpoint_identity(config: Config) -> dict[str, str]:
+    """{"path", "sha256"} of the generator checkpoint (:func:`checkpoint_path`): the evaluation records the one it
+    scored, and register registers a checkpoint only with the metrics of that very content."""
+    path = checkpoint_path(config)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; run the train stage first (or set evaluate.checkpoint)")
+    return {"path": str(path), "sha256": sha256_of(path)}
 
 
 def judge_path(config: Config) -> Path:

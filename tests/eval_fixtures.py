@@ -111,6 +111,16 @@ def write_checkpoint(config: Config, path: Path, seed: int = 0) -> Path:
     return save_checkpoint(state, path)
 
 
+def write_judge(config: StepConfig) -> Path:
+    """An untrained judge checkpoint where evaluate looks for it (the evaluation's plumbing is what is tested)."""
+    from dagan.eval.judge import build_judge, save_judge
+
+    path = Path(config.judge.out_dir) / "judge.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_judge(path, build_judge(config, NUM_CLASSES), config, NUM_CLASSES)
+    return path
+
+
 def start_training_run(config: StepConfig, steps: int | None = None) -> str:
     """A finished MLflow run standing in for the training's, and its mlflow_run.json.
 
@@ -158,6 +168,9 @@ def registered_model(root: Path, metrics: dict | None = None, **sections: dict) 
 
 
 def write_metrics(config: Config, metrics: dict) -> None:
+    """``metrics`` as evaluate's metrics.json, naming the checkpoint they belong to (the config's, as it is now)."""
+    from components.outputs import SCORED_CHECKPOINT, checkpoint_identity
+
     out = Path(config.evaluate.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics))
+    (out / "metrics.json").write_text(json.dumps({**metrics, SCORED_CHECKPOINT: checkpoint_identity(config)}))
