@@ -73,7 +73,6 @@ train.out_dir."""
 # what --force-new-run moves aside
 RUN_FILES = ("checkpoints", "config.yaml", TRAIN_METRICS_FILE, RUN_FILE, LOSSES_FILE, SAMPLES_DIR)
 OUT_DIR_TAG = "dagan.out_dir"
-SIGINT_EXIT = 130  # 128 + SIGINT: a shell or make stops as after any Ctrl-C (the checkpoint is written)
 # Under torchrun, a process that stopped because another rank got SIGTERM (its node is being preempted or deleted)
 # exits with this status (EX_TEMPFAIL): its torchrun counts a failure and restarts this node's workers, which wait in
 # the rendezvous for the lost node's replacement and resume from the checkpoint just written (docs/KUBEFLOW.md,
