@@ -329,28 +329,33 @@ def documents(root: Path = ROOT) -> Iterator[Path]:
     yield from sorted((root / "docs").glob("*.md"))
 
 
-def regenerate(text: str, where: str) -> str:
+def regenerate(text: str, where: str, errors: list[str] | None = None) -> str:
+    """``text`` with every generated part rendered afresh. A part that cannot be rendered raises a ReportError,
+    or, given ``errors``, is left as it is and its error appended there."""
     def replace(match: re.Match) -> str:
         try:
             body = render(match["kind"], match["args"])
         except ReportError as error:
-            raise ReportError(f"{where}: {error}") from error
+            if errors is None:
+                raise ReportError(f"{where}: {error}") from error
+            errors.append(f"{where}: {error}")
+            return match[0]
         return f"<!-- bench:{match['kind']} {match['args']} -->{body}<!-- /bench -->"
 
     return MARKER.sub(replace, text)
 
 
+def stale_part(path: Path) -> str:
+    """The diff between a document's generated parts and their JSON ("" when they agree)."""
+    text = path.read_text()
+    fresh = regenerate(text, path.name)
+    return "".join(difflib.unified_diff(text.splitlines(True), fresh.splitlines(True), str(path),
+                                        f"{path} (from bench/results)"))
+
+
 def stale(root: Path | None = None) -> dict[Path, str]:
     """Every document of ``root`` (default the repository) whose generated parts differ from their JSON -> a diff."""
-    root = root or ROOT
-    differences = {}
-    for path in documents(root):
-        text = path.read_text()
-        fresh = regenerate(text, str(path.relative_to(root)))
-        if fresh != text:
-            differences[path] = "".join(difflib.unified_diff(text.splitlines(True), fresh.splitlines(True),
-                                                             str(path), f"{path} (from bench/results)"))
-    return differences
+    return {path: diff for path in documents(root or ROOT) if (diff := stale_part(path))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -363,19 +368,26 @@ def main(argv: list[str] | None = None) -> int:
         for path in sorted(RESULTS_DIR.glob("*.json")):
             print(json.loads(path.read_text()).get("command", f"# {path.name}: its command was not recorded"))
         return 0
-    try:
-        differences = stale()
-    except ReportError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    for path, diff in differences.items():
+    errors: list[str] = []
+    differences = {}
+    for path in documents():  # a part that cannot be rendered is named at the end; the rest is still done
+        text = path.read_text()
+        if (fresh := regenerate(text, str(path.relative_to(ROOT)), errors)) != text:
+            differences[path] = fresh
+    for path, fresh in differences.items():
         if args.check:
-            print(diff)
+            text = path.read_text()
+            print("".join(difflib.unified_diff(text.splitlines(True), fresh.splitlines(True), str(path),
+                                               f"{path} (from bench/results)")))
         else:
             from dagan.atomic import atomic_write_text
 
-            atomic_write_text(path, regenerate(path.read_text(), str(path)))
+            atomic_write_text(path, fresh)
             print(f"regenerated {path.relative_to(ROOT)}")
+    for error in errors:
+        print(f"error: {error}", file=sys.stderr)
+    if errors:
+        return 2
     if args.check and differences:
         print(f"out of date: {', '.join(str(p.relative_to(ROOT)) for p in differences)}; run python -m bench.report",
               file=sys.stderr)
