@@ -45,7 +45,7 @@ def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, rel: float
     """max |actual - expected| <= rel * max(max |expected|, floor); the floor is for tensors that
     are zero in exact arithmetic (a bias followed only by batch norms gets no gradient)."""
     scale = max(expected.detach().abs().max().item(), floor)
-    error = (actual.detach().float() - expected.detach().float()).abs().max().item()
+    error = (actual.detach().double() - expected.detach().double()).abs().max().item()  # float32 would round
     assert error <= rel * scale + 1e-12, f"{what}: max error {error:.3g} vs allowed {rel * scale:.3g}"
 
 
