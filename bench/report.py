@@ -203,6 +203,35 @@ def readme_performance() -> str:
          f"and what did not help: docs/PERFORMANCE.md.")
 
 
+def make_run_results() -> str:
+    """The README's result table: the judge's scores of the model `make run` trained, of the real photos and of
+    the mean-colour baseline; the register gate's decision; where the time went."""
+    data = results("make_run")
+    scores, registration, training = (data["outputs"][part] for part in ("eval", "register", "train"))
+    fd_ratio = scores["fd_judge_generated"] / scores["fd_judge_baseline"]
+    rows = [
+        ["judge mIoU", f"{scores['judge_miou_real']:.3f}",
+         f"**{scores['judge_miou_generated']:.3f}** ({scores['judge_miou_ratio']:.2f} of real)",
+         f"{scores['judge_miou_baseline']:.3f}"],
+        ["judge pixel accuracy", f"{scores['judge_accuracy_real']:.3f}", f"{scores['judge_accuracy_generated']:.3f}",
+         f"{scores['judge_accuracy_baseline']:.3f}"],
+        ["judge Fréchet distance to the real photos (not FID)", "(the reference)",
+         f"**{scores['fd_judge_generated']:.4f}** ({fd_ratio:.2f} of the baseline's)",
+         f"{scores['fd_judge_baseline']:.4f}"],
+    ]
+    table = markdown_table([f"on the {scores['num_images']:.0f} validation scenes", "real photos",
+                            "DAGAN B6 (EMA generator)", "mean-colour baseline"], rows)
+    aliases = " and ".join(f"`{alias}`" for alias in registration["aliases"])
+    verdict = "passed" if registration["gate_passed"] else "failed"
+    gate = (f"The register gate {verdict}: `{registration['model_name']}` version {registration['version']} "
+            f"carries {aliases}.")
+    stages = ", ".join(f"{stage} {spent:.0f} s" for stage, spent in data["stages_s"].items())
+    timing = (f"`dvc repro` took {data['target_s'] / 60:.1f} minutes ({stages}); training ran {training['steps']} "
+              f"steps at {training['seconds_per_step']:.2f} s per step ({training['images_per_second']:.1f} images/s, "
+              "checkpoints and MLflow included).")
+    return f"{table}\n\n{gate} {timing} {measured('make_run')}"
+
+
 def official_b6_over_b1() -> str:
     entries = results("official")["summary"]["b6_over_b1"]
     rows = [[mode, f"**{entry['ratio']:.3f}**", f"{min(entry['per_round']):.3f}-{max(entry['per_round']):.3f}",
@@ -299,6 +328,7 @@ def profile_groups_table(*names: str) -> str:
 
 
 TABLES: dict[str, Callable[..., str]] = {
+    "make-run-results": make_run_results,
     "readme-performance": readme_performance,
     "profile-groups": profile_groups_table,
     "dataloader": dataloader_table,
