@@ -20,7 +20,7 @@ from PIL import Image
 from components.studio.cli import main as studio_main
 from components.studio.cli import parse_args
 from components.studio.engine import Studio
-from components.studio.layouts import ValidationLayouts
+from components.studio.layouts import Layout, ValidationLayouts
 from components.studio.palette import Palette
 from dagan.data.classes import class_table
 from dagan.inference import InputError, LabelLayout, export_generator, load_synthesizer
@@ -215,3 +215,52 @@ def test_bf16_channels_last_generation_stays_close_to_float32(studio):
     assert np.abs(fast - exact).mean() < 3  # of 255 levels: bf16 rounding
     with pytest.raises(ValueError, match="precision 'fp16': choose one of off, bf16"):
         studio.synthesizer.set_precision("fp16")
+
+
+def test_a_vae_model_takes_a_style_photo_and_refuses_what_is_no_photo(tmp_path):
+    config = tiny_config(tmp_path, model={"style": "vae"})
+    write_prepared(tmp_path / "prepared", {"train": 2, "val": 2})
+    synthesizer = load_synthesizer(write_checkpoint(config, tmp_path / "final.pt"), manifest_dir=tmp_path / "prepared")
+    studio = Studio(synthesizer, "vae.pt")
+    assert studio.takes_seeds and studio.takes_style_photo and not studio.takes_style_reference
+    photo = studio.read_style_photo(encoded(COLORS[np.zeros((48, 40), int)].astype(np.uint8), "JPEG"), "me.jpg")
+    assert photo.shape == (48, 40, 3)
+    blank = studio.blank(1)
+    assert studio.generate(blank.label, blank, seed=3, style_photo=photo).image.shape == (SIZE, SIZE, 3)
+    with pytest.raises(InputError, match="style photo notes.txt: not a readable image"):
+        studio.read_style_photo(b"just words", "notes.txt")
+
+
+def test_a_ca2sis_model_takes_chosen_classes_styles_from_a_validation_photo(tmp_path):
+    import torch
+
+    from dagan.config import config_from_dict
+    from dagan.generator import build_generator
+
+    size = 64
+    config = config_from_dict({"dataset": {"crop_size": size, "load_size": size},
+                               "model": {"generator": "ca2sis", "ngf": 8, "ca2sis_style_dim": 8,
+                                         "ca2sis_mapping_network": False}}, "test").resolved()
+    torch.manual_seed(0)
+    generator = build_generator(config, 5, 4).eval()
+    for layer in generator.attention:  # untrained, the zero-initialised output convs would hide the styles
+        torch.nn.init.normal_(layer.proj_out.weight, std=0.05)
+    checkpoint = export_generator(tmp_path / "ca2sis.pt", generator, config,
+                                  layout([f"class{i}" for i in range(4)], COLORS.tolist()))
+    write_prepared(tmp_path / "prepared", {"train": 2, "val": 2}, size=size)
+    studio = Studio(load_synthesizer(checkpoint), "ca2sis.pt")
+    studio.layouts = ValidationLayouts(tmp_path / "prepared", "val", studio.synthesizer.layout, studio.size)
+    assert studio.takes_style_reference and not studio.takes_seeds
+    reference = studio.layouts.ids[0]
+    present = sorted(int(value) for value in np.unique(studio.validation_layout(reference).label))
+    edit = studio.style_edit(reference, [])
+    assert edit is not None and list(edit.classes) == present
+    assert studio.style_edit("", []) is None  # the class means of training
+    canvas = studio.validation_layout(studio.layouts.ids[1])
+    means = studio.generate(canvas.label, canvas).image
+    styled = studio.generate(canvas.label, canvas, style_edit=studio.style_edit(reference, ["class0"])).image
+    assert np.abs(means.astype(float) - styled).mean() > 0.1
+    plain = studio.validation_layout(reference)
+    studio.layouts.get = lambda name: Layout(name, np.zeros_like(plain.label), None, plain.photo)  # class0 only
+    with pytest.raises(InputError, match=f"layout {reference} shows no class2, so it has no style for them"):
+        studio.style_edit(reference, ["class0", "class2"])
