@@ -10,7 +10,7 @@ the stroke's class and lie along the stroke; the photo's mean absolute change ov
 pixels is at least 8 times its mean change over the pixels farther than 3 pixels from them, and
 at most 10% of those far pixels change by more than 8 of 255 levels. The generator's receptive
 field covers the whole 32x32 picture, so a stroke moves everything a little: on models trained
-this way, 13 to 160 times and 0.3% to 7% for rectangles painted in Python. A page that generated
+this way, 13 to 47 times and 0.5% to 7% for four rectangles painted in Python. A page that generated
 the stroke's photo from another seed than the photo before fails it (103 levels near, 35 far: 3
 times).
 """
