@@ -264,3 +264,13 @@ def test_a_ca2sis_model_takes_chosen_classes_styles_from_a_validation_photo(tmp_
     studio.layouts.get = lambda name: Layout(name, np.zeros_like(plain.label), None, plain.photo)  # class0 only
     with pytest.raises(InputError, match=f"layout {reference} shows no class2, so it has no style for them"):
         studio.style_edit(reference, ["class0", "class2"])
+
+
+def test_the_seed_box_takes_whole_numbers_or_nothing():
+    from components.studio.handlers import MAX_SEED, parse_seed
+
+    assert parse_seed("") is None and parse_seed("  ") is None and parse_seed(None) is None
+    assert parse_seed(" 42 ") == 42 and parse_seed(str(MAX_SEED)) == MAX_SEED
+    for bad in ("-1", "1.5", "seven", str(MAX_SEED + 1)):
+        with pytest.raises(InputError, match=f"style seed {bad!r}: give a whole number from 0 to {MAX_SEED}"):
+            parse_seed(bad)
