@@ -44,8 +44,8 @@ DEFAULT_RUNS = ["synthetic:fp32", "synthetic:bf16-cl", "cityscapes:bf16-cl", "ci
 GENERATED = re.compile(r"generated in ([0-9.]+) s")
 
 
-def write_model(name: str, folder: Path) -> Path:
-    """A B6 checkpoint of rule-initialised weights with the dataset's label layout."""
+def write_model(name: str, folder: Path) -> tuple[Path, list[str]]:
+    """A B6 checkpoint of rule-initialised weights with the dataset's label layout, and its class names."""
     from dagan.config import config_from_dict
     from dagan.data.classes import class_table
     from dagan.data.synthetic import CLASSES
@@ -63,19 +63,22 @@ def write_model(name: str, folder: Path) -> Path:
         names, colors = class_table(preset_name)
     layout = LabelLayout(preset.num_classes, preset.contain_dontcare_label, preset.has_instance, names, colors)
     generator = build_generator(config, layout.semantic_nc, layout.num_label_channels).eval()
-    return export_generator(folder / f"{name}.pt", generator, config, layout)
+    return export_generator(folder / f"{name}.pt", generator, config, layout), names
 
 
-def measure(name: str, mode: str, strokes: int, warmup: int, folder: Path) -> dict[str, Any]:
-    """Latencies of ``warmup`` + ``strokes`` strokes on a fresh studio serving model ``name`` in ``mode``."""
+def measure(name: str, mode: str, strokes: int, warmup: int, folder: Path, screenshot: str | None = None
+            ) -> dict[str, Any]:
+    """Latencies of ``warmup`` + ``strokes`` strokes on a fresh studio serving model ``name`` in ``mode``
+    (and a picture of the page after them in ``screenshot``)."""
     _, _, height, width = MODELS[name]
-    checkpoint = write_model(name, folder)
+    checkpoint, names = write_model(name, folder)
     load_before = load_average()
     latencies, generator_seconds = [], []
     args = ["--model", str(checkpoint), "--port", "0", *MODES[mode]]
     with studio_server(args, folder / f"{name}-{mode}.log") as url, browser(folder / f"profile-{name}-{mode}") as (
             page, _):
         studio = StudioPage(page, url)
+        studio.choose_class(f"1: {names[1]}")  # the canvas starts as class 0: every stroke changes the label map
         studio.select_brush()
         for index in range(warmup + strokes):
             row = height * (index + 1) // (warmup + strokes + 1)
@@ -86,6 +89,8 @@ def measure(name: str, mode: str, strokes: int, warmup: int, folder: Path) -> di
                 latencies.append(shown - up)
                 found = GENERATED.search(studio.status())
                 generator_seconds.append(float(found.group(1)) if found else float("nan"))
+        if screenshot:
+            page.screenshot(path=screenshot, full_page=True)
     median = statistics.median(latencies)
     return {"model": name, "mode": mode, "height": height, "width": width, "strokes": strokes, "warmup": warmup,
             "paint_to_photo_s": stats(latencies), "generator_s": stats(generator_seconds),
@@ -111,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strokes", type=int, default=7, help="timed strokes per run; the median is reported")
     parser.add_argument("--warmup", type=int, default=2, help="untimed strokes first")
     parser.add_argument("--out", help="write the results as JSON here (e.g. bench/results/studio.json)")
+    parser.add_argument("--screenshot", metavar="PNG", help="a picture of the page after the first run's strokes "
+                                                             "(docs/images/studio.png)")
     parser.add_argument("--report", metavar="JSON", help="print the table of a results file, measure nothing")
     args = parser.parse_args(argv)
     if args.report:
@@ -126,9 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine()}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-studio-") as scratch:
-        for run in args.runs:
+        for index, run in enumerate(args.runs):
             model, _, mode = run.partition(":")
-            row = measure(model, mode, args.strokes, args.warmup, Path(scratch))
+            shot = args.screenshot if index == 0 else None
+            row = measure(model, mode, args.strokes, args.warmup, Path(scratch), shot)
             print(f"  {model} {mode}: {row['paint_to_photo_s']['median']:.3f} s paint-to-photo", flush=True)
             rows.append(row)
     print_rows(rows)
