@@ -132,10 +132,11 @@ class StudioPage:
         return box["x"] + (box["width"] - width * scale) / 2, box["y"] + (box["height"] - height * scale) / 2, scale
 
     def select_brush(self) -> None:
-        """Pick the brush tool (loading a layout picks another one), and wait until the page has answered the
-        tool change (the editor reports it as an edit; the studio sees an unchanged canvas and skips it)."""
+        """Pick the brush tool (loading a layout picks another one), and wait until no event of the photo is
+        pending. The editor reports the tool change as an edit (the studio sees an unchanged canvas and skips
+        it); a stroke made while that edit is still on its way is not lost: the canvas's events run
+        ``always_last``, and callers wait for a newer photo number, never for a fixed time."""
         self.page.locator("#canvas").get_by_label("Brush", exact=True).click()
-        self.page.wait_for_timeout(500)
         self.page.wait_for_function(
             "() => [...document.querySelectorAll('#photo [data-testid=\"status-tracker\"]')]"
             ".every((tracker) => tracker.classList.contains('hide'))", timeout=TIMEOUT_MS)
