@@ -30,9 +30,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.common import load_average, machine, print_table, stats
+from bench.common import command_line, load_average, machine, print_table, stats, write_results
 from bench.studio_page import StudioPage, browser, studio_server
-from components.outputs import write_json
 
 MODELS = {  # name: (preset, ngf, height, width)
     "synthetic": ("synthetic", 16, 64, 64),
@@ -140,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {model} {mode}: {row['paint_to_photo_s']['median']:.3f} s paint-to-photo", flush=True)
             rows.append(row)
     print_rows(rows)
-    if args.out:
-        print(f"wrote {write_json(args.out, {'benchmark': 'studio', 'machine': machine(), 'rows': rows})}")
+    write_results(args.out, {"benchmark": "studio", "command": command_line("bench.studio", argv), "machine": machine(),
+                             "rows": rows})
     return 0
 
 
