@@ -28,7 +28,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: lint
+# The page tests (tests/test_studio_page.py) drive Debian's chromium: installed once (as root), never downloaded.
+CHROMIUM := /usr/bin/chromium
+
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q chromium; \
+	else echo "make test: the page tests need Debian's chromium; run: sudo apt-get install -y chromium" >&2; exit 2; fi
+
+test: lint $(CHROMIUM)
 	$(BIN)/python -m pytest -q
 
 run: $(STAMP)

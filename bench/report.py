@@ -295,6 +295,17 @@ def dataloader_table(name: str = "dataloader") -> str:
                           rows) + "\n\n" + measured(name)
 
 
+def studio_table(name: str = "studio") -> str:
+    """bench.studio: paint-to-photo latency of the studio page in headless chromium."""
+    data = results(name)
+    rows = [[row["model"], f"{row['width']}x{row['height']}", MODE_NAMES.get(row["mode"], row["mode"]),
+             f"**{row['paint_to_photo_s']['median']:.2f}**", f"{row['paint_to_photo_s']['max']:.2f}",
+             f"{row['generator_s']['median']:.2f}", f"{row['overhead_s']:.2f}",
+             f"{row['load_before']:.1f}-{row['load_after']:.1f}"] for row in data["rows"]]
+    return markdown_table(["model", "size", "mode", "paint-to-photo s (median)", "slowest s", "generator s (median)",
+                           "page + transfer s", "load 1 min before-after"], rows) + "\n\n" + measured(name)
+
+
 # Groups of bench.profile's rows, first match wins: (name, what a row's op name starts with or equals).
 PROFILE_GROUPS = (
     ("convolutions (oneDNN, layout reorders included)", ("conv ",)),
@@ -339,6 +350,7 @@ TABLES: dict[str, Callable[..., str]] = {
     "official-inference": official_inference,
     "official-commits": official_commits,
     "profile": profile_table,
+    "studio": studio_table,
 }
 
 

@@ -17,11 +17,18 @@ arguments (this library never imports mlflow nor the steps).
 A style-encoding generator (CA2SIS) draws each class's style from a photo of the scene
 (``generate --photos DIR``), from per-class codes (style editing, :mod:`dagan.styles`) or, with
 neither, from the class-mean styles it learned in training (what the served model does).
+
+Speed (:meth:`Synthesizer.set_precision`): by default a Synthesizer computes in float32, exactly;
+``amp="bf16"`` runs the generator under bfloat16 autocast and ``channels_last=True`` keeps its
+tensors in channels-last layout, the settings that make training fast (``train.amp``,
+``train.channels_last``; docs/PERFORMANCE.md). The interactive page uses them to answer a brush
+stroke sooner (docs/STUDIO.md); the images then differ from float32 ones by bf16 rounding.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import cast
@@ -54,6 +61,7 @@ SERVE_MAX_IMAGE_PIXELS = 512 * 512
 SERVE_MAX_REQUEST_PIXELS = 4 * SERVE_MAX_IMAGE_PIXELS
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
 MODEL_URI_SCHEMES = ("models:/", "runs:/")  # MLflow models: python -m components.generate serves them
+PRECISIONS = ("off", "bf16")  # Synthesizer.set_precision: float32, or bfloat16 autocast
 
 
 class InputError(ValueError):
@@ -153,13 +161,37 @@ def read_photo(path: str | Path) -> np.ndarray:
 class Synthesizer:
     """A generator with its label layout, checking inputs; call it with (H, W) integer label maps."""
 
-    def __init__(self, generator: nn.Module, layout: LabelLayout, device: str | torch.device = "cpu"):
+    def __init__(self, generator: nn.Module, layout: LabelLayout, device: str | torch.device = "cpu",
+                 config: Config | None = None):
         if generator.semantic_nc != layout.semantic_nc:
             raise ValueError(f"generator takes {generator.semantic_nc} input channels but the label layout "
                              f"gives {layout.semantic_nc}; the checkpoint and the manifest do not belong together")
         self.device = torch.device(device)
         self.generator = generator.to(self.device).eval()
         self.layout = layout
+        self.config = config  # the model's resolved config (its training image size), when loaded from a checkpoint
+        self.amp = "off"
+        self.channels_last = False
+
+    def set_precision(self, amp: str = "off", channels_last: bool = False) -> None:
+        """Generate in float32 (``amp="off"``, exact) or under bfloat16 autocast (``"bf16"``), with the
+        generator's tensors in channels-last layout or not (the module docstring: Speed)."""
+        if amp not in PRECISIONS:
+            raise ValueError(f"precision {amp!r}: choose one of {', '.join(PRECISIONS)}")
+        self.amp, self.channels_last = amp, channels_last
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        self.generator = self.generator.to(memory_format=layout)
+
+    def to(self, device: str | torch.device) -> Synthesizer:
+        """Move the generator to ``device`` (a model loaded from MLflow chose its device itself)."""
+        self.device = torch.device(device)
+        self.generator = self.generator.to(self.device)
+        return self
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp == "off":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     @property
     def uses_styles(self) -> bool:
@@ -251,15 +283,18 @@ class Synthesizer:
             instance_tensor = torch.from_numpy(source)[None].to(self.device)
         label_tensor = torch.from_numpy(label)[None].to(self.device)
         semantic = semantic_input(label_tensor, self.layout.num_label_channels, instance_tensor)
-        if style_codes is not None:
-            if not self.uses_styles:
-                raise InputError(f"{what}: this model has no style codes (model.generator=dagan)")
-            image = self.generator(semantic, style_codes=style_codes)[0]
-        elif z is not None:
-            image = self.generator(semantic, z)[0]
-        else:
-            image = self.generator(semantic)[0]
-        return ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+        if self.channels_last:
+            semantic = semantic.contiguous(memory_format=torch.channels_last)
+        if style_codes is not None and not self.uses_styles:
+            raise InputError(f"{what}: this model has no style codes (model.generator=dagan)")
+        with self._autocast():
+            if style_codes is not None:
+                image = self.generator(semantic, style_codes=style_codes)[0]
+            elif z is not None:
+                image = self.generator(semantic, z)[0]
+            else:
+                image = self.generator(semantic)[0]
+        return ((image.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
 def load_synthesizer(
@@ -282,7 +317,7 @@ def load_synthesizer(
                 "not exist; pass --manifest DIR (the prepared dataset the model was trained on)"
             )
         layout = LabelLayout.from_manifest(read_manifest(directory))
-    return Synthesizer(generator, layout, device)
+    return Synthesizer(generator, layout, device, config)
 
 
 def _find_photo(images_dir: Path, stem: str, label_file: Path) -> Path:
