@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint run clean-outputs
+.PHONY: venv test lint run outdated clean-outputs
 
 venv: $(STAMP)
 
@@ -28,3 +28,7 @@ test: lint
 
 run: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
+
+# Which pinned direct dependencies have newer releases (held pins say why in requirements.lock)
+outdated: $(STAMP)
+	$(BIN)/python -m deps.outdated
