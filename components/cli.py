@@ -12,6 +12,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from components.connection import outage_line
 from components.settings import StepConfig, load_step_config
 from dagan.config import ConfigError
 from dagan.console import add_log_level_arguments, setup_logging
@@ -42,6 +43,8 @@ def run_main(args: argparse.Namespace, body: Callable[[], int]) -> int:
     """Run a component body at the chosen log level; turn expected errors into one clear line and exit code 2."""
     setup_logging(args.log_level)
     logging.getLogger("mlflow").setLevel(max(args.log_level, logging.INFO))  # its own handler: -q quiets it too
+    # a retried call to a tracking server is reported once, by components/connection.py, not once per try
+    logging.getLogger("urllib3.connectionpool").setLevel(max(args.log_level, logging.ERROR))
     try:
         return body()
     except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as err:
@@ -53,6 +56,12 @@ def run_main(args: argparse.Namespace, body: Callable[[], int]) -> int:
         where = f" writing {err.filename}" if err.filename else ""
         print(f"error: no space left on the device{where} ({err.strerror}); free space there or write the outputs to "
               "another disk, then run the same command again", file=sys.stderr)
+        return 2
+    except Exception as err:
+        line = outage_line(err)  # a tracking server that did not answer (bounded waits, components/connection.py)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
         return 2
 
 

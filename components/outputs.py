@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
-from components.settings import StepConfig, redact_uri
+from components.connection import bound_server_waits, create_store, resolve_store_uri
+from components.settings import StepConfig, check_tracking_uri, split_credentials
 from dagan.atomic import atomic_write_bytes, atomic_write_text
 from dagan.checkpoint import FINAL_NAME, checkpoint_dir
 from dagan.config import Config
@@ -89,22 +89,29 @@ def tracking_uri(config: StepConfig) -> str:
 
 
 def connect_tracking(uri: str) -> str:
-    """Point MLflow at ``uri`` and return it without ``user:password@``.
+    """Point MLflow at ``uri`` and return it without ``user:password@`` (components/connection.py: a relative
+    sqlite path resolved against the repository, a new sqlite store created by one process at a time, bounded
+    waits on a server).
 
     The credentials move to ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` (MLflow's
     basic auth; variables already set win) and ``$MLFLOW_TRACKING_URI`` becomes the bare URI, so
     neither MLflow (its "View run at" lines) nor a child process (Ray trials) ever sees them in a URI.
+    A URI that cannot be parsed is refused in one line that does not show it.
     """
     import mlflow
 
-    parts = urlsplit(uri)
-    if parts.username is not None or parts.password is not None:
-        os.environ.setdefault("MLFLOW_TRACKING_USERNAME", unquote(parts.username or ""))
-        os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", unquote(parts.password or ""))
-    public = redact_uri(uri)
+    check_tracking_uri(uri, "$MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") == uri
+                       else "mlflow.tracking_uri")
+    public, user, password = split_credentials(uri)
+    if user is not None:
+        os.environ.setdefault("MLFLOW_TRACKING_USERNAME", user)
+        os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", password or "")
+    public = resolve_store_uri(public)
+    bound_server_waits()
     if "MLFLOW_TRACKING_URI" in os.environ:
         os.environ["MLFLOW_TRACKING_URI"] = public
     mlflow.set_tracking_uri(public)
+    create_store(public)
     return public
 
 
