@@ -39,7 +39,6 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, set_model
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 from mlflow.types import DataType
 from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
@@ -118,7 +117,7 @@ class DAGANImageModel(PythonModel):
         try:
             return self._predict(model_input, params)
         except InputError as err:
-            raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from None
+            raise MlflowException.invalid_parameter_value(str(err)) from None
 
     def _check_sizes(self, rows: list[dict]) -> None:
         """Every row's size from its PNG header or list shape, against both limits, before any decoding."""

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
-from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from torch.utils.data import DataLoader
 
 from components.settings import StepConfig, redact_uri, step_config_from_dict
@@ -203,18 +203,16 @@ def _run_trial(sampled: dict[str, Any], setup: TrialSetup, context, work_dir: Pa
     resume, run_id = _restore(work_dir)
     if run_id is None:
         run_id = _start_run(client, setup, config, sampled, context.get_trial_id(), context.get_trial_name())
-    else:
-        client.update_run(run_id, status="RUNNING")
     probe = build_probe(config, setup.judge_path)
-    monitor = SystemMetricsMonitor(run_id, tracking_uri=setup.tracking_uri, resume_logging=resume is not None)
-    monitor.start()  # system/* metrics, as mlflow.start_run(log_system_metrics=True) records for a training
+    mlflow.set_tracking_uri(setup.tracking_uri)
+    # this thread's active run (RUNNING again when restored), with system/* metrics as a training records them
+    mlflow.start_run(run_id=run_id, log_system_metrics=True)
     try:
         train(config, TrialReporter(client, run_id, probe, work_dir / "report"), resume)
     except SystemExit:  # the scheduler stopped the trial inside tune.report: Ray ends this process right away
-        raise  # (no work here: components.tune closes the MLflow run of a stopped trial)
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
+        mlflow.end_run("KILLED")  # what components.tune marks a stopped trial's run
         raise
-    finally:
-        monitor.finish()
-    client.set_terminated(run_id, "FINISHED")
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run("FINISHED")
