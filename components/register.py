@@ -2,13 +2,15 @@
 
     python -m components.register [--params FILE] [-S key=value ...]
 
-Logs the pyfunc model (components/pyfunc_model.py) into the training's MLflow run as
-``dagan-generator``, at the training's last step (so the logged model carries the final losses and
-the eval metrics), and registers it as ``register.model_name`` (default ``dagan-<dataset>``). The
-new version always gets the alias ``candidate``. It gets ``champion`` only when the gate passes
-(judge mIoU on generated images >= ``gate_miou_ratio`` x judge mIoU on real images; fd_judge below
-the mean-colour baseline's when ``gate_fd_beats_baseline``) AND it beats the current champion on
-``register.metric``. A champion is never demoted or replaced by a worse version. The version's
+Logs the pyfunc model (components/pyfunc_model.py) as the training run's logged model
+``dagan-generator``, its output at the training's last step (so the logged model carries the final
+losses and the eval metrics, on the evaluation split), and registers it as ``register.model_name``
+(default ``dagan-<dataset>``). The new version always gets the alias ``candidate``. It gets
+``champion`` only when the gate passes (judge mIoU on generated images >= ``gate_miou_ratio`` x judge
+mIoU on real images; fd_judge below the mean-colour baseline's when ``gate_fd_beats_baseline``) AND it
+beats the current champion on ``register.metric`` (the champion's model metric ``eval/<metric>``; its
+version tag for versions registered before models carried metrics). A champion is never demoted or
+replaced by a worse version. The version's
 description states the model (as the training run's description names it), the steps, the key
 metrics, the decision and every check as PASS or FAIL; its tags are few (variant: the model label of
 the run name, e.g. ``B6`` or ``ccfpse+fpse``; gate_passed, champion_decision, source_run_id and
@@ -32,7 +34,9 @@ from mlflow.tracking import MlflowClient
 
 import dagan
 from components.cli import entry, load, log, make_parser, run_main
+from components.connection import store_lock
 from components.import_official import origin_tags
+from components.logged_models import link_model_to_run
 from components.outputs import (
     checkpoint_path,
     connect_tracking,
@@ -43,7 +47,7 @@ from components.outputs import (
 )
 from components.pyfunc_model import SIGNATURE
 from components.settings import RegisterConfig, StepConfig
-from components.tracking import model_label, model_phrase
+from components.tracking import model_label, model_phrase, split_dataset
 from dagan.checkpoint import load_checkpoint, load_generator
 from dagan.config import Config
 from dagan.data.manifest import read_manifest
@@ -160,19 +164,44 @@ def model_name(config: StepConfig) -> str:
     return config.register.model_name or f"dagan-{config.dataset.name}"
 
 
-def current_champion(client: MlflowClient, name: str, metric: str) -> tuple[str | None, float | None, str | None]:
+def current_champion(client: MlflowClient, name: str, metric: str,
+                     dataset: str | None = None) -> tuple[str | None, float | None, str | None]:
     """(version, its value of ``metric``, a note) of the version holding alias ``champion``.
 
-    The note says why the champion cannot be compared with (its value is then None).
+    The value is the champion's model metric ``eval/<metric>`` (its logged model's metrics, as the model page
+    shows them; on ``dataset`` when it has it there), else its version tag ``eval.<metric>`` (versions
+    registered before their models carried metrics). The note says why the champion cannot be compared with
+    (its value is then None).
     """
     try:
         champion = client.get_model_version_by_alias(name, "champion")
     except MlflowException:
         return None, None, None
-    raw = champion.tags.get(f"eval.{metric}")
-    if raw is None:
-        return str(champion.version), None, f"champion v{champion.version} has no tag eval.{metric}"
-    return str(champion.version), float(raw), None
+    value = champion_metric(client, champion, metric, dataset)
+    if value is None:
+        return str(champion.version), None, (f"champion v{champion.version} has neither the model metric "
+                                             f"eval/{metric} nor the tag eval.{metric}")
+    return str(champion.version), value, None
+
+
+def logged_model_id(source: str | None) -> str | None:
+    """The logged model a version was registered from, by its source ``models:/<model id>`` (stores that do not
+    fill the version's ``model_id``); None for other sources."""
+    model_id = (source or "").removeprefix("models:/")
+    return model_id if source and source.startswith("models:/") and model_id and "/" not in model_id else None
+
+
+def champion_metric(client: MlflowClient, version, metric: str, dataset: str | None) -> float | None:
+    """``eval/<metric>`` of the version's logged model (the newest step; ``dataset``'s value first), else the
+    version's tag ``eval.<metric>``, else None."""
+    model_id = version.model_id or logged_model_id(version.source)
+    if model_id:
+        found = [point for point in client.get_logged_model(model_id).metrics or [] if point.key == f"eval/{metric}"]
+        if found:
+            best = max(found, key=lambda point: (point.dataset_name == dataset, point.step, point.timestamp))
+            return float(best.value)
+    raw = version.tags.get(f"eval.{metric}")
+    return float(raw) if raw is not None else None
 
 
 def _input_example(layout: LabelLayout, size: tuple[int, int]):
@@ -183,21 +212,30 @@ def _input_example(layout: LabelLayout, size: tuple[int, int]):
 
 
 def _log_model(config: StepConfig, run_id: str, name: str):
-    """Log the pyfunc into the training's run, at its last step, and register it as ``name``."""
+    """Log the pyfunc as the training run's model at its last step, and register it as ``name``."""
     layout = LabelLayout.from_manifest(read_manifest(config.dataset.prepared_dir))
     generator, train_config, _ = load_generator(checkpoint_path(config), use_ema=config.evaluate.use_ema)
     height, width = train_config.image_size()
-    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
+    model_id = _new_model(run_id)
+    with tempfile.TemporaryDirectory() as tmp:
         exported = export_generator(Path(tmp) / "generator.pt", generator, train_config, layout)
-        # step: the logged model takes the run's metrics of that step: the final losses and the eval/*
-        # metrics (evaluate logs them there), not the system metrics of the first sampling steps.
         info = mlflow.pyfunc.log_model(
-            name=LOGGED_MODEL_NAME, **pyfunc_model_arguments(exported, config.register),
+            name=LOGGED_MODEL_NAME, model_id=model_id, **pyfunc_model_arguments(exported, config.register),
             input_example=_input_example(layout, (height, width)),
             pip_requirements=[f"{p}=={package_version(p)}" for p in REQUIREMENTS], registered_model_name=name,
-            step=training_step(config),
         )
+    evaluation = split_dataset(config.dataset.prepared_dir, config.evaluate.split)
+    link_model_to_run(MlflowClient(), run_id, model_id, training_step(config), (evaluation.name, evaluation.digest))
     return info, train_config
+
+
+def _new_model(run_id: str) -> str:
+    """The id of a new logged model ``dagan-generator`` of the run, with the run's params (as ``log_model`` inside
+    the run would make it; made here so that its metrics are linked by :func:`link_model_to_run`)."""
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    return client.create_logged_model(run.info.experiment_id, name=LOGGED_MODEL_NAME, source_run_id=run_id,
+                                      params=run.data.params).model_id
 
 
 def _run(config: StepConfig) -> int:
@@ -212,11 +250,14 @@ def _run(config: StepConfig) -> int:
     info, train_config = _log_model(config, run_id, name)
     origin = load_checkpoint(checkpoint_path(config)).get("origin")  # imported official models say where from
     version = str(info.registered_model_version)
-    champion_version, champion_value, champion_note = current_champion(client, name, config.register.metric)
-    decision = decide(metrics, config.register, champion_value, str(metrics_file), champion_note)
-    client.set_registered_model_alias(name, "candidate", version)
-    if decision.promote:
-        client.set_registered_model_alias(name, "champion", version)
+    with store_lock(mlflow.get_tracking_uri()):  # parallel registers into one local store decide one at a time
+        champion_version, champion_value, champion_note = current_champion(
+            client, name, config.register.metric, f"{read_manifest(config.dataset.prepared_dir).dataset}-"
+                                                  f"{config.evaluate.split}")
+        decision = decide(metrics, config.register, champion_value, str(metrics_file), champion_note)
+        client.set_registered_model_alias(name, "candidate", version)
+        if decision.promote:
+            client.set_registered_model_alias(name, "champion", version)
     aliases = ["candidate"] + (["champion"] if decision.promote else [])
     ranking = metrics.get(config.register.metric)
     tags = {"variant": model_label(train_config), "gate_passed": str(decision.gate_passed),
