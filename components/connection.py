@@ -76,6 +76,20 @@ def bound_server_waits() -> None:
         os.environ.setdefault(name, value)
 
 
+def check_sqlite_store_writable(uri: str) -> None:
+    """A sqlite store needs a folder this user can write (the database and its journal; MLflow creates missing
+    folders): say so in one line."""
+    database = sqlite_path(uri)
+    if database is None:
+        return
+    folder = database.absolute().parent
+    existing = next(path for path in (folder, *folder.parents) if path.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"MLflow tracking store {redact_uri(uri)}: {existing} is not a folder this user (uid "
+                         f"{os.getuid()}) can write; set MLFLOW_TRACKING_URI (a tracking server, or "
+                         "sqlite:////PATH/mlflow.db in a writable folder) or -S mlflow.tracking_uri=...")
+
+
 _held: set[Path] = set()  # the store locks this process holds (store_lock is re-entrant)
 
 
@@ -87,6 +101,7 @@ def store_lock(uri: str) -> Iterator[None]:
     if path is None or path.resolve() in _held:
         yield
         return
+    check_sqlite_store_writable(uri)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(path.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

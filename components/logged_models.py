@@ -15,13 +15,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
+
+from dagan.data.shards import sha256_of
 
 CHECKPOINT_MODEL_TYPE = "dagan-checkpoint"  # logged models of the checkpoints kept during training
 CHECKPOINT_FILE_TAG = "dagan.checkpoint"  # the checkpoint's absolute local path (the file is not uploaded)
@@ -35,7 +36,7 @@ def log_checkpoint_model(client: MlflowClient, run_id: str, step: int, path: Pat
     """The checkpoint ``path`` as a logged model of the run (see the module docstring): its id, an existing one when
     the run has it already. ``metrics`` ((step, timestamp, values): the training's last logged metrics) are linked
     to it with their timestamp, so that the run's history gains no duplicate."""
-    digest = file_sha256(path)
+    digest = sha256_of(path)
     experiment_id = client.get_run(run_id).info.experiment_id
     existing = checkpoint_model_id(client, experiment_id, run_id, digest)
     if existing is not None:
@@ -71,9 +72,9 @@ def checkpoint_model_id(client: MlflowClient, experiment_id: str, run_id: str, d
     return found[0].model_id if found else None
 
 
-def scored_checkpoint(client: MlflowClient, run_id: str, path: Path) -> tuple[str, int] | None:
-    """(logged model id, training step) of the checkpoint file ``path`` when the run logged it as a model."""
-    model_id = checkpoint_model_id(client, client.get_run(run_id).info.experiment_id, run_id, file_sha256(path))
+def scored_checkpoint(client: MlflowClient, run_id: str, digest: str) -> tuple[str, int] | None:
+    """(logged model id, training step) of the checkpoint with sha256 ``digest`` when the run logged it as a model."""
+    model_id = checkpoint_model_id(client, client.get_run(run_id).info.experiment_id, run_id, digest)
     if model_id is None:
         return None
     return model_id, int(client.get_logged_model(model_id).tags[STEP_TAG])
@@ -95,11 +96,3 @@ def link_model_to_run(client: MlflowClient, run_id: str, model_id: str, step: in
                for key in keys for point in client.get_metric_history(run_id, key) if point.step == step]
     if metrics:
         client.log_batch(run_id, metrics=metrics, synchronous=True)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
