@@ -93,10 +93,13 @@ def test_an_unparseable_uri_is_refused_without_showing_it(uri):
 
 def test_a_component_refuses_an_unencoded_password_in_one_line_that_does_not_show_it(tmp_path):
     (tmp_path / "mlflow_run.json").write_text('{"run_id": "0"}')  # a training to log into
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "final.pt").write_bytes(b"a checkpoint")  # evaluate names it before it connects
     uri = f"http://alice:{SECRET}@127.0.0.1:1"
     for variable, overrides in ((None, ["-S", f"mlflow.tracking_uri={uri}"]), (uri, [])):
         env = {**os.environ, "PYTHONPATH": str(REPO), **({"MLFLOW_TRACKING_URI": variable} if variable else {})}
-        command = [sys.executable, "-m", "components.evaluate", "-S", f"train.out_dir={tmp_path}", *overrides]
+        command = [sys.executable, "-m", "components.evaluate", "-S", f"train.out_dir={tmp_path}",
+                   "-S", f"evaluate.out_dir={tmp_path / 'eval'}", *overrides]
         result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
         assert result.returncode == 2, result.stderr[-2000:]
         lines = [line for line in result.stderr.splitlines() if line.strip()]
