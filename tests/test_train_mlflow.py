@@ -155,6 +155,7 @@ def _assert_kept_checkpoints_are_logged_models(client, run, out_dir: Path) -> No
     """Every kept checkpoint is a logged model of the run (checkpoint.json uploaded, the file stays local), with the
     losses of its step; train.keep_last's deleted checkpoints have none."""
     from mlflow.artifacts import download_artifacts
+    from mlflow.entities import LoggedModelStatus
 
     models = client.search_logged_models([run.info.experiment_id], filter_string=(
         f"source_run_id = '{run.info.run_id}' AND model_type = 'dagan-checkpoint'"), order_by=[
@@ -162,8 +163,8 @@ def _assert_kept_checkpoints_are_logged_models(client, run, out_dir: Path) -> No
     kept = sorted(path.name for path in (out_dir / "checkpoints").glob("*.pt"))
     assert sorted(f"{model.name}.pt" for model in models) == kept and len(kept) == 3  # keep_last 2 + final.pt
     for model in models:
-        assert model.status.to_string() == "READY" and model.tags["dagan.checkpoint"] == str(out_dir / "checkpoints" /
-                                                                                              f"{model.name}.pt")
+        assert model.status == LoggedModelStatus.READY
+        assert model.tags["dagan.checkpoint"] == str(out_dir / "checkpoints" / f"{model.name}.pt")
         step = int(model.tags["dagan.step"])
         assert {metric.key: metric.step for metric in model.metrics}["loss/g_total"] == step
         assert [item.path for item in client.list_logged_model_artifacts(model.model_id)] == ["checkpoint.json"]
