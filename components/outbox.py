@@ -91,7 +91,7 @@ class Outbox:
         self.failing_since: float | None = None
         self.own_runs: set[str] = set()  # runs created by this process: nothing to read back
         self.last_steps: dict[tuple[str, str], int] = {}  # (run, metric key) -> last step the run holds
-        self.read_back: set[str] = set()
+        self.held_steps: dict[str, int] = {}  # run -> the last training step it held when read back
         self.last_metrics: dict[str, Entry] = {}  # run -> the last metrics entry sent (linked to checkpoints)
         self.task: Callable[[], Any] | None = None
         self.task_result: tuple[bool, Any] | None = None
@@ -239,13 +239,14 @@ class Outbox:
 
     def _read_back(self, run_id: str) -> None:
         """The last step of every metric that ``run_id`` holds, once, unless this process created the run."""
-        if run_id in self.own_runs or run_id in self.read_back:
+        if run_id in self.own_runs or run_id in self.held_steps:
             return
         assert self.client is not None
         for key in self.client.get_run(run_id).data.metrics:
             history = self.client.get_metric_history(run_id, key)
             self.last_steps[(run_id, key)] = max((point.step for point in history), default=-1)
-        self.read_back.add(run_id)
+        self.held_steps[run_id] = max((step for (run, key), step in self.last_steps.items()
+                                       if run == run_id and not key.startswith("system/")), default=-1)
 
     def _fresh(self, entry: Entry) -> dict[str, float]:
         """The metrics of ``entry`` at a step the run does not hold yet for their key."""
@@ -256,9 +257,7 @@ class Outbox:
     def _send_image(self, client: MlflowClient, entry: Entry) -> None:
         """The grid in the run's Images panel and, unless a newer one waits, as ``<key>/latest.png``."""
         self._read_back(entry.run_id)
-        steps = [step for (run, key), step in self.last_steps.items() if run == entry.run_id and
-                 not key.startswith("system/")]
-        if entry.run_id not in self.own_runs and entry.step <= max(steps, default=-1):
+        if entry.run_id not in self.own_runs and entry.step <= self.held_steps[entry.run_id]:
             return  # a resumed run recomputes this step: its grid was sent before
         assert entry.image is not None
         key = entry.values["key"]

@@ -127,7 +127,7 @@ def test_training_logs_to_mlflow_server_with_s3_artifacts_and_survives_sigterm(t
     assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     history = client.get_metric_history(run.info.run_id, "loss/g_total")
     assert sorted(m.step for m in history) == list(range(1, finish + 1))  # every step once across the preemption
-    _assert_kept_checkpoints_are_logged_models(client, run, out_dir)
+    _assert_kept_checkpoints_are_logged_models(client, uri, run, out_dir)
     for key in ("loss/d_real", "loss/d_fake", "loss/g_feat", "lr/g", "lr/d", "perf/seconds_per_step",
                 "perf/images_per_second"):
         assert key in run.data.metrics
@@ -151,9 +151,10 @@ def test_training_logs_to_mlflow_server_with_s3_artifacts_and_survives_sigterm(t
     assert any(key.endswith(f"{run.info.run_id}/artifacts/samples/latest.png") for key in keys)
 
 
-def _assert_kept_checkpoints_are_logged_models(client, run, out_dir: Path) -> None:
+def _assert_kept_checkpoints_are_logged_models(client, uri: str, run, out_dir: Path) -> None:
     """Every kept checkpoint is a logged model of the run (checkpoint.json uploaded, the file stays local), with the
     losses of its step; train.keep_last's deleted checkpoints have none."""
+    import mlflow
     from mlflow.artifacts import download_artifacts
     from mlflow.entities import LoggedModelStatus
 
@@ -168,8 +169,13 @@ def _assert_kept_checkpoints_are_logged_models(client, run, out_dir: Path) -> No
         step = int(model.tags["dagan.step"])
         assert {metric.key: metric.step for metric in model.metrics}["loss/g_total"] == step
         assert [item.path for item in client.list_logged_model_artifacts(model.model_id)] == ["checkpoint.json"]
-        record = json.loads(Path(download_artifacts(
-            f"models:/{model.model_id}/checkpoint.json", dst_path=str(out_dir.parent / model.name))).read_text())
+        previous = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(uri)  # models:/ URIs are resolved against the current tracking URI
+        try:
+            folder = Path(download_artifacts(f"models:/{model.model_id}", dst_path=str(out_dir.parent / model.name)))
+        finally:
+            mlflow.set_tracking_uri(previous)
+        record = json.loads((folder / "checkpoint.json").read_text())
         local = out_dir / "checkpoints" / f"{model.name}.pt"
         assert record == {"file": str(local), "sha256": model.tags["dagan.checkpoint_sha256"],
                           "bytes": local.stat().st_size, "step": step}
