@@ -45,7 +45,7 @@ from torch import nn
 
 import dagan
 from components.cli import entry, load, log, make_parser, run_main
-from components.connection import store_lock
+from components.connection import outage_cause, store_lock
 from components.import_official import origin_tags
 from components.logged_models import link_model_to_run
 from components.outputs import (
@@ -285,6 +285,8 @@ def _check_everything(config: StepConfig) -> _Checked:
     try:
         run = client.get_run(run_id)
     except MlflowException as err:
+        if outage_cause(err) is not None:  # the server did not answer: components.cli says so in one line
+            raise
         raise ValueError(f"the training's MLflow run {run_id} ({Path(config.train.out_dir) / 'mlflow_run.json'}) "
                          f"cannot be read from {mlflow.get_tracking_uri()}: {err.message}") from None
     evaluation = f"{read_manifest(config.dataset.prepared_dir).dataset}-{config.evaluate.split}"
