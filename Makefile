@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint run clean-outputs image test-containers
+.PHONY: venv test lint run outdated clean-outputs image test-containers
 
 venv: $(STAMP)
 
@@ -40,6 +40,10 @@ test: lint $(CHROMIUM)
 
 run: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
+
+# Which pinned direct dependencies have newer releases (held pins say why in requirements.lock)
+outdated: $(STAMP)
+	$(BIN)/python -m deps.outdated
 
 # The project image, built here with podman (installed with apt when missing) on a local Debian 12 base
 # made once; layers are reused (docs/KUBEFLOW.md "Build and push the image").

@@ -12,6 +12,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from components.connection import outage_line
 from components.settings import StepConfig, load_step_config
 from dagan.config import ConfigError
 from dagan.console import add_log_level_arguments, setup_logging
@@ -44,6 +45,8 @@ def run_main(args: argparse.Namespace, body: Callable[[], int]) -> int:
     Ctrl-C that reaches the body: exit code 130, as a shell's)."""
     setup_logging(args.log_level)
     logging.getLogger("mlflow").setLevel(max(args.log_level, logging.INFO))  # its own handler: -q quiets it too
+    # a retried call to a tracking server is reported once, by components/connection.py, not once per try
+    logging.getLogger("urllib3.connectionpool").setLevel(max(args.log_level, logging.ERROR))
     try:
         return body()
     except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as err:
@@ -58,6 +61,12 @@ def run_main(args: argparse.Namespace, body: Callable[[], int]) -> int:
         print("interrupted (Ctrl-C): stopped at once; files are written atomically, so none is half-written",
               file=sys.stderr)
         return SIGINT_EXIT
+    except Exception as err:
+        line = outage_line(err)  # a tracking server that did not answer (bounded waits, components/connection.py)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return 2
 
 
 def entry(main: Callable[[Sequence[str] | None], int | None]) -> None:

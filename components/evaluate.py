@@ -16,11 +16,13 @@ CA2SIS's cross-attention). The outputs of one evaluation appear together or not 
 into a new folder beside ``evaluate.out_dir`` and swapped in whole, its hidden files such as dvc's
 ``.gitignore`` kept; a folder holding anything else is refused), and ``metrics.json`` names the
 checkpoint it scored (``checkpoint``: path and sha256 of the file; register refuses another). All
-of it goes into the training's MLflow run (``<train.out_dir>/mlflow_run.json``) at the training's
-last step: ``eval/*`` metrics, short ``eval/<metric>_unavailable`` tags, ``eval/checkpoint`` and
-``eval/checkpoint_sha256``, the per-class IoU table (``mlflow.log_table``), the
-validation split as a dataset input. The tracking URI is ``$MLFLOW_TRACKING_URI`` when set, else
-``mlflow.tracking_uri``.
+of it goes into the training's MLflow run (``<train.out_dir>/mlflow_run.json``) at the scored
+checkpoint's step (the training's last for ``final.pt``): ``eval/*`` metrics on the
+``evaluate.split`` dataset input (so the model pages say what they were computed on), linked to the
+checkpoint's logged model when training logged it, short ``eval/<metric>_unavailable`` tags,
+``eval/checkpoint`` and ``eval/checkpoint_sha256``, the per-class IoU table (``mlflow.log_table``).
+The tracking URI is ``$MLFLOW_TRACKING_URI`` when set, else ``mlflow.tracking_uri``; a server that
+does not answer stops the step before it evaluates, in one line.
 """
 
 from __future__ import annotations
@@ -34,13 +36,17 @@ from typing import Any
 
 import mlflow
 import torch
+from mlflow.exceptions import MlflowException
 from torch.utils.data import DataLoader
 
 from components.cli import entry, load, log, make_parser, run_main
+from components.logged_models import scored_checkpoint
+from components.outbox import send_pending
 from components.outputs import (
     EVAL_METRICS_FILE,
     FIGURES_DIR,
     PER_CLASS_IOU_TABLE,
+    RUN_FILE,
     SCORED_CHECKPOINT,
     UNAVAILABLE_FILE,
     checkpoint_identity,
@@ -218,21 +224,38 @@ def _write_files(config: Config, out_dir: Path, result, figure, unavailable: dic
     return [out_dir / name for name in EVALUATION_OUTPUTS if name != FIGURES_DIR] + files
 
 
+def _connect(config: StepConfig, run_id: str) -> None:
+    """Before evaluating: the tracking store answers (one line in bounded time otherwise, components/connection.py),
+    takes what the training could not send (components/outbox.py) and holds the training's run."""
+    uri = connect_tracking(tracking_uri(config))
+    send_pending(Path(config.train.out_dir))
+    try:
+        mlflow.MlflowClient().get_run(run_id)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise ValueError(f"MLflow run {run_id} of {Path(config.train.out_dir) / RUN_FILE} is not in the tracking "
+                         f"store {uri}; evaluate against the store the training used (mlflow.tracking_uri)") from None
+
+
 def _log_to_mlflow(config: StepConfig, run_id: str, metrics: dict, rows: list[dict], unavailable: dict[str, str],
                    files: list[Path], checkpoint: dict[str, str]) -> None:
-    """Into the training's run, at its last step: eval/* metrics, short tags (the checkpoint scored too), the
-    per-class table, the files."""
-    step = training_step(config)
-    connect_tracking(tracking_uri(config))
+    """Into the training's run: eval/* metrics on the evaluation split (a dataset input) at the scored checkpoint's
+    step (the training's last, for final.pt) and linked to its logged model, short tags (the checkpoint scored
+    too), the per-class table, the files."""
+    client = mlflow.MlflowClient()
+    scored = scored_checkpoint(client, run_id, checkpoint["sha256"])
+    model_id, step = scored if scored is not None else (None, training_step(config))
     with mlflow.start_run(run_id=run_id) as run:
-        mlflow.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step=step)
+        split = log_dataset(client, run_id, config.dataset.prepared_dir, config.evaluate.split, "evaluation")
+        mlflow.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step=step, dataset=split.dataset,
+                           model_id=model_id)
         note = evaluated_note(run.data.tags.get(NOTE_TAG, ""), metrics)
         mlflow.set_tags({EVALUATED_TAG: "yes", NOTE_TAG: note, **{f"eval/{name}_unavailable": short_reason(reason)
                                                                   for name, reason in unavailable.items()}})
         mlflow.set_tags({"eval/checkpoint": checkpoint["path"], "eval/checkpoint_sha256": checkpoint["sha256"]})
         mlflow.log_table({"step": [step] * len(rows), **{key: [row[key] for row in rows] for key in rows[0]}},
                          artifact_file="eval/per_class_iou_table.json")
-        log_dataset(mlflow.MlflowClient(), run_id, config.dataset.prepared_dir, config.evaluate.split, "evaluation")
         for path in files:
             mlflow.log_artifact(str(path), artifact_path="eval/figures" if path.suffix == ".png" else "eval")
 
@@ -242,6 +265,7 @@ def _run(config: StepConfig) -> int:
     run_id = training_run_id(config)
     _check_own_folder(out_dir)
     checkpoint = checkpoint_identity(config)
+    _connect(config, run_id)
     result, figure, unavailable = _evaluate(config, resolve_device(config.evaluate.device, key="evaluate.device"))
     if checkpoint_identity(config) != checkpoint:
         raise ValueError(f"{checkpoint['path']} was replaced while it was evaluated (a training still writing it?); "

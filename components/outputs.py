@@ -13,11 +13,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
-from components.settings import StepConfig, redact_uri
+from components.connection import bound_server_waits, check_sqlite_store_writable, create_store, resolve_store_uri
+from components.settings import StepConfig, check_tracking_uri, split_credentials
 from dagan.atomic import atomic_write_bytes, atomic_write_text
 from dagan.checkpoint import FINAL_NAME, checkpoint_dir
 from dagan.config import Config
@@ -101,52 +101,32 @@ def tracking_uri(config: StepConfig) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or config.mlflow.tracking_uri
 
 
-def sqlite_store(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///PATH`` tracking URI (relative paths: to the working folder), else None."""
-    return Path(unquote(urlsplit(uri).path).removeprefix("/")) if uri.startswith("sqlite:///") else None
-
-
-def local_artifact_location(uri: str) -> str | None:
-    """Where a new experiment of a sqlite tracking store keeps its artifacts: ``mlruns/`` beside the database
-    (MLflow's default, ``./mlruns`` of the working folder, may be read-only, e.g. /app in the image); None
-    for a tracking server, which decides itself."""
-    database = sqlite_store(uri)
-    return (database.absolute().parent / "mlruns").as_uri() if database is not None else None
-
-
-def check_sqlite_store_writable(uri: str) -> None:
-    """A sqlite store needs a folder this user can write (the database and its journal; MLflow creates missing
-    folders): say so in one line."""
-    database = sqlite_store(uri)
-    if database is None:
-        return
-    folder = database.absolute().parent
-    existing = next(path for path in (folder, *folder.parents) if path.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"MLflow tracking store {redact_uri(uri)}: {existing} is not a folder this user (uid "
-                         f"{os.getuid()}) can write; set MLFLOW_TRACKING_URI (a tracking server, or "
-                         "sqlite:////PATH/mlflow.db in a writable folder) or -S mlflow.tracking_uri=...")
-
-
 def connect_tracking(uri: str) -> str:
-    """Point MLflow at ``uri`` and return it without ``user:password@``.
+    """Point MLflow at ``uri`` and return it without ``user:password@`` (components/connection.py: a relative
+    sqlite path resolved against the repository, a new sqlite store created by one process at a time, bounded
+    waits on a server).
 
     The credentials move to ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` (MLflow's
     basic auth; variables already set win) and ``$MLFLOW_TRACKING_URI`` becomes the bare URI, so
     neither MLflow (its "View run at" lines) nor a child process (Ray trials) ever sees them in a URI.
-    A sqlite store in a folder this user cannot write is a ValueError (one line, before MLflow's traceback).
+    A URI that cannot be parsed is refused in one line that does not show it; so is a sqlite store in a folder this
+    user cannot write (before MLflow's traceback).
     """
     import mlflow
 
-    check_sqlite_store_writable(uri)
-    parts = urlsplit(uri)
-    if parts.username is not None or parts.password is not None:
-        os.environ.setdefault("MLFLOW_TRACKING_USERNAME", unquote(parts.username or ""))
-        os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", unquote(parts.password or ""))
-    public = redact_uri(uri)
+    check_tracking_uri(uri, "$MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") == uri
+                       else "mlflow.tracking_uri")
+    public, user, password = split_credentials(uri)
+    if user is not None:
+        os.environ.setdefault("MLFLOW_TRACKING_USERNAME", user)
+        os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", password or "")
+    public = resolve_store_uri(public)
+    check_sqlite_store_writable(public)
+    bound_server_waits()
     if "MLFLOW_TRACKING_URI" in os.environ:
         os.environ["MLFLOW_TRACKING_URI"] = public
     mlflow.set_tracking_uri(public)
+    create_store(public)
     return public
 
 

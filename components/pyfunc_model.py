@@ -50,7 +50,6 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, set_model
-from mlflow.protos.databricks_pb2 import BAD_REQUEST, INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 from mlflow.types import DataType
 from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
@@ -119,9 +118,10 @@ def refuse_deep_json_in_the_scoring_server() -> None:
         try:
             return decode(json_input)
         except RecursionError:
-            raise MlflowException("the request's JSON nests deeper than the server parses (about "
-                                  f"{sys.getrecursionlimit()} levels); a label map is base64 PNG bytes ('label') or "
-                                  "a list of rows of integers ('label_ids')", error_code=BAD_REQUEST) from None
+            raise MlflowException.invalid_parameter_value(  # HTTP 400
+                "the request's JSON nests deeper than the server parses (about "
+                f"{sys.getrecursionlimit()} levels); a label map is base64 PNG bytes ('label') or "
+                "a list of rows of integers ('label_ids')") from None
 
     decode_refusing_deep_json.refuses_deep_json = True  # type: ignore[attr-defined]
     server._decode_json_input = decode_refusing_deep_json  # type: ignore[union-attr]
@@ -170,7 +170,7 @@ class DAGANImageModel(PythonModel):
         try:
             return self._predict(model_input, params)
         except InputError as err:
-            raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from None
+            raise MlflowException.invalid_parameter_value(str(err)) from None
 
     def _check_sizes(self, rows: list[dict]) -> None:
         """Every row's size from its PNG header or list shape, against both limits, before any decoding."""

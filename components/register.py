@@ -2,13 +2,15 @@
 
     python -m components.register [--params FILE] [-S key=value ...]
 
-Logs the pyfunc model (components/pyfunc_model.py) into the training's MLflow run as
-``dagan-generator``, at the training's last step (so the logged model carries the final losses and
-the eval metrics), and registers it as ``register.model_name`` (default ``dagan-<dataset>``). The
-new version always gets the alias ``candidate``. It gets ``champion`` only when the gate passes
-(judge mIoU on generated images >= ``gate_miou_ratio`` x judge mIoU on real images; fd_judge below
-the mean-colour baseline's when ``gate_fd_beats_baseline``) AND it beats the current champion on
-``register.metric``. A champion is never demoted or replaced by a worse version. The version's
+Logs the pyfunc model (components/pyfunc_model.py) as the training run's logged model
+``dagan-generator``, its output at the training's last step (so the logged model carries the final
+losses and the eval metrics, on the evaluation split), and registers it as ``register.model_name``
+(default ``dagan-<dataset>``). The new version always gets the alias ``candidate``. It gets
+``champion`` only when the gate passes (judge mIoU on generated images >= ``gate_miou_ratio`` x judge
+mIoU on real images; fd_judge below the mean-colour baseline's when ``gate_fd_beats_baseline``) AND it
+beats the current champion on ``register.metric`` (the champion's model metric ``eval/<metric>``; its
+version tag for versions registered before models carried metrics). A champion is never demoted or
+replaced by a worse version. The version's
 description states the model (as the training run's description names it), the steps, the key
 metrics, the decision and every check as PASS or FAIL; its tags are few (variant: the model label of
 the run name, e.g. ``B6`` or ``ccfpse+fpse``; gate_passed, champion_decision, source_run_id and
@@ -43,7 +45,9 @@ from torch import nn
 
 import dagan
 from components.cli import entry, load, log, make_parser, run_main
+from components.connection import outage_cause, store_lock
 from components.import_official import origin_tags
+from components.logged_models import link_model_to_run
 from components.outputs import (
     EVAL_METRICS_FILE,
     SCORED_CHECKPOINT,
@@ -58,7 +62,7 @@ from components.outputs import (
 from components.pyfunc_model import SIGNATURE
 from components.registration_marks import INCOMPLETE_MARK, clean_up_incomplete, mark_complete
 from components.settings import RegisterConfig, StepConfig
-from components.tracking import model_label, model_phrase
+from components.tracking import model_label, model_phrase, split_dataset
 from dagan.checkpoint import load_checkpoint, load_generator
 from dagan.config import Config
 from dagan.data.manifest import read_manifest
@@ -175,19 +179,44 @@ def model_name(config: StepConfig) -> str:
     return config.register.model_name or f"dagan-{config.dataset.name}"
 
 
-def current_champion(client: MlflowClient, name: str, metric: str) -> tuple[str | None, float | None, str | None]:
+def current_champion(client: MlflowClient, name: str, metric: str,
+                     dataset: str | None = None) -> tuple[str | None, float | None, str | None]:
     """(version, its value of ``metric``, a note) of the version holding alias ``champion``.
 
-    The note says why the champion cannot be compared with (its value is then None).
+    The value is the champion's model metric ``eval/<metric>`` (its logged model's metrics, as the model page
+    shows them; on ``dataset`` when it has it there), else its version tag ``eval.<metric>`` (versions
+    registered before their models carried metrics). The note says why the champion cannot be compared with
+    (its value is then None).
     """
     try:
         champion = client.get_model_version_by_alias(name, "champion")
     except MlflowException:
         return None, None, None
-    raw = champion.tags.get(f"eval.{metric}")
-    if raw is None:
-        return str(champion.version), None, f"champion v{champion.version} has no tag eval.{metric}"
-    return str(champion.version), float(raw), None
+    value = champion_metric(client, champion, metric, dataset)
+    if value is None:
+        return str(champion.version), None, (f"champion v{champion.version} has neither the model metric "
+                                             f"eval/{metric} nor the tag eval.{metric}")
+    return str(champion.version), value, None
+
+
+def logged_model_id(source: str | None) -> str | None:
+    """The logged model a version was registered from, by its source ``models:/<model id>`` (stores that do not
+    fill the version's ``model_id``); None for other sources."""
+    model_id = (source or "").removeprefix("models:/")
+    return model_id if source and source.startswith("models:/") and model_id and "/" not in model_id else None
+
+
+def champion_metric(client: MlflowClient, version, metric: str, dataset: str | None) -> float | None:
+    """``eval/<metric>`` of the version's logged model (the newest step; ``dataset``'s value first), else the
+    version's tag ``eval.<metric>``, else None."""
+    model_id = version.model_id or logged_model_id(version.source)
+    if model_id:
+        found = [point for point in client.get_logged_model(model_id).metrics or [] if point.key == f"eval/{metric}"]
+        if found:
+            best = max(found, key=lambda point: (point.dataset_name == dataset, point.step, point.timestamp))
+            return float(best.value)
+    raw = version.tags.get(f"eval.{metric}")
+    return float(raw) if raw is not None else None
 
 
 def _input_example(layout: LabelLayout, size: tuple[int, int]):
@@ -256,28 +285,45 @@ def _check_everything(config: StepConfig) -> _Checked:
     try:
         run = client.get_run(run_id)
     except MlflowException as err:
+        if outage_cause(err) is not None:  # the server did not answer: components.cli says so in one line
+            raise
         raise ValueError(f"the training's MLflow run {run_id} ({Path(config.train.out_dir) / 'mlflow_run.json'}) "
                          f"cannot be read from {mlflow.get_tracking_uri()}: {err.message}") from None
-    champion_version, champion_value, champion_note = current_champion(client, name, config.register.metric)
+    evaluation = f"{read_manifest(config.dataset.prepared_dir).dataset}-{config.evaluate.split}"
+    champion_version, champion_value, champion_note = current_champion(client, name, config.register.metric,
+                                                                       evaluation)
     decision = decide(metrics, config.register, champion_value, str(metrics_file), champion_note)
     return _Checked(name, run, metrics, decision, champion_version, generator, train_config, layout, origin)
 
 
 def _log_model(config: StepConfig, checked: _Checked):
-    """Log the pyfunc into the training's run, at its last step, and register it as a new version; both carry the tag
+    """Log the pyfunc as the training run's model at its last step (:func:`link_model_to_run`: its metrics, those of
+    the evaluation on its dataset) and register it as a new version; both carry the tag
     ``dagan.registration=incomplete`` until :func:`_complete` is done with them."""
     height, width = checked.train_config.image_size()
-    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=checked.run.info.run_id):
+    run_id = checked.run.info.run_id
+    model_id = _new_model(checked.run)
+    with tempfile.TemporaryDirectory() as tmp:
         exported = export_generator(Path(tmp) / "generator.pt", checked.generator, checked.train_config,
                                     checked.layout)
-        # step: the logged model takes the run's metrics of that step: the final losses and the eval/*
-        # metrics (evaluate logs them there), not the system metrics of the first sampling steps.
-        return mlflow.pyfunc.log_model(
-            name=LOGGED_MODEL_NAME, **pyfunc_model_arguments(exported, config.register),
+        info = mlflow.pyfunc.log_model(
+            name=LOGGED_MODEL_NAME, model_id=model_id, **pyfunc_model_arguments(exported, config.register),
             input_example=_input_example(checked.layout, (height, width)),
             pip_requirements=[f"{p}=={package_version(p)}" for p in REQUIREMENTS],
-            registered_model_name=checked.name, step=training_step(config), tags=INCOMPLETE_MARK,
+            registered_model_name=checked.name, tags=INCOMPLETE_MARK,
         )
+    evaluation = split_dataset(config.dataset.prepared_dir, config.evaluate.split)
+    link_model_to_run(MlflowClient(), run_id, model_id, training_step(config), (evaluation.name, evaluation.digest))
+    return info
+
+
+def _new_model(run: Run) -> str:
+    """The id of a new logged model ``dagan-generator`` of the run, with the run's params and the incomplete mark
+    (as ``log_model`` inside the run would make it; made here so that its metrics are linked by
+    :func:`link_model_to_run`)."""
+    return MlflowClient().create_logged_model(run.info.experiment_id, name=LOGGED_MODEL_NAME,
+                                              source_run_id=run.info.run_id, params=run.data.params,
+                                              tags=INCOMPLETE_MARK).model_id
 
 
 def _complete(client: MlflowClient, config: StepConfig, checked: _Checked, version: str, model_id: str) -> list[str]:
@@ -300,12 +346,15 @@ def _complete(client: MlflowClient, config: StepConfig, checked: _Checked, versi
 
 
 def _run(config: StepConfig) -> int:
-    checked = _check_everything(config)
-    client = MlflowClient()
-    clean_up_incomplete(client, checked.name, checked.run.info.experiment_id)
-    info = _log_model(config, checked)
-    version = str(info.registered_model_version)
-    aliases = _complete(client, config, checked, version, info.model_id)
+    # parallel registers into one local store (DVC queue workers) take turns: each decides against the champion of
+    # the one before, and none cleans up what another is creating
+    with store_lock(tracking_uri(config)):
+        checked = _check_everything(config)
+        client = MlflowClient()
+        clean_up_incomplete(client, checked.name, checked.run.info.experiment_id)
+        info = _log_model(config, checked)
+        version = str(info.registered_model_version)
+        aliases = _complete(client, config, checked, version, info.model_id)
     name, decision = checked.name, checked.decision
     record = {"model_name": name, "version": version, "model_uri": f"models:/{name}/{version}", "aliases": aliases,
               "previous_champion": checked.champion_version, "metric": config.register.metric, **decision.record()}

@@ -17,27 +17,70 @@ sections out, so checkpoints and ``config.yaml`` files never hold them.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from dagan.config import Config, ConfigError, Overrides, config_from_dict, load_config
 from dagan.inference import SERVE_MAX_IMAGE_PIXELS, SERVE_MAX_REQUEST_PIXELS
 
+SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+# a host (name, IPv4 or [IPv6]) and an optional port, ending the URI or followed by / ? #
+HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%-]+)(:[0-9]*)?(?=[/?#]|$)")
+NOT_SHOWN = "it is not shown, as it may hold a password"
+
+
+def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
+    """(``uri`` without ``user:password@``, the user, the password), user and password percent-decoded.
+
+    The user information ends at the last ``@`` followed by a host (and port) and then by the end or
+    one of ``/ ? #``, so a password holding those characters unencoded is still recognised as one.
+    """
+    scheme = SCHEME.match(uri)
+    rest = uri[scheme.end():] if scheme else ""
+    if not scheme or rest.startswith("/"):  # no authority: sqlite:////abs/path, file:///path, a plain path
+        return uri, None, None
+    for at in reversed([index for index, char in enumerate(rest) if char == "@"]):
+        if HOST.match(rest, at + 1):
+            user, has_password, password = rest[:at].partition(":")
+            return uri[:scheme.end()] + rest[at + 1:], unquote(user), unquote(password) if has_password else None
+    return uri, None, None
+
 
 def redact_uri(uri: str) -> str:
     """``uri`` without ``user:password@`` (params, tags, files and logs never hold credentials)."""
-    parts = urlsplit(uri)
-    if parts.username is None and parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    return urlunsplit(parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host))
+    return split_credentials(uri)[0]
+
+
+def check_tracking_uri(uri: str, source: str) -> None:
+    """Refuse a tracking URI that is empty or cannot be parsed, in one line that does not show it.
+
+    Characters that end a URL's authority (``/ ? #``) inside the user name or password make the URI
+    unparseable: they must be percent-encoded.
+    """
+    if not uri.strip():
+        raise ConfigError(f"{source} is empty; set it to a tracking server (http://HOST:PORT) or a store "
+                          "(sqlite:///mlflow.db)")
+    public, user, _ = split_credentials(uri)
+    try:
+        authority = urlsplit(uri).netloc
+    except ValueError:  # an unclosed [IPv6] host
+        raise ConfigError(f"{source} cannot be parsed as a URI (its host); {NOT_SHOWN}") from None
+    if user is not None and "@" not in authority:
+        raise ConfigError(f"{source} cannot be parsed as a URI: its user name or password holds one of / ? # "
+                          f"(percent-encode them: %2F %3F %23; an @ in the path: %40); {NOT_SHOWN}")
+    try:
+        urlsplit(public).port  # noqa: B018 - reading the port parses it (the message would show it: not used)
+    except ValueError:
+        raise ConfigError(f"{source} cannot be parsed as a URI: its port is not a number from 0 to 65535; "
+                          f"{NOT_SHOWN}") from None
 
 
 @dataclass(frozen=True)
 class MlflowConfig:
-    tracking_uri: str = "sqlite:///mlflow.db"  # $MLFLOW_TRACKING_URI wins (components/outputs.py)
+    tracking_uri: str = "sqlite:///mlflow.db"  # $MLFLOW_TRACKING_URI wins (components/connection.py)
     experiment: str = "dagan"
 
     def __post_init__(self) -> None:
@@ -45,6 +88,7 @@ class MlflowConfig:
         for name, example in examples.items():
             if not getattr(self, name).strip():
                 raise ConfigError(f"mlflow.{name} is empty; give one, e.g. {example}")
+        check_tracking_uri(self.tracking_uri, "mlflow.tracking_uri")
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,10 @@ Shared by components.train (one run per training), the sweep's parent run and it
 * ``evaluated`` is ``no`` until components.evaluate scores the run (``yes``, and the description
   gains the key scores): runs without eval metrics show NaN in the compare view, so filter with
   ``tags.evaluated = 'yes'`` first;
-* the prepared dataset is a run input (the runs table's Dataset column), named by the dataset,
-  with the manifest's sha256 as digest.
+* each split of the prepared dataset a step reads is a run input (the runs table's Dataset column):
+  ``<dataset>-<split>`` with its rows, digested from the split's shard checksums, context ``training``
+  or ``evaluation``; the evaluation's metrics name it;
+* the run's logged models (kept checkpoints, the registered model): components/logged_models.py.
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.entities import Dataset as DatasetEntity
 from mlflow.entities import DatasetInput, InputTag
 from mlflow.exceptions import MlflowException
 
-from components.outputs import local_artifact_location
+from components.connection import artifact_location
 from dagan.config import Config, resolved_value
 from dagan.data import read_manifest
 from dagan.data.manifest import Manifest
@@ -48,6 +51,8 @@ KFP_RUN_TAG = "kfp.run_id"
 EVALUATED_TAG = "evaluated"  # "no" until components.evaluate scores the run ("yes"): filter before comparing
 EVAL_NOTE = " | evaluated: "  # evaluate appends its summary to the description after this marker
 KFP_RUN_ENV = "KFP_RUN_ID"  # set by the Kubeflow steps (pipeline/steps.py) and the TrainJob's nodes
+# environment variable -> run tag: who runs this process (DVC sets its variables in every `dvc exp run` stage)
+PIPELINE_TAGS = {KFP_RUN_ENV: KFP_RUN_TAG, "DVC_EXP_NAME": "dvc.experiment", "DVC_EXP_BASELINE_REV": "dvc.baseline_rev"}
 COMMIT_ENV = "DAGAN_GIT_COMMIT"  # the image's commit (Dockerfile), where there is no .git
 # train keys that say where and how often to write, not what is trained: tags or nothing
 TRAIN_RUN_KEYS = ("out_dir", "checkpoint_every", "keep_last", "log_every", "sample_every", "heap_reuse",
@@ -55,6 +60,7 @@ TRAIN_RUN_KEYS = ("out_dir", "checkpoint_every", "keep_last", "log_every", "samp
 DATASET_KEYS = ("name", "load_size", "crop_size", "aspect_ratio", "flip")
 CAM_NAMES = {"off": "no CAM", "I": "CAM-I", "II": "CAM-II"}
 STYLE_PHRASES = {"off": "", "vae": " + style encoder", "noise3d": " + 3D noise"}  # model.style (docs/MULTIMODAL.md)
+INDEX_COLUMNS = ("id", "height", "width")  # a split's rows as its dataset input lists them
 
 
 def git_commit() -> str | None:
@@ -149,17 +155,26 @@ def run_tags(config: Config, tracking_uri: str, commit: str | None, data_sha256:
 
 
 def pipeline_tags() -> dict[str, str]:
-    """``kfp.run_id`` when a Kubeflow step runs this process."""
-    run_id = os.environ.get(KFP_RUN_ENV, "").strip()
-    return {KFP_RUN_TAG: run_id} if run_id else {}
+    """What runs this process: ``kfp.run_id`` for a Kubeflow step; ``dvc.experiment`` and ``dvc.baseline_rev`` for
+    a ``dvc exp run`` experiment (queued, temporary or in the workspace)."""
+    found = {tag: os.environ.get(variable, "").strip() for variable, tag in PIPELINE_TAGS.items()}
+    return {tag: value for tag, value in found.items() if value}
 
 
 def model_development_experiment(client: MlflowClient, name: str) -> str:
-    """The id of experiment ``name`` (created when missing; a sqlite store's artifacts beside its database),
-    marked as model development unless it has a kind."""
+    """The id of experiment ``name`` (created when missing, its artifacts beside a local store: see
+    components/connection.py), marked as model development unless it has a kind."""
     experiment = client.get_experiment_by_name(name)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(
-        name, artifact_location=local_artifact_location(mlflow.get_tracking_uri()))
+    if experiment is not None:
+        experiment_id = experiment.experiment_id
+    else:
+        try:
+            experiment_id = client.create_experiment(name, artifact_location(mlflow.get_tracking_uri()))
+        except MlflowException as err:  # a parallel process (a DVC queue worker) created it a moment ago
+            experiment = client.get_experiment_by_name(name)
+            if err.error_code != "RESOURCE_ALREADY_EXISTS" or experiment is None:
+                raise
+            experiment_id = experiment.experiment_id
     if experiment is None or EXPERIMENT_KIND_TAG not in experiment.tags:
         client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT)
     return experiment_id
@@ -173,25 +188,43 @@ def activate_experiment(name: str) -> str:
     return experiment_id
 
 
-def log_dataset(client: MlflowClient, run_id: str, prepared_dir: str | Path, split: str, context: str) -> None:
-    """Log the prepared dataset as an input of the run (name: the dataset, digest: the manifest's sha256)."""
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.meta_dataset import MetaDataset
-    from mlflow.types import ColSpec, Schema
+def split_dataset(prepared_dir: str | Path, split: str):
+    """The ``split`` of the prepared dataset as an MLflow dataset (public ``mlflow.data.from_pandas``): its rows'
+    ``id``, ``height``, ``width`` and ``shard`` (the images and label maps stay in the shards), the source the
+    prepared folder, the name ``<dataset>-<split>``, the digest the split's shards' checksums."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+    from mlflow.data.pandas_dataset import from_pandas
 
     manifest = read_manifest(prepared_dir)
-    with warnings.catch_warnings():  # MLflow registers the local source twice and warns that it is ambiguous
+    shards = manifest.shards_of(split)
+    frames = [pq.read_table(Path(prepared_dir) / shard.path, columns=list(INDEX_COLUMNS)).to_pandas()
+              .assign(shard=shard.path) for shard in shards]
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*INDEX_COLUMNS, "shard"])
+    digest = hashlib.sha256("".join(shard.sha256 for shard in shards).encode()).hexdigest()[:12]
+    with warnings.catch_warnings():  # MLflow registers the local source kind twice and warns that it is ambiguous
         warnings.simplefilter("ignore")
-        source = resolve_dataset_source(str(Path(prepared_dir).resolve()))
-    schema = Schema([ColSpec("string", "id"), ColSpec("binary", "image", required=False), ColSpec("binary", "label"),
-                     ColSpec("binary", "instance", required=False), ColSpec("integer", "height"),
-                     ColSpec("integer", "width")])
-    # mlflow's Dataset marks profile abstract but is no ABC, and MetaDataset leaves it out: it is concrete at run time
-    dataset = MetaDataset(  # type: ignore[abstract]
-        source, name=manifest.dataset, digest=data_checksum(prepared_dir)[:12], schema=schema)
+        return from_pandas(rows, source=str(Path(prepared_dir).resolve()),
+                                       name=f"{manifest.dataset}-{split}", digest=digest)
+
+
+def dataset_input(prepared_dir: str | Path, split: str, context: str) -> DatasetInput:
+    """The ``split`` as a run input with context (``training`` / ``evaluation``), split, rows and classes tags."""
+    manifest = read_manifest(prepared_dir)
+    with warnings.catch_warnings():  # the schema's note that integer columns cannot hold missing values: they don't
+        warnings.simplefilter("ignore")
+        config = split_dataset(prepared_dir, split).to_dict()
+    entity = DatasetEntity(name=config["name"], digest=config["digest"], source_type=config["source_type"],
+                           source=config["source"], schema=config.get("schema"), profile=config.get("profile"))
     tags = {"mlflow.data.context": context, "split": split, "rows": str(manifest.splits.get(split, 0)),
             "classes": str(manifest.num_classes)}
-    inputs = [DatasetInput(dataset._to_mlflow_entity(), [InputTag(key, value) for key, value in tags.items()])]
+    return DatasetInput(entity, [InputTag(key, value) for key, value in tags.items()])
+
+
+def log_dataset(client: MlflowClient, run_id: str, prepared_dir: str | Path, split: str,
+                context: str) -> DatasetInput:
+    """Log the ``split`` of the prepared dataset as an input of the run (:func:`dataset_input`); the input."""
+    inputs = [dataset_input(prepared_dir, split, context)]
     try:
         client.log_inputs(run_id, datasets=inputs)
     except MlflowException as err:
@@ -200,6 +233,7 @@ def log_dataset(client: MlflowClient, run_id: str, prepared_dir: str | Path, spl
         if "UNIQUE constraint" not in str(err) and "Duplicate entry" not in str(err):
             raise
         client.log_inputs(run_id, datasets=inputs)
+    return inputs[0]
 
 
 def evaluated_note(note: str, metrics: dict[str, float]) -> str:

@@ -11,7 +11,11 @@ before the config, the data and the checkpoint are checked. Writes into ``train.
 ``checkpoints/``, ``config.yaml``, ``metrics.json``, ``mlflow_run.json`` and the DVC plots files
 ``losses.tsv`` and ``samples/latest.png`` (docs/ARCHITECTURE.md, "Training outputs"). The
 tracking URI is ``$MLFLOW_TRACKING_URI`` when set, else ``mlflow.tracking_uri``; its credentials
-never reach a param, file or log line.
+never reach a param, file or log line. Training never waits on the tracking server: what it tracks
+goes out from a background thread, and what the server has not taken at the end is kept in
+``mlflow_pending.jsonl`` for the next run (components/outbox.py). Every kept checkpoint becomes a
+logged model of the run; under torchrun every node's system metrics join the run
+(components/node_metrics.py).
 SIGTERM writes a checkpoint and exits 0, SIGINT (Ctrl-C) writes one and exits 130; a NaN/Inf
 loss or weight exits 1 naming the step and the last good checkpoint. A training owns ``train.out_dir``
 while it runs (a lock that dies with the process, :mod:`dagan.train.folder_lock`): a second training
@@ -34,6 +38,8 @@ import numpy as np
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from components.cli import SIGINT_EXIT, entry, load, log, make_parser, run_main
+from components.node_metrics import follow_run_in_background, node_id, publish_run, wait_for_nodes
+from components.outbox import IDLE_LIMIT_S, PENDING_FILE, SIGNAL_IDLE_LIMIT_S, Entry, Outbox
 from components.outputs import (
     LATEST_SAMPLES,
     LOSSES_FILE,
@@ -71,8 +77,9 @@ docs/RELIABILITY.md lists); SIGTERM writes a checkpoint and exits 0, Ctrl-C writ
 Writes checkpoints/, config.yaml, metrics.json, losses.tsv, samples/ and mlflow_run.json into
 train.out_dir."""
 # what --force-new-run moves aside
-RUN_FILES = ("checkpoints", "config.yaml", TRAIN_METRICS_FILE, RUN_FILE, LOSSES_FILE, SAMPLES_DIR)
+RUN_FILES = ("checkpoints", "config.yaml", TRAIN_METRICS_FILE, RUN_FILE, LOSSES_FILE, SAMPLES_DIR, PENDING_FILE)
 OUT_DIR_TAG = "dagan.out_dir"
+STOP_REASON_TAG = "dagan.stop_reason"
 # Under torchrun, a process that stopped because another rank got SIGTERM (its node is being preempted or deleted)
 # exits with this status (EX_TEMPFAIL): its torchrun counts a failure and restarts this node's workers, which wait in
 # the rendezvous for the lost node's replacement and resume from the checkpoint just written (docs/KUBEFLOW.md,
@@ -83,33 +90,54 @@ HOST_TAG = "dagan.host"  # the machine of the training process (which runs of an
 
 
 class MlflowLogger(NullLogger):
-    """:class:`dagan.train.TrainingLogger` writing to an MLflow run that it opens in :meth:`on_start`, and
-    to the DVC plots files of ``train.out_dir``: ``losses.tsv`` and ``samples/latest.png``."""
+    """:class:`dagan.train.TrainingLogger` of rank 0: the MLflow run, opened in :meth:`on_start` and fed through
+    an :class:`components.outbox.Outbox` (training never waits on the tracking server), and the DVC plots files
+    of ``train.out_dir``: ``losses.tsv`` and ``samples/latest.png``. Kept checkpoints become logged models
+    (:func:`components.logged_models.log_checkpoint_model`)."""
 
     def __init__(self, config: StepConfig):
         self.config = config
-        self.run: mlflow.ActiveRun | None = None
-        out_dir = Path(config.train.out_dir)
-        self.losses = LossTable(out_dir / LOSSES_FILE)
-        self.samples_dir = out_dir / SAMPLES_DIR
+        self.out_dir = Path(config.train.out_dir)
+        self.outbox = Outbox(self.out_dir)
+        self.run_id: str | None = None
+        self.losses = LossTable(self.out_dir / LOSSES_FILE)
+        self.samples_dir = self.out_dir / SAMPLES_DIR
 
     def on_start(self, report: StartReport) -> None:
-        self.run = _start_run(self.config, Path(self.config.train.out_dir), report)
+        uri = connect_tracking(tracking_uri(self.config))
+        opened = self.outbox.start(lambda: _start_run(self.config, self.out_dir, report, uri))
+        assert opened is not None
+        self.run_id = opened[0]
+        publish_run(self.run_id)  # the other nodes' system metrics join it (components/node_metrics.py)
 
     def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
-        mlflow.log_metrics(dict(metrics), step=step, synchronous=False)
+        self.outbox.put(Entry("metrics", self._run(), step, dict(metrics)))
         self.losses.append(step, {key.removeprefix("loss/"): value for key, value in metrics.items()
                                   if key.startswith("loss/")})
 
     def log_images(self, step: int, name: str, image: np.ndarray) -> None:
-        mlflow.log_image(image, key=name, step=step)  # the run's Images panel, paired by key across runs
-        latest = write_png(self.samples_dir / LATEST_SAMPLES, image)
-        mlflow.log_artifact(str(latest), artifact_path=name)  # a stable name: <name>/latest.png
+        write_png(self.samples_dir / LATEST_SAMPLES, image)
+        self.outbox.put(Entry("image", self._run(), step, {"key": name}, image=image))  # Images, <name>/latest.png
 
-    def end(self, status: str) -> None:
-        if self.run is not None:
-            mlflow.flush_async_logging()
-            mlflow.end_run(status=status)
+    def on_checkpoint(self, step: int, path: Path) -> None:
+        self.outbox.put(Entry("checkpoint", self._run(), step, {"path": str(path)}))
+
+    def end(self, status: str, stop_reason: str | None = None) -> None:
+        """End the run with ``status`` once what waits in the outbox went out (see components/outbox.py)."""
+        if self.run_id is None:
+            return
+        wait_for_nodes()
+        tags = {STOP_REASON_TAG: stop_reason} if stop_reason else {}
+        kept = self.outbox.close(Entry("end", self.run_id, values={"status": status, "tags": tags}),
+                                 SIGNAL_IDLE_LIMIT_S if stop_reason else IDLE_LIMIT_S)
+        if kept:
+            log.warning("the MLflow tracking server did not take %d entries of run %s (metrics, checkpoints, its end); "
+                        "they are kept in %s and sent by the next components.evaluate or components.train with this "
+                        "train.out_dir", kept, self.run_id, self.outbox.pending_file)
+
+    def _run(self) -> str:
+        assert self.run_id is not None, "on_start opens the run"
+        return self.run_id
 
 
 def _close_stale_runs(client: mlflow.MlflowClient, experiment_id: str, out_dir: Path) -> None:
@@ -127,17 +155,20 @@ def _close_stale_runs(client: mlflow.MlflowClient, experiment_id: str, out_dir: 
     for run in stale:
         if run.info.run_id != recorded and run.data.tags.get(HOST_TAG) != socket.gethostname():
             continue
-        client.set_tag(run.info.run_id, "dagan.stop_reason", "process killed (a new run started in its out_dir)")
+        client.set_tag(run.info.run_id, STOP_REASON_TAG, "process killed (a new run started in its out_dir)")
         client.set_terminated(run.info.run_id, "KILLED")
         log.warning("MLflow run %s of %s was left RUNNING by a killed process; marked KILLED", run.info.run_id,
                     out_dir)
 
 
-def _start_run(config: StepConfig, out_dir: Path, report: StartReport) -> mlflow.ActiveRun:
-    """Open the run (continued when resuming), then write config.yaml and mlflow_run.json."""
-    uri = connect_tracking(tracking_uri(config))
+def _start_run(config: StepConfig, out_dir: Path, report: StartReport, uri: str) -> tuple[str, bool]:
+    """Open the run (continued when resuming) in this thread, then write config.yaml and mlflow_run.json:
+    (run id, whether it is new)."""
+    if (node := node_id()) is not None:
+        mlflow.config.set_system_metrics_node_id(node)  # system/<node>/* beside the other nodes'
     run_file = out_dir / RUN_FILE
-    if report.resumed_from is not None and run_file.is_file():
+    created = not (report.resumed_from is not None and run_file.is_file())
+    if not created:
         run_id = json.loads(run_file.read_text())["run_id"]
         log.info("continuing MLflow run %s", run_id)
         run = mlflow.start_run(run_id=run_id, log_system_metrics=True)
@@ -148,7 +179,7 @@ def _start_run(config: StepConfig, out_dir: Path, report: StartReport) -> mlflow
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, out_dir / "config.yaml")
     write_json(run_file, {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "tracking_uri": uri})
-    return run
+    return run.info.run_id, created
 
 
 def _new_run(config: StepConfig, out_dir: Path, uri: str) -> mlflow.ActiveRun:
@@ -203,7 +234,8 @@ def _run(config: StepConfig, resume: str | None, force_new_run: bool) -> int:
     out_dir = Path(config.train.out_dir)
     if force_new_run and resume is not None:
         raise ValueError("--force-new-run starts afresh; it cannot be combined with --resume PATH")
-    if env_rank() != 0:  # DDP workers: train only; rank 0 tracks and writes
+    if env_rank() != 0:  # DDP workers: train only; rank 0 tracks and writes, other nodes add their system metrics
+        follow_run_in_background(lambda: connect_tracking(tracking_uri(config)))
         try:
             result = train(config, None, resume)
         except NonFiniteError as err:
@@ -220,21 +252,19 @@ def _run(config: StepConfig, resume: str | None, force_new_run: bool) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, mid-step
-        logger.end("KILLED")
+        logger.end("KILLED", "SIGINT twice (stopped mid-step)")
         raise
     except BaseException:
         logger.end("FAILED")
         raise
     write_json(out_dir / TRAIN_METRICS_FILE, _final_metrics(result))
     if result.stopped_early:
-        mlflow.set_tag("dagan.stop_reason", result.stop_reason)
-        logger.end("KILLED")
+        logger.end("KILLED", result.stop_reason)
         print(f"stopped at step {result.step}/{result.total_steps} ({result.stop_reason}); checkpoint "
               f"{result.checkpoint}; run the same command again to resume")
         return {"SIGINT": SIGINT_EXIT, REMOTE_STOP: REMOTE_STOP_EXIT}.get(result.stop_reason or "", 0)
     logger.end("FINISHED")
-    log.info("trained %d steps; final checkpoint %s; MLflow run %s", result.step, result.checkpoint,
-             logger.run.info.run_id if logger.run else "-")
+    log.info("trained %d steps; final checkpoint %s; MLflow run %s", result.step, result.checkpoint, logger.run_id)
     return 0
 
 

@@ -45,7 +45,7 @@ class MlflowServer:
 
     def url(self) -> str:
         url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300  # minutes on a loaded 2-core machine
         while True:
             try:
                 with urllib.request.urlopen(f"{url}/health", timeout=2) as response:

@@ -118,8 +118,8 @@ def test_registry_aliases_follow_the_gate_and_never_demote(tmp_path):
     assert register(["--params", str(params)]) == 0  # v5: better, but the champion cannot be compared with
     assert aliases() == {"candidate": "5", "champion": "4"}
     assert record()["gate_passed"] and not record()["beats_champion"] and not record()["promote"]
-    assert record()["reasons"][-1] == ("FAIL champion v4 has no tag eval.judge_miou_generated: cannot compare, "
-                                       "champion kept")
+    assert record()["reasons"][-1] == ("FAIL champion v4 has neither the model metric eval/judge_miou_generated nor "
+                                       "the tag eval.judge_miou_generated: cannot compare, champion kept")
     assert client.get_model_version(name, "5").tags["champion_decision"] == "not promoted"
 
 
@@ -129,3 +129,35 @@ def test_missing_eval_metrics_is_a_clear_error(tmp_path, capsys):
     params = write_params(tiny_config(tmp_path), tmp_path)
     assert register(["--params", str(params)]) == 2
     assert "metrics.json does not exist; run the evaluate stage first" in capsys.readouterr().err
+
+
+def test_the_champion_is_compared_through_its_models_metrics(tmp_path):
+    """The champion's value is eval/<metric> of its logged model, on the evaluation split, as the model page shows it
+    (versions of older registries, tag only, are compared through their tag: the test above)."""
+    from eval_fixtures import start_training_run, tiny_config, write_checkpoint, write_params, write_prepared
+
+    from components.register import logged_model_id
+    from components.tracking import log_dataset
+
+    config = tiny_config(tmp_path)
+    write_prepared(tmp_path / "prepared")
+    write_checkpoint(config, tmp_path / "train" / "checkpoints" / "final.pt")
+    run_id = start_training_run(config, steps=5)
+    with mlflow.start_run(run_id=run_id):  # what components.evaluate logs
+        split = log_dataset(MlflowClient(), run_id, config.dataset.prepared_dir, "val", "evaluation")
+        mlflow.log_metrics({f"eval/{key}": value for key, value in GOOD_METRICS.items()}, step=5, dataset=split.dataset)
+    write_metrics(config, GOOD_METRICS)
+    params = write_params(config, tmp_path)
+    assert register(["--params", str(params)]) == 0  # v1: champion
+    name, client = "dagan-synthetic", MlflowClient(config.mlflow.tracking_uri)
+    model = client.get_logged_model(logged_model_id(client.get_model_version(name, "1").source))
+    (metric,) = [point for point in model.metrics if point.key == "eval/judge_miou_generated"]
+    assert (metric.value, metric.step, metric.dataset_name) == (0.5, 5, "synthetic-val")
+
+    client.set_model_version_tag(name, "1", "eval.judge_miou_generated", "0.99")  # not what the comparison reads
+    write_metrics(config, {**GOOD_METRICS, "judge_miou_generated": 0.6})
+    assert register(["--params", str(params)]) == 0  # v2: beats the champion's model metric 0.5
+    record = json.loads((tmp_path / "register" / "registration.json").read_text())
+    assert record["promote"] and record["previous_champion"] == "1"
+    assert record["reasons"][-1] == ("PASS beat the champion: judge_miou_generated 0.6000 must be > the champion's "
+                                     "0.5000")

@@ -3,6 +3,7 @@ endpoint (moto server): params, metrics, images, the config artifact, tags, SIGT
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -120,11 +121,13 @@ def test_training_logs_to_mlflow_server_with_s3_artifacts_and_survives_sigterm(t
     assert run.info.run_name == f"B6-synthetic-8steps-{commit[:7]}"
     assert tags["mlflow.note.content"].startswith("DAGAN B6 (SAM + CAM-II) on synthetic: 8 training images at 32x32")
     (dataset_input,) = run.inputs.dataset_inputs
-    assert dataset_input.dataset.name == "synthetic" and dataset_input.dataset.digest == tags["data_sha256"][:12]
+    assert dataset_input.dataset.name == "synthetic-train"  # the split: the evaluation's input is synthetic-val
+    assert json.loads(dataset_input.dataset.profile)["num_rows"] == 8
     assert {tag.key: tag.value for tag in dataset_input.tags}["mlflow.data.context"] == "training"
     assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     history = client.get_metric_history(run.info.run_id, "loss/g_total")
-    assert sorted({m.step for m in history}) == list(range(1, finish + 1))
+    assert sorted(m.step for m in history) == list(range(1, finish + 1))  # every step once across the preemption
+    _assert_kept_checkpoints_are_logged_models(client, uri, run, out_dir)
     for key in ("loss/d_real", "loss/d_fake", "loss/g_feat", "lr/g", "lr/d", "perf/seconds_per_step",
                 "perf/images_per_second"):
         assert key in run.data.metrics
@@ -146,3 +149,34 @@ def test_training_logs_to_mlflow_server_with_s3_artifacts_and_survives_sigterm(t
     keys = [obj["Key"] for obj in s3.list_objects_v2(Bucket=BUCKET)["Contents"]]
     assert any(key.endswith(f"{run.info.run_id}/artifacts/config.yaml") for key in keys)
     assert any(key.endswith(f"{run.info.run_id}/artifacts/samples/latest.png") for key in keys)
+
+
+def _assert_kept_checkpoints_are_logged_models(client, uri: str, run, out_dir: Path) -> None:
+    """Every kept checkpoint is a logged model of the run (checkpoint.json uploaded, the file stays local), with the
+    losses of its step; train.keep_last's deleted checkpoints have none."""
+    import mlflow
+    from mlflow.artifacts import download_artifacts
+    from mlflow.entities import LoggedModelStatus
+
+    models = client.search_logged_models([run.info.experiment_id], filter_string=(
+        f"source_run_id = '{run.info.run_id}' AND model_type = 'dagan-checkpoint'"), order_by=[
+        {"field_name": "metrics.loss/g_total", "ascending": True}])
+    kept = sorted(path.name for path in (out_dir / "checkpoints").glob("*.pt"))
+    assert sorted(f"{model.name}.pt" for model in models) == kept and len(kept) == 3  # keep_last 2 + final.pt
+    for model in models:
+        assert model.status == LoggedModelStatus.READY
+        assert model.tags["dagan.checkpoint"] == str(out_dir / "checkpoints" / f"{model.name}.pt")
+        step = int(model.tags["dagan.step"])
+        assert {metric.key: metric.step for metric in model.metrics}["loss/g_total"] == step
+        assert [item.path for item in client.list_logged_model_artifacts(model.model_id)] == ["checkpoint.json"]
+        previous = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(uri)  # models:/ URIs are resolved against the current tracking URI
+        try:
+            folder = Path(download_artifacts(f"models:/{model.model_id}", dst_path=str(out_dir.parent / model.name)))
+        finally:
+            mlflow.set_tracking_uri(previous)
+        record = json.loads((folder / "checkpoint.json").read_text())
+        local = out_dir / "checkpoints" / f"{model.name}.pt"
+        assert record == {"file": str(local), "sha256": model.tags["dagan.checkpoint_sha256"],
+                          "bytes": local.stat().st_size, "step": step}
+        assert hashlib.sha256(local.read_bytes()).hexdigest() == record["sha256"]

@@ -122,7 +122,7 @@ def test_two_trial_sweep_logs_parent_and_nested_runs_and_writes_the_best_params(
         assert run.data.tags["mlflow.note.content"].startswith("Ray Tune trial run_trial_")
         assert run.data.tags["mlflow.source.git.commit"] == parent.data.tags["mlflow.source.git.commit"]
         assert any(key.startswith("system/") for key in run.data.metrics), "trials record system metrics"
-        assert [item.dataset.name for item in run.inputs.dataset_inputs] == ["synthetic"]
+        assert [item.dataset.name for item in run.inputs.dataset_inputs] == ["synthetic-train"]
         history = client.get_metric_history(run.info.run_id, "eval/judge_miou")
         assert [point.step for point in history][:1] == [2] and all(0 <= p.value <= 1 for p in history)
         assert any(key.startswith("loss/") for key in run.data.metrics)  # the training logger's losses
