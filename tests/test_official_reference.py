@@ -44,13 +44,16 @@ def _verify_error(folder: Path, capsys) -> str:
     return line
 
 
-def test_a_folder_missing_an_array_is_one_line_naming_the_array_and_the_folder(tmp_path, capsys):
+def test_a_folder_missing_an_array_or_with_a_misshapen_one_is_one_line_naming_it_and_the_folder(tmp_path, capsys):
     folder = _copy(tmp_path)
     with np.load(folder / "reference.npz") as archive:
         arrays = {name: archive[name] for name in archive.files if name != "g_eval_after_2_iterations"}
     save_arrays(folder / "reference.npz", arrays)
     line = _verify_error(folder, capsys)
     assert "g_eval_after_2_iterations" in line and str(folder) in line
+    save_arrays(folder / "reference.npz", {**arrays, "g_eval_after_2_iterations": arrays["g_eval"][:, :, :8]})
+    line = _verify_error(folder, capsys)
+    assert "g_eval_after_2_iterations has shape (1, 3, 8, " in line and str(folder) in line
 
 
 @pytest.mark.parametrize(("edit", "named"), [

@@ -193,7 +193,8 @@ def check_reference(reference: Reference) -> None:
         raise ReferenceFormatError(f"{where}/reference.npz lacks the array(s) {', '.join(absent)} (docs/OFFICIAL.md "
                                    "lists the arrays of a reference)")
     size = (meta["height"], meta["width"])
-    for name, shape in (("label", size), ("instance", size), ("real", (3, *size))):
+    images = [(name, (1, 3, *size)) for name in OUTPUT_ARRAYS if name.startswith("g_")]
+    for name, shape in (("label", size), ("instance", size), ("real", (3, *size)), *images):
         if reference.arrays[name].shape != shape:
             raise ReferenceFormatError(f"{where}/reference.npz: {name} has shape {reference.arrays[name].shape}, "
                                        f"height and width give {shape}")
