@@ -185,6 +185,13 @@ def test_the_results_file_keeps_other_folders_and_replaces_a_re_verified_one(tmp
     entries = json.loads(results.read_text())["references"]
     assert [entry["folder"] for entry in entries] == [first.name, second.name]
     assert [entry["verified"]["load_average_before"] for entry in entries] == [3.0, 2.0]
+    beside = tmp_path / "beside"
+    beside.mkdir()
+    _copy(beside, second)
+    moved = beside / "verify-results.json"
+    results.rename(moved)
+    merge_results(moved, results_entries([_report_of_the_official_outputs_themselves(second)], [1.0], ["v"], 4.0))
+    assert [entry["folder"] for entry in json.loads(moved.read_text())["references"]] == [second.name]  # first: gone
     table = render_table({"references": entries})
     assert f"`{first.name}`" in table and "2 runs of `python -m dagan verify-official" in table
     results.write_text("{}")

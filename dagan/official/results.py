@@ -71,10 +71,14 @@ def read_results(path: str | Path) -> list[dict]:
 
 def merge_results(path: str | Path, entries: list[dict]) -> Path:
     """Write the results file ``path``: the entries of the folders verified now replace those of the same name, the
-    others stay (so folders can be verified one at a time); sorted by folder."""
+    others stay (so folders can be verified one at a time), except, where the results file lies beside the verified
+    folders, entries of folders that are no longer there; sorted by folder."""
     names = {entry["folder"] for entry in entries}
-    merged = sorted([*(entry for entry in read_results(path) if entry["folder"] not in names), *entries],
-                    key=lambda entry: entry["folder"])
+    kept = [entry for entry in read_results(path) if entry["folder"] not in names]
+    beside = Path(path).parent
+    if any((beside / name).is_dir() for name in names):
+        kept = [entry for entry in kept if (beside / entry["folder"]).is_dir()]
+    merged = sorted([*kept, *entries], key=lambda entry: entry["folder"])
     return atomic_write_text(path, json.dumps({"references": merged}, indent=1) + "\n")
 
 
