@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -132,7 +133,44 @@ def model_settings(name: str) -> dict[str, str]:
     return {**settings, **({"spap": spap} if spap else {})}
 
 
-def model_parser(description: str, modes: Sequence[str], repeats: int, out: Path) -> argparse.ArgumentParser:
+def add_out_argument(parser: argparse.ArgumentParser) -> None:
+    """``--out``: where the JSON goes. Without it nothing is written, so a benchmark run never replaces the
+    committed results behind docs/PERFORMANCE.md (bench/results/) unless asked to."""
+    parser.add_argument("--out", help="write the JSON results to this file (the committed ones: bench/results/*.json, "
+                                      "then python -m bench.report regenerates the docs' tables); default: print only")
+
+
+def git_commit(folder: Path, *paths: str) -> dict[str, Any]:
+    """The git commit of ``folder`` and whether its tracked files (under ``paths``, default all) differ from it."""
+    def git(*arguments: str) -> str | None:
+        result = subprocess.run(["git", "-C", str(folder), *arguments], capture_output=True, text=True, check=False)
+        return result.stdout.strip() if result.returncode == 0 else None
+
+    head = git("rev-parse", "HEAD")
+    changes = git("status", "--porcelain", "--untracked-files=no", "--", *paths)
+    return {"folder": str(folder), "commit": head, "modified": bool(changes) if changes is not None else None}
+
+
+def write_results(out: str | None, data: dict[str, Any]) -> Path | None:
+    """Write ``data`` with the commit of the code that measured it (``ours``: whether dagan/ or bench/ differed
+    from it) to ``out`` (atomically) and say so; with no ``out`` say how to keep them."""
+    from components.outputs import write_json
+
+    if out is None:
+        print("results not written (--out PATH writes them)", flush=True)
+        return None
+    root = Path(__file__).resolve().parent.parent
+    path = write_json(out, {**data, "ours": git_commit(root, "dagan", "bench", ":!bench/results")})
+    print(f"wrote {path}", flush=True)
+    return path
+
+
+def command_line(module: str, argv: Sequence[str] | None) -> str:
+    """The command that produced a results file: ``python -m MODULE ARGS``."""
+    return shlex.join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)])
+
+
+def model_parser(description: str, modes: Sequence[str], repeats: int) -> argparse.ArgumentParser:
     """The arguments bench.train_step and bench.inference share (configuration grid and timing)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -149,7 +187,9 @@ def model_parser(description: str, modes: Sequence[str], repeats: int, out: Path
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls first (at least 1)")
     parser.add_argument("--repeats", type=int, default=repeats, help="timed calls; the median is reported")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--out", default=str(out))
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds a configuration may take; then its row "
+                                                                     "records that it failed")
+    add_out_argument(parser)
     return parser
 
 
@@ -186,25 +226,41 @@ def apply_allocator(allocator: str) -> None:
         raise RuntimeError(f"allocator reuse: {reason}; measure with --allocators system")
 
 
-def run_isolated(module: str, spec: dict[str, Any], timeout: float = 3600) -> dict[str, Any]:
+def run_isolated(module: str, spec: dict[str, Any], timeout: float = 3600, cwd: Path | None = None,
+                 env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run ``python -m module --worker SPEC_JSON`` and return the JSON it prints last.
 
     ``spec["allocator"]`` ("system" or "reuse") is applied in the worker by :func:`apply_allocator`;
-    GLIBC_TUNABLES is removed from its environment so "system" means glibc's defaults."""
+    GLIBC_TUNABLES is removed from its environment so "system" means glibc's defaults, unless ``env``
+    sets it. The worker runs in ``cwd`` (default: the repository root), with the repository importable."""
     command = [sys.executable, "-m", module, "--worker", json.dumps(spec)]
     root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
-    env.pop("GLIBC_TUNABLES", None)
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    environment.pop("GLIBC_TUNABLES", None)
+    environment.update(env or {})
     allocator = spec.get("allocator", "system")
     if allocator not in ALLOCATORS:
         raise ValueError(f"allocator {allocator!r}: choose from {', '.join(ALLOCATORS)}")
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=root, env=env, check=False)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=cwd or root,
+                            env=environment, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"{module} worker for {spec} failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     if not lines:
         raise RuntimeError(f"{module} worker for {spec} printed no JSON result:\n{result.stdout[-2000:]}")
     return json.loads(lines[-1])
+
+
+def run_or_record_failure(module: str, spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """:func:`run_isolated`, or the spec with ``"failed"``: why the worker gave no result (its exit and the end
+    of its stderr, or the time limit), so a configuration that cannot run (e.g. torch.compile on a machine
+    too slow to compile it) is a row of the results, not a lost run."""
+    try:
+        return run_isolated(module, spec, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {**spec, "failed": f"no result within the time limit of {timeout:.0f} s (--timeout)"}
+    except RuntimeError as error:
+        return {**spec, "failed": str(error).splitlines()[-1][-500:]}
 
 
 def print_table(columns: Sequence[tuple[str, str]], rows: Sequence[dict[str, Any]]) -> None:

@@ -12,7 +12,7 @@ scenes at 256x256, made once with the project's own commands::
     python -m components.prepare --dataset synthetic --source bench/.data/raw --out bench/.data/prepared ...
 
 Training consumption comes from ``bench/results/train_step.json`` (batch / seconds per
-iteration of each measured row) when it exists. Writes ``bench/results/dataloader.json``.
+iteration of each measured row) when it exists. Writes the JSON with ``--out``.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
+from bench import common
 from bench.common import RESULTS_DIR, load_average, machine, print_table, stats
-from components.outputs import write_json
 
 DEFAULT_DATA = Path(__file__).resolve().parent / ".data"
 SCENE_SIZE = 256
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--aspect-ratio", type=float, default=2.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train-results", default=str(RESULTS_DIR / "train_step.json"))
-    parser.add_argument("--out", default=str(RESULTS_DIR / "dataloader.json"))
+    common.add_out_argument(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     prepared = ensure_shards(Path(args.data), args.num_train)
@@ -120,9 +120,9 @@ def main(argv: list[str] | None = None) -> int:
                      ("images_per_second", "training consumes images/s")], consumption)
     else:
         print(f"no {args.train_results}: run python -m bench.train_step first to compare with training")
-    path = write_json(args.out, {"benchmark": "dataloader", "machine": machine(), "rows": rows,
-                                 "training_consumption": consumption, "crop": [args.crop, args.aspect_ratio]})
-    print(f"wrote {path}")
+    common.write_results(args.out, {"benchmark": "dataloader", "command": common.command_line("bench.dataloader", argv),
+                                    "machine": machine(), "rows": rows, "training_consumption": consumption,
+                                    "crop": [args.crop, args.aspect_ratio]})
     return 0
 
 

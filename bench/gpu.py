@@ -11,7 +11,7 @@ not for compiled rows) as achieved TFLOP/s and as a fraction of the GPU's bf16 m
 rate measured at the start (an 8192^3 product). A configuration that does not fit is a row
 saying so. Modes as in :mod:`bench.train_step`: fp32 (cuDNN convolutions use TF32), bf16
 autocast, channels_last, torch.compile. Without a CUDA device every row is skipped and the JSON
-says why (``--require-gpu`` makes that an error instead). Writes ``bench/results/gpu.json``.
+says why (``--require-gpu`` makes that an error instead). Writes the JSON with ``--out``.
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ import sys
 
 import torch
 
-from bench import train_step
+from bench import common, train_step
 from bench.common import (
     MODELS_HELP,
-    RESULTS_DIR,
     machine,
     model_settings,
     no_gpu_reason,
@@ -34,7 +33,6 @@ from bench.common import (
     run_isolated,
     timed,
 )
-from components.outputs import write_json
 
 # (height, width) the paper trains at (docs/MODEL.md, "Per-dataset settings"; Cityscapes 512x256, "more").
 PAPER_RESOLUTIONS = {
@@ -55,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--require-gpu", action="store_true", help="exit 2 when no CUDA device is present")
-    parser.add_argument("--out", default=str(RESULTS_DIR / "gpu.json"))
+    common.add_out_argument(parser)
     args = parser.parse_args(argv)
     for mode in args.modes:
         train_step.parse_mode(mode)
@@ -66,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"GPU rows skipped: {reason}", file=sys.stderr if args.require_gpu else sys.stdout)
         if args.require_gpu:
             return 2
-        path = write_json(args.out, {"benchmark": "gpu", "machine": machine(), "skipped": reason, "rows": []})
-        print(f"wrote {path}")
+        common.write_results(args.out, {"benchmark": "gpu", "command": common.command_line("bench.gpu", argv),
+                                        "machine": machine(), "skipped": reason, "rows": []})
         return 0
     print(f"machine: {json.dumps(machine())}", flush=True)
     peak = matmul_peak_tflops()
@@ -90,9 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                  ("first_iteration_s", "first iteration s"), ("train_peak_mib", "train peak MiB"),
                  ("images_per_second", "inference images/s"), ("inference_peak_mib", "inference peak MiB")],
                 [row for row in rows if "iteration_s" in row])
-    path = write_json(args.out, {"benchmark": "gpu", "machine": machine(), "bf16_matmul_tflops": peak,
-                                 "rows": rows})
-    print(f"wrote {path}")
+    common.write_results(args.out, {"benchmark": "gpu", "command": common.command_line("bench.gpu", argv),
+                                    "machine": machine(), "bf16_matmul_tflops": peak, "rows": rows})
     return 0
 
 

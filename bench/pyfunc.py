@@ -8,7 +8,7 @@ components/pyfunc_model.py, the exported generator as the artifact ``generator``
 code; random weights of the preset's ngf-64 model) into a temporary folder, loaded back with
 ``mlflow.pyfunc.load_model`` and timed on DataFrames of ``--rows`` label PNGs (with instance
 PNGs where the preset has instances): images per second (median over repeats), the first call's
-seconds and peak GPU memory. Writes ``bench/results/pyfunc.json`` (``--out``).
+seconds and peak GPU memory. Writes the JSON with ``--out``.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bench.common import RESULTS_DIR, machine, stats, timed
-from components.outputs import write_json
+from bench import common
+from bench.common import machine, stats, timed
 from components.register import pyfunc_model_arguments
 from components.settings import RegisterConfig
 from dagan.config import config_from_dict
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=8, help="label maps per predict call")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", default=str(RESULTS_DIR / "pyfunc.json"))
+    common.add_out_argument(parser)
     args = parser.parse_args(argv)
     width, height = args.size
     config = config_from_dict({"dataset": {"name": args.preset, "crop_size": width,
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
               "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None}
     print(f"{args.preset} {args.variant} {width}x{height} on {result['device']}: "
           f"{result['images_per_second']:.2f} images/s (first call {first:.2f} s)")
-    print(f"wrote {write_json(args.out, result)}")
+    common.write_results(args.out, {**result, "command": common.command_line("bench.pyfunc", argv)})
     return 0
 
 

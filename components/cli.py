@@ -15,9 +15,10 @@ from collections.abc import Callable, Sequence
 from components.settings import StepConfig, load_step_config
 from dagan.config import ConfigError
 from dagan.console import add_log_level_arguments, setup_logging
-from dagan.disk import DISK_FULL
+from dagan.disk import DISK_FULL, disk_full_line
 
 log = logging.getLogger("components")
+SIGINT_EXIT = 130  # 128 + SIGINT: a shell or make stops as after any Ctrl-C
 
 OVERRIDE_HELP = ("override a config value, repeatable: -S train.lr_g=2e-4, -S '~train.max_steps' (back to the "
                  "default), -S tune.search_space.model.variant.values.0=B1 (a list item); see README, Configuration")
@@ -39,7 +40,8 @@ def load(args: argparse.Namespace) -> StepConfig:
 
 
 def run_main(args: argparse.Namespace, body: Callable[[], int]) -> int:
-    """Run a component body at the chosen log level; turn expected errors into one clear line and exit code 2."""
+    """Run a component body at the chosen log level; turn expected errors into one clear line and exit code 2 (a
+    Ctrl-C that reaches the body: exit code 130, as a shell's)."""
     setup_logging(args.log_level)
     logging.getLogger("mlflow").setLevel(max(args.log_level, logging.INFO))  # its own handler: -q quiets it too
     try:
@@ -50,10 +52,12 @@ def run_main(args: argparse.Namespace, body: Callable[[], int]) -> int:
     except OSError as err:
         if err.errno not in DISK_FULL:
             raise
-        where = f" writing {err.filename}" if err.filename else ""
-        print(f"error: no space left on the device{where} ({err.strerror}); free space there or write the outputs to "
-              "another disk, then run the same command again", file=sys.stderr)
+        print(disk_full_line(err), file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C): stopped at once; files are written atomically, so none is half-written",
+              file=sys.stderr)
+        return SIGINT_EXIT
 
 
 def entry(main: Callable[[Sequence[str] | None], int | None]) -> None:

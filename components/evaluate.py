@@ -12,9 +12,13 @@ map. Writes into ``evaluate.out_dir``: ``metrics.json`` (DVC metrics), ``per_cla
 ``config.yaml`` and ``figures/``: ``samples.png`` (layout | generated | real; layout | K samples
 | real for multimodal models), ``per_class_iou.png`` (bars) and ``attention.png`` (the attention
 maps the model has: SAM maps and CAM channel weights, paper Fig. 9; SPAP gates of G and D;
-CA2SIS's cross-attention). All of it goes into the training's MLflow run
-(``<train.out_dir>/mlflow_run.json``) at the training's last step: ``eval/*`` metrics, short
-``eval/<metric>_unavailable`` tags, the per-class IoU table (``mlflow.log_table``), the
+CA2SIS's cross-attention). The outputs of one evaluation appear together or not at all (written
+into a new folder beside ``evaluate.out_dir`` and swapped in whole, its hidden files such as dvc's
+``.gitignore`` kept; a folder holding anything else is refused), and ``metrics.json`` names the
+checkpoint it scored (``checkpoint``: path and sha256 of the file; register refuses another). All
+of it goes into the training's MLflow run (``<train.out_dir>/mlflow_run.json``) at the training's
+last step: ``eval/*`` metrics, short ``eval/<metric>_unavailable`` tags, ``eval/checkpoint`` and
+``eval/checkpoint_sha256``, the per-class IoU table (``mlflow.log_table``), the
 validation split as a dataset input. The tracking URI is ``$MLFLOW_TRACKING_URI`` when set, else
 ``mlflow.tracking_uri``.
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,9 +38,12 @@ from torch.utils.data import DataLoader
 
 from components.cli import entry, load, log, make_parser, run_main
 from components.outputs import (
+    EVAL_METRICS_FILE,
     FIGURES_DIR,
     PER_CLASS_IOU_TABLE,
+    SCORED_CHECKPOINT,
     UNAVAILABLE_FILE,
+    checkpoint_identity,
     checkpoint_path,
     connect_tracking,
     judge_path,
@@ -47,11 +55,12 @@ from components.outputs import (
 )
 from components.settings import StepConfig
 from components.tracking import EVALUATED_TAG, NOTE_TAG, evaluated_note, log_dataset
-from dagan.atomic import atomic_write_text
+from dagan.atomic import atomic_directory, atomic_write_text
 from dagan.checkpoint import load_discriminator, load_generator
 from dagan.config import Config, resolved_value, save_config
 from dagan.console import progress
 from dagan.data import PairedDataset, read_manifest
+from dagan.disk import DISK_FULL
 from dagan.distributed import resolve_device
 from dagan.eval.baseline import class_mean_colors
 from dagan.eval.fid import build_inception, build_lpips, load_optional_metric
@@ -65,6 +74,11 @@ DESCRIPTION = """Score the trained generator on evaluate.split against the real 
 and the mean-colour baseline (the floor): judge mIoU, pixel accuracy and per-class IoU, the judge
 Fréchet distance, FID and LPIPS when their weights exist. Writes metrics, per-class IoU and figures
 into evaluate.out_dir and logs them into the training's MLflow run."""
+
+
+# what an evaluation writes into evaluate.out_dir (its whole content, but for hidden files)
+EVALUATION_OUTPUTS = (EVAL_METRICS_FILE, "per_class_iou.json", PER_CLASS_IOU_TABLE, UNAVAILABLE_FILE, "config.yaml",
+                      FIGURES_DIR)
 
 
 def _loader(config: Config, split: str, batch_size: int) -> DataLoader:
@@ -148,12 +162,44 @@ def write_per_class_table(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, table.getvalue())
 
 
-def _write_outputs(config: Config, out_dir: Path, result, figure, unavailable: dict[str, str]) -> list[Path]:
-    """metrics.json, per_class_iou.json/.csv, unavailable.txt, config.yaml and the figures; returns the files."""
+def _check_own_folder(out_dir: Path) -> None:
+    """``out_dir`` holds nothing but an evaluation's outputs and hidden files (the .gitignore dvc writes there): it is
+    replaced whole."""
+    foreign = sorted(path.name for path in out_dir.iterdir() if path.name not in EVALUATION_OUTPUTS
+                     and not path.name.startswith(".")) if out_dir.is_dir() else []
+    if foreign:
+        raise FileExistsError(f"{out_dir} holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, which "
+                              "no evaluation wrote, and an evaluation replaces its folder whole: set evaluate.out_dir "
+                              "to a folder of its own")
+
+
+def _write_outputs(config: Config, out_dir: Path, result, figure, unavailable: dict[str, str],
+                   checkpoint: dict[str, str]) -> list[Path]:
+    """Every output file into a new folder, which then replaces ``out_dir`` whole (keeping its hidden files):
+    ``out_dir`` holds the outputs of the last evaluation or of this one, never some of each (a figure the new
+    model has not, e.g. attention.png, goes too); returns the files (in ``out_dir``)."""
+    _check_own_folder(out_dir)
+    try:
+        with atomic_directory(out_dir) as staging:
+            files = _write_files(config, staging, result, figure, unavailable, checkpoint)
+            for hidden in out_dir.glob(".*") if out_dir.is_dir() else []:
+                copy = shutil.copytree if hidden.is_dir() else shutil.copy2
+                copy(hidden, staging / hidden.name)
+    except OSError as err:
+        if err.errno not in DISK_FULL:
+            raise
+        raise OSError(err.errno, f"{err.strerror}; {out_dir} was left as it was", str(out_dir)) from None
+    return [out_dir / file.relative_to(staging) for file in files]
+
+
+def _write_files(config: Config, out_dir: Path, result, figure, unavailable: dict[str, str],
+                 checkpoint: dict[str, str]) -> list[Path]:
+    """metrics.json (with the checkpoint scored), per_class_iou.json/.csv, unavailable.txt, config.yaml and the
+    figures; returns the files."""
     manifest = read_manifest(config.dataset.prepared_dir)
     metrics = {k: round(v, 6) for k, v in result.metrics.items()}
     rows = per_class_rows(result.per_class_iou)
-    write_json(out_dir / "metrics.json", {**metrics, "unavailable": unavailable})
+    write_json(out_dir / EVAL_METRICS_FILE, {**metrics, "unavailable": unavailable, SCORED_CHECKPOINT: checkpoint})
     write_json(out_dir / "per_class_iou.json", result.per_class_iou)
     write_per_class_table(out_dir / PER_CLASS_IOU_TABLE, rows)
     atomic_write_text(out_dir / UNAVAILABLE_FILE,
@@ -169,13 +215,13 @@ def _write_outputs(config: Config, out_dir: Path, result, figure, unavailable: d
                  f"judge IoU per class on {config.evaluate.split}"))]
     if figure is not None:
         files.append(write_png(figures / "attention.png", figure))
-    return [out_dir / name for name in ("metrics.json", "per_class_iou.json", PER_CLASS_IOU_TABLE,
-                                        UNAVAILABLE_FILE, "config.yaml")] + files
+    return [out_dir / name for name in EVALUATION_OUTPUTS if name != FIGURES_DIR] + files
 
 
 def _log_to_mlflow(config: StepConfig, run_id: str, metrics: dict, rows: list[dict], unavailable: dict[str, str],
-                   files: list[Path]) -> None:
-    """Into the training's run, at its last step: eval/* metrics, short tags, the per-class table, the files."""
+                   files: list[Path], checkpoint: dict[str, str]) -> None:
+    """Into the training's run, at its last step: eval/* metrics, short tags (the checkpoint scored too), the
+    per-class table, the files."""
     step = training_step(config)
     connect_tracking(tracking_uri(config))
     with mlflow.start_run(run_id=run_id) as run:
@@ -183,6 +229,7 @@ def _log_to_mlflow(config: StepConfig, run_id: str, metrics: dict, rows: list[di
         note = evaluated_note(run.data.tags.get(NOTE_TAG, ""), metrics)
         mlflow.set_tags({EVALUATED_TAG: "yes", NOTE_TAG: note, **{f"eval/{name}_unavailable": short_reason(reason)
                                                                   for name, reason in unavailable.items()}})
+        mlflow.set_tags({"eval/checkpoint": checkpoint["path"], "eval/checkpoint_sha256": checkpoint["sha256"]})
         mlflow.log_table({"step": [step] * len(rows), **{key: [row[key] for row in rows] for key in rows[0]}},
                          artifact_file="eval/per_class_iou_table.json")
         log_dataset(mlflow.MlflowClient(), run_id, config.dataset.prepared_dir, config.evaluate.split, "evaluation")
@@ -193,11 +240,15 @@ def _log_to_mlflow(config: StepConfig, run_id: str, metrics: dict, rows: list[di
 def _run(config: StepConfig) -> int:
     out_dir = Path(config.evaluate.out_dir)
     run_id = training_run_id(config)
+    _check_own_folder(out_dir)
+    checkpoint = checkpoint_identity(config)
     result, figure, unavailable = _evaluate(config, resolve_device(config.evaluate.device, key="evaluate.device"))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = _write_outputs(config, out_dir, result, figure, unavailable)
+    if checkpoint_identity(config) != checkpoint:
+        raise ValueError(f"{checkpoint['path']} was replaced while it was evaluated (a training still writing it?); "
+                         "nothing was written: evaluate again once it is final")
+    files = _write_outputs(config, out_dir, result, figure, unavailable, checkpoint)
     metrics = {k: round(v, 6) for k, v in result.metrics.items()}
-    _log_to_mlflow(config, run_id, metrics, per_class_rows(result.per_class_iou), unavailable, files)
+    _log_to_mlflow(config, run_id, metrics, per_class_rows(result.per_class_iou), unavailable, files, checkpoint)
     for name, reason in unavailable.items():
         log.warning("%s unavailable: %s", name, reason)
     log.info("judge mIoU generated %.4f / real %.4f / baseline %.4f; fd_judge generated %.4f vs baseline %.4f",

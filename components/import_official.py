@@ -57,7 +57,7 @@ def _run(config: StepConfig, generator: str, discriminator: str | None, variant:
     path = write_imported(checkpoint, folder / FINAL_NAME)
     save_config(model_config, out_dir / "config.yaml")
     origin = checkpoint["origin"]
-    uri = connect_tracking(tracking_uri(config))  # without credentials (README "Reliability")
+    uri = connect_tracking(tracking_uri(config))  # without credentials (docs/RELIABILITY.md)
     experiment_id = activate_experiment(config.mlflow.experiment)
     name = f"official-{origin['code'].lower()}-{origin['preset']}-{origin['variant']}"
     with mlflow.start_run(experiment_id=experiment_id, run_name=name) as run:

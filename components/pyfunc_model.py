@@ -21,6 +21,14 @@ no missing values in a binary or integer column, so when only some rows of a req
 the others send an empty ``style`` ("" in JSON, b"" in a DataFrame) and a ``seed`` of -1.
 Output: a DataFrame with ``image``, RGB PNG bytes (base64 in JSON).
 
+Served (``mlflow models serve``), every JSON input format of MLflow's scoring server works:
+``dataframe_split`` and ``dataframe_records`` (whose binary columns the server decodes from
+base64) as well as ``inputs`` and ``instances`` (which hand the base64 text over as it is: it is
+decoded here). A request without a ``label`` or ``label_ids`` column (MLflow drops columns the
+signature does not know, e.g. a misspelled one) or without rows is refused, and so is JSON nested
+deeper than Python's parser goes, which MLflow's server would answer with HTTP 500
+(:func:`refuse_deep_json_in_the_scoring_server`).
+
 The environment variable ``DAGAN_DEVICE`` (auto | cpu | cuda | cuda:N; default auto: the GPU
 when PyTorch sees one) chooses where the generator runs; ``cuda`` without a GPU is an error.
 
@@ -32,14 +40,17 @@ is decoded or generated; a request over a limit gets HTTP 400 with a message tha
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import os
+import sys
 
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, set_model
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.protos.databricks_pb2 import BAD_REQUEST, INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 from mlflow.types import DataType
 from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
@@ -76,11 +87,51 @@ def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+IMAGE_SIGNATURES = (b"\x89PNG", b"\xff\xd8")  # PNG, JPEG: raw image bytes are never base64 text
+
+
+def _binary(value) -> bytes:
+    """The bytes of a binary cell: raw, or base64 text (the ``inputs`` / ``instances`` formats leave it encoded)."""
+    raw = value.encode() if isinstance(value, str) else bytes(value)
+    if raw.startswith(IMAGE_SIGNATURES):
+        return raw
+    try:
+        return base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        return raw  # not base64 either: the decoder names it as unreadable
+
+
+KNOWN_COLUMNS = ("label", "label_ids", "instance", "style", "seed")
+
+
+def refuse_deep_json_in_the_scoring_server() -> None:
+    """Make MLflow's scoring server answer JSON nested deeper than Python's parser goes with HTTP 400, not 500.
+
+    The server (``mlflow models serve``) parses the body with ``json.loads``, whose RecursionError it does not catch.
+    The model is loaded inside that server, so this wraps the server's JSON decoding once; elsewhere it does nothing.
+    """
+    server = sys.modules.get("mlflow.pyfunc.scoring_server")
+    decode = getattr(server, "_decode_json_input", None)
+    if decode is None or getattr(decode, "refuses_deep_json", False):
+        return
+
+    def decode_refusing_deep_json(json_input):
+        try:
+            return decode(json_input)
+        except RecursionError:
+            raise MlflowException("the request's JSON nests deeper than the server parses (about "
+                                  f"{sys.getrecursionlimit()} levels); a label map is base64 PNG bytes ('label') or "
+                                  "a list of rows of integers ('label_ids')", error_code=BAD_REQUEST) from None
+
+    decode_refusing_deep_json.refuses_deep_json = True  # type: ignore[attr-defined]
+    server._decode_json_input = decode_refusing_deep_json  # type: ignore[union-attr]
+
+
 def _size(png, ids, what: str) -> tuple[int, int]:
     """(height, width) of a row's label map, from the PNG header or the nested list's shape."""
     if not _missing(png):
         try:
-            width, height = open_image(bytes(png)).size
+            width, height = open_image(_binary(png)).size
         except (OSError, ValueError, Image.DecompressionBombError) as err:
             raise InputError(f"{what} 'label': not a readable PNG ({err}); send a single-channel 8- or 16-bit "
                              "PNG") from None
@@ -112,6 +163,7 @@ class DAGANImageModel(PythonModel):
         limits = context.model_config or {}  # models registered before the limits existed: the defaults
         self.max_image_pixels = int(limits.get("max_image_pixels", SERVE_MAX_IMAGE_PIXELS))
         self.max_request_pixels = int(limits.get("max_request_pixels", SERVE_MAX_REQUEST_PIXELS))
+        refuse_deep_json_in_the_scoring_server()
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         """Bad input raises an MlflowException (HTTP 400 when served) naming the row, the value and the fix."""
@@ -122,6 +174,9 @@ class DAGANImageModel(PythonModel):
 
     def _check_sizes(self, rows: list[dict]) -> None:
         """Every row's size from its PNG header or list shape, against both limits, before any decoding."""
+        if not rows:
+            raise InputError("the request holds no label map; send one row per label map with a 'label' (PNG "
+                             "bytes, base64 in JSON) or 'label_ids' (rows of integers) column")
         total = 0
         for row_number, row in enumerate(rows):
             what = f"row {row_number}"
@@ -141,6 +196,11 @@ class DAGANImageModel(PythonModel):
         edges_from_labels = bool((params or {}).get("edges_from_labels", False))
         if not isinstance(model_input, pd.DataFrame):
             model_input = pd.DataFrame(model_input)
+        if not {"label", "label_ids"} & set(model_input.columns):
+            columns = ", ".join(map(str, model_input.columns)) or "none"
+            raise InputError(f"the request has no 'label' or 'label_ids' column (columns: {columns}; MLflow drops the "
+                             "columns this model does not know, e.g. a misspelled one); this model takes "
+                             f"{', '.join(KNOWN_COLUMNS)}")
         rows = model_input.to_dict(orient="records")
         self._check_sizes(rows)
         images = []
@@ -148,7 +208,7 @@ class DAGANImageModel(PythonModel):
             what = f"row {row_number}"
             png, ids = row.get("label"), row.get("label_ids")
             if not _missing(png):
-                label = decode_id_map(bytes(png), f"{what} 'label'")
+                label = decode_id_map(_binary(png), f"{what} 'label'")
             else:
                 try:
                     label = np.array([np.asarray(r, dtype=np.int64) for r in ids])
@@ -156,10 +216,10 @@ class DAGANImageModel(PythonModel):
                     raise InputError(f"{what} 'label_ids': rows must be equally long lists of integers ({err})") \
                         from None
             instance = row.get("instance")
-            instance = None if _missing(instance) else decode_id_map(bytes(instance), f"{what} 'instance'",
+            instance = None if _missing(instance) else decode_id_map(_binary(instance), f"{what} 'instance'",
                                                                   self.max_image_pixels)
             style = row.get("style")
-            style = None if _missing(style) or len(style) == 0 else decode_rgb(bytes(style), f"{what} 'style'")
+            style = None if _missing(style) or len(style) == 0 else decode_rgb(_binary(style), f"{what} 'style'")
             images.append(encode_png(self.synthesizer(label, instance, edges_from_labels, what=what,
                                                       seed=_seed(row.get("seed"), what), style=style)))
         return pd.DataFrame({"image": images})

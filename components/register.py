@@ -13,11 +13,20 @@ description states the model (as the training run's description names it), the s
 metrics, the decision and every check as PASS or FAIL; its tags are few (variant: the model label of
 the run name, e.g. ``B6`` or ``ccfpse+fpse``; gate_passed, champion_decision, source_run_id and
 ``eval.<register.metric>``); ``<register.out_dir>/registration.json`` records the same.
+
+Everything is checked before anything is created: the evaluation's ``metrics.json`` must name the
+very checkpoint being registered (its sha256; a stale evaluation of another model is refused), the
+checkpoint loads with finite weights, the training's run exists, the verdict can be reached
+(``register.metric`` is in the metrics) and ``register.out_dir`` is writable. What a registration
+creates (the logged model, the version) carries the tag ``dagan.registration=incomplete`` until the
+version has its tags, description and aliases; the next registration deletes what an interrupted or
+failed one left (or completes a version that already got its aliases): components/registration_marks.py.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,13 +36,18 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from torch import nn
 
 import dagan
 from components.cli import entry, load, log, make_parser, run_main
 from components.import_official import origin_tags
 from components.outputs import (
+    EVAL_METRICS_FILE,
+    SCORED_CHECKPOINT,
+    checkpoint_identity,
     checkpoint_path,
     connect_tracking,
     tracking_uri,
@@ -42,6 +56,7 @@ from components.outputs import (
     write_json,
 )
 from components.pyfunc_model import SIGNATURE
+from components.registration_marks import INCOMPLETE_MARK, clean_up_incomplete, mark_complete
 from components.settings import RegisterConfig, StepConfig
 from components.tracking import model_label, model_phrase
 from dagan.checkpoint import load_checkpoint, load_generator
@@ -182,54 +197,119 @@ def _input_example(layout: LabelLayout, size: tuple[int, int]):
     return (frame, {"edges_from_labels": True}) if layout.has_instance else frame
 
 
-def _log_model(config: StepConfig, run_id: str, name: str):
-    """Log the pyfunc into the training's run, at its last step, and register it as ``name``."""
-    layout = LabelLayout.from_manifest(read_manifest(config.dataset.prepared_dir))
-    generator, train_config, _ = load_generator(checkpoint_path(config), use_ema=config.evaluate.use_ema)
-    height, width = train_config.image_size()
-    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
-        exported = export_generator(Path(tmp) / "generator.pt", generator, train_config, layout)
-        # step: the logged model takes the run's metrics of that step: the final losses and the eval/*
-        # metrics (evaluate logs them there), not the system metrics of the first sampling steps.
-        info = mlflow.pyfunc.log_model(
-            name=LOGGED_MODEL_NAME, **pyfunc_model_arguments(exported, config.register),
-            input_example=_input_example(layout, (height, width)),
-            pip_requirements=[f"{p}=={package_version(p)}" for p in REQUIREMENTS], registered_model_name=name,
-            step=training_step(config),
-        )
-    return info, train_config
+@dataclass(frozen=True)
+class _Checked:
+    """Everything a registration needs, checked before anything is created (:func:`_check_everything`)."""
+
+    name: str  # the registered model
+    run: Run  # the training's MLflow run
+    metrics: dict
+    decision: Decision
+    champion_version: str | None
+    generator: nn.Module
+    train_config: Config
+    layout: LabelLayout
+    origin: dict | None  # an imported official model's provenance
 
 
-def _run(config: StepConfig) -> int:
-    out_dir = Path(config.register.out_dir)
-    metrics_file = Path(config.evaluate.out_dir) / "metrics.json"
+def _read_metrics(metrics_file: Path, checkpoint: dict[str, str]) -> dict:
+    """The evaluation's metrics, refused unless they are the metrics of ``checkpoint`` (the same content)."""
+    try:
+        metrics = json.loads(metrics_file.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{metrics_file} is not valid JSON ({err}); run the evaluate stage again") from None
+    scored = metrics.get(SCORED_CHECKPOINT) if isinstance(metrics, dict) else None
+    if not isinstance(scored, dict) or not isinstance(scored.get("sha256"), str):
+        raise ValueError(f"{metrics_file} does not name the checkpoint it scored (an older evaluate wrote it); run "
+                         f"the evaluate stage again for {checkpoint['path']}")
+    if scored["sha256"] != checkpoint["sha256"]:
+        raise ValueError(f"{metrics_file} holds the metrics of {scored.get('path')} (sha256 {scored['sha256'][:12]}), "
+                         f"not of {checkpoint['path']} (sha256 {checkpoint['sha256'][:12]}) that would be registered; "
+                         "run the evaluate stage for this checkpoint first")
+    return metrics
+
+
+def _check_writable(out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not os.access(out_dir, os.W_OK):
+        raise ValueError(f"register.out_dir {out_dir} is not writable; registration.json goes there")
+
+
+def _check_everything(config: StepConfig) -> _Checked:
+    """Every input and setting, before anything is created: the metrics belong to the checkpoint, the checkpoint
+    loads (finite weights), the training run exists, the verdict can be reached, register.out_dir is writable."""
+    metrics_file = Path(config.evaluate.out_dir) / EVAL_METRICS_FILE
     if not metrics_file.is_file():
         raise FileNotFoundError(f"{metrics_file} does not exist; run the evaluate stage first")
-    metrics = json.loads(metrics_file.read_text())
+    checkpoint = checkpoint_identity(config)
+    metrics = _read_metrics(metrics_file, checkpoint)
+    layout = LabelLayout.from_manifest(read_manifest(config.dataset.prepared_dir))
+    generator, train_config, _ = load_generator(checkpoint_path(config), use_ema=config.evaluate.use_ema)
+    origin = load_checkpoint(checkpoint_path(config)).get("origin")  # imported official models say where from
+    if checkpoint_identity(config) != checkpoint:
+        raise ValueError(f"{checkpoint['path']} was replaced while it was read (a training still writing it?); "
+                         "nothing was registered: run the evaluate stage, then register, once it is final")
+    _check_writable(Path(config.register.out_dir))
     run_id, name = training_run_id(config), model_name(config)
     connect_tracking(tracking_uri(config))
     client = MlflowClient()
-    info, train_config = _log_model(config, run_id, name)
-    origin = load_checkpoint(checkpoint_path(config)).get("origin")  # imported official models say where from
-    version = str(info.registered_model_version)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as err:
+        raise ValueError(f"the training's MLflow run {run_id} ({Path(config.train.out_dir) / 'mlflow_run.json'}) "
+                         f"cannot be read from {mlflow.get_tracking_uri()}: {err.message}") from None
     champion_version, champion_value, champion_note = current_champion(client, name, config.register.metric)
     decision = decide(metrics, config.register, champion_value, str(metrics_file), champion_note)
-    client.set_registered_model_alias(name, "candidate", version)
-    if decision.promote:
-        client.set_registered_model_alias(name, "champion", version)
+    return _Checked(name, run, metrics, decision, champion_version, generator, train_config, layout, origin)
+
+
+def _log_model(config: StepConfig, checked: _Checked):
+    """Log the pyfunc into the training's run, at its last step, and register it as a new version; both carry the tag
+    ``dagan.registration=incomplete`` until :func:`_complete` is done with them."""
+    height, width = checked.train_config.image_size()
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=checked.run.info.run_id):
+        exported = export_generator(Path(tmp) / "generator.pt", checked.generator, checked.train_config,
+                                    checked.layout)
+        # step: the logged model takes the run's metrics of that step: the final losses and the eval/*
+        # metrics (evaluate logs them there), not the system metrics of the first sampling steps.
+        return mlflow.pyfunc.log_model(
+            name=LOGGED_MODEL_NAME, **pyfunc_model_arguments(exported, config.register),
+            input_example=_input_example(checked.layout, (height, width)),
+            pip_requirements=[f"{p}=={package_version(p)}" for p in REQUIREMENTS],
+            registered_model_name=checked.name, step=training_step(config), tags=INCOMPLETE_MARK,
+        )
+
+
+def _complete(client: MlflowClient, config: StepConfig, checked: _Checked, version: str, model_id: str) -> list[str]:
+    """The new version's tags, description and aliases, then the incomplete marks removed; returns the aliases."""
+    name, decision, run_id = checked.name, checked.decision, checked.run.info.run_id
     aliases = ["candidate"] + (["champion"] if decision.promote else [])
-    ranking = metrics.get(config.register.metric)
-    tags = {"variant": model_label(train_config), "gate_passed": str(decision.gate_passed),
+    ranking = checked.metrics.get(config.register.metric)
+    tags = {"variant": model_label(checked.train_config), "gate_passed": str(decision.gate_passed),
             "champion_decision": "promoted" if decision.promote else "not promoted", "source_run_id": run_id,
             **({f"eval.{config.register.metric}": str(ranking)} if isinstance(ranking, int | float) else {}),
-            **(origin_tags(origin) if origin else {})}
+            **(origin_tags(checked.origin) if checked.origin else {})}
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     client.update_model_version(name, version, description=version_description(
-        train_config, training_step(config), client.get_run(run_id).info.run_name, metrics, decision, aliases))
+        checked.train_config, training_step(config), checked.run.info.run_name, checked.metrics, decision, aliases))
+    for alias in aliases:
+        client.set_registered_model_alias(name, alias, version)
+    mark_complete(client, name, version, model_id)
+    return aliases
+
+
+def _run(config: StepConfig) -> int:
+    checked = _check_everything(config)
+    client = MlflowClient()
+    clean_up_incomplete(client, checked.name, checked.run.info.experiment_id)
+    info = _log_model(config, checked)
+    version = str(info.registered_model_version)
+    aliases = _complete(client, config, checked, version, info.model_id)
+    name, decision = checked.name, checked.decision
     record = {"model_name": name, "version": version, "model_uri": f"models:/{name}/{version}", "aliases": aliases,
-              "previous_champion": champion_version, "metric": config.register.metric, **decision.record()}
-    write_json(out_dir / "registration.json", record)
+              "previous_champion": checked.champion_version, "metric": config.register.metric, **decision.record()}
+    write_json(Path(config.register.out_dir) / "registration.json", record)
     log.info("registered %s version %s (%s): %s", name, version, ", ".join(aliases), "; ".join(decision.reasons))
     return 0
 

@@ -40,6 +40,12 @@ class MlflowConfig:
     tracking_uri: str = "sqlite:///mlflow.db"  # $MLFLOW_TRACKING_URI wins (components/outputs.py)
     experiment: str = "dagan"
 
+    def __post_init__(self) -> None:
+        examples = {"tracking_uri": "sqlite:///mlflow.db or http://127.0.0.1:5000", "experiment": "dagan"}
+        for name, example in examples.items():
+            if not getattr(self, name).strip():
+                raise ConfigError(f"mlflow.{name} is empty; give one, e.g. {example}")
+
 
 @dataclass(frozen=True)
 class RegisterConfig:
@@ -51,7 +57,7 @@ class RegisterConfig:
     gate_miou_ratio: float = 0.6  # champion needs judge mIoU(generated) >= ratio x judge mIoU(real)
     gate_fd_beats_baseline: bool = True  # champion needs fd_judge(generated) < fd_judge(mean-colour baseline)
     # Served model (components/pyfunc_model.py), HTTP 400 above: pixels per label map (peak memory grows with it;
-    # measured in the README, "Reliability") and per request (time).
+    # measured in docs/RELIABILITY.md, "Input limits") and per request (time).
     serve_max_image_pixels: int = SERVE_MAX_IMAGE_PIXELS
     serve_max_request_pixels: int = SERVE_MAX_REQUEST_PIXELS
     out_dir: str = "outputs/register"
@@ -60,6 +66,17 @@ class RegisterConfig:
         for name in ("serve_max_image_pixels", "serve_max_request_pixels"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"register.{name}={getattr(self, name)!r} must be >= 1")
+        if self.gate_miou_ratio < 0:
+            raise ConfigError(f"register.gate_miou_ratio={self.gate_miou_ratio!r} must be >= 0 (a share of the real "
+                              "images' judge mIoU, e.g. 0.6)")
+        if self.model_name is not None and (not self.model_name.strip() or any(c in self.model_name for c in "/:'")
+                                            or self.model_name != self.model_name.strip()):
+            raise ConfigError(f"register.model_name={self.model_name!r}: a registered model name is not empty and "
+                              "has no '/', ':' (MLflow's rule), no quote and no leading or trailing spaces (or null: "
+                              "dagan-<dataset>)")
+        for name in ("metric", "out_dir"):
+            if not getattr(self, name).strip():
+                raise ConfigError(f"register.{name} is empty; give one (default: {getattr(RegisterConfig, name)!r})")
 
 
 def _default_search_space() -> dict[str, dict[str, dict[str, Any]]]:

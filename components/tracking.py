@@ -34,6 +34,7 @@ from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag
 from mlflow.exceptions import MlflowException
 
+from components.outputs import local_artifact_location
 from dagan.config import Config, resolved_value
 from dagan.data import read_manifest
 from dagan.data.manifest import Manifest
@@ -154,9 +155,11 @@ def pipeline_tags() -> dict[str, str]:
 
 
 def model_development_experiment(client: MlflowClient, name: str) -> str:
-    """The id of experiment ``name`` (created when missing), marked as model development unless it has a kind."""
+    """The id of experiment ``name`` (created when missing; a sqlite store's artifacts beside its database),
+    marked as model development unless it has a kind."""
     experiment = client.get_experiment_by_name(name)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(
+        name, artifact_location=local_artifact_location(mlflow.get_tracking_uri()))
     if experiment is None or EXPERIMENT_KIND_TAG not in experiment.tags:
         client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT)
     return experiment_id

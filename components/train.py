@@ -13,13 +13,16 @@ before the config, the data and the checkpoint are checked. Writes into ``train.
 tracking URI is ``$MLFLOW_TRACKING_URI`` when set, else ``mlflow.tracking_uri``; its credentials
 never reach a param, file or log line.
 SIGTERM writes a checkpoint and exits 0, SIGINT (Ctrl-C) writes one and exits 130; a NaN/Inf
-loss or weight exits 1 naming the step and the last good checkpoint.
+loss or weight exits 1 naming the step and the last good checkpoint. A training owns ``train.out_dir``
+while it runs (a lock that dies with the process, :mod:`dagan.train.folder_lock`): a second training
+into it stops at once, naming the process that holds it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -30,7 +33,7 @@ import mlflow
 import numpy as np
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from components.cli import entry, load, log, make_parser, run_main
+from components.cli import SIGINT_EXIT, entry, load, log, make_parser, run_main
 from components.outputs import (
     LATEST_SAMPLES,
     LOSSES_FILE,
@@ -60,16 +63,23 @@ from dagan.config import save_config
 from dagan.data import read_manifest
 from dagan.distributed import env_rank, resolve_device
 from dagan.train import NonFiniteError, NullLogger, StartReport, TrainResult, train
+from dagan.train.folder_lock import hold_folder
 
 DESCRIPTION = """Train the model on the prepared dataset, tracked in MLflow: one process, or every process under
 torchrun (DDP). Resumes from the newest checkpoint in train.out_dir (the config may change only as
-README "Reliability" lists); SIGTERM writes a checkpoint and exits 0, Ctrl-C writes one and exits 130.
+docs/RELIABILITY.md lists); SIGTERM writes a checkpoint and exits 0, Ctrl-C writes one and exits 130.
 Writes checkpoints/, config.yaml, metrics.json, losses.tsv, samples/ and mlflow_run.json into
 train.out_dir."""
 # what --force-new-run moves aside
 RUN_FILES = ("checkpoints", "config.yaml", TRAIN_METRICS_FILE, RUN_FILE, LOSSES_FILE, SAMPLES_DIR)
 OUT_DIR_TAG = "dagan.out_dir"
-SIGINT_EXIT = 130  # 128 + SIGINT: a shell or make stops as after any Ctrl-C (the checkpoint is written)
+# Under torchrun, a process that stopped because another rank got SIGTERM (its node is being preempted or deleted)
+# exits with this status (EX_TEMPFAIL): its torchrun counts a failure and restarts this node's workers, which wait in
+# the rendezvous for the lost node's replacement and resume from the checkpoint just written (docs/KUBEFLOW.md,
+# "When things fail"). Exiting 0 would end this node for good, and the replacement could never rejoin.
+REMOTE_STOP_EXIT = 75
+REMOTE_STOP = "signal (another rank)"  # TrainResult.stop_reason of such a stop (dagan/train/loop.py)
+HOST_TAG = "dagan.host"  # the machine of the training process (which runs of an out_dir may be left by killed ones)
 
 
 class MlflowLogger(NullLogger):
@@ -103,12 +113,20 @@ class MlflowLogger(NullLogger):
 
 
 def _close_stale_runs(client: mlflow.MlflowClient, experiment_id: str, out_dir: Path) -> None:
-    """Runs of this out_dir still RUNNING belong to processes killed outright (SIGKILL, OOM): mark them KILLED."""
+    """Runs of this out_dir still RUNNING belong to processes killed outright (SIGKILL, OOM): mark them KILLED.
+
+    This process holds the folder's lock (dagan.train.folder_lock), so no live training on this machine writes into
+    it; nor does the one whose run the folder names (mlflow_run.json). A run of the same path on another machine
+    (another pod with its own disk) may be alive: it is left alone."""
     if "'" in str(out_dir.resolve()):  # not expressible in an MLflow filter string
         return
     stale = client.search_runs([experiment_id], f"attributes.status = 'RUNNING' and tags.`{OUT_DIR_TAG}` = "
                                f"'{out_dir.resolve()}'")
+    run_file = out_dir / RUN_FILE
+    recorded = json.loads(run_file.read_text()).get("run_id") if run_file.is_file() else None
     for run in stale:
+        if run.info.run_id != recorded and run.data.tags.get(HOST_TAG) != socket.gethostname():
+            continue
         client.set_tag(run.info.run_id, "dagan.stop_reason", "process killed (a new run started in its out_dir)")
         client.set_terminated(run.info.run_id, "KILLED")
         log.warning("MLflow run %s of %s was left RUNNING by a killed process; marked KILLED", run.info.run_id,
@@ -143,7 +161,8 @@ def _new_run(config: StepConfig, out_dir: Path, uri: str) -> mlflow.ActiveRun:
     tags = run_tags(config, uri, commit, data_checksum(config.dataset.prepared_dir),
                     describe_run(config, steps, manifest, commit))
     run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name(config, steps, commit),
-                           tags={**tags, OUT_DIR_TAG: str(out_dir.resolve())}, log_system_metrics=True)
+                           tags={**tags, OUT_DIR_TAG: str(out_dir.resolve()), HOST_TAG: socket.gethostname()},
+                           log_system_metrics=True)
     mlflow.log_params(training_params(config, steps, resolve_device(config.train.device).type,
                                       int(os.environ.get("WORLD_SIZE", "1"))))
     log_dataset(client, run.info.run_id, config.dataset.prepared_dir, "train", "training")
@@ -186,11 +205,11 @@ def _run(config: StepConfig, resume: str | None, force_new_run: bool) -> int:
         raise ValueError("--force-new-run starts afresh; it cannot be combined with --resume PATH")
     if env_rank() != 0:  # DDP workers: train only; rank 0 tracks and writes
         try:
-            train(config, None, resume)
+            result = train(config, None, resume)
         except NonFiniteError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
-        return 0
+        return REMOTE_STOP_EXIT if result.stop_reason == REMOTE_STOP else 0
     if force_new_run:
         set_aside(out_dir)
     logger = MlflowLogger(config)
@@ -200,6 +219,9 @@ def _run(config: StepConfig, resume: str | None, force_new_run: bool) -> int:
         logger.end("FAILED")
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, mid-step
+        logger.end("KILLED")
+        raise
     except BaseException:
         logger.end("FAILED")
         raise
@@ -209,11 +231,22 @@ def _run(config: StepConfig, resume: str | None, force_new_run: bool) -> int:
         logger.end("KILLED")
         print(f"stopped at step {result.step}/{result.total_steps} ({result.stop_reason}); checkpoint "
               f"{result.checkpoint}; run the same command again to resume")
-        return SIGINT_EXIT if result.stop_reason == "SIGINT" else 0
+        return {"SIGINT": SIGINT_EXIT, REMOTE_STOP: REMOTE_STOP_EXIT}.get(result.stop_reason or "", 0)
     logger.end("FINISHED")
     log.info("trained %d steps; final checkpoint %s; MLflow run %s", result.step, result.checkpoint,
              logger.run.info.run_id if logger.run else "-")
     return 0
+
+
+def _run_owning_the_folder(config: StepConfig, resume: str | None, force_new_run: bool) -> int:
+    """The run, with train.out_dir locked for its whole length (a second training into it stops at once).
+
+    Under torchrun rank 0 alone writes into the folder (checkpoints, files, --force-new-run) and holds the lock; when
+    it refuses, torchrun ends the other ranks."""
+    if env_rank() != 0:
+        return _run(config, resume, force_new_run)
+    with hold_folder(config.train.out_dir):
+        return _run(config, resume, force_new_run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -224,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="start a new run in train.out_dir: the previous run's " + ", ".join(RUN_FILES) +
                              " move to <out_dir>.superseded-<time>/ (nothing is deleted)")
     args = parser.parse_args(argv)
-    return run_main(args, lambda: _run(load(args), args.resume, args.force_new_run))
+    return run_main(args, lambda: _run_owning_the_folder(load(args), args.resume, args.force_new_run))
 
 
 if __name__ == "__main__":

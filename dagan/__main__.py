@@ -29,6 +29,7 @@ import torch
 from dagan.config import VARIANTS, Config, ConfigError, config_from_dict
 from dagan.console import setup_logging
 from dagan.discriminator import build_discriminator
+from dagan.disk import DISK_FULL, disk_full_line
 from dagan.generator import build_generator
 from dagan.inference import MODEL_URI_SCHEMES, Synthesizer, add_generate_arguments, generate_dir, load_synthesizer
 from dagan.nn.spap import SpatialPyramidAttentivePooling
@@ -119,6 +120,11 @@ def generate(args: argparse.Namespace,
                                num_samples=args.num_samples)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in DISK_FULL:
+            raise
+        print(disk_full_line(err), file=sys.stderr)
         return 2
     print(f"wrote {len(written)} image(s) and {Path(args.out) / PAGE_FILE} to {args.out}")
     return 0

@@ -219,8 +219,9 @@ def load_generator(path: str | Path, use_ema: bool = True, map_location: str | t
     weights = state["ema"] if use_ema and state["ema"] is not None else state["generator"]
     bad = non_finite_tensors(weights)
     if bad:
-        raise CheckpointError(f"{path}: the generator has {describe_non_finite(bad)}; the training that wrote it "
-                              "diverged: use an earlier checkpoint, or retrain with lower learning rates")
+        cause = ("its imported weights are damaged: import the official file again" if state.get("origin") else
+                 "the training that wrote it diverged: use an earlier checkpoint, or retrain with lower learning rates")
+        raise CheckpointError(f"{path}: the generator has {describe_non_finite(bad)}; {cause}")
     generator.load_state_dict(weights)
     return generator.eval(), config, state["semantic_nc"]
 

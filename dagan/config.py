@@ -20,6 +20,7 @@ the value parsed as YAML (``train.lr_g=2e-4``, ``model.variant=B1``, ``model.use
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ import yaml
 from dagan.atomic import atomic_write_text
 from dagan.overrides import OverrideError, merge_overrides
 from dagan.presets import get_preset
+from dagan.yaml_numbers import load_yaml, surprising_numbers
 
 Variant = Literal["B1", "B2", "B3", "B4", "B5", "B6", "custom"]
 CamMode = Literal["off", "I", "II"]
@@ -48,6 +50,7 @@ DEFAULT_Z_DIM = {"vae": 256, "noise3d": 64}
 
 # Doublings from the generator's start size to the image (SPADE's "normal" / "more" / "most").
 NUM_UP = {"normal": 5, "more": 6, "most": 7}
+MAX_SEED = 2**32 - 1  # the seeds seed NumPy too, which takes 0 .. 2**32 - 1
 
 # Paper Table 4: which attention modules each ablation variant uses.
 VARIANTS: dict[str, tuple[bool, str]] = {
@@ -87,16 +90,20 @@ def _at_least(section: Any, prefix: str, minimum: float, *names: str, hint: str 
         _check(value is None or value >= minimum, f"{prefix}.{name}", value, f"must be >= {minimum}{hint}")
 
 
+def _check_seed(key: str, value: int) -> None:
+    _check(0 <= value <= MAX_SEED, key, value, f"must be an integer in [0, {MAX_SEED}] (2**32 - 1)")
+
+
 @dataclass(frozen=True)
 class DatasetConfig:
-    name: str = "synthetic"  # preset: cityscapes | ade20k | celebamask_hq | facades | coco_stuff | custom | synthetic
+    name: str = "synthetic"  # cityscapes|ade20k|celebamask_hq|facades|coco_stuff|deepfashion|custom|synthetic
     raw_dir: str = "data/raw/synthetic"  # raw dataset in its original layout
     prepared_dir: str = "data/prepared/synthetic"  # Parquet shards + manifest.json
     load_size: int | None = None  # null: preset
     crop_size: int | None = None  # null: preset
     aspect_ratio: float | None = None  # null: preset (width / height)
     flip: bool = True  # random horizontal flip at training time
-    num_workers: int = 2  # DataLoader worker processes
+    num_workers: int = 0  # DataLoader worker processes; 0: load in the training process (enough on 2 CPUs)
     rows_per_shard: int = 512
     max_classes: int = 256  # custom datasets: more label ids than this is an error (8-bit label storage: <= 256)
 
@@ -115,6 +122,11 @@ class SyntheticConfig:
     num_train: int = 256
     num_val: int = 128  # a Fréchet distance in the judge's 64-d features needs well over 64 images
     size: int = 64  # square scenes of size x size pixels
+
+    def __post_init__(self) -> None:
+        _check_seed("synthetic.seed", self.seed)
+        _at_least(self, "synthetic", 0, "num_train", "num_val")
+        _at_least(self, "synthetic", 1, "size")
 
 
 @dataclass(frozen=True)
@@ -151,7 +163,9 @@ class ModelConfig:
         return self.spap in (network, "both")
 
     def __post_init__(self) -> None:
-        _at_least(self, "model", 1, "ngf", "ndf", "num_discriminators", "n_layers_d")
+        _at_least(self, "model", 1, "ngf", "ndf", "num_discriminators", "n_layers_d", "ca2sis_style_dim")
+        _check(self.init_gain > 0, "model.init_gain", self.init_gain,
+               "must be > 0 (the standard deviation of the initial weights; official: 0.02)")
         _check(self.sam_kernel_size % 2 == 1 and self.sam_kernel_size > 0, "model.sam_kernel_size",
                self.sam_kernel_size, "must be odd and >= 1 (the SAM convolution keeps the map size)")
         if self.style == "off" and self.z_dim is not None:
@@ -196,11 +210,16 @@ class ModelConfig:
 class LossConfig:
     lambda_gan: float = 1.0  # paper Eq. 10, lambda_cgan
     lambda_feat: float = 10.0  # lambda_f
-    lambda_vgg: float = 10.0  # lambda_p; 0 turns the perceptual loss (and VGG19) off
+    lambda_vgg: float = 0.0  # lambda_p (the paper's value: 10; it needs VGG19 weights, README); 0: no perceptual loss
     lambda_att: float = 1.0  # CA2SIS attention loss L_att (official weight with --att_loss: 1); only for ca2sis
     vgg_weights: str = "auto"  # a .pth file of torchvision's vgg19 ImageNet weights, or auto (torch cache)
     vgg_input: Literal["official", "imagenet"] = "official"  # VGG sees [-1, 1] images (official) or ImageNet-normalised
     lambda_kld: float = 0.05  # KL term of the style encoder (model.style=vae only; SPADE's value)
+
+    def __post_init__(self) -> None:
+        # a negative weight would reverse a loss (0 switches it off)
+        _at_least(self, "loss", 0, "lambda_gan", "lambda_feat", "lambda_vgg", "lambda_att", "lambda_kld",
+                  hint=" (0 switches that loss off)")
 
 
 @dataclass(frozen=True)
@@ -216,18 +235,18 @@ class TrainConfig:
     beta2: float = 0.9
     seed: int = 0
     device: str = "auto"  # auto (cuda if present, else cpu) | cpu | cuda | cuda:N
-    amp: Literal["off", "bf16", "fp16"] = "off"
-    channels_last: bool = False
+    amp: Literal["off", "bf16", "fp16"] = "bf16"  # bf16/fp16: autocast | off: exact fp32 (the official computation)
+    channels_last: bool = True  # NHWC tensors (oneDNN's bf16 kernels); false with amp off for the exact fp32 path
     heap_reuse: bool = True  # keep freed memory in the heap (glibc mallopt; dagan/heap.py): faster steps
-    ema_decay: float = 0.0  # > 0 keeps an EMA generator
+    ema_decay: float = 0.999  # > 0 keeps an EMA generator; 0: none (the official training)
     init_from: str | None = None  # checkpoint (trained or imported official) whose G (and D) weights start a new run
-    ema_rampup: float = 0.0  # > 0: the EMA's half-life is at most this x the steps so far (dagan/ema.py); 0: off
-    ema_bn_batches: int = 0  # > 0: EMA's batch-norm statistics recomputed on this many train batches per checkpoint
+    ema_rampup: float = 0.05  # > 0: the EMA's half-life is at most this x the steps so far (dagan/ema.py); 0: off
+    ema_bn_batches: int = 8  # > 0: EMA's batch-norm statistics recomputed on this many train batches per checkpoint
     out_dir: str = "outputs/train"
     checkpoint_every: int = 200  # steps
     keep_last: int = 3
     log_every: int = 10
-    sample_every: int = 100  # steps between sample grids (the official display_freq); 0: none
+    sample_every: int = 64  # steps between sample grids (the official display_freq: 100); 0: the last step's only
 
     def __post_init__(self) -> None:
         _at_least(self, "train", 1, "batch_size", hint=" (the global batch, split across processes)")
@@ -239,6 +258,7 @@ class TrainConfig:
             _check(getattr(self, name) > 0, f"train.{name}", getattr(self, name), "must be > 0")
         for name in ("beta1", "beta2", "ema_decay"):
             _check(0 <= getattr(self, name) < 1, f"train.{name}", getattr(self, name), "must be in [0, 1)")
+        _check_seed("train.seed", self.seed)
 
 
 @dataclass(frozen=True)
@@ -260,6 +280,7 @@ class JudgeConfig:
     def __post_init__(self) -> None:
         _at_least(self, "judge", 1, "width", "levels", "epochs", "batch_size")
         _check(self.lr > 0, "judge.lr", self.lr, "must be > 0")
+        _check_seed("judge.seed", self.seed)
 
 
 @dataclass(frozen=True)
@@ -345,7 +366,8 @@ class Config:
         return round(crop / aspect), crop
 
     def check_image_size(self) -> None:
-        """CA2SIS is built for one image size whose sides are multiples of 64 (its style encoder); the FPSE
+        """The generator doubles its start map ``2**num_up`` times (DAGAN, CC-FPSE): image sides are multiples
+        of that. CA2SIS is built for one image size whose sides are multiples of 64 (its style encoder); the FPSE
         discriminator needs sides that are multiples of 32 and at least 64 (so a sweep refuses it up front)."""
         height, width = self.image_size()
         if self.model.discriminator == "fpse" and (height % FPSE_SIZE_MULTIPLE or width % FPSE_SIZE_MULTIPLE
@@ -362,6 +384,14 @@ class Config:
                 f"{height}x{width} (dataset.crop_size={self.dataset.crop_size}, dataset.aspect_ratio="
                 f"{self.dataset.aspect_ratio}); set dataset.crop_size to a multiple of {CA2SIS_SIZE_MULTIPLE}"
             )
+        doublings = NUM_UP[resolved_value(self.model.num_upsampling_layers)]
+        factor = 2**doublings
+        if self.model.generator != "ca2sis" and (height % factor or width % factor or min(height, width) < 1):
+            raise ConfigError(
+                f"image sides must be multiples of {factor} (2**{doublings} for model.num_upsampling_layers="
+                f"{self.model.num_upsampling_layers}), got {height}x{width} "
+                f"(dataset.crop_size={self.dataset.crop_size}, dataset.aspect_ratio={self.dataset.aspect_ratio}); "
+                f"set dataset.crop_size to a multiple of {factor} (and crop_size / aspect_ratio too)")
 
 
 def _type_name(tp: Any) -> str:
@@ -399,6 +429,8 @@ def _check_value(value: Any, tp: Any, where: str) -> Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: {value!r} is not a finite number; NaN and infinities are never a valid setting")
     if tp is int and isinstance(value, bool) or not isinstance(value, tp):
         raise ConfigError(f"{where}: {value!r} is a {type(value).__name__}, expected {_type_name(tp)}")
     return value
@@ -446,16 +478,19 @@ def read_params(path: str | Path, overrides: Overrides = ()) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist; pass --params FILE")
     with path.open() as fh:
         try:
-            data = yaml.safe_load(fh) or {}
+            data = load_yaml(fh) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the file holds a {type(data).__name__} ({str(data)[:60]!r}), not a mapping of "
                           "sections (dataset:, model:, train:, ...); see params.yaml for the layout")
     try:
-        return merge_overrides(data, overrides)
+        merged = merge_overrides(data, overrides)
     except OverrideError as err:
         raise ConfigError(f"{path}: {err}") from None
+    for key, number in surprising_numbers(merged):  # YAML 1.1's 1:30 = 90, 0x10 = 16, ...
+        raise ConfigError(f"{path}: {key}: {number.explain()}")
+    return merged
 
 
 @typing.overload

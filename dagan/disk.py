@@ -10,3 +10,10 @@ from __future__ import annotations
 import errno
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_line(err: OSError) -> str:
+    """The one line a full disk (``err.errno`` in DISK_FULL) is reported with, naming the file or folder."""
+    where = f" writing {err.filename}" if err.filename else ""
+    return (f"error: no space left on the device{where} ({err.strerror}); free space there or write the outputs to "
+            "another disk, then run the same command again")

@@ -100,12 +100,14 @@ class GlooSyncBatchNorm(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics are averaged over all ranks (works on CPU/gloo).
 
     Same parameters and buffers as :class:`torch.nn.BatchNorm2d`, so state dicts are
-    interchangeable. Gradients flow through the all-gather.
+    interchangeable. Gradients flow through the all-gather. Under autocast (bf16 / fp16 inputs) the
+    statistics are computed in float32, as torch's own batch norm does, and the output keeps the input's type.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
+        dtype, x = x.dtype, x.float()
         # Per-rank count, mean and centred sum of squares, combined exactly (Chan et al.): the
         # one-pass E[x^2] - mean^2 loses the precision that small-variance features need.
         count = x.numel() // x.shape[1]
@@ -130,7 +132,7 @@ class GlooSyncBatchNorm(nn.BatchNorm2d):
         out = (x - mean[None, :, None, None]) * torch.rsqrt(var[None, :, None, None] + self.eps)
         if self.affine:
             out = out * self.weight[None, :, None, None] + self.bias[None, :, None, None]
-        return out
+        return out.to(dtype)
 
 
 def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:

@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from dagan.atomic import atomic_write, atomic_write_bytes
+from dagan.atomic import atomic_files, atomic_write, atomic_write_bytes
 from dagan.ca2sis import CA2SISGenerator
 from dagan.checkpoint import FORMAT_VERSION, load_checkpoint, load_generator
 from dagan.config import Config
@@ -39,6 +39,7 @@ from dagan.console import add_log_level_arguments, progress
 from dagan.data.classes import colorize
 from dagan.data.manifest import Manifest, read_manifest
 from dagan.data.png import encode_png, open_image
+from dagan.disk import DISK_FULL
 from dagan.generator import uses_style_image
 from dagan.labels import semantic_input
 from dagan.latent import check_seed, choose_latent, style_photo_tensor
@@ -319,8 +320,9 @@ def generate_dir(
     a photo whose style a ``vae`` model transfers onto every label map. Writes ``out_dir/index.html``
     with label | generated (| the real photo of ``images_dir``) side by side
     (:mod:`dagan.results_page`). Every input is checked before anything is written, so bad input
-    leaves no partial output. ``out_dir`` is never an input folder, and files already there are
-    replaced only with ``overwrite``.
+    leaves no partial output, and the outputs appear together at the end (:func:`dagan.atomic.atomic_files`),
+    so a full disk or Ctrl-C leaves none either. ``out_dir`` is never an input folder, and files already there
+    are replaced only with ``overwrite``.
     """
     labels_dir, out_dir = Path(labels_dir), Path(out_dir)
     if limit is not None and limit < 1:
@@ -358,24 +360,29 @@ def generate_dir(
             codes = synthesizer.style_codes(label, scene_style, what=str(file))
             codes = style_edit.apply(codes) if style_edit is not None else codes
         inputs.append((file, label, instance, codes, photo))
-    assets = out_dir / ASSET_DIR
-    for folder in (out_dir, assets / "label", *([assets / "real"] if images_dir is not None else [])):
-        folder.mkdir(parents=True, exist_ok=True)
     written, rows = [], []
-    for file, label, instance, codes, photo in progress(inputs, total=len(inputs), desc="generate", unit="image"):
-        atomic_write_bytes(assets / "label" / file.name, encode_png(colorize(label, synthesizer.layout.class_colors)))
-        real = None
-        if photo is not None:
-            real = f"{ASSET_DIR}/real/{photo.name}"
-            atomic_write_bytes(out_dir / real, photo.read_bytes())
-        for sample_seed in seeds:
-            image = synthesizer(label, instance, edges_from_labels, what=str(file), style_codes=codes,
-                                seed=sample_seed, style=style_photo)
-            target = out_dir / _output_name(file, sample_seed, len(seeds))
-            atomic_write_bytes(target, encode_png(image))
-            written.append(target)
-            rows.append(ResultRow(target.name, f"{ASSET_DIR}/label/{file.name}", target.name, real))
-    write_page(out_dir, rows, f"DAGAN results: {labels_dir}")
+    try:
+        with atomic_files(out_dir) as staging:  # every output appears at the end, or none (a full disk, Ctrl-C)
+            for file, label, instance, codes, photo in progress(inputs, total=len(inputs), desc="generate",
+                                                               unit="image"):
+                atomic_write_bytes(staging / ASSET_DIR / "label" / file.name,
+                                   encode_png(colorize(label, synthesizer.layout.class_colors)))
+                real = None
+                if photo is not None:
+                    real = f"{ASSET_DIR}/real/{photo.name}"
+                    atomic_write_bytes(staging / real, photo.read_bytes())
+                for sample_seed in seeds:
+                    image = synthesizer(label, instance, edges_from_labels, what=str(file), style_codes=codes,
+                                        seed=sample_seed, style=style_photo)
+                    name = _output_name(file, sample_seed, len(seeds))
+                    atomic_write_bytes(staging / name, encode_png(image))
+                    written.append(out_dir / name)
+                    rows.append(ResultRow(name, f"{ASSET_DIR}/label/{file.name}", name, real))
+            write_page(staging, rows, f"DAGAN results: {labels_dir}")
+    except OSError as err:
+        if err.errno not in DISK_FULL:
+            raise
+        raise OSError(err.errno, f"{err.strerror}; nothing was written to {out_dir}", str(out_dir)) from None
     return written
 
 

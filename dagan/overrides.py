@@ -14,7 +14,8 @@ Values are YAML (``2e-4``, ``true``, ``null``, ``[1, 2]``, ``{type: choice, valu
 (``a=1,2``: ``dvc exp run --queue`` runs one experiment per value), Hydra functions
 (``choice(...)``, ``range(...)``, ...), interpolations (``${...}``), the ``file.yaml:`` prefix of
 ``dvc exp run`` (components read one file: ``--params FILE``), ``key[0]`` (write ``key.0``),
-config groups (``a/b=...``) and packages (``key@pkg``).
+config groups (``a/b=...``) and packages (``key@pkg``), and YAML 1.1 numbers that surprise (``1:30``
+is 90, ``0x10`` is 16: :mod:`dagan.yaml_numbers`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
+
+from dagan.yaml_numbers import load_yaml, surprising_numbers
 
 HYDRA_FUNCTIONS = ("choice", "range", "interval", "glob", "tag", "sort", "shuffle", "int", "float", "str", "bool",
                    "json_str", "extend_list")
@@ -77,9 +80,11 @@ def parse_value(raw: str, text: str) -> Any:
     if not stripped:
         return ""
     try:
-        value = yaml.safe_load(stripped)
+        value = load_yaml(stripped)
     except yaml.YAMLError as err:
         raise OverrideError(f"override {text!r}: the value is not valid YAML ({err})") from None
+    for _, number in surprising_numbers(value):  # YAML 1.1's 1:30 = 90, 0x10 = 16, ...
+        raise OverrideError(f"override {text!r}: {number.explain()}")
     if isinstance(value, str) and _looks_like_float(value):
         value = float(value)  # YAML 1.1 reads "2e-4" as a string
     return value

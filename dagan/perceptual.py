@@ -53,6 +53,14 @@ class VGG19Features(nn.Module):
     def train(self, mode: bool = True) -> VGG19Features:
         return super().train(False)  # always in eval mode
 
+    def for_autocast(self, dtype: torch.dtype | None) -> VGG19Features:
+        """Store the frozen conv weights in autocast's ``dtype`` (None: leave them): autocast would cast the
+        same float32 weights to the same values at every call, a full pass over the 20M weights each time.
+        The outputs are unchanged (the ImageNet normalisation's buffers stay float32)."""
+        if dtype is not None:
+            self.slices.to(dtype)
+        return self
+
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
         x = ((image + 1) / 2 - self.mean) / self.std if self.imagenet_normalised else image
         outputs = []

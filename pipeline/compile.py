@@ -1,7 +1,8 @@
 """``python -m pipeline.compile --output FILE``: write the Kubeflow pipeline as a YAML package.
 
     python -m pipeline.compile --output dagan-pipeline.yaml --image REGISTRY/dagan:TAG [--gpus 4]
-        [--shared-pvc NAME [--trainjob]] [--mlflow-secret NAME] [--s3-secret NAME] ...
+        [--shared-pvc NAME [--trainjob]] [--mlflow-secret NAME] [--s3-secret NAME]
+        [--toleration KEY[=VALUE][:EFFECT]] [--node-selector KEY=VALUE] [--kueue-queue NAME] ...
 
 The flags are the cluster's side of the pipeline (pipeline/tasks.py, ClusterSettings);
 a run's own choices (params file, -S overrides, nodes) are parameters given at submit time.
@@ -18,6 +19,7 @@ from kfp import compiler
 
 from dagan.atomic import atomic_write
 from pipeline.pipeline import build_pipeline
+from pipeline.scheduling import add_scheduling_arguments, scheduling_from
 from pipeline.tasks import DEFAULT_IMAGE, ClusterSettings
 
 DEFAULTS = ClusterSettings()
@@ -42,13 +44,21 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--shared-mount", default=DEFAULTS.shared_mount, help="default %(default)s")
     group.add_argument("--trainjob", action="store_true",
                        help="train as a Kubeflow Trainer TrainJob over num_nodes x gpus_per_node (needs --shared-pvc)")
+    group.add_argument("--trainjob-timeout-s", type=float, default=DEFAULTS.trainjob_timeout_s,
+                       help="how long the train step waits for the TrainJob; also its activeDeadlineSeconds "
+                            "(default %(default).0f = 7 days)")
+    group.add_argument("--trainjob-grace-s", type=int, default=DEFAULTS.trainjob_grace_s,
+                       help="terminationGracePeriodSeconds of the TrainJob's nodes: SIGTERM to SIGKILL, the time to "
+                            "write a checkpoint when preempted (default %(default)s, docs/KUBEFLOW.md)")
+    add_scheduling_arguments(parser)
 
 
 def settings_from(args: argparse.Namespace) -> ClusterSettings:
     return ClusterSettings(image=args.image, gpus=args.gpus, cpu=args.cpu, memory=args.memory, shm_size=args.shm_size,
                            train_retries=args.train_retries, mlflow_secret=args.mlflow_secret,
                            s3_secret=args.s3_secret, shared_pvc=args.shared_pvc, shared_mount=args.shared_mount,
-                           trainjob=args.trainjob)
+                           trainjob=args.trainjob, trainjob_timeout_s=args.trainjob_timeout_s,
+                           trainjob_grace_s=args.trainjob_grace_s, scheduling=scheduling_from(args))
 
 
 def write_pipeline(pipeline_func, output: str | Path) -> Path:

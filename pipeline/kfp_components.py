@@ -61,16 +61,17 @@ def train(params_file: str, overrides: list, prepared: Input[Dataset], nproc: in
 
 def train_distributed(params_file: str, overrides: list, prepared: Input[Dataset], image: str, num_nodes: int,
                       gpus_per_node: int, resources: dict, shared_pvc: str, shared_mount: str, work_root: str,
-                      secret_env: list, timeout_s: float, job_id: str, model: Output[Model],
-                      metrics: Output[Metrics]):
-    """Launch a Kubeflow Trainer TrainJob (torchrun over num_nodes x gpus_per_node) and wait for it."""
+                      secret_env: list, timeout_s: float, grace_s: int, scheduling: dict, job_id: str,
+                      model: Output[Model], metrics: Output[Metrics]):
+    """Launch a Kubeflow Trainer TrainJob (torchrun over num_nodes x gpus_per_node), or recover the one an earlier
+    attempt of this step launched, and wait for it; SIGTERM or the timeout deletes it."""
     from pipeline import steps
 
     values = steps.train_distributed(
         params_file, overrides, prepared.path, model.path, job_name=f"dagan-{job_id.replace('-', '')[:20]}",
         work_dir=f"{work_root}/{job_id}", image=image, num_nodes=num_nodes, gpus_per_node=gpus_per_node,
         resources=resources, shared_pvc=shared_pvc, shared_mount=shared_mount, secret_env=secret_env,
-        timeout_s=timeout_s, kfp_run_id=job_id)
+        timeout_s=timeout_s, grace_s=grace_s, scheduling=scheduling, kfp_run_id=job_id)
     for name, value in values.items():
         metrics.log_metric(name, value)
 

@@ -1,7 +1,7 @@
 """The TrainJob's node logs, copied into the launcher step's own log while it waits.
 
 Kubeflow shows a step's stdout; the TrainJob's nodes are other pods. The launcher
-(pipeline/trainjob.py) polls the TrainJob anyway, and at every poll prints the nodes' new log
+(pipeline/launcher.py) polls the TrainJob anyway, and at every poll prints the nodes' new log
 lines here, prefixed with the pod's name.
 """
 

@@ -21,8 +21,10 @@ No ``from __future__ import annotations``: KFP reads the parameter types from th
 """
 
 from kfp import dsl
+from kfp import kubernetes as k8s
 
 from pipeline.kfp_components import build_components
+from pipeline.launcher import POD_NAME_ENV
 from pipeline.tasks import (
     IMAGE_PARAMS,
     ClusterSettings,
@@ -47,9 +49,11 @@ def _steps(ops: dict, settings: ClusterSettings, params_file, overrides, num_nod
             resources={"cpu": settings.cpu, "memory": settings.memory, "shm": settings.shm_size},
             shared_pvc=settings.shared_pvc, shared_mount=settings.shared_mount, work_root=settings.work_root,
             secret_env=settings.secret_env(), timeout_s=settings.trainjob_timeout_s,
+            grace_s=settings.trainjob_grace_s, scheduling=settings.scheduling.to_dict(),
             job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         train.set_cpu_request("1").set_memory_request("2Gi").set_memory_limit("4Gi")  # a launcher: it waits
         with_shared_volume(train, settings)
+        k8s.use_field_path_as_env(train, POD_NAME_ENV, "metadata.name")  # the run's workflow owns the TrainJob
     else:
         train = ops["train"](params_file=params_file, overrides=overrides, prepared=prepare.outputs["prepared"],
                              nproc=gpus_per_node, work_root=settings.work_root,

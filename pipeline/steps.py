@@ -24,7 +24,9 @@ from typing import Any
 from components.settings import load_step_config
 from components.tracking import KFP_RUN_ENV
 from dagan.checkpoint import FINAL_NAME, checkpoint_dir
-from pipeline.trainjob import DistributedTraining, SecretEnv, current_namespace, run_in_process, run_trainjob
+from pipeline.launcher import current_namespace, run_in_process, run_trainjob
+from pipeline.scheduling import Scheduling
+from pipeline.trainjob import DistributedTraining, SecretEnv
 
 
 class StepError(RuntimeError):
@@ -121,6 +123,12 @@ def train_judge(params_file: str, overrides: Sequence[str], prepared_dir: str, j
     return numeric(read_json(Path(judge_dir) / "metrics.json"))
 
 
+def _training_ended(train_dir: Path) -> bool:
+    """Whether ``train_dir`` holds a training that ran to its last step (not one stopped by SIGTERM)."""
+    path = train_dir / "metrics.json"
+    return path.is_file() and not json.loads(path.read_text()).get("stopped_early")
+
+
 def _finished_training(train_dir: Path) -> dict[str, Any]:
     metrics = read_json(train_dir / "metrics.json")
     if metrics.get("stopped_early"):
@@ -161,10 +169,12 @@ def train(params_file: str, overrides: Sequence[str], prepared_dir: str, model_d
 def train_distributed(params_file: str, overrides: Sequence[str], prepared_dir: str, model_dir: str, *,
                       job_name: str, work_dir: str, image: str, num_nodes: int, gpus_per_node: int,
                       resources: Mapping[str, str], shared_pvc: str, shared_mount: str,
-                      secret_env: Sequence[Mapping[str, Any]], timeout_s: float, kfp_run_id: str = "",
-                      api=None, logs_api=None) -> dict[str, float]:
-    """Launch a TrainJob over ``num_nodes`` x ``gpus_per_node`` and wait, printing its nodes' logs; data and
-    checkpoints on the shared volume."""
+                      secret_env: Sequence[Mapping[str, Any]], timeout_s: float, grace_s: int,
+                      scheduling: Mapping[str, Any] | None = None, kfp_run_id: str = "", api=None,
+                      core_api=None) -> dict[str, float]:
+    """Launch a TrainJob over ``num_nodes`` x ``gpus_per_node`` (or recover the one a previous attempt of the step
+    launched) and wait, printing its nodes' logs; data and checkpoints on the shared volume. The job's deadline is
+    ``timeout_s``, its nodes' grace period ``grace_s`` (pipeline/launcher.py)."""
     if not work_dir.startswith(shared_mount.rstrip("/") + "/"):
         raise ValueError(f"work_dir {work_dir!r} must lie on the shared volume mounted at {shared_mount}")
     work = Path(work_dir)
@@ -184,8 +194,10 @@ def train_distributed(params_file: str, overrides: Sequence[str], prepared_dir: 
         shared_pvc=shared_pvc, shared_mount=shared_mount, namespace=current_namespace(),
         secret_env=tuple(SecretEnv(**item) for item in secret_env),
         env=((KFP_RUN_ENV, kfp_run_id),) if kfp_run_id else (),
+        grace_s=int(grace_s), active_deadline_s=max(int(timeout_s), 1),  # KFP may pass numbers as floats
+        scheduling=Scheduling.from_dict(scheduling or {}),
     )
-    run_trainjob(job, timeout_s=timeout_s, api=api, logs_api=logs_api)
+    run_trainjob(job, timeout_s=timeout_s, api=api, core_api=core_api, finished=lambda: _training_ended(train_dir))
     metrics = _finished_training(train_dir)
     export_training(train_dir, Path(model_dir))
     return numeric(metrics)

@@ -3,12 +3,14 @@
 :class:`ClusterSettings` is what a cluster provides, decided at compile time (``python -m
 pipeline.compile`` / ``python -m pipeline.tune_pipeline`` flags): the image, the train pod's
 GPUs / CPU / memory / shared memory, retries, the names of the secrets that carry the MLflow
-tracking URI and the S3 credentials, an optional shared volume, and whether training runs in its
-own pod or as a Kubeflow Trainer TrainJob.
+tracking URI and the S3 credentials, an optional shared volume, whether training runs in its
+own pod or as a Kubeflow Trainer TrainJob (with its timeout and its nodes' grace period), and
+where GPU pods may run (:class:`pipeline.scheduling.Scheduling`: tolerations, node selector,
+Kueue queue).
 
 The functions below set a task up for the cluster: ``with_secrets`` / ``with_shared_volume`` /
-``with_gpus`` apply one setting; :func:`prepare_and_judge` builds the two first steps both
-pipelines share (the main pipeline of pipeline/pipeline.py and the sweep of
+``with_gpus`` (GPUs, /dev/shm and the scheduling) apply one setting; :func:`prepare_and_judge`
+builds the two first steps both pipelines share (the main pipeline of pipeline/pipeline.py and the sweep of
 pipeline/tune_pipeline.py) with their resources, caching and retries; :func:`with_train_pod`
 gives a task the train pod's resources (the in-pod train step and the sweep's tune step).
 One home, so the two pipelines cannot drift apart (``tests/test_pipeline_compile.py`` compares them).
@@ -19,6 +21,9 @@ from dataclasses import dataclass
 from kfp import dsl
 from kfp import kubernetes as k8s
 from kfp.dsl.pipeline_channel import PipelineChannel
+
+from pipeline.scheduling import Scheduling
+from pipeline.trainjob import DEFAULT_GRACE_S
 
 DEFAULT_IMAGE = "dagan:0.1.0"
 IMAGE_PARAMS = "/app/params.yaml"  # the params file baked into the image (Dockerfile: WORKDIR /app)
@@ -45,7 +50,9 @@ class ClusterSettings:
     shared_pvc: str | None = None  # ReadWriteMany claim: raw data, TrainJob data and checkpoints
     shared_mount: str = "/mnt/shared"
     trainjob: bool = False  # train as a Kubeflow Trainer TrainJob (needs shared_pvc)
-    trainjob_timeout_s: float = 7 * 24 * 3600.0
+    trainjob_timeout_s: float = 7 * 24 * 3600.0  # the launcher's wait and the TrainJob's activeDeadlineSeconds
+    trainjob_grace_s: int = DEFAULT_GRACE_S  # terminationGracePeriodSeconds of the TrainJob's nodes
+    scheduling: Scheduling = Scheduling()  # of every GPU pod: train, train_judge, evaluate, tune, TrainJob nodes
 
     def __post_init__(self) -> None:
         if self.trainjob and not self.shared_pvc:
@@ -53,6 +60,9 @@ class ClusterSettings:
                              "compile with --shared-pvc NAME (docs/KUBEFLOW.md)")
         if self.gpus < 0 or self.train_retries < 0:
             raise ValueError(f"gpus and train_retries must be >= 0, got {self.gpus} and {self.train_retries}")
+        if self.trainjob_timeout_s < 1 or self.trainjob_grace_s < 1:
+            raise ValueError(f"--trainjob-timeout-s and --trainjob-grace-s must be >= 1 s, got "
+                             f"{self.trainjob_timeout_s:g} and {self.trainjob_grace_s}")
 
     @property
     def work_root(self) -> str:
@@ -85,11 +95,25 @@ def with_shared_volume(task: dsl.PipelineTask, settings: ClusterSettings) -> dsl
 
 
 def with_gpus(task: dsl.PipelineTask, gpus, settings: ClusterSettings) -> dsl.PipelineTask:
-    """``gpus`` GPUs (a number, or a run parameter) when the pipeline is compiled for GPUs; /dev/shm always."""
+    """``gpus`` GPUs (a number, or a run parameter) and the GPU pods' scheduling when the pipeline is compiled for
+    GPUs; /dev/shm always."""
     if settings.gpus > 0 and (isinstance(gpus, PipelineChannel) or gpus > 0):
         task.set_accelerator_type(GPU).set_accelerator_limit(gpus)
+        with_scheduling(task, settings.scheduling)
     k8s.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
                         size_limit=settings.shm_size)
+    return task
+
+
+def with_scheduling(task: dsl.PipelineTask, scheduling: Scheduling) -> dsl.PipelineTask:
+    """The tolerations, node selector and Kueue queue label of a GPU pod."""
+    for toleration in scheduling.tolerations:
+        k8s.add_toleration(task, key=toleration.key, operator=toleration.operator, value=toleration.value or None,
+                           effect=toleration.effect or None)
+    for key, value in scheduling.node_selector:
+        k8s.add_node_selector(task, label_key=key, label_value=value)
+    for key, value in scheduling.queue_labels().items():
+        k8s.add_pod_label(task, label_key=key, label_value=value)
     return task
 
 

@@ -1,25 +1,33 @@
-"""Distributed training on the cluster's own engine: a Kubeflow Trainer TrainJob running torchrun.
+"""Distributed training on the cluster's own engine: the Kubeflow Trainer TrainJob and the command of its nodes.
 
-The train step of the pipeline either trains in its own pod (:func:`run_in_process`: one
-process, or ``torchrun --standalone`` over the pod's GPUs; this is also the local mode) or
-launches a TrainJob (Kubeflow Trainer v2, ``trainer.kubeflow.org/v1alpha1``) that runs
-``torchrun -m components.train`` over N nodes x G GPUs in the project image and waits for it.
-The torch-distributed runtime injects ``PET_NNODES``, ``PET_NODE_RANK``, ``PET_MASTER_ADDR`` and
-``PET_MASTER_PORT`` into every node; torchrun reads them. Data and checkpoints live on a shared
-ReadWriteMany volume mounted on every node (rank 0 writes; a resubmitted job resumes from the
-newest checkpoint there); MLflow and S3 settings come from Kubernetes secrets.
+With ``--trainjob`` the pipeline's train step launches a TrainJob (Kubeflow Trainer v2,
+``trainer.kubeflow.org/v1alpha1``) that trains over N nodes x G GPUs in the project image
+(pipeline/launcher.py submits it and waits). This module is what the job is: its spec, and the
+command every node runs, :func:`node_command`.
+
+The node command is torch elastic's fault-tolerant launch: torchrun (through
+:mod:`pipeline.elastic`) with the c10d rendezvous, a rendezvous id per job (the TrainJob's name)
+and the rendezvous endpoint that the torch-distributed runtime injects into every node
+(``PET_MASTER_ADDR``:``PET_MASTER_PORT``, node 0's address and port 29400; Kubernetes expands the
+``$(VAR)`` references from the container's env). ``--nnodes`` is fixed: the job trains on all
+its nodes or waits for them, never on fewer (docs/KUBEFLOW.md, "When things fail", says why).
+``--max-restarts`` restarts a failed worker group on every node; each start of
+``components.train`` resumes from the newest checkpoint in ``train.out_dir`` on the shared
+ReadWriteMany volume (rank 0 writes it), and ``components.train`` records its exception into
+torchrun's error file (``@record``), so the root cause of a failure is named in the log. The
+same function builds the command of the two-node test on 127.0.0.1 (tests/test_train_elastic.py).
+
+Preemption: the pods get ``terminationGracePeriodSeconds`` (a setting whose default comes from
+the measured SIGTERM-to-checkpoint time, bench/preemption.py) and torchrun waits as long for its
+workers after forwarding SIGTERM (``--shutdown-timeout``). The TrainJob gets
+``activeDeadlineSeconds`` from the launcher's timeout, and the scheduling settings
+(:mod:`pipeline.scheduling`: tolerations, node selector, Kueue queue).
 
 Submission uses the kubernetes client's ``CustomObjectsApi`` (already pinned through kfp) rather
 than the ``kubeflow`` SDK's TrainerClient: kubeflow 0.5 installs beside our pins, but its
 container trainer cannot set the command, secret-backed env or volumes (``env`` takes plain
 strings, which would put credentials into the spec), and its function trainer ships a function's
 source instead of running our CLI. The spec below is plain data, so a test can check it exactly.
-
-torchrun runs with ``--max-restarts`` (default 3): a failed worker group restarts and, as every
-start of ``components.train`` does, resumes from the newest checkpoint in ``train.out_dir``;
-``components.train`` records its exception into torchrun's error file (``@record``), so the root
-cause of a failure is named in the log. While waiting, the launcher copies the nodes' logs into
-its own (:class:`pipeline.node_logs.NodeLogs`), so they appear in the Kubeflow step's log.
 
 The PyTorchJob (training-operator v1, ``kubeflow.org/v1``) alternative for clusters still on the
 training operator: :func:`pytorchjob_spec` (docs/KUBEFLOW.md).
@@ -28,25 +36,23 @@ training operator: :func:`pytorchjob_spec` (docs/KUBEFLOW.md).
 from __future__ import annotations
 
 import copy
-import logging
-import os
-import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from pipeline.node_logs import NodeLogs
-
-log = logging.getLogger("pipeline.trainjob")
+from pipeline.scheduling import Scheduling, add_scheduling_arguments, scheduling_from
 
 TRAINER_GROUP, TRAINER_VERSION, TRAINJOB_PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
 PYTORCHJOB_GROUP, PYTORCHJOB_VERSION = "kubeflow.org", "v1"
 NODE = "node"  # replicated job and container name of the torch-distributed runtime
 PATCH_MANAGER = "dagan.pipeline"
-SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+RUNTIME_RDZV_ENDPOINT = "$(PET_MASTER_ADDR):$(PET_MASTER_PORT)"  # Kubeflow Trainer's torch runtime: node 0
+OPERATOR_RDZV_ENDPOINT = "$(MASTER_ADDR):$(MASTER_PORT)"  # the training operator's PyTorchJob: the Master
+# terminationGracePeriodSeconds of the nodes: the measured SIGTERM-to-checkpoint time of the Cityscapes B6 model
+# (bench/results/preemption.json) with a margin (docs/KUBEFLOW.md, "Preemption"; a test keeps the two in step).
+DEFAULT_GRACE_S = 180
+DEFAULT_JOIN_TIMEOUT_S = 600  # how long a node waits for the others (also for a lost node's replacement)
 
 
 class TrainJobError(RuntimeError):
@@ -67,9 +73,25 @@ class SecretEnv:
         return {"name": self.env, "valueFrom": {"secretKeyRef": ref}}
 
 
+def node_command(train_args: Sequence[str], *, num_nodes: int, procs_per_node: int, rdzv_endpoint: str,
+                 rdzv_id: str, max_restarts: int, join_timeout_s: int = DEFAULT_JOIN_TIMEOUT_S,
+                 shutdown_timeout_s: int = DEFAULT_GRACE_S, python: str = "python") -> list[str]:
+    """The command of one node: torchrun (:mod:`pipeline.elastic`) with the c10d rendezvous at ``rdzv_endpoint``
+    (``HOST:PORT``) under ``rdzv_id``, running ``components.train`` with ``train_args``.
+
+    ``join_timeout_s``: how long a node waits for all ``num_nodes`` (at the start, and after a restart for a
+    lost node's replacement); ``shutdown_timeout_s``: how long torchrun lets its workers write their
+    checkpoint after forwarding SIGTERM before it kills them.
+    """
+    return [python, "-m", "pipeline.elastic", "--nnodes", str(num_nodes), "--nproc-per-node", str(procs_per_node),
+            "--rdzv-backend", "c10d", "--rdzv-endpoint", rdzv_endpoint, "--rdzv-id", rdzv_id,
+            "--rdzv-conf", f"join_timeout={join_timeout_s}", "--max-restarts", str(max_restarts),
+            "--shutdown-timeout", str(shutdown_timeout_s), "-m", "components.train", *train_args]
+
+
 @dataclass(frozen=True)
 class DistributedTraining:
-    """What a distributed training needs: the job's shape, image, command arguments and storage."""
+    """What a distributed training needs: the job's shape, image, command arguments, storage and scheduling."""
 
     name: str
     image: str
@@ -87,6 +109,10 @@ class DistributedTraining:
     labels: dict[str, str] = field(default_factory=dict)
     env: tuple[tuple[str, str], ...] = ()  # plain (name, value) variables that are not secret, e.g. KFP_RUN_ID
     max_restarts: int = 3  # torchrun restarts of a failed worker group; each resumes from the newest checkpoint
+    join_timeout_s: int = DEFAULT_JOIN_TIMEOUT_S
+    grace_s: int = DEFAULT_GRACE_S  # terminationGracePeriodSeconds: SIGTERM to SIGKILL
+    active_deadline_s: int | None = None  # activeDeadlineSeconds of the TrainJob (None: no deadline)
+    scheduling: Scheduling = Scheduling()
 
     def __post_init__(self) -> None:
         if self.num_nodes < 1 or self.gpus_per_node < 0:
@@ -94,6 +120,10 @@ class DistributedTraining:
                              f"num_nodes={self.num_nodes}, gpus_per_node={self.gpus_per_node}")
         if self.max_restarts < 0:
             raise ValueError(f"TrainJob {self.name!r}: max_restarts must be >= 0, got {self.max_restarts}")
+        if self.grace_s < 1 or self.join_timeout_s < 1 or (self.active_deadline_s is not None
+                                                          and self.active_deadline_s < 1):
+            raise ValueError(f"TrainJob {self.name!r}: grace_s, join_timeout_s and active_deadline_s must be >= 1 s, "
+                             f"got {self.grace_s}, {self.join_timeout_s} and {self.active_deadline_s}")
         if self.num_nodes > 1 and not self.shared_pvc:
             raise ValueError(f"TrainJob {self.name!r}: {self.num_nodes} nodes need a shared ReadWriteMany volume "
                              "for the data and checkpoints; pass shared_pvc (compile with --shared-pvc NAME)")
@@ -102,10 +132,12 @@ class DistributedTraining:
     def procs_per_node(self) -> int:
         return max(self.gpus_per_node, 1)
 
-    def command(self) -> list[str]:
-        """torchrun over all nodes; the rendezvous (rank, master) comes from the runtime's PET_* env."""
-        return ["torchrun", "--nnodes", str(self.num_nodes), "--nproc_per_node", str(self.procs_per_node),
-                "--max-restarts", str(self.max_restarts), "-m", "components.train", *self.train_args]
+    def command(self, rdzv_endpoint: str = RUNTIME_RDZV_ENDPOINT, python: str = "python") -> list[str]:
+        """:func:`node_command` for this job: rendezvous id = the job's name, at ``rdzv_endpoint`` (by default the
+        one the torch-distributed runtime injects)."""
+        return node_command(self.train_args, num_nodes=self.num_nodes, procs_per_node=self.procs_per_node,
+                            rdzv_endpoint=rdzv_endpoint, rdzv_id=self.name, max_restarts=self.max_restarts,
+                            join_timeout_s=self.join_timeout_s, shutdown_timeout_s=self.grace_s, python=python)
 
     def env_vars(self) -> list[dict[str, Any]]:
         """The containers' env: the plain variables, then the secret references."""
@@ -126,6 +158,10 @@ class DistributedTraining:
             mounts.append({"name": "shared", "mountPath": self.shared_mount})
         return volumes, mounts
 
+    def metadata(self) -> dict[str, Any]:
+        return {"name": self.name, "namespace": self.namespace,
+                "labels": {"app.kubernetes.io/part-of": "dagan", **self.scheduling.queue_labels(), **self.labels}}
+
 
 def _security_context() -> dict[str, Any]:
     return {"runAsNonRoot": True, "allowPrivilegeEscalation": False}
@@ -135,167 +171,55 @@ def trainjob_spec(job: DistributedTraining) -> dict[str, Any]:
     """The TrainJob custom object (Kubeflow Trainer v2.3 API) for ``job``."""
     volumes, mounts = job.volumes()
     pod_patch = {"volumes": volumes,
-                 "containers": [{"name": NODE, "volumeMounts": mounts, "securityContext": _security_context()}]}
-    return {
-        "apiVersion": f"{TRAINER_GROUP}/{TRAINER_VERSION}",
-        "kind": "TrainJob",
-        "metadata": {"name": job.name, "namespace": job.namespace,
-                     "labels": {"app.kubernetes.io/part-of": "dagan", **job.labels}},
-        "spec": {
-            "runtimeRef": {"name": job.runtime, "apiGroup": TRAINER_GROUP, "kind": "ClusterTrainingRuntime"},
-            "trainer": {
-                "image": job.image,
-                "command": job.command(),
-                "numNodes": job.num_nodes,
-                "numProcPerNode": job.procs_per_node,
-                "resourcesPerNode": job.resources(),
-                "env": job.env_vars(),
-            },
-            "runtimePatches": [{
-                "manager": PATCH_MANAGER,
-                "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [{
-                    "name": NODE, "template": {"spec": {"template": {"spec": pod_patch}}},
-                }]}}},
-            }],
+                 "containers": [{"name": NODE, "volumeMounts": mounts, "securityContext": _security_context()}],
+                 "terminationGracePeriodSeconds": job.grace_s, **job.scheduling.pod_spec()}
+    spec: dict[str, Any] = {
+        "runtimeRef": {"name": job.runtime, "apiGroup": TRAINER_GROUP, "kind": "ClusterTrainingRuntime"},
+        "trainer": {
+            "image": job.image,
+            "command": job.command(),
+            "numNodes": job.num_nodes,
+            "numProcPerNode": job.procs_per_node,
+            "resourcesPerNode": job.resources(),
+            "env": job.env_vars(),
         },
+        "runtimePatches": [{
+            "manager": PATCH_MANAGER,
+            "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [{
+                "name": NODE, "template": {"spec": {"template": {"spec": pod_patch}}},
+            }]}}},
+        }],
     }
+    if job.active_deadline_s is not None:
+        spec["activeDeadlineSeconds"] = job.active_deadline_s
+    return {"apiVersion": f"{TRAINER_GROUP}/{TRAINER_VERSION}", "kind": "TrainJob", "metadata": job.metadata(),
+            "spec": spec}
 
 
 def pytorchjob_spec(job: DistributedTraining) -> dict[str, Any]:
     """The same training as a PyTorchJob (training-operator v1): one Master and num_nodes - 1 Workers.
 
-    The operator puts MASTER_ADDR, MASTER_PORT and RANK (the replica's node rank) into every
-    container's env; Kubernetes expands the ``$(VAR)`` references of the command from it.
+    The operator puts MASTER_ADDR and MASTER_PORT (the Master's service) into every container's env; Kubernetes
+    expands the ``$(VAR)`` references of the command from it, so the c10d rendezvous runs at the Master.
     """
     volumes, mounts = job.volumes()
-    command = ["torchrun", "--nnodes", str(job.num_nodes), "--nproc_per_node", str(job.procs_per_node),
-               "--node_rank", "$(RANK)", "--master_addr", "$(MASTER_ADDR)", "--master_port", "$(MASTER_PORT)",
-               "--max-restarts", str(job.max_restarts), "-m", "components.train", *job.train_args]
-    env = job.env_vars()
-    container = {"name": "pytorch", "image": job.image, "command": command, "env": env,
-                 "resources": job.resources(), "volumeMounts": mounts, "securityContext": _security_context()}
+    container = {"name": "pytorch", "image": job.image, "command": job.command(OPERATOR_RDZV_ENDPOINT),
+                 "env": job.env_vars(), "resources": job.resources(), "volumeMounts": mounts,
+                 "securityContext": _security_context()}
+    pod = {"containers": [container], "volumes": volumes, "terminationGracePeriodSeconds": job.grace_s,
+           **job.scheduling.pod_spec()}
 
     def replica(count: int) -> dict[str, Any]:
-        return copy.deepcopy({"replicas": count, "restartPolicy": "OnFailure",
-                              "template": {"spec": {"containers": [container], "volumes": volumes}}})
+        return copy.deepcopy({"replicas": count, "restartPolicy": "OnFailure", "template": {"spec": pod}})
 
     replicas = {"Master": replica(1)}
     if job.num_nodes > 1:
         replicas["Worker"] = replica(job.num_nodes - 1)
-    return {
-        "apiVersion": f"{PYTORCHJOB_GROUP}/{PYTORCHJOB_VERSION}",
-        "kind": "PyTorchJob",
-        "metadata": {"name": job.name, "namespace": job.namespace,
-                     "labels": {"app.kubernetes.io/part-of": "dagan", **job.labels}},
-        "spec": {"nprocPerNode": str(job.procs_per_node), "pytorchReplicaSpecs": replicas},
-    }
-
-
-def current_namespace(default: str = "kubeflow") -> str:
-    """The pod's own namespace inside a cluster, else ``default``."""
-    try:
-        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or default
-    except OSError:
-        return default
-
-
-def _load_kube_config() -> None:
-    from kubernetes import config
-
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-
-
-def custom_objects_api():
-    """A CustomObjectsApi with the in-cluster service account, else the local kubeconfig."""
-    from kubernetes import client
-
-    _load_kube_config()
-    return client.CustomObjectsApi()
-
-
-def core_v1_api():
-    """A CoreV1Api (pods and their logs) with the same credentials as :func:`custom_objects_api`."""
-    from kubernetes import client
-
-    _load_kube_config()
-    return client.CoreV1Api()
-
-
-def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
-    for condition in (obj.get("status") or {}).get("conditions") or []:
-        if condition.get("type") == kind and condition.get("status") == "True":
-            return condition
-    return None
-
-
-def submit_trainjob(api, spec: dict[str, Any]) -> str:
-    """Create the TrainJob; one that already exists (a retried launcher) is attached to, not duplicated."""
-    from kubernetes.client.exceptions import ApiException
-
-    name, namespace = spec["metadata"]["name"], spec["metadata"]["namespace"]
-    try:
-        api.create_namespaced_custom_object(TRAINER_GROUP, TRAINER_VERSION, namespace, TRAINJOB_PLURAL, spec)
-        log.info("created TrainJob %s/%s", namespace, name)
-    except ApiException as err:
-        if err.status != 409:
-            raise TrainJobError(f"could not create TrainJob {namespace}/{name}: {err.status} {err.reason}; "
-                                "check that Kubeflow Trainer is installed and the pipeline's service account "
-                                "may create trainjobs (docs/KUBEFLOW.md)") from err
-        log.info("TrainJob %s/%s exists already (retried step): waiting for it", namespace, name)
-    return name
-
-
-def wait_for_trainjob(api, name: str, namespace: str, timeout_s: float, poll_s: float = 30.0,
-                      clock=time.monotonic, sleep=time.sleep, logs: NodeLogs | None = None) -> dict[str, Any]:
-    """Poll until the TrainJob is Complete (returned) or Failed / past ``timeout_s`` (TrainJobError), copying the
-    nodes' new log lines at every poll when ``logs`` is given."""
-    deadline = clock() + timeout_s
-    while True:
-        obj = api.get_namespaced_custom_object(TRAINER_GROUP, TRAINER_VERSION, namespace, TRAINJOB_PLURAL, name)
-        if logs is not None:
-            logs.pump()
-        if _condition(obj, "Complete"):
-            log.info("TrainJob %s/%s complete", namespace, name)
-            return obj
-        failed = _condition(obj, "Failed")
-        if failed:
-            raise TrainJobError(f"TrainJob {namespace}/{name} failed: {failed.get('reason', '')} "
-                                f"{failed.get('message', '')}".rstrip())
-        if clock() >= deadline:
-            raise TrainJobError(f"TrainJob {namespace}/{name} did not finish within {timeout_s:.0f} s; it is left "
-                                "running: inspect it with kubectl, delete it or run the step again to wait on")
-        sleep(poll_s)
-
-
-def run_trainjob(job: DistributedTraining, timeout_s: float, poll_s: float = 30.0, api=None,
-                 logs_api=None) -> dict[str, Any]:
-    """Submit the TrainJob for ``job`` and wait for it to complete, printing its nodes' logs.
-
-    ``api`` / ``logs_api``: a CustomObjectsApi and a CoreV1Api (default: the cluster's; with an
-    ``api`` given and no ``logs_api``, no logs are read).
-    """
-    if api is None:
-        api, logs_api = custom_objects_api(), logs_api or core_v1_api()
-    name = submit_trainjob(api, trainjob_spec(job))
-    logs = NodeLogs(logs_api, name, job.namespace, poll_s) if logs_api is not None else None
-    return wait_for_trainjob(api, name, job.namespace, timeout_s, poll_s, logs=logs)
-
-
-def run_in_process(train_args: Sequence[str], nproc: int = 1) -> None:
-    """The local mode: ``components.train`` in this process, or torchrun over ``nproc`` local processes."""
-    if nproc <= 1:
-        from components import train
-
-        code = train.main(list(train_args))
-    else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
-                   "--nproc_per_node", str(nproc), "-m", "components.train", *train_args]
-        code = subprocess.run(command, check=False, env=os.environ.copy()).returncode
-    if code != 0:
-        raise TrainJobError(f"components.train exited with status {code} (args: {' '.join(train_args)})")
+    spec: dict[str, Any] = {"nprocPerNode": str(job.procs_per_node), "pytorchReplicaSpecs": replicas}
+    if job.active_deadline_s is not None:
+        spec["runPolicy"] = {"activeDeadlineSeconds": job.active_deadline_s}
+    return {"apiVersion": f"{PYTORCHJOB_GROUP}/{PYTORCHJOB_VERSION}", "kind": "PyTorchJob",
+            "metadata": job.metadata(), "spec": spec}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -323,6 +247,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--s3-secret", default="dagan-s3")
     parser.add_argument("--params", default="params.yaml", help="params file inside the image")
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--grace-s", type=int, default=DEFAULT_GRACE_S,
+                        help="terminationGracePeriodSeconds of the nodes (default %(default)s, docs/KUBEFLOW.md)")
+    parser.add_argument("--deadline-s", type=int, default=None, help="activeDeadlineSeconds of the job (default: none)")
+    add_scheduling_arguments(parser)
     args = parser.parse_args(argv)
     train_args = ["--params", args.params]
     for item in [*args.overrides, f"dataset.prepared_dir={args.prepared_dir}", f"train.out_dir={args.out_dir}"]:
@@ -335,7 +263,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         job = DistributedTraining(name=args.name, image=args.image, train_args=tuple(train_args),
                                   num_nodes=args.nodes, gpus_per_node=args.gpus_per_node, cpu_per_node=args.cpu,
                                   memory_per_node=args.memory, shm_size=args.shm_size, shared_pvc=args.shared_pvc,
-                                  shared_mount=args.shared_mount, secret_env=secrets, namespace=args.namespace)
+                                  shared_mount=args.shared_mount, secret_env=secrets, namespace=args.namespace,
+                                  grace_s=args.grace_s, active_deadline_s=args.deadline_s,
+                                  scheduling=scheduling_from(args))
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

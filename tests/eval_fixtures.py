@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import torch
 import yaml
 from PIL import Image
+from train_fixtures import EXACT_FP32
 
 from components.settings import StepConfig, step_config_from_dict
 from dagan.checkpoint import FORMAT_VERSION, save_checkpoint
@@ -79,7 +80,8 @@ def tiny_config(root: Path, size: int = SIZE, **sections: dict) -> StepConfig:
                     "crop_size": size, "aspect_ratio": 1.0, "num_workers": 0},
         "model": {"ngf": 8, "ndf": 8, "num_upsampling_layers": "normal"},
         "loss": {"lambda_vgg": 0.0},
-        "train": {"batch_size": 4, "epochs": 1, "epochs_decay": 0, "device": "cpu", "out_dir": str(root / "train")},
+        "train": {**EXACT_FP32, "batch_size": 4, "epochs": 1, "epochs_decay": 0, "device": "cpu",
+                  "out_dir": str(root / "train")},
         "mlflow": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "test"},
         "judge": {"width": 8, "levels": 2, "epochs": 10, "batch_size": 4, "lr": 1.0e-2, "device": "cpu",
                   "out_dir": str(root / "judge")},
@@ -107,6 +109,16 @@ def write_checkpoint(config: Config, path: Path, seed: int = 0) -> Path:
              "num_label_channels": NUM_CLASSES, "generator": generator.state_dict(), "discriminator": {},
              "ema": None, "optimizer_g": {}, "optimizer_d": {}, "scaler": None, "step": 0, "epoch": 0, "rng": {}}
     return save_checkpoint(state, path)
+
+
+def write_judge(config: StepConfig) -> Path:
+    """An untrained judge checkpoint where evaluate looks for it (the evaluation's plumbing is what is tested)."""
+    from dagan.eval.judge import build_judge, save_judge
+
+    path = Path(config.judge.out_dir) / "judge.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_judge(path, build_judge(config, NUM_CLASSES), config, NUM_CLASSES)
+    return path
 
 
 def start_training_run(config: StepConfig, steps: int | None = None) -> str:
@@ -156,6 +168,9 @@ def registered_model(root: Path, metrics: dict | None = None, **sections: dict) 
 
 
 def write_metrics(config: Config, metrics: dict) -> None:
+    """``metrics`` as evaluate's metrics.json, naming the checkpoint they belong to (the config's, as it is now)."""
+    from components.outputs import SCORED_CHECKPOINT, checkpoint_identity
+
     out = Path(config.evaluate.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics))
+    (out / "metrics.json").write_text(json.dumps({**metrics, SCORED_CHECKPOINT: checkpoint_identity(config)}))

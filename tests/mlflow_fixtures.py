@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -34,9 +35,13 @@ class MlflowServer:
                    "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
                    "--artifacts-destination", str(root / "server-artifacts"),
                    "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
-        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        # No job-execution workers (MLflow's GenAI jobs: a job runner and several huey consumers per server).
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+               "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         self.log = (root / "server.log").open("w")
-        self.process = subprocess.Popen(command, env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=root)
+        # Its own process group: `mlflow server` starts uvicorn as a child, and stop() ends both.
+        self.process = subprocess.Popen(command, env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=root,
+                                        start_new_session=True)
 
     def url(self) -> str:
         url = f"http://127.0.0.1:{self.port}"
@@ -53,9 +58,18 @@ class MlflowServer:
             time.sleep(0.2)
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        """End the server's whole process group (the CLI and its uvicorn child), then wait for the CLI."""
+        for signal_number in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.process.pid, signal_number)
+            except ProcessLookupError:
+                break
+            try:
+                self.process.wait(timeout=20)
+                os.killpg(self.process.pid, signal.SIGKILL)  # a uvicorn child that outlived the CLI
+            except subprocess.TimeoutExpired:
+                continue
+            except ProcessLookupError:
+                pass
+            break
         self.log.close()

@@ -18,6 +18,7 @@ OFFICIAL_CELEBAMASK_HQ = 77_229_243  # train_celeba.sh: 19 labels, --exclude_bg,
 OFFICIAL_CELEBAMASK_HQ_WITH_BACKGROUND = 77_229_755  # the same without --exclude_bg
 OFFICIAL_ADE20K = 393_519_707  # 150 labels + don't care, 256x256, argparse defaults
 OFFICIAL_MAPPING_CELEBAMASK_HQ = 28_244_224
+OFFICIAL_MAPPING_ADE20K = 218_932_480  # the ADE20K setting above (docs/ATTENTION.md, "Parameter counts")
 OFFICIAL_D_CELEBAMASK_HQ = 1_364_098  # its multiscale D: n_layers_D 3, ndf 64, 2 scales
 OFFICIAL = ["dataset.crop_size=256", "model.ngf=32", "model.generator=ca2sis"]
 
@@ -29,7 +30,9 @@ def test_parameter_counts_equal_the_official_code():
     assert celeba["generator_parts"]["mapping_network"] == OFFICIAL_MAPPING_CELEBAMASK_HQ
     assert celeba["discriminator_params"] == OFFICIAL_D_CELEBAMASK_HQ
     assert describe("celebamask_hq", settings=OFFICIAL)["generator_params"] == OFFICIAL_CELEBAMASK_HQ_WITH_BACKGROUND
-    assert describe("ade20k", settings=OFFICIAL)["generator_params"] == OFFICIAL_ADE20K
+    ade20k = describe("ade20k", settings=OFFICIAL)
+    assert ade20k["generator_params"] == OFFICIAL_ADE20K
+    assert ade20k["generator_parts"]["mapping_network"] == OFFICIAL_MAPPING_ADE20K
     without_mapping = describe("celebamask_hq", settings=[*OFFICIAL, "model.ca2sis_exclude_background=true",
                                                           "model.ca2sis_mapping_network=false"])
     assert without_mapping["generator_params"] == OFFICIAL_CELEBAMASK_HQ - OFFICIAL_MAPPING_CELEBAMASK_HQ

@@ -2,6 +2,7 @@
 
 import dataclasses
 import re
+import typing
 from pathlib import Path
 
 import pytest
@@ -104,11 +105,26 @@ def test_the_dvc_exp_run_grammar_sets_adds_and_indexes(override, path, expected)
         ["B1", "B6"], "the input is never modified"
 
 
+def test_params_yaml_holds_exactly_the_defaults():
+    """One meaning of "default": every value in params.yaml is its field's default in the dataclasses, so
+    removing a key (``-S ~train.amp``) or leaving it out of a params file changes nothing."""
+    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    defaults = dataclasses.asdict(StepConfig())
+    differing = {f"{section}.{key}": (value, defaults[section][key])
+                 for section, values in data.items() for key, value in values.items()
+                 if value != defaults[section][key]}
+    assert differing == {}, "params.yaml value, dataclass default"
+    assert data.keys() == defaults.keys()
+    assert {section: set(values) for section, values in data.items()} == \
+        {section: set(values) for section, values in defaults.items()}, "params.yaml lists every key"
+
+
 def test_tilde_removes_a_key_so_the_default_applies():
     assert "max_steps" not in merge_overrides(FILE, ["~train.max_steps"])["train"]
     assert "max_steps" not in merge_overrides(FILE, ["~train.max_steps=0"])["train"]
     config = load_step_config(REPO / "params.yaml", ["~train.sample_every", "~model.ngf"])
     assert config.train.sample_every == config_from_dict({}).train.sample_every
+    assert load_step_config(REPO / "params.yaml", ["~train.amp"]).train.amp == "bf16"  # not a silent switch to fp32
     assert config.model.ngf == 16  # null in the file; removed: the default null, resolved from the preset
 
 
@@ -200,6 +216,20 @@ def test_bare_off_is_the_string_choice_not_a_boolean():
         ("model.ngf=0", "model.ngf=0 must be >= 1"),
         ("train.epochs=0", "train.epochs + train.epochs_decay=0 must be >= 1"),
         ("register.serve_max_image_pixels=0", "register.serve_max_image_pixels=0 must be >= 1"),
+        # a negative loss weight would reverse that loss
+        *[(f"loss.{name}=-1", f"loss.{name}=-1.0 must be >= 0 (0 switches that loss off)")
+          for name in ("lambda_gan", "lambda_feat", "lambda_vgg", "lambda_att", "lambda_kld")],
+        ("model.init_gain=0", "model.init_gain=0.0 must be > 0"),
+        ("model.ca2sis_style_dim=0", "model.ca2sis_style_dim=0 must be >= 1"),
+        *[(f"{key}={value}", f"{key}={value} must be an integer in [0, 4294967295]")
+          for key in ("train.seed", "judge.seed", "synthetic.seed") for value in (-1, 2**32)],
+        ("dataset.crop_size=1", "image sides must be multiples of 32 (2**5 for model.num_upsampling_layers=normal), "
+                                "got 1x1 (dataset.crop_size=1"),
+        ("register.gate_miou_ratio=-0.5", "register.gate_miou_ratio=-0.5 must be >= 0"),
+        ("register.model_name=team/model", "register.model_name='team/model': a registered model name is not empty"),
+        ("register.metric=", "register.metric is empty"),
+        ("mlflow.experiment=", "mlflow.experiment is empty"),
+        ("mlflow.tracking_uri=' '", "mlflow.tracking_uri is empty"),
     ],
 )
 def test_out_of_range_values_are_one_clear_line_for_every_entry_point(override, message):
@@ -208,6 +238,48 @@ def test_out_of_range_values_are_one_clear_line_for_every_entry_point(override, 
         load_step_config(REPO / "params.yaml", overrides)
     assert message in str(err.value) and str(err.value).startswith(str(REPO / "params.yaml"))
     assert "\n" not in str(err.value)
+
+
+def _numeric_fields(section: str) -> list[str]:
+    schema = typing.get_type_hints(StepConfig)[section]
+    return [name for name, hint in typing.get_type_hints(schema).items() if re.search(r"\b(int|float)\b", str(hint))]
+
+
+@pytest.mark.parametrize("key", [f"{section}.{name}" for section in ("loss", "model", "train", "register", "judge",
+                                                                     "dataset", "synthetic", "evaluate", "tune")
+                                 for name in _numeric_fields(section)])
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_no_number_of_the_config_takes_nan_or_an_infinity(key, value):
+    with pytest.raises(ConfigError) as err:
+        load_step_config(REPO / "params.yaml", [f"{key}={value}"])
+    message = str(err.value)
+    assert key in message and "\n" not in message, message
+    assert "not a finite number" in message or "expected int" in message, message
+
+
+def test_the_numeric_keys_cover_the_loss_weights_and_the_models_numbers():
+    assert {"lambda_gan", "lambda_feat", "lambda_vgg", "lambda_att", "lambda_kld"} <= set(_numeric_fields("loss"))
+    assert {"init_gain", "ngf", "z_dim", "sam_kernel_size"} <= set(_numeric_fields("model"))
+    assert {"lr_g", "lr_d", "beta1", "seed", "ema_decay", "max_steps"} <= set(_numeric_fields("train"))
+
+
+@pytest.mark.parametrize(("literal", "value", "form"), [
+    ("1:30", 90, "base 60"), ("0x10", 16, "hexadecimal"), ("010", 8, "octal"), ("0b11", 3, "binary"),
+    ("1_000", 1000, "digits grouped with '_'"), ("1:30.5", 90.5, "base 60"),
+])
+def test_yaml_1_1_numbers_that_surprise_are_refused_naming_the_key_and_the_literal(tmp_path, literal, value, form):
+    expected = f"the YAML 1.1 literal '{literal}' reads as {value!r} ({form}); write {value!r} if that number is meant"
+    params = tmp_path / "params.yaml"
+    params.write_text(f"train:\n  max_steps: {literal}\n")
+    with pytest.raises(ConfigError) as err:
+        load_step_config(params)
+    assert str(err.value).startswith(f"{params}: train.max_steps: {expected}")
+    with pytest.raises(ConfigError) as err:
+        load_step_config(REPO / "params.yaml", [f"train.lr_g={literal}"])
+    assert f"override 'train.lr_g={literal}': {expected}" in str(err.value)
+    params.write_text("train:\n  max_steps: 90\n  lr_g: 2.0e-4\n  beta2: 0.9\n")  # plain numbers stay numbers
+    assert load_step_config(params).train.max_steps == 90
+    assert load_step_config(params, ["train.max_steps=+30", "train.lr_g=1.5e-4"]).train.max_steps == 30
 
 
 def test_a_params_file_that_is_not_a_mapping_is_a_clear_error(tmp_path):

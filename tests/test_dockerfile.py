@@ -55,9 +55,11 @@ def test_hadolint_finds_nothing():
 
 
 def test_base_image_is_pinned_by_digest_and_single_python():
+    """The default of ``ARG BASE_IMAGE`` (an offline builder passes a local Python 3.11 base instead)."""
     bases = [args for name, args in instructions() if name == "FROM"]
-    assert len(bases) == 1
-    image = bases[0].split()[0]
+    assert bases == ["${BASE_IMAGE}"]
+    defaults = [args.split("=", 1) for name, args in instructions() if name == "ARG" and "=" in args]
+    image = dict(defaults)["BASE_IMAGE"]
     assert ":" in image and not image.endswith(":latest"), image
     assert re.search(r"python:3\.11\.\d+", image), f"{image}: the lock resolves for Python 3.11 (pyproject)"
     assert re.search(r"@sha256:[0-9a-f]{64}$", image), f"{image}: pin the base image by digest"
@@ -148,3 +150,12 @@ def test_the_pipeline_default_params_file_is_where_the_image_puts_it():
     copies = [args.split() for name, args in instructions() if name == "COPY"]
     copied_into_workdir = [args for args in copies if "params.yaml" in args[:-1] and args[-1] in ("./", ".")]
     assert copied_into_workdir and IMAGE_PARAMS == f"{workdirs[-1]}/params.yaml"
+
+
+def test_a_new_commit_reuses_the_dependency_layer():
+    """A RUN after a changed ARG misses the layer cache: the commit's ARG comes after every RUN."""
+    names = [(name, args) for name, args in instructions()]
+    commit = names.index(("ARG", "GIT_COMMIT=unknown"))
+    runs = [index for index, (name, _) in enumerate(names) if name == "RUN"]
+    assert runs and max(runs) < commit
+    assert [name for name, args in names[:commit] if name == "ARG"] == ["ARG"], "only BASE_IMAGE, before FROM"

@@ -37,6 +37,7 @@ from dagan.train import LossWeights, TrainingState, g_step
 SEMANTIC_NC = 6
 FLOAT64_REL = 1e-9
 FLOAT32_REL = 1e-4  # fp32 rounding of reordered sums
+BFLOAT16_REL = 2e-2  # bf16 rounding (8 bits of mantissa) in a product and its gradient
 
 
 def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, rel: float, what: str = "",
@@ -44,7 +45,7 @@ def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, rel: float
     """max |actual - expected| <= rel * max(max |expected|, floor); the floor is for tensors that
     are zero in exact arithmetic (a bias followed only by batch norms gets no gradient)."""
     scale = max(expected.detach().abs().max().item(), floor)
-    error = (actual.detach().float() - expected.detach().float()).abs().max().item()
+    error = (actual.detach().double() - expected.detach().double()).abs().max().item()  # float32 would round
     assert error <= rel * scale + 1e-12, f"{what}: max error {error:.3g} vs allowed {rel * scale:.3g}"
 
 
@@ -408,17 +409,103 @@ def test_conv3x3_as_gemm_equals_the_convolution(weight_format, input_format, bia
 
 
 def test_conv2d_takes_the_gemm_path_only_for_small_maps(monkeypatch):
-    calls = []
-    monkeypatch.setattr(conv_module, "conv3x3_as_gemm", lambda *args: calls.append(args) or F.conv2d(*args, padding=1))
+    plain, spectral = [], []
+    monkeypatch.setattr(conv_module, "conv3x3_as_gemm", lambda *args: plain.append(args) or F.conv2d(*args, padding=1))
+    function = conv_module._SpectralConv3x3AsGemm
+    apply = function.apply
+    monkeypatch.setattr(function, "apply", lambda *args: spectral.append(args) or apply(*args))
     torch.manual_seed(0)
     conv = spectral_norm(Conv2d(4, 4, 3, padding=1))
-    conv(torch.randn(1, 4, 8, 16))  # 128 pixels
-    assert len(calls) == 1
-    conv(torch.randn(1, 4, 16, 16))  # 256 pixels
-    strided = Conv2d(4, 4, 3, stride=2, padding=1)
-    strided(torch.randn(1, 4, 4, 4))
-    assert len(calls) == 1
+    conv(torch.randn(1, 4, 8, 16))  # 128 pixels: the GEMM with spectral norm on its output
+    Conv2d(4, 4, 3, padding=1)(torch.randn(1, 4, 8, 16))  # without spectral norm: the plain GEMM
+    assert len(spectral) == 1 and len(plain) == 1
+    conv(torch.randn(1, 4, 16, 16))  # 256 pixels: the convolution, with W / sigma
+    Conv2d(4, 4, 3, stride=2, padding=1)(torch.randn(1, 4, 4, 4))
+    assert len(spectral) == 1 and len(plain) == 1
     assert list(conv.state_dict()) == ["bias", "weight_orig", "weight_u", "weight_v"]  # as an nn.Conv2d's
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize(("weight_format", "input_format"), [
+    (torch.contiguous_format, torch.contiguous_format), (torch.channels_last, torch.channels_last),
+    (torch.channels_last, torch.contiguous_format), (torch.contiguous_format, torch.channels_last)])
+def test_spectral_norm_on_the_gemm_output_equals_torch_spectral_norm_then_convolution(weight_format, input_format,
+                                                                                       bias):
+    """conv(x, W) / sigma with the one-GEMM backward (rank-one term included) against torch's spectral norm
+    and F.conv2d: outputs, every gradient, u and v over three training steps, then eval mode."""
+    torch.manual_seed(0)
+    plain = torch.nn.Conv2d(6, 5, 3, padding=1, bias=bias).double()
+    reference = torch.nn.utils.spectral_norm(copy.deepcopy(plain)).to(memory_format=weight_format)
+    fast = spectral_norm(Conv2d(6, 5, 3, padding=1, bias=bias)).double().to(memory_format=weight_format)
+    fast.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 6, 3, 4, dtype=torch.float64).contiguous(memory_format=input_format)
+    for step in range(3):
+        x_fast, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+        out_fast, out_ref = fast(x_fast), reference(x_ref)
+        assert fast.weight is None  # no W / sigma was made
+        assert out_fast.is_contiguous(memory_format=input_format)
+        assert_close_scaled(out_fast, out_ref, FLOAT64_REL, f"output {step}")
+        weight = torch.randn_like(out_ref)
+        (out_fast * weight).sum().backward()
+        (out_ref * weight).sum().backward()
+        assert fast.weight_orig.grad.stride() == fast.weight_orig.stride()
+        for name, parameter in reference.named_parameters():
+            assert_close_scaled(fast.get_parameter(name).grad, parameter.grad, FLOAT64_REL, f"{name} grad {step}")
+        assert_close_scaled(x_fast.grad, x_ref.grad, FLOAT64_REL, "input grad")
+        with torch.no_grad():
+            for name, parameter in reference.named_parameters():
+                fast.get_parameter(name).sub_(0.1 * fast.get_parameter(name).grad)
+                parameter.sub_(0.1 * parameter.grad)
+        fast.zero_grad(), reference.zero_grad()
+        assert_close_scaled(fast.weight_u, reference.weight_u, FLOAT64_REL, "u")
+        assert_close_scaled(fast.weight_v, reference.weight_v, FLOAT64_REL, "v")
+    fast.eval(), reference.eval()
+    u_before = fast.weight_u.clone()
+    assert_close_scaled(fast(x), reference(x), FLOAT64_REL, "eval output")
+    assert torch.equal(fast.weight_u, u_before)  # eval mode: no power iteration
+
+
+def test_spectral_norm_on_the_gemm_output_never_writes_a_weight_sized_tensor_but_its_gradient():
+    """The point of the path: W / sigma is never written; the weight gradient is written once."""
+    conv = spectral_norm(Conv2d(16, 24, 3, padding=1))
+    x = torch.randn(1, 16, 4, 8)
+
+    class WeightSized(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and out.numel() == conv.weight_orig.numel() and not func.is_view:
+                self.ops.append(func.overloadpacket.__name__)
+            return out
+
+    with WeightSized() as written:
+        conv(x).square().sum().backward()
+    assert written.ops == ["mm"]  # the one GEMM of the weight gradient
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_spectral_norm_on_the_gemm_output_under_autocast_stays_near_torch_spectral_norm(memory_format):
+    """Under bf16 autocast the GEMM runs in bf16 as the convolution would; the gradients come back in float32."""
+    torch.manual_seed(0)
+    plain = torch.nn.Conv2d(16, 24, 3, padding=1)
+    reference = torch.nn.utils.spectral_norm(copy.deepcopy(plain)).to(memory_format=memory_format)
+    fast = spectral_norm(Conv2d(16, 24, 3, padding=1)).to(memory_format=memory_format)
+    fast.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 16, 4, 8).contiguous(memory_format=memory_format)
+    x_fast, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out_fast, out_ref = fast(x_fast), reference(x_ref)
+    assert out_fast.dtype == out_ref.dtype == torch.bfloat16
+    assert_close_scaled(out_fast, out_ref, BFLOAT16_REL, "output")
+    out_fast.float().square().sum().backward()
+    out_ref.float().square().sum().backward()
+    assert fast.weight_orig.grad.dtype == x_fast.grad.dtype == torch.float32
+    for name, parameter in reference.named_parameters():
+        assert_close_scaled(fast.get_parameter(name).grad, parameter.grad, BFLOAT16_REL, f"{name} grad")
+    assert_close_scaled(x_fast.grad, x_ref.grad, BFLOAT16_REL, "input grad")
 
 
 @pytest.mark.parametrize("dims", [(1,), (2, 3)])
@@ -436,3 +523,23 @@ def test_attention_mean_has_autograds_gradient_as_a_broadcast_view(dims):
     (grad_ref,) = torch.autograd.grad((out_ref * weight).sum(), x_ref)
     assert torch.equal(grad_fast, grad_ref)
     assert 0 in grad_fast.stride()  # a view of the small gradient, not a materialised tensor
+
+
+@pytest.mark.parametrize("vgg_input", ["official", "imagenet"])
+def test_vgg_weights_stored_in_the_autocast_dtype_give_the_same_features_and_gradients(vgg_input):
+    """train.amp=bf16: VGG19's frozen weights are cast once (VGG19Features.for_autocast) instead of at every call."""
+    torch.manual_seed(0)
+    layers = [torch.nn.Conv2d(3, 4, 3, padding=1)] + [torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3, padding=1)] * 15
+    reference = VGG19Features(torch.nn.Sequential(*layers), vgg_input)
+    cast = copy.deepcopy(reference).for_autocast(torch.bfloat16)
+    assert next(cast.slices.parameters()).dtype == torch.bfloat16 and cast.mean.dtype == torch.float32
+    image = torch.rand(2, 3, 16, 16) * 2 - 1
+    x_ref, x_cast = image.clone().requires_grad_(), image.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        features_ref, features_cast = reference(x_ref), cast(x_cast)
+    for a, b in zip(features_cast, features_ref, strict=True):
+        assert torch.equal(a, b)
+    sum(f.float().sum() for f in features_ref).backward()
+    sum(f.float().sum() for f in features_cast).backward()
+    assert torch.equal(x_cast.grad, x_ref.grad)
+    assert reference.for_autocast(None) is reference and next(reference.parameters()).dtype == torch.float32

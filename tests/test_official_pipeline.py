@@ -14,6 +14,7 @@ import torch
 import yaml
 from data_fixtures import facades
 from mlflow.tracking import MlflowClient
+from train_fixtures import EXACT_FP32
 
 from components.evaluate import main as evaluate
 from components.import_official import main as import_official
@@ -58,7 +59,8 @@ def _prepared_and_imported(root: Path) -> tuple[Path, Path]:
                     "load_size": SIZE, "crop_size": SIZE, "num_workers": 0},
         "model": {"variant": "B1", "ngf": NGF, "ndf": 8},
         "loss": {"lambda_vgg": 0.0},
-        "train": {"batch_size": 2, "epochs": 1, "epochs_decay": 0, "device": "cpu", "out_dir": str(root / "official"),
+        "train": {**EXACT_FP32, "batch_size": 2, "epochs": 1, "epochs_decay": 0, "device": "cpu",
+                  "out_dir": str(root / "official"),
                   "log_every": 1},
         "mlflow": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "official"},
         "judge": {"width": 8, "levels": 2, "epochs": 2, "batch_size": 2, "device": "cpu",

@@ -4,6 +4,7 @@ import base64
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -237,3 +238,70 @@ def test_pyfunc_in_process_takes_style_and_seed_columns(vae_registry):
     images = [np.asarray(Image.open(io.BytesIO(b))) for b in result["image"]]
     assert len(images) == 4 and all(image.shape == (SIZE, SIZE, 3) for image in images)
     assert np.array_equal(images[2], images[3])
+
+
+def test_a_request_without_a_known_label_column_or_rows_is_a_400(server):
+    """MLflow drops a column the signature does not know: a misspelled only column left an empty request (HTTP 200
+    with no predictions)."""
+    for body in ({"dataframe_split": {"columns": ["lable"], "data": [[label_png()]]}},
+                 {"dataframe_records": [{"lable": label_png()}]}):
+        status, answer = post(f"{server}/invocations", {**body, "params": {"edges_from_labels": True}})
+        assert status == 400 and "the request has no 'label' or 'label_ids' column" in answer["message"], answer
+    status, answer = post(f"{server}/invocations", {"dataframe_split": {"columns": ["label"], "data": []}})
+    assert status == 400 and "'label'" in answer["message"], answer
+
+
+def test_every_json_input_format_of_the_scoring_server_gives_the_same_images(server):
+    expected = post(f"{server}/invocations", {"dataframe_split": {"columns": ["label"], "data": [[label_png()]]},
+                                              "params": {"edges_from_labels": True}})
+    assert expected[0] == 200, expected
+    for body in ({"dataframe_records": [{"label": label_png()}]}, {"inputs": {"label": [label_png()]}},
+                 {"inputs": [{"label": label_png()}]}, {"instances": [{"label": label_png()}]}):
+        status, answer = post(f"{server}/invocations", {**body, "params": {"edges_from_labels": True}})
+        assert status == 200, (body.keys(), answer)  # base64 text, not "not a readable PNG"
+        assert answer["predictions"] == expected[1]["predictions"], body.keys()
+
+
+def test_json_nested_deeper_than_the_parser_goes_is_a_400(server):
+    depth = 100_000
+    body = ('{"dataframe_records": [{"label_ids": ' + "[" * depth + "]" * depth + '}], '
+            '"params": {"edges_from_labels": true}}').encode()
+    request = urllib.request.Request(f"{server}/invocations", body, {"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(request, timeout=60)
+    assert err.value.code == 400
+    assert "nests deeper than the server parses" in json.loads(err.value.read())["message"]
+    status, _ = post(f"{server}/invocations", {"dataframe_records": [{"label": label_png()}],
+                                               "params": {"edges_from_labels": True}})
+    assert status == 200  # the server goes on
+
+
+def test_the_served_model_refuses_a_generator_with_non_finite_weights(tmp_path):
+    """A model saved with NaN weights (registration itself refuses them): loading it, in a process or in ``mlflow
+    models serve``, stops with the line naming the file and the count."""
+    import mlflow
+    import torch
+    from eval_fixtures import tiny_config, write_prepared
+
+    from components.register import pyfunc_model_arguments
+    from components.settings import RegisterConfig
+    from dagan.data.manifest import read_manifest
+    from dagan.generator import build_generator
+    from dagan.inference import LabelLayout, export_generator
+
+    config = tiny_config(tmp_path)
+    layout = LabelLayout.from_manifest(read_manifest(write_prepared(tmp_path / "prepared")))
+    generator = build_generator(config, layout.semantic_nc, layout.num_label_channels)
+    with torch.no_grad():
+        next(generator.parameters()).view(-1)[:3] = float("nan")
+    exported = export_generator(tmp_path / "generator.pt", generator, config, layout)
+    mlflow.pyfunc.save_model(str(tmp_path / "model"), **pyfunc_model_arguments(exported, RegisterConfig()))
+    message = "generator.pt: the generator has 3 NaN/Inf values in 1 tensor(s)"
+    with pytest.raises(Exception, match=re.escape(message)):
+        mlflow.pyfunc.load_model(str(tmp_path / "model"))
+    mlflow_cli = Path(sys.executable).with_name("mlflow")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    result = subprocess.run([str(mlflow_cli), "models", "serve", "-m", str(tmp_path / "model"), "--env-manager",
+                             "local", "-h", "127.0.0.1", "-p", str(free_port()), "--workers", "1"], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and message in result.stdout + result.stderr, (result.stdout + result.stderr)[-3000:]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 
-from train_fixtures import tiny_config, write_prepared
+from train_fixtures import tiny_config, tiny_settings, write_prepared
 
 from components import tracking
 from dagan.config import config_from_dict
@@ -106,3 +107,39 @@ def test_a_dataset_created_by_a_parallel_run_is_logged_again(tmp_path):
     with pytest.raises(MlflowException, match="not found"):
         tracking.log_dataset(other, "run", prepared, "train", "training")
     assert other.calls == 1
+
+
+def test_a_sqlite_store_keeps_its_artifacts_beside_the_database_whatever_the_working_folder(tmp_path, monkeypatch):
+    """In the image the working folder (/app) is read-only: MLflow's default ./mlruns cannot be the artifact root."""
+    from mlflow import MlflowClient
+
+    from components.outputs import connect_tracking
+
+    store = tmp_path / "store"
+    store.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    connect_tracking(f"sqlite:///{store / 'mlflow.db'}")
+    experiment_id = tracking.model_development_experiment(MlflowClient(), "dagan")
+    assert MlflowClient().get_experiment(experiment_id).artifact_location == (store / "mlruns").as_uri()
+
+
+def test_a_sqlite_store_where_no_folder_can_be_written_is_one_line(tmp_path, capsys):
+    """Here a file stands where the folder should be (as root, every folder is writable); uid 1000 in the
+    image's read-only /app: tests/test_containers_image.py."""
+    import yaml
+
+    from components import train
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(tiny_settings(write_prepared(tmp_path / "prepared", num_train=4),
+                                                   tmp_path / "out", max_steps=1)))
+    (tmp_path / "runs").write_text("not a folder")
+    database = tmp_path / "runs" / "mlflow.db"
+    assert train.main(["--params", str(params), "-S", f"mlflow.tracking_uri=sqlite:///{database}"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: MLflow tracking store sqlite:///{database}: {database.parent} is not a folder this user (uid "
+        f"{os.getuid()}) can write; set MLFLOW_TRACKING_URI (a tracking server, or sqlite:////PATH/mlflow.db in a "
+        "writable folder) or -S mlflow.tracking_uri=..."]
+    assert not (tmp_path / "out" / "checkpoints").exists()

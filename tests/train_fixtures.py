@@ -63,15 +63,21 @@ def write_prepared(directory: Path, num_train: int = 8, size: int = SIZE, seed: 
     return directory
 
 
+# The exact fp32 path without an EMA generator (the official computation): tests compare weights and losses
+# across runs, processes and resumes exactly. params.yaml's defaults (bf16 autocast, channels_last, EMA) differ.
+EXACT_FP32 = {"amp": "off", "channels_last": False, "ema_decay": 0.0, "ema_rampup": 0.0, "ema_bn_batches": 0}
+
+
 def tiny_settings(prepared_dir: Path, out_dir: Path, **train: object) -> dict:
-    """Nested config dict: ngf/ndf 8, 32x32 crops, batch 2, a few steps, CPU, no VGG."""
+    """Nested config dict: ngf/ndf 8, 32x32 crops, batch 2, a few steps, CPU, exact fp32 (EXACT_FP32), no VGG."""
     return {
         "dataset": {"name": "synthetic", "prepared_dir": str(prepared_dir), "load_size": SIZE, "crop_size": SIZE,
                     "aspect_ratio": 1.0, "num_workers": 0},
         "model": {"ngf": 8, "ndf": 8, "num_upsampling_layers": "normal"},
         "loss": {"lambda_vgg": 0.0},
-        "train": {"batch_size": 2, "epochs": 1, "epochs_decay": 1, "device": "cpu", "out_dir": str(out_dir),
-                  "checkpoint_every": 2, "keep_last": 2, "log_every": 1, "sample_every": 2, **train},
+        "train": {**EXACT_FP32, "batch_size": 2, "epochs": 1, "epochs_decay": 1, "device": "cpu",
+                  "out_dir": str(out_dir), "checkpoint_every": 2, "keep_last": 2, "log_every": 1, "sample_every": 2,
+                  **train},
     }
 
 

@@ -107,6 +107,10 @@ def class_table(dataset: str) -> tuple[list[str], list[list[int]]]:
     """(names, colours) of a named dataset's label ids 0..num_classes-1."""
     if dataset == "cityscapes":
         return [n for n, _ in CITYSCAPES], [list(c) for _, c in CITYSCAPES]
+    if dataset == "synthetic":
+        from dagan.data.synthetic import CLASSES  # the scenes' own module (it writes them with these colours)
+
+        return [n for n, _ in CLASSES], [list(c) for _, c in CLASSES]
     names = {"ade20k": ADE20K, "celebamask_hq": CELEBAMASK_HQ, "facades": FACADES, "coco_stuff": COCO_STUFF,
              "deepfashion": DEEPFASHION}[dataset]
     return list(names), palette(len(names))

@@ -1,4 +1,4 @@
-"""Parquet shards of prepared samples, written atomically, and the swap of a whole directory.
+"""Parquet shards of prepared samples, written atomically, and the swap of a whole directory (:mod:`dagan.atomic`).
 
 One row per sample (docs/ARCHITECTURE.md): ``id``, ``split``, ``image`` (PNG bytes or null),
 ``label`` (8-bit PNG bytes), ``instance`` (16-bit PNG bytes or null), ``height``, ``width``.
@@ -11,9 +11,6 @@ only at the end, so a failure leaves the earlier prepared data untouched.
 from __future__ import annotations
 
 import hashlib
-import shutil
-import tempfile
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,7 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dagan.atomic import atomic_write
+from dagan.atomic import atomic_directory, atomic_write
 from dagan.disk import DISK_FULL
 from dagan.data.errors import DataError
 from dagan.data.manifest import Shard
@@ -98,43 +95,16 @@ class ShardWriter:
 
 @contextmanager
 def staging_directory(target: Path, marker: str) -> Iterator[Path]:
-    """Yield an empty directory next to ``target``; swap it in on success, delete it on failure.
-
-    ``target`` may already exist only if it holds ``marker`` (a file this project wrote there),
-    so that a wrong ``--out`` never replaces somebody's unrelated folder.
-    """
+    """:func:`dagan.atomic.atomic_directory` for data folders: a full disk is a DataError naming the folder."""
     target = Path(target)
-    if target.exists() and any(target.iterdir()) and not (target / marker).exists():
-        raise DataError(
-            f"{target} exists, is not empty and has no {marker}, so it was not written by this project; "
-            "choose a new or empty output directory"
-        )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary shared folder
     try:
-        yield staging
+        with atomic_directory(target, marker) as staging:
+            yield staging
     except OSError as err:
-        shutil.rmtree(staging, ignore_errors=True)
         if err.errno in DISK_FULL:
             raise DataError(f"no space left on the device of {target.parent} while preparing {target}; "
                             f"{target} was left as it was: free space there or choose another output folder") from None
         raise
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    replace_directory(staging, target)
-
-
-def replace_directory(new: Path, target: Path) -> None:
-    """Put directory ``new`` at ``target`` (same file system), removing what was there."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-        target.rename(old)
-    new.rename(target)
-    if old is not None:
-        shutil.rmtree(old)
 
 
 def verify_shards(prepared_dir: str | Path, shards: list[Shard]) -> None:

@@ -21,7 +21,6 @@ Key map and order: :mod:`dagan.official.layout`. Loads are ``weights_only``.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, cast
 
@@ -30,10 +29,12 @@ from torch import nn
 
 from dagan.atomic import atomic_write
 from dagan.checkpoint import FORMAT_VERSION, checkpoint_config, load_checkpoint, save_checkpoint
-from dagan.config import Config, ConfigError, config_from_dict
+from dagan.config import Config, ConfigError, config_from_dict, resolved_value
 from dagan.data.classes import class_table
+from dagan.data.shards import sha256_of
 from dagan.discriminator import build_discriminator
-from dagan.generator import build_generator
+from dagan.finite import describe_non_finite, non_finite_tensors
+from dagan.generator import build_generator, latent_map_size
 from dagan.inference import LabelLayout
 from dagan.nn.style import LatentStyle
 from dagan.official.layout import ENCODER_PREFIX, LayoutError, check_layout, key_map, strip_data_parallel
@@ -73,6 +74,10 @@ def load_official_state(path: str | Path, what: str) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise LayoutError(f"{what} {path} is not a state dict of tensors (the official code saves "
                           "network.state_dict())")
+    bad = non_finite_tensors(state)
+    if bad:
+        raise ValueError(f"{what} {path} holds {describe_non_finite(bad)}: its weights are damaged (or come from a "
+                         "training that diverged); nothing was imported: use another checkpoint of that model")
     return strip_data_parallel(state)
 
 
@@ -119,21 +124,24 @@ def import_discriminator(state: dict[str, torch.Tensor], config: Config, semanti
     return _load_into(build_discriminator(config, semantic_nc), state, "discriminator", what)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _vae_overrides(generator_state: dict[str, torch.Tensor], encoder_path: Path | None, where: str,
+                   config: Config) -> dict:
+    """{"model": {"style": "vae", "z_dim": ...}} for a VAE generator (linear fc), else {}; checks --encoder.
 
-
-def _vae_overrides(generator_state: dict[str, torch.Tensor], encoder_path: Path | None, where: str) -> dict:
-    """{"model": {"style": "vae", "z_dim": ...}} for a VAE generator (linear fc), else {}; checks --encoder."""
-    if generator_state["fc.weight"].dim() != 2:
+    ``config``: the official model's config without a style; its image size fixes a VAE generator's fc rows."""
+    fc = generator_state["fc.weight"]
+    if fc.dim() != 2:
         if encoder_path is not None:
             raise LayoutError(f"{where}: not a VAE generator (its fc is a convolution), so it has no encoder; "
                               f"drop the encoder file {encoder_path}")
         return {}
+    ngf = resolved_value(config.model.ngf)
+    height, width = latent_map_size(config)
+    if fc.shape[0] != 16 * ngf * height * width:  # neither this preset's VAE fc nor a convolution: a damaged layer
+        semantic_nc = get_preset(config.dataset.name).semantic_nc
+        raise LayoutError(f"{where}: first mismatching key fc.weight: the file has shape {list(fc.shape)}, the model "
+                          f"expects [{16 * ngf}, {semantic_nc}, 3, 3] (or [{16 * ngf * height * width}, z_dim] for a "
+                          "VAE generator, --use_vae); check --preset and the file")
     if encoder_path is None:
         raise LayoutError(f"{where} is a VAE generator (--use_vae, fc is linear) and no encoder file was given "
                           "or found beside it; pass --encoder latest_net_E.pth")
@@ -155,7 +163,7 @@ def import_official(generator_path: str | Path, preset: str, variant: str | None
                           "generator")
     ngf = generator_state["head_0.conv_0.weight_orig"].shape[0] // 16
     encoder_path = Path(encoder_path) if encoder_path is not None else encoder_beside(Path(generator_path))
-    vae = _vae_overrides(generator_state, encoder_path, where)
+    vae = _vae_overrides(generator_state, encoder_path, where, official_config(preset, variant, ngf, overrides))
     overrides = overrides or {}
     overrides = {**overrides, "model": {**overrides.get("model", {}), **vae.get("model", {})}}
     config = official_config(preset, variant, ngf, overrides)
@@ -175,7 +183,7 @@ def import_official(generator_path: str | Path, preset: str, variant: str | None
     if encoder_path is not None:
         files["encoder"] = encoder_path
     origin = {"kind": "official", "code": OFFICIAL_CODE[variant], "preset": preset, "variant": variant,
-              "files": {role: {"name": path.name, "sha256": _sha256(path)} for role, path in files.items()}}
+              "files": {role: {"name": path.name, "sha256": sha256_of(path)} for role, path in files.items()}}
     return {
         "format_version": FORMAT_VERSION, "config": config.to_dict(), "semantic_nc": semantic_nc,
         "generator": generator.state_dict(), "discriminator": discriminator, "ema": None,
@@ -238,7 +246,7 @@ def official_state_dicts(checkpoint: dict[str, Any], use_ema: bool = False) -> d
         encoder = {key.removeprefix(ENCODER_PREFIX): value for key, value in weights.items()
                    if key.startswith(ENCODER_PREFIX)}
         result["encoder"] = _renamed(encoder, key_map(style_encoder, "encoder"))
-    if checkpoint.get("discriminator") is not None:
+    if checkpoint.get("discriminator"):  # None or {}: an exported generator has no discriminator
         result["discriminator"] = _renamed(checkpoint["discriminator"], key_map(discriminator, "discriminator"))
     return result
 

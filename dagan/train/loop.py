@@ -156,16 +156,21 @@ class _Run:
         return self.plan.is_complete(self.step) or self.stop_reason is not None
 
     def train_step(self, batch: dict[str, Any]) -> None:
-        """One step on ``batch``: both updates, then what falls due after it."""
+        """One step on ``batch``: both updates, then what falls due after it. The run's last step (the plan's
+        last, or a stop) always logs its metrics and its sample grid, so that every run leaves both
+        (dvc.yaml declares ``losses.tsv`` and ``samples/`` as outputs of the train stage)."""
         started = time.perf_counter()
         semantic, real = self.batches.model_inputs(batch)
         losses, fake, rates = self._update(semantic, real)
         self.step += 1
         self.throughput.add(time.perf_counter() - started)
-        self._report(losses, rates)
-        if self.context.is_main and self.plan.needs_samples(self.step):
-            self._log_samples(batch["label"], fake, real)
+        self.metrics = {**losses, "lr_g": rates["g"], "lr_d": rates["d"], **self.throughput.of_run()}
+        self.progress.update(self.step, losses)
         self._vote_on_stopping()
+        if self.plan.needs_logging(self.step) or self.is_over:
+            self._log_metrics(losses, rates)
+        if self.context.is_main and (self.plan.needs_samples(self.step) or self.is_over):
+            self._log_samples(batch["label"], fake, real)
         if self.plan.needs_checkpoint(self.step, stopping=self.stop_reason is not None):
             self._write_checkpoint(step_path(self.config.train.out_dir, self.step))
             if self.context.is_main:
@@ -202,15 +207,12 @@ class _Run:
     def _last_good(self) -> str:
         return str(self.last_checkpoint or "none was written yet")
 
-    def _report(self, losses: dict[str, float], rates: dict[str, float]) -> None:
-        """The step's metrics to the progress bar and, when logging is due, to the logger."""
-        self.metrics = {**losses, "lr_g": rates["g"], "lr_d": rates["d"], **self.throughput.of_run()}
-        self.progress.update(self.step, losses)
-        if self.plan.needs_logging(self.step):
-            self.logger.log_metrics(self.step, {
-                **{f"loss/{name}": value for name, value in losses.items()}, "lr/g": rates["g"], "lr/d": rates["d"],
-                **{f"perf/{name}": value for name, value in self.throughput.of_interval().items()},
-            })
+    def _log_metrics(self, losses: dict[str, float], rates: dict[str, float]) -> None:
+        """The step's losses, learning rates and throughput (since the last logged step) to the logger."""
+        self.logger.log_metrics(self.step, {
+            **{f"loss/{name}": value for name, value in losses.items()}, "lr/g": rates["g"], "lr/d": rates["d"],
+            **{f"perf/{name}": value for name, value in self.throughput.of_interval().items()},
+        })
 
     def _log_samples(self, label: torch.Tensor, fake: torch.Tensor, real: torch.Tensor) -> None:
         """The sample grid label | fake | real of the step's first rows."""

@@ -3,9 +3,10 @@
 Steps count optimiser updates (one G and one D update each); ``step`` below is the number of
 steps done. The run ends after ``total_steps`` (every epoch's, or ``train.max_steps``), the
 learning rate follows ``train.lr_schedule`` (:mod:`dagan.schedule`), and after a step the loop
-logs metrics every ``train.log_every`` steps and at the last one, draws a sample grid every
-``train.sample_every`` steps, and writes a checkpoint every ``train.checkpoint_every`` steps or
-when the run stops early (the last step writes ``final.pt`` instead).
+logs metrics every ``train.log_every`` steps, draws a sample grid every ``train.sample_every``
+steps (both also at the run's last step, the plan's or a stop's), and writes a checkpoint every
+``train.checkpoint_every`` steps or when the run stops early (the last step writes ``final.pt``
+instead).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class TrainingPlan:
     epochs_decay: int  # of linear decay after them
     lr_schedule: str  # dagan.schedule.LR_SCHEDULES
     log_every: int
-    sample_every: int  # 0: no sample grids
+    sample_every: int  # 0: the grid of the run's last step only
     checkpoint_every: int
 
     @classmethod

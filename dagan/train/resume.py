@@ -1,4 +1,4 @@
-"""Which config changes a run may make when it resumes from its checkpoint (README "Reliability").
+"""Which config changes a run may make when it resumes from its checkpoint (docs/RELIABILITY.md, "Resume rules").
 
 A checkpoint continues the run whose resolved config it holds. Resuming it under another config
 would silently mix two runs (and keep logging into the first run's MLflow run), so:

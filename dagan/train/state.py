@@ -195,9 +195,13 @@ def build_state(config: Config, semantic_nc: int, context: DistributedContext,
     """``num_label_channels``: the dataset's one-hot class channels (None: the preset's; see build_generator)."""
     train = config.train
     device = context.device
-    vgg = build_vgg19(config.loss.vgg_weights, config.loss.vgg_input).to(device) if config.loss.lambda_vgg > 0 else None
-    seed_everything(train.seed)
     memory_format = torch.channels_last if train.channels_last else torch.contiguous_format
+    precision = Precision(device.type, AMP_DTYPES[train.amp])
+    vgg = None
+    if config.loss.lambda_vgg > 0:
+        vgg = build_vgg19(config.loss.vgg_weights, config.loss.vgg_input).for_autocast(precision.dtype)
+        vgg = vgg.to(device).to(memory_format=memory_format)
+    seed_everything(train.seed)
     generator = build_generator(config, semantic_nc, num_label_channels).to(device).to(memory_format=memory_format)
     discriminator = build_discriminator(config, semantic_nc).to(device).to(memory_format=memory_format)
     ema = ExponentialMovingAverage(generator, train.ema_decay, train.ema_rampup) if train.ema_decay > 0 else None
@@ -205,6 +209,5 @@ def build_state(config: Config, semantic_nc: int, context: DistributedContext,
     discriminator = wrap_ddp(discriminator, context)
     optimizer_g, optimizer_d = build_optimizers(generator, discriminator, train, device)
     scaler = torch.amp.GradScaler(device.type, enabled=train.amp == "fp16")
-    precision = Precision(device.type, AMP_DTYPES[train.amp])
     return TrainingState(generator, discriminator, optimizer_g, optimizer_d, scaler, ema, vgg, precision,
                          LossWeights.from_config(config.loss), context, num_label_channels)
