@@ -12,8 +12,8 @@
   MLflow model (``models:/NAME@ALIAS``, ``runs:/RUN_ID/dagan-generator``) is served by
   ``python -m components.generate --model URI ...``, which takes the same arguments (the library
   never imports mlflow nor the steps).
-* ``import-official``, ``export-official``, ``verify-official``: the official DAGAN / SPADE
-  checkpoints and reference outputs (:mod:`dagan.official.cli`, docs/OFFICIAL.md).
+* ``import-official``, ``export-official``, ``verify-official``, ``make-official-reference``: the official
+  DAGAN / SPADE checkpoints and reference outputs (:mod:`dagan.official.cli`, docs/OFFICIAL.md).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from dagan.disk import DISK_FULL, disk_full_line
 from dagan.generator import build_generator
 from dagan.inference import MODEL_URI_SCHEMES, Synthesizer, add_generate_arguments, generate_dir, load_synthesizer
 from dagan.nn.spap import SpatialPyramidAttentivePooling
-from dagan.official.cli import add_official_commands, run_official_command
+from dagan.official.cli import OFFICIAL_COMMANDS, add_official_commands, run_official_command
 from dagan.overrides import merge_overrides
 from dagan.presets import PRESETS, get_preset
 from dagan.results_page import PAGE_FILE
@@ -156,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "generate":
         return generate(args)
-    if args.command.endswith("-official"):
+    if args.command in OFFICIAL_COMMANDS:
         return run_official_command(args)
 
     try:
