@@ -83,7 +83,8 @@ def measure(target: str, folder: Path) -> dict[str, Any]:
     target_s, lines = stream(["make", target], folder)
     total = environment_s + target_s
     result: dict[str, Any] = {"target": f"make {target}", "environment_s": round(environment_s, 1),
-                              "target_s": round(target_s, 1), "total_s": round(total, 1),
+                              "target_s": round(target_s, 1), "target_minutes": round(target_s / 60, 1),
+                              "total_s": round(total, 1),
                               "total_minutes": round(total / 60, 1), "load_1min_before": load_before,
                               "load_1min_after": load_average(), "clone": git_commit(folder)}
     if target == "run":
