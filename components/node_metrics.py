@@ -25,6 +25,9 @@ log = logging.getLogger("components")
 RUN_KEY = "dagan/mlflow/run_id"
 FOLLOWED_KEY = "dagan/mlflow/followed/"  # + the node's GROUP_RANK: that node opened the run
 NODE_WAIT_S = 60.0  # rank 0, at the end: how long it waits for nodes that have not opened the run yet
+# rank 0, at the end: how long it tries to reach the store. Under torch elastic's c10d rendezvous the store lives in
+# rank 0's process group, which training has closed by then: a missing store must not hold the run's end for minutes
+STORE_CONNECT_S = 5.0
 START_WAIT_S = 3600.0  # another node: how long it waits for rank 0 to open the run (data checks, model set-up)
 
 
@@ -58,7 +61,7 @@ def wait_for_nodes() -> None:
         return
     keys = [f"{FOLLOWED_KEY}{node}" for node in range(1, node_count())]
     try:
-        _store(NODE_WAIT_S).wait(keys, timedelta(seconds=NODE_WAIT_S))
+        _store(STORE_CONNECT_S).wait(keys, timedelta(seconds=NODE_WAIT_S))
     except Exception as err:  # noqa: BLE001 - a node that never followed costs its metrics, not the run's end
         log.warning("not every node opened the MLflow run within %.0f s (%s); ending it anyway", NODE_WAIT_S, err)
 

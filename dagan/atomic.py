@@ -51,7 +51,8 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
     except OSError as err:
         if err.filename is not None:
             raise
-        raise OSError(err.errno, err.strerror, str(path)) from None  # e.g. a full disk: name the file
+        # e.g. a full disk: name the file, keep the message (an OSError raised without an errno has only its text)
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from None
     finally:
         tmp.unlink(missing_ok=True)
     try:

@@ -96,7 +96,8 @@ def test_two_queued_experiments_run_by_two_workers_track_into_the_projects_store
 
     versions = {str(version.version): client.get_model_version("dagan-synthetic", str(version.version))
                 for version in client.search_model_versions("name = 'dagan-synthetic'")}
-    assert sorted(versions) == ["1", "2"] and "champion" in versions["1"].aliases
+    # one champion: the first, or the second when it beat the first (which seed wins is the models' business)
+    assert sorted(versions) == ["1", "2"] and sum("champion" in v.aliases for v in versions.values()) == 1
     first = client.get_run(versions["1"].run_id).data.metrics["eval/judge_miou_generated"]
     second_checks = versions["2"].description.splitlines()
     assert second_checks[-1].endswith(f"must be > the champion's {first:.4f}"), second_checks  # compared with v1

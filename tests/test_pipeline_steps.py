@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import steps, trainjob
+from pipeline import launcher, steps, trainjob
 
 
 def test_artifact_paths_come_after_the_users_overrides():
@@ -29,7 +29,7 @@ def test_a_failing_step_names_its_command(tmp_path):
     with pytest.raises(steps.StepError, match=rf"python -m components.train_judge --params {missing} .*status 2"):
         steps.run_component("train_judge", ["--params", str(missing)])
     with pytest.raises(trainjob.TrainJobError, match="components.train exited with status 2"):
-        trainjob.run_in_process(["--params", str(missing)], nproc=1)
+        launcher.run_in_process(["--params", str(missing)], nproc=1)
 
 
 def test_stopped_training_fails_the_step_so_that_it_is_retried(tmp_path):
