@@ -39,7 +39,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from dagan.official.reference import ITERATIONS, LOSS_NAMES, WEIGHT_SEED_OFFSET, rule_state_dict, save_arrays
+from dagan.official.reference import (
+    ITERATIONS,
+    LOSS_NAMES,
+    WEIGHT_SEED_OFFSET,
+    generator_outputs,
+    rule_state_dict,
+    save_arrays,
+)
 
 
 def state_layout(module: torch.nn.Module) -> list[list]:
@@ -85,18 +92,6 @@ def _parse_options(flags: list[str]) -> Any:
         sys.argv = saved_argv
 
 
-def _generator_outputs(generator: torch.nn.Module, semantic: torch.Tensor, prefix: str) -> dict[str, np.ndarray]:
-    captured: dict[str, torch.Tensor] = {}
-    conv_img = generator.get_submodule("conv_img")
-    hook = conv_img.register_forward_hook(lambda module, args, output: captured.update(pre=output))
-    try:
-        with torch.no_grad():
-            image = generator(semantic)
-    finally:
-        hook.remove()
-    return {prefix: image.numpy().copy(), f"{prefix}_pre_tanh": captured["pre"].numpy().copy()}
-
-
 def _discriminator_outputs(discriminator: torch.nn.Module, batch: torch.Tensor, prefix: str) -> dict[str, np.ndarray]:
     with torch.no_grad():
         scales = discriminator(batch)
@@ -133,8 +128,8 @@ def _before_training(opt: Any, inputs: dict[str, np.ndarray], seed: int,
         "generator_keys": load_rule_weights(model.netG, seed + WEIGHT_SEED_OFFSET["generator"]),
         "discriminator_keys": load_rule_weights(model.netD, seed + WEIGHT_SEED_OFFSET["discriminator"])}
     semantic, real = model.preprocess_input(_data(inputs, dtype))
-    outputs = _generator_outputs(model.netG.train(), semantic, "g_train")
-    outputs.update(_generator_outputs(model.netG.eval(), semantic, "g_eval"))
+    outputs = generator_outputs(model.netG.train(), semantic, "g_train")
+    outputs.update(generator_outputs(model.netG.eval(), semantic, "g_eval"))
     fake = torch.from_numpy(outputs["g_eval"])
     batch = torch.cat([torch.cat([semantic, fake], 1), torch.cat([semantic, real], 1)])
     outputs.update(_discriminator_outputs(model.netD.train(), batch, "d_train"))
@@ -158,8 +153,8 @@ def _training(opt: Any, inputs: dict[str, np.ndarray], seed: int,
         losses.append({name: float(latest[name].item()) for name in LOSS_NAMES})
     semantic, _ = model.preprocess_input(_data(inputs, dtype))
     prefix = f"g_{{}}_after_{ITERATIONS}_iterations"
-    outputs = _generator_outputs(model.netG.eval(), semantic, prefix.format("eval"))
-    outputs.update(_generator_outputs(model.netG.train(), semantic, prefix.format("train")))
+    outputs = generator_outputs(model.netG.eval(), semantic, prefix.format("eval"))
+    outputs.update(generator_outputs(model.netG.train(), semantic, prefix.format("train")))
     return outputs, losses
 
 

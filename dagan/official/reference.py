@@ -227,3 +227,17 @@ def _check_spread(spread: object, what: str) -> None:
             raise ReferenceFormatError(f"{what}: the run with {run['threads']} thread(s) lacks the array(s) "
                                        f"{', '.join(absent)}")
         _check_losses(run.get("losses"), f"{what}: the run with {run['threads']} thread(s)")
+
+
+def generator_outputs(generator: torch.nn.Module, semantic: torch.Tensor, prefix: str) -> dict[str, np.ndarray]:
+    """A reference's generator arrays: ``prefix`` (the image) and ``prefix_pre_tanh`` (``conv_img``'s output), the
+    same for the official generator (the maker) and ours (verify-official): both name that layer ``conv_img``."""
+    captured: dict[str, torch.Tensor] = {}
+    conv_img = generator.get_submodule("conv_img")
+    hook = conv_img.register_forward_hook(lambda module, args, output: captured.update(pre=output))
+    try:
+        with torch.no_grad():
+            image = generator(semantic)
+    finally:
+        hook.remove()
+    return {prefix: image.numpy().copy(), f"{prefix}_pre_tanh": captured["pre"].numpy().copy()}

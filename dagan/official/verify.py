@@ -26,7 +26,7 @@ from torchvision.models import vgg19
 
 from dagan.config import Config, ConfigError
 from dagan.official.convert import import_discriminator, import_generator, official_config
-from dagan.official.reference import ITERATIONS, LOSS_NAMES, OUTPUT_ARRAYS, Reference, family_of
+from dagan.official.reference import ITERATIONS, LOSS_NAMES, OUTPUT_ARRAYS, Reference, family_of, generator_outputs
 from dagan.perceptual import VGG19Features
 from dagan.presets import get_preset
 from dagan.train.state import LossWeights, TrainingState, build_optimizers
@@ -107,18 +107,6 @@ def reference_config(reference: Reference) -> Config:
     return official_config(meta["preset"], reference.variant, meta["ngf"], overrides)
 
 
-def _generator_outputs(generator: torch.nn.Module, semantic: torch.Tensor, prefix: str) -> dict[str, np.ndarray]:
-    captured: dict[str, torch.Tensor] = {}
-    conv_img = generator.get_submodule("conv_img")
-    hook = conv_img.register_forward_hook(lambda module, args, output: captured.update(pre=output))
-    try:
-        with torch.no_grad():
-            image = generator(semantic)
-    finally:
-        hook.remove()
-    return {prefix: image.numpy(), f"{prefix}_pre_tanh": captured["pre"].numpy()}
-
-
 def _discriminator_outputs(discriminator: torch.nn.Module, semantic: torch.Tensor, images: torch.Tensor,
                            prefix: str) -> dict[str, np.ndarray]:
     with torch.no_grad():
@@ -172,8 +160,8 @@ def run_reference(reference: Reference, progress: Callable[[str], None] = lambda
     if "generator" in stages:
         progress("generator: train and eval mode")
         generator = import_generator(reference.official_state("generator"), config, nc)
-        outputs.update(_generator_outputs(generator.train(), semantic, "g_train"))
-        outputs.update(_generator_outputs(generator.eval(), semantic, "g_eval"))
+        outputs.update(generator_outputs(generator.train(), semantic, "g_train"))
+        outputs.update(generator_outputs(generator.eval(), semantic, "g_eval"))
     if "discriminator" in stages:
         progress("discriminator: train and eval mode")
         discriminator = import_discriminator(reference.official_state("discriminator"), config, nc)
@@ -184,8 +172,8 @@ def run_reference(reference: Reference, progress: Callable[[str], None] = lambda
     if "training" in stages:
         progress(f"{ITERATIONS} training iterations")
         losses, trained = _train_iterations(reference, config, semantic, real)
-        outputs.update(_generator_outputs(trained.eval(), semantic, f"g_eval_after_{ITERATIONS}_iterations"))
-        outputs.update(_generator_outputs(trained.train(), semantic, f"g_train_after_{ITERATIONS}_iterations"))
+        outputs.update(generator_outputs(trained.eval(), semantic, f"g_eval_after_{ITERATIONS}_iterations"))
+        outputs.update(generator_outputs(trained.train(), semantic, f"g_train_after_{ITERATIONS}_iterations"))
     return outputs, losses
 
 
